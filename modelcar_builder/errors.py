@@ -1,0 +1,146 @@
+"""Every user-facing failure, in one place: a one-line message, a fix hint, an exit code.
+
+The CLI prints ``error: <message>`` and ``hint: <hint>`` and exits with ``exit_code``;
+no traceback unless ``--debug``. Exit codes are documented in README.md and must stay
+stable: Tekton pipelines branch on them.
+"""
+
+from __future__ import annotations
+
+
+class ModelcarError(Exception):
+    """Base class. Subclasses set a distinct exit code and a default hint."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(ModelcarError):
+    """Malformed SOURCE, IMAGE or option values."""
+
+    exit_code = 2
+
+
+class SourceNotFound(ModelcarError):
+    """Repo or local directory does not exist (or is private and no token was given)."""
+
+    exit_code = 10
+    default_hint = "check the repo id / path; for a private repo set HF_TOKEN or --hf-token-file"
+
+
+class RevisionNotFound(ModelcarError):
+    exit_code = 11
+    default_hint = "use a branch, tag, refs/pr/N or a 40-hex commit that exists in the repo"
+
+
+class AccessDenied(ModelcarError):
+    """Gated or private repo: token missing or refused."""
+
+    exit_code = 12
+    default_hint = (
+        "accept the repo's conditions on the Hub and pass a token with read access "
+        "(HF_TOKEN or --hf-token-file)"
+    )
+
+
+class UnsafeSource(ModelcarError):
+    """A path that would escape /models, or a symlink leaving the source directory."""
+
+    exit_code = 13
+
+
+class EmptySelection(ModelcarError):
+    exit_code = 14
+    default_hint = "loosen --include/--exclude, or pass --all-files"
+
+
+class DownloadFailed(ModelcarError):
+    """Network or server failure that retries could not overcome. Rerun to resume."""
+
+    exit_code = 20
+    default_hint = "rerun the same command: finished files are kept and partial ones resume"
+
+
+class IntegrityError(ModelcarError):
+    """Downloaded bytes do not match the Hub's sha256 / git blob id."""
+
+    exit_code = 21
+    default_hint = "the bad file was deleted; rerun to fetch it again"
+
+
+class WorkspaceError(ModelcarError):
+    """Workspace not writable, wrong layout, or owned so we cannot write."""
+
+    exit_code = 30
+    default_hint = (
+        "make the workspace writable by this UID or group (OpenShift: fsGroup / GID 0 "
+        "with g+rwx), or pass --workspace to a writable directory"
+    )
+
+
+class InsufficientSpace(ModelcarError):
+    exit_code = 31
+    default_hint = (
+        "enlarge the volume (PVC) or use --engine native (--stream needs no disk for the model)"
+    )
+
+
+class EngineUnavailable(ModelcarError):
+    """The chosen build engine is not installed."""
+
+    exit_code = 40
+
+
+class EnginePrivilegeError(ModelcarError):
+    """buildah cannot create its user namespace (missing SETFCAP / SETUID / SETGID)."""
+
+    exit_code = 41
+    default_hint = (
+        "run the builder pod with SETFCAP (OpenShift: the pipelines-scc SCC) or use "
+        "--engine native, which needs no privilege"
+    )
+
+
+class BuildFailed(ModelcarError):
+    exit_code = 42
+
+
+class RegistryUnreachable(ModelcarError):
+    exit_code = 50
+    default_hint = "check the registry host:port, DNS, and --tls-verify/--ca-file"
+
+
+class RegistryAuthError(ModelcarError):
+    """The registry refused our credentials (401/403)."""
+
+    exit_code = 51
+    default_hint = (
+        "check the credentials (--authfile, REGISTRY_AUTH_FILE, --registry-token-file); "
+        "in OpenShift grant the service account system:image-builder on the namespace"
+    )
+
+
+class RegistryError(ModelcarError):
+    """Any other unexpected registry answer."""
+
+    exit_code = 52
+
+
+class VerificationFailed(ModelcarError):
+    """The pushed image does not match what we built."""
+
+    exit_code = 60
+    default_hint = "rerun the build; if it repeats, the registry is rewriting the image"
+
+
+class Interrupted(ModelcarError):
+    exit_code = 130
+    default_hint = "rerun the same command to continue where it stopped"
