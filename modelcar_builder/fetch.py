@@ -1,0 +1,286 @@
+"""Download a Hub snapshot onto the workspace, verified and resumable.
+
+huggingface_hub 2.4 neither resumes across processes nor checks sha256 (DESIGN §4), so
+bytes are streamed here with requests: partial files survive a crash and continue with
+HTTP Range, every file is checked against the Hub's LFS sha256 or its git blob id, and a
+file that fails is deleted, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import requests
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from modelcar_builder.errors import AccessDenied, DownloadFailed, IntegrityError, SourceNotFound
+from modelcar_builder.plan import Plan
+from modelcar_builder.progress import Progress
+from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.source.hub import HubAccess
+from modelcar_builder.workspace import FILE_MODE, Workspace, human, make_dir
+
+log = logging.getLogger("modelcar")
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    attempts: int = 5
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    backoff_max: float = 30.0
+    progress_stream: TextIO | None = None
+    progress_interval: float | None = None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    files_dir: Path
+    downloaded_bytes: int
+    fetched: tuple[str, ...]
+    reused: tuple[str, ...]
+
+
+class _Transient(Exception):
+    """A failure worth retrying: 5xx, a cut connection, a stall."""
+
+
+def hasher_for(entry: FileEntry):
+    """sha256 for LFS files; for git-stored files the blob id, sha1('blob N\\0' + bytes)."""
+    if entry.sha256:
+        return hashlib.sha256()
+    h = hashlib.sha1()
+    h.update(b"blob %d\x00" % entry.size)
+    return h
+
+
+def expected_id(entry: FileEntry) -> str | None:
+    return entry.sha256 or entry.blob_id
+
+
+def fetch(
+    plan: Plan, workspace: Workspace, access: HubAccess | None, opts: FetchOptions
+) -> FetchResult:
+    snapshot = plan.snapshot
+    files_dir = workspace.files_dir(snapshot)
+    if snapshot.kind == "local":
+        _check_local(files_dir, snapshot.files)
+        return FetchResult(files_dir, 0, (), tuple(f.path for f in snapshot.files))
+    assert access is not None and snapshot.commit
+    state = workspace.state(snapshot)
+    verified = state.section("verified")
+    partial_dir = workspace.partial_dir(snapshot)
+
+    todo: list[FileEntry] = []
+    reused: list[str] = []
+    for entry in snapshot.files:
+        if _already_verified(files_dir / entry.path, entry, verified):
+            reused.append(entry.path)
+        else:
+            todo.append(entry)
+    if reused != [e.path for e in snapshot.files if e.path in verified]:
+        state.save()  # files re-verified from disk are remembered
+
+    if not todo:
+        log.info("all %d files already downloaded and verified; nothing to fetch", len(reused))
+        return FetchResult(files_dir, 0, (), tuple(reused))
+
+    have = sum(_part_size(partial_dir / f"{e.path}.part") for e in todo)
+    need = sum(e.size for e in todo) - have
+    workspace.require_space(need, f"downloading {len(todo)} files")
+    log.info(
+        "fetching %d files (%s; %s already partial), %d already verified",
+        len(todo),
+        human(need),
+        human(have),
+        len(reused),
+    )
+    progress = Progress("fetch", need, stream=opts.progress_stream, interval=opts.progress_interval)
+    session = requests.Session()
+    downloaded = 0
+    try:
+        for entry in todo:
+            downloaded += _fetch_one(
+                session,
+                access,
+                snapshot.location,
+                snapshot.commit,
+                entry,
+                partial_dir / f"{entry.path}.part",
+                files_dir / entry.path,
+                opts,
+                progress,
+            )
+            verified[entry.path] = expected_id(entry)
+            state.save()
+    finally:
+        progress.close()
+        session.close()
+    return FetchResult(files_dir, downloaded, tuple(e.path for e in todo), tuple(reused))
+
+
+def _check_local(root: Path, files) -> None:
+    for entry in files:
+        p = root / entry.path
+        if not p.is_file() or p.stat().st_size != entry.size:
+            raise SourceNotFound(
+                f"local file {p} changed or vanished while building",
+                hint="rerun once nothing writes to the source directory",
+            )
+
+
+def _part_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _already_verified(final: Path, entry: FileEntry, verified: dict) -> bool:
+    try:
+        if final.stat().st_size != entry.size:
+            return False
+    except FileNotFoundError:
+        verified.pop(entry.path, None)
+        return False
+    if verified.get(entry.path) == expected_id(entry):
+        return True
+    # A file that is present but not recorded (a crash between rename and state save):
+    # verify it from disk instead of downloading it again.
+    if _digest_file(final, entry) == expected_id(entry):
+        verified[entry.path] = expected_id(entry)
+        return True
+    final.unlink()
+    return False
+
+
+def _digest_file(path: Path, entry: FileEntry) -> str:
+    h = hasher_for(entry)
+    with open(path, "rb") as f:
+        while block := f.read(8 * CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch_one(session, access, repo_id, commit, entry, part, final, opts, progress) -> int:
+    url = access.file_url(repo_id, entry.path, commit)
+    counter = [0]
+    retrying = Retrying(
+        stop=stop_after_attempt(opts.attempts),
+        wait=wait_exponential(multiplier=0.5, max=opts.backoff_max),
+        retry=retry_if_exception_type((_Transient, IntegrityError)),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                _download(session, url, access, entry, part, opts, progress, counter)
+    except _Transient as exc:
+        raise DownloadFailed(
+            f"downloading {entry.path} failed after {opts.attempts} attempts: {exc}"
+        ) from None
+    make_dir(final.parent)
+    os.chmod(part, FILE_MODE)
+    os.replace(part, final)
+    return counter[0]
+
+
+def _download(session, url, access, entry, part: Path, opts, progress, counter) -> None:
+    make_dir(part.parent)
+    offset = _part_size(part)
+    if offset > entry.size:
+        part.unlink()
+        offset = 0
+    if offset == entry.size:
+        # Complete but not yet renamed (a crash right at the end): check it, no request.
+        h = hasher_for(entry)
+        _rehash_prefix(part, offset, h)
+        _check_digest(h, entry, part)
+        return
+    headers = access.headers()
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        resp = session.get(
+            url,
+            headers=headers,
+            stream=True,
+            allow_redirects=True,
+            timeout=(opts.connect_timeout, opts.read_timeout),
+        )
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise _Transient(f"{type(exc).__name__} contacting the Hub") from None
+    with resp:
+        _check_status(resp, entry)
+        if offset and resp.status_code != 206:
+            offset = 0  # the server ignored Range: start over rather than append twice
+        h = hasher_for(entry)
+        mode = "ab" if offset else "wb"
+        if offset:
+            _rehash_prefix(part, offset, h)
+        received = offset
+        try:
+            with open(part, mode) as out:
+                for block in resp.iter_content(CHUNK):
+                    out.write(block)
+                    h.update(block)
+                    received += len(block)
+                    counter[0] += len(block)
+                    progress.advance(len(block))
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
+            raise _Transient(f"connection lost at byte {received} ({type(exc).__name__})") from None
+    if received != entry.size:
+        raise _Transient(f"got {received} of {entry.size} bytes")
+    _check_digest(h, entry, part)
+
+
+def _check_digest(h, entry: FileEntry, part: Path) -> None:
+    if h.hexdigest() != expected_id(entry):
+        part.unlink()
+        kind = "sha256" if entry.sha256 else "git blob id"
+        raise IntegrityError(
+            f"{entry.path}: {kind} mismatch (expected {expected_id(entry)}, got {h.hexdigest()})"
+        )
+
+
+def _rehash_prefix(part: Path, offset: int, h) -> None:
+    with open(part, "rb") as f:
+        remaining = offset
+        while remaining:
+            block = f.read(min(8 * CHUNK, remaining))
+            if not block:
+                break
+            h.update(block)
+            remaining -= len(block)
+
+
+def _check_status(resp: requests.Response, entry: FileEntry) -> None:
+    code = resp.status_code
+    if code in (200, 206):
+        return
+    if code in (401, 403):
+        raise AccessDenied(f"the Hub refused the download of {entry.path} (HTTP {code})")
+    if code == 404:
+        raise SourceNotFound(f"{entry.path} vanished from the Hub (HTTP 404)")
+    if code == 416:
+        raise _Transient("range not satisfiable")
+    if code >= 500 or code == 429:
+        raise _Transient(f"HTTP {code} from {resp.url.split('?')[0]}")
+    raise DownloadFailed(f"unexpected HTTP {code} downloading {entry.path}")

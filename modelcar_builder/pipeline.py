@@ -1,0 +1,52 @@
+"""The stages, in the one direction data flows: source -> plan -> fetch -> context.
+Each function takes what the previous one returned; the CLI only chains them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelcar_builder.errors import EmptySelection
+from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, Plan, make_plan
+from modelcar_builder.selection import Selection
+from modelcar_builder.source import parse_source
+from modelcar_builder.source.hub import HubAccess, hub_access, hub_snapshot
+from modelcar_builder.source.local import local_snapshot
+
+
+@dataclass(frozen=True)
+class Resolved:
+    plan: Plan
+    access: HubAccess | None  # None for local sources
+
+
+def resolve(
+    source: str,
+    selection: Selection,
+    hf_token_file: str | None = None,
+    threshold: int = DEFAULT_LAYER_THRESHOLD,
+) -> Resolved:
+    """Pin the source (a Hub revision becomes its commit) and plan the layers."""
+    spec = parse_source(source)
+    access = None
+    if spec.kind == "hub":
+        access = hub_access(hf_token_file)
+        snapshot = hub_snapshot(spec.location, spec.revision, selection, access)
+    else:
+        snapshot = local_snapshot(spec.location, selection)
+    if not snapshot.files:
+        skipped = len(snapshot.skipped)
+        raise EmptySelection(f"no files selected from {source} ({skipped} skipped)")
+    return Resolved(make_plan(snapshot, threshold), access)
+
+
+def disk_needed(plan: Plan) -> dict[str, int]:
+    """Extra workspace bytes each engine needs, for `plan` and the up-front space check.
+
+    native: the fetched files (local sources are read in place).
+    native --stream: nothing but small state files.
+    buildah: the fetched files plus buildah's image storage (one more copy of the model)
+    and its push temp copy.
+    """
+    model = plan.total_bytes
+    fetched = model if plan.snapshot.kind == "hub" else 0
+    return {"native": fetched, "native --stream": 0, "buildah": fetched + 2 * model}

@@ -1,0 +1,68 @@
+"""Progress for long work: a redrawn line on a TTY, a plain line every few seconds
+otherwise (Tekton and Job logs are not terminals, and carriage returns garble them)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from modelcar_builder.workspace import human
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Progress:
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        stream: TextIO | None = None,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
+        self.clock = clock
+        self.start = clock()
+        self.last = self.start
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._emit(final=False)
+
+    def line(self) -> str:
+        elapsed = max(self.clock() - self.start, 1e-6)
+        rate = self.done / elapsed
+        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        eta = ""
+        if rate > 0 and self.total > self.done:
+            eta = f", ETA {_duration((self.total - self.done) / rate)}"
+        return f"{self.label}: {human(self.done)} / {human(self.total)}{pct}, {human(rate)}/s{eta}"
+
+    def _emit(self, final: bool) -> None:
+        if self.tty:
+            end = "\n" if final else ""
+            self.stream.write(f"\r\x1b[K{self.line()}{end}")
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.done:
+            self._emit(final=True)

@@ -1,0 +1,59 @@
+"""What the user sees: human summaries and JSON documents. No decisions are made here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from modelcar_builder.plan import Plan
+from modelcar_builder.workspace import human
+
+
+def plan_document(plan: Plan, disk: dict[str, int]) -> dict[str, Any]:
+    snap = plan.snapshot
+    return {
+        "source": snap.canonical,
+        "kind": snap.kind,
+        "revision": snap.revision,
+        "commit": snap.commit,
+        "total_bytes": plan.total_bytes,
+        "layer_threshold": plan.threshold,
+        "layers": [
+            {
+                "name": layer.name,
+                "size": layer.size,
+                "files": [
+                    {"path": f.path, "size": f.size, "sha256": f.sha256, "blob_id": f.blob_id}
+                    for f in layer.files
+                ],
+            }
+            for layer in plan.layers
+        ],
+        "skipped": [{"path": s.path, "reason": s.reason} for s in snap.skipped],
+        "disk_needed": disk,
+    }
+
+
+def plan_text(plan: Plan, disk: dict[str, int], free: int | None) -> str:
+    snap = plan.snapshot
+    asked = f" (asked: {snap.revision or 'main'})" if snap.kind == "hub" else ""
+    out = [
+        f"source  {snap.canonical}{asked}",
+        f"files   {len(snap.files)} selected, {len(snap.skipped)} skipped, "
+        f"{human(plan.total_bytes)} in {len(plan.layers)} layers",
+    ]
+    for layer in plan.layers:
+        out.append(f"{layer.name}  {len(layer.files)} file(s)  {human(layer.size)}")
+        for f in layer.files:
+            digest = f"sha256 {f.sha256}" if f.sha256 else (f"git {f.blob_id}" if f.blob_id else "")
+            out.append(f"    /models/{f.path}  {human(f.size)}  {digest}".rstrip())
+    for s in snap.skipped:
+        out.append(f"skipped {s.path}: {s.reason}")
+    needs = ", ".join(f"{name} {human(n)}" for name, n in disk.items())
+    free_txt = f" (free on workspace: {human(free)})" if free is not None else ""
+    out.append(f"disk needed: {needs}{free_txt}")
+    return "\n".join(out)
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=False)

@@ -1,0 +1,125 @@
+"""A Hugging Face Hub repo as a snapshot pinned to one commit.
+
+huggingface_hub does the metadata call, auth headers and error classification. It reads
+HF_ENDPOINT once at import time, so the endpoint is read here per call and passed in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub import errors as hf_errors
+from huggingface_hub.utils import build_hf_headers
+
+from modelcar_builder import __version__
+from modelcar_builder.errors import (
+    AccessDenied,
+    DownloadFailed,
+    RevisionNotFound,
+    SourceNotFound,
+    UsageError,
+)
+from modelcar_builder.selection import Selection, select_files
+from modelcar_builder.snapshot import FileEntry, Snapshot
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """Where the Hub is and how to authenticate. ``token`` is never printed."""
+
+    endpoint: str
+    token: str | None = None
+    token_source: str = "none"
+
+    def __repr__(self) -> str:  # keep the token out of any traceback or log
+        return f"HubAccess(endpoint={self.endpoint!r}, token_source={self.token_source!r})"
+
+    def file_url(self, repo_id: str, path: str, commit: str) -> str:
+        return hf_hub_url(repo_id, path, revision=commit, endpoint=self.endpoint)
+
+    def headers(self) -> dict[str, str]:
+        return build_hf_headers(
+            token=self.token or False,
+            library_name="modelcar-builder",
+            library_version=__version__,
+        )
+
+
+def hub_access(token_file: str | None = None, env: Mapping[str, str] | None = None) -> HubAccess:
+    env = os.environ if env is None else env
+    endpoint = env.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --hf-token-file {token_file}: {exc.strerror}",
+                hint="pass a readable file that holds only the Hub token",
+            ) from None
+        return HubAccess(endpoint, token or None, f"--hf-token-file {token_file}")
+    if env.get("HF_TOKEN"):
+        return HubAccess(endpoint, env["HF_TOKEN"].strip(), "HF_TOKEN")
+    return HubAccess(endpoint, None, "none")
+
+
+def hub_snapshot(
+    repo_id: str, revision: str | None, selection: Selection, access: HubAccess
+) -> Snapshot:
+    """Resolve REVISION to a commit and list that commit's files, in one metadata call."""
+    api = HfApi(endpoint=access.endpoint, library_name="modelcar-builder")
+    try:
+        info = api.model_info(
+            repo_id, revision=revision, files_metadata=True, token=access.token or False
+        )
+    except hf_errors.GatedRepoError:
+        raise AccessDenied(
+            f"{repo_id} is gated and the Hub refused access (token: {access.token_source})"
+        ) from None
+    except hf_errors.RevisionNotFoundError:
+        raise RevisionNotFound(f"revision {revision!r} not found in {repo_id}") from None
+    except hf_errors.RepositoryNotFoundError:
+        raise SourceNotFound(
+            f"Hub repo {repo_id} not found at {access.endpoint} (or private; token: "
+            f"{access.token_source})"
+        ) from None
+    except hf_errors.HfHubHTTPError as exc:
+        raise _http_error(repo_id, access, exc) from None
+    except Exception as exc:  # httpx2 transport errors: DNS, refused, timeouts
+        raise DownloadFailed(
+            f"cannot reach the Hub at {access.endpoint}: {type(exc).__name__}",
+            hint="check network access and HF_ENDPOINT; rerun to continue",
+        ) from None
+    commit = (info.sha or "").lower()
+    if len(commit) != 40:
+        raise DownloadFailed(f"the Hub returned no commit for {repo_id}@{revision or 'main'}")
+    entries = [_entry(s) for s in info.siblings or []]
+    kept, skipped = select_files(entries, selection)
+    return Snapshot(
+        kind="hub",
+        location=repo_id,
+        revision=revision,
+        commit=commit,
+        files=kept,
+        skipped=skipped,
+    )
+
+
+def _entry(sibling) -> FileEntry:
+    if sibling.lfs is not None:
+        return FileEntry(path=sibling.rfilename, size=sibling.lfs.size, sha256=sibling.lfs.sha256)
+    return FileEntry(path=sibling.rfilename, size=sibling.size or 0, blob_id=sibling.blob_id)
+
+
+def _http_error(repo_id: str, access: HubAccess, exc: Exception) -> Exception:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403):
+        return AccessDenied(
+            f"the Hub refused access to {repo_id} (HTTP {status}; token: {access.token_source})"
+        )
+    return DownloadFailed(f"Hub metadata request for {repo_id} failed (HTTP {status})")

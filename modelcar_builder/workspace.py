@@ -1,0 +1,155 @@
+"""The mounted volume: layout, explicit modes, free-space and permission checks, state.
+
+Layout under the workspace root (every directory created here with an explicit mode,
+never from the umask or the volume's owner — the seed's "Permission denied" on a PVC):
+
+    files/<slug>/<path>        fetched, verified model files (0644)
+    partial/<slug>/<path>.part downloads in progress, resumed with HTTP Range
+    context/<slug>/            build context: layer-NNN/<path> hard links + Containerfile
+    state/<slug>.json          what is verified, layer digests, pushes
+    tmp/                       TMPDIR for engines (buildah's big temp copies)
+    storage/                   buildah --root / --runroot
+
+Internal directories are 0775 so another UID of the same group (OpenShift runs steps
+as an arbitrary UID with GID 0 on an fsGroup volume) can resume a run; directories that
+become image content are 0755 and files 0644, as KServe's contract asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelcar_builder.errors import InsufficientSpace, WorkspaceError
+from modelcar_builder.snapshot import Snapshot
+
+DIR_MODE = 0o775
+CONTENT_DIR_MODE = 0o755
+FILE_MODE = 0o644
+_SUBDIRS = ("files", "partial", "context", "state", "tmp")
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def snapshot_slug(snapshot: Snapshot) -> str:
+    if snapshot.kind == "hub":
+        return f"{snapshot.location.replace('/', '--')}--{snapshot.commit}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", snapshot.location.strip("/")) or "root"
+    return f"local--{name}"
+
+
+def make_dir(path: Path, mode: int = DIR_MODE) -> Path:
+    """mkdir -p with an explicit mode on each directory we create."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+        os.chmod(d, mode)
+    return path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    def ensure(self) -> Workspace:
+        """Create the layout and prove we can write, before any byte is downloaded."""
+        try:
+            make_dir(self.root)
+            for sub in _SUBDIRS:
+                make_dir(self.root / sub)
+            self._probe_write()
+        except PermissionError as exc:
+            raise self._permission_error(exc.filename or str(self.root)) from None
+        except OSError as exc:
+            raise WorkspaceError(
+                f"cannot use workspace {self.root}: {exc.strerror} ({exc.filename or self.root})"
+            ) from None
+        return self
+
+    def _probe_write(self) -> None:
+        fd, name = tempfile.mkstemp(prefix=".probe-", dir=self.root / "state")
+        os.close(fd)
+        os.unlink(name)
+
+    def _permission_error(self, where: str) -> WorkspaceError:
+        try:
+            st = os.stat(where if os.path.exists(where) else self.root)
+            owner = f"owned by {st.st_uid}:{st.st_gid} mode {st.st_mode & 0o7777:04o}"
+        except OSError:
+            owner = "owner unknown"
+        return WorkspaceError(
+            f"workspace {where} is not writable by uid {os.getuid()} gid {os.getgid()} ({owner})"
+        )
+
+    def files_dir(self, snapshot: Snapshot) -> Path:
+        if snapshot.kind == "local":
+            return Path(snapshot.location)  # used in place: no second copy
+        return self.root / "files" / snapshot_slug(snapshot)
+
+    def partial_dir(self, snapshot: Snapshot) -> Path:
+        return self.root / "partial" / snapshot_slug(snapshot)
+
+    def context_dir(self, snapshot: Snapshot) -> Path:
+        return self.root / "context" / snapshot_slug(snapshot)
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.root / "storage"
+
+    def state(self, snapshot: Snapshot) -> State:
+        return State(self.root / "state" / f"{snapshot_slug(snapshot)}.json")
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def require_space(self, needed: int, what: str) -> None:
+        free = self.free_bytes()
+        if needed > free:
+            raise InsufficientSpace(
+                f"{what} needs {human(needed)} more on {self.root}, only {human(free)} free"
+            )
+
+
+class State:
+    """A small JSON document, rewritten atomically so a crash never leaves half a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = self._load()
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.data.setdefault(name, {})
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+        os.chmod(tmp, 0o664)
+        os.replace(tmp, self.path)
