@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs everything the tool, its tests and the demo need on a fresh Debian machine.
+# Idempotent: skips apt when every package is already present.
+set -euo pipefail
+APT_PACKAGES=(buildah skopeo umoci podman docker-registry busybox-static apache2-utils
+              openssl uidmap util-linux curl)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --disable-pip-version-check -e '.[test,lint]' 2>&1 | grep -v '^WARNING' || true
+python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest"
