@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc)
     except (KeyboardInterrupt, click.exceptions.Abort):
         _fail(Interrupted("interrupted"))
+    except OSError as exc:
+        # Last resort for I/O failures no stage anticipated: still one line, no traceback.
+        if debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(ModelcarError(f"{exc.strerror or exc}{where}", hint="rerun with --debug for details"))
     except click.ClickException as exc:
         exc.show()
         sys.exit(UsageError.exit_code)

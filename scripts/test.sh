@@ -4,6 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1 HF_ENDPOINT=http://127.0.0.1:9
+# The permission tests run the CLI as an arbitrary UID (OpenShift style). When Python
+# lives under root's home (pyenv), that UID (GID 0) must be able to traverse it: go+x, no listing.
+if [ "$(id -u)" = 0 ]; then
+  d="$(python3 -c 'import sys; print(sys.prefix)')"
+  while [ "$d" != "/" ]; do [ -d "$d" ] && chmod go+x "$d"; d="$(dirname "$d")"; done
+fi
 python3 -m ruff check modelcar_builder tests scripts
 python3 -m ruff format --check modelcar_builder tests scripts
 python3 -m pytest -q "$@"

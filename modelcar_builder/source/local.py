@@ -12,6 +12,18 @@ from modelcar_builder.snapshot import FileEntry, Snapshot
 
 def local_snapshot(directory: str, selection: Selection) -> Snapshot:
     root = Path(directory)
+    try:
+        return _snapshot(root, selection)
+    except PermissionError as exc:
+        raise SourceNotFound(
+            f"cannot read source {exc.filename or directory} as uid {os.getuid()}: "
+            "permission denied",
+            hint="make the model directory readable (files o+r, directories o+rx)",
+        ) from None
+
+
+def _snapshot(root: Path, selection: Selection) -> Snapshot:
+    directory = str(root)
     if not root.is_dir():
         raise SourceNotFound(
             f"source directory {directory} does not exist or is not a directory",
