@@ -90,13 +90,20 @@ class Workspace:
         os.unlink(name)
 
     def _permission_error(self, where: str) -> WorkspaceError:
+        # Name the directory that actually refused us: the nearest one that exists.
+        blocking = Path(where)
+        while not blocking.exists() and blocking != blocking.parent:
+            blocking = blocking.parent
         try:
-            st = os.stat(where if os.path.exists(where) else self.root)
-            owner = f"owned by {st.st_uid}:{st.st_gid} mode {st.st_mode & 0o7777:04o}"
+            st = blocking.stat()
+            owner = (
+                f"{blocking} is owned by {st.st_uid}:{st.st_gid}, mode {st.st_mode & 0o7777:04o}"
+            )
         except OSError:
-            owner = "owner unknown"
+            owner = f"{blocking}: owner unknown"
         return WorkspaceError(
-            f"workspace {where} is not writable by uid {os.getuid()} gid {os.getgid()} ({owner})"
+            f"workspace {self.root} is not writable by uid {os.getuid()} gid {os.getgid()} "
+            f"({owner})"
         )
 
     def files_dir(self, snapshot: Snapshot) -> Path:

@@ -43,7 +43,7 @@ def _snapshot(root: Path, selection: Selection) -> Snapshot:
 
 def _walk(root: Path):
     real_root = root.resolve()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=_raise):
         dirnames.sort()
         for name in [*dirnames, *filenames]:
             full = Path(dirpath, name)
@@ -63,8 +63,12 @@ def _walk(root: Path):
             yield FileEntry(path=rel, size=full.stat().st_size)
 
 
+def _raise(exc: OSError) -> None:
+    raise exc  # os.walk skips unreadable directories silently; a missing file is a bug
+
+
 def _walk_linked_dir(link: Path, root: Path):
-    for dirpath, _dirs, filenames in os.walk(link, followlinks=False):
+    for dirpath, _dirs, filenames in os.walk(link, followlinks=False, onerror=_raise):
         for name in sorted(filenames):
             full = Path(dirpath, name)
             if full.is_file():
