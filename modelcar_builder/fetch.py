@@ -24,7 +24,13 @@ from tenacity import (
     wait_exponential,
 )
 
-from modelcar_builder.errors import AccessDenied, DownloadFailed, IntegrityError, SourceNotFound
+from modelcar_builder.errors import (
+    AccessDenied,
+    DownloadFailed,
+    IntegrityError,
+    ModelcarError,
+    SourceNotFound,
+)
 from modelcar_builder.plan import Plan
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
@@ -109,25 +115,39 @@ def fetch(
     )
     progress = Progress("fetch", need, stream=opts.progress_stream, interval=opts.progress_interval)
     session = requests.Session()
-    downloaded = 0
+    downloaded = [0]
+    failures: list[ModelcarError] = []
     try:
         for entry in todo:
-            downloaded += _fetch_one(
-                session,
-                access,
-                snapshot.location,
-                snapshot.commit,
-                entry,
-                partial_dir / f"{entry.path}.part",
-                files_dir / entry.path,
-                opts,
-                progress,
-            )
+            try:
+                _fetch_one(
+                    session,
+                    access,
+                    snapshot.location,
+                    snapshot.commit,
+                    entry,
+                    partial_dir / f"{entry.path}.part",
+                    files_dir / entry.path,
+                    opts,
+                    progress,
+                    downloaded,
+                )
+            except (DownloadFailed, IntegrityError) as exc:
+                # Keep going: every other file that verifies is kept for the rerun.
+                log.error("%s", exc)
+                failures.append(exc)
+                continue
             verified[entry.path] = expected_id(entry)
             state.save()
     finally:
         progress.close()
         session.close()
+    if failures:
+        first = failures[0]
+        if len(failures) > 1:
+            first.message += f" (and {len(failures) - 1} more files failed)"
+        raise first
+    downloaded = downloaded[0]
     return FetchResult(files_dir, downloaded, tuple(e.path for e in todo), tuple(reused))
 
 
@@ -174,9 +194,10 @@ def _digest_file(path: Path, entry: FileEntry) -> str:
     return h.hexdigest()
 
 
-def _fetch_one(session, access, repo_id, commit, entry, part, final, opts, progress) -> int:
+def _fetch_one(
+    session, access, repo_id, commit, entry, part, final, opts, progress, counter
+) -> None:
     url = access.file_url(repo_id, entry.path, commit)
-    counter = [0]
     retrying = Retrying(
         stop=stop_after_attempt(opts.attempts),
         wait=wait_exponential(multiplier=0.5, max=opts.backoff_max),
@@ -195,7 +216,6 @@ def _fetch_one(session, access, repo_id, commit, entry, part, final, opts, progr
     make_dir(final.parent)
     os.chmod(part, FILE_MODE)
     os.replace(part, final)
-    return counter[0]
 
 
 def _download(session, url, access, entry, part: Path, opts, progress, counter) -> None:

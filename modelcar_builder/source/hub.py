@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import build_hf_headers
 
@@ -96,6 +96,10 @@ def hub_snapshot(
             hint="check network access and HF_ENDPOINT; rerun to continue",
         ) from None
     commit = (info.sha or "").lower()
+    if getattr(info, "gated", False) and info.siblings:
+        # Gated repos show their metadata to anyone and refuse only the bytes: probe one
+        # file now so a missing or wrong token fails in seconds, not after a long plan.
+        _probe_access(repo_id, commit or revision or "main", info.siblings[0].rfilename, access)
     if len(commit) != 40:
         raise DownloadFailed(f"the Hub returned no commit for {repo_id}@{revision or 'main'}")
     entries = [_entry(s) for s in info.siblings or []]
@@ -108,6 +112,22 @@ def hub_snapshot(
         files=kept,
         skipped=skipped,
     )
+
+
+def _probe_access(repo_id: str, revision: str, path: str, access: HubAccess) -> None:
+    try:
+        get_hf_file_metadata(
+            access.file_url(repo_id, path, revision),
+            token=access.token or False,
+            endpoint=access.endpoint,
+        )
+    except (hf_errors.GatedRepoError, hf_errors.HfHubHTTPError) as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if isinstance(exc, hf_errors.GatedRepoError) or status in (401, 403):
+            raise AccessDenied(
+                f"{repo_id} is gated and the Hub refused access (token: {access.token_source})"
+            ) from None
+        raise _http_error(repo_id, access, exc) from None
 
 
 def _entry(sibling) -> FileEntry:

@@ -1,0 +1,258 @@
+"""Hub -> workspace with the real huggingface_hub client against the Hub imitation:
+commit pinning, selection, integrity, resume, retries, rerun, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from modelcar_builder import errors
+from modelcar_builder.fetch import FetchOptions, fetch
+from modelcar_builder.pipeline import resolve
+from modelcar_builder.selection import Selection
+from modelcar_builder.workspace import Workspace
+from tests.clitools import run
+
+MIB = 1 << 20
+REPO = "acme/tiny"
+
+
+def model_files(seed: int = 0) -> dict[str, bytes]:
+    shard = lambda i: hashlib.sha256(b"%d-%d" % (seed, i)).digest() * (MIB // 16)  # noqa: E731
+    return {
+        "config.json": json.dumps({"model_type": "tiny", "seed": seed}).encode(),
+        "a/config.json": b'{"sub": true}',
+        "tokenizer.json": b'{"vocab": {}}' * 50,
+        "model-00001-of-00002.safetensors": shard(1)[: 2 * MIB],
+        "model-00002-of-00002.safetensors": shard(2)[: 2 * MIB + 123],
+        "pytorch_model.bin": b"duplicate weights",
+        ".gitattributes": b"*.safetensors filter=lfs\n",
+    }
+
+
+@pytest.fixture
+def repo(hub):
+    hub.add_repo(REPO, model_files())
+    return hub
+
+
+@pytest.fixture
+def ws(tmp_path) -> Path:
+    return tmp_path / "ws"
+
+
+def fetched_dir(ws: Path, commit: str) -> Path:
+    return ws / "files" / f"{REPO.replace('/', '--')}--{commit}"
+
+
+def resolve_requests(hub) -> list:
+    return [r for r in hub.requests if "/resolve/" in r.path or r.path.startswith("/cdn")]
+
+
+def test_plan_pins_commit_and_reports_layers(repo, capsys):
+    res = run(capsys, "plan", f"hf://{REPO}@main", "--json", "--layer-threshold", str(MIB))
+    assert res.code == 0, res.err
+    doc = json.loads(res.out)
+    assert doc["commit"] == repo.head(REPO)
+    paths = [f["path"] for layer in doc["layers"] for f in layer["files"]]
+    assert paths == [
+        "a/config.json",
+        "config.json",
+        "tokenizer.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    assert [len(layer["files"]) for layer in doc["layers"]] == [3, 1, 1]
+    shard = doc["layers"][1]["files"][0]
+    assert shard["sha256"] == repo.file(REPO, shard["path"]).sha256
+    assert doc["layers"][0]["files"][0]["blob_id"] == repo.file(REPO, "a/config.json").blob_id
+    assert {s["path"] for s in doc["skipped"]} == {"pytorch_model.bin", ".gitattributes"}
+    assert resolve_requests(repo) == []  # plan downloads nothing
+
+
+def test_human_plan_says_what_was_skipped_and_why(repo, capsys):
+    res = run(capsys, "plan", REPO)
+    assert res.code == 0, res.err
+    assert f"hf://{REPO}@{repo.head(REPO)} (asked: main)" in res.out
+    assert "skipped pytorch_model.bin: duplicate weight format" in res.out
+    assert "disk needed: native" in res.out
+
+
+def test_branch_moving_mid_build_cannot_mix_revisions(repo, ws):
+    resolved = resolve(f"hf://{REPO}@main", Selection())
+    old_commit = resolved.plan.snapshot.commit
+    repo.commit(
+        REPO, {"config.json": b'{"moved": true}', "model-00001-of-00002.safetensors": b"x" * 99}
+    )
+    assert repo.head(REPO) != old_commit
+    result = fetch(resolved.plan, Workspace(ws).ensure(), resolved.access, FetchOptions())
+    assert result.files_dir == fetched_dir(ws, old_commit)
+    for path, data in model_files().items():
+        if path not in ("pytorch_model.bin", ".gitattributes"):
+            assert (result.files_dir / path).read_bytes() == data, path
+
+
+def test_fetch_by_tag_and_pr_revisions(repo, capsys, ws):
+    sha = repo.commit(REPO, {"extra.json": b"{}"}, branch="refs/pr/1")
+    repo.tag(REPO, "v1", "main")
+    res = run(capsys, "plan", f"{REPO}@refs/pr/1", "--json")
+    assert json.loads(res.out)["commit"] == sha
+    res = run(capsys, "plan", f"{REPO}@v1", "--json")
+    assert json.loads(res.out)["commit"] == repo.head(REPO, "v1")
+
+
+def test_prepare_keeps_subdirectories_and_links_without_copying(repo, capsys, ws):
+    res = run(capsys, "prepare", REPO, "--workspace", str(ws), "--layer-threshold", str(MIB))
+    assert res.code == 0, res.err
+    ctx = Path(res.last_line)
+    layer0 = ctx / "layer-000"
+    assert (layer0 / "config.json").read_bytes() == model_files()["config.json"]
+    assert (layer0 / "a" / "config.json").read_bytes() == b'{"sub": true}'
+    shard = ctx / "layer-001" / "model-00001-of-00002.safetensors"
+    fetched = fetched_dir(ws, repo.head(REPO)) / "model-00001-of-00002.safetensors"
+    assert os.path.samefile(shard, fetched)  # a hard link: the bytes exist once
+    text = (ctx / "Containerfile").read_text()
+    assert "COPY --chown=0:0 layer-002/ /models/" in text
+    assert f'org.opencontainers.image.revision="{repo.head(REPO)}"' in text
+    assert "ENTRYPOINT" not in text.replace("no ENTRYPOINT", "")
+    assert not list(ctx.rglob("pytorch_model.bin"))
+
+
+def test_corrupt_bytes_are_never_kept(repo, capsys, ws, monkeypatch):
+    monkeypatch.setenv("MODELCAR_ATTEMPTS", "2")
+    repo.corrupt(REPO, "model-00002-of-00002.safetensors")
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws))
+    assert res.code == errors.IntegrityError.exit_code
+    assert "sha256 mismatch" in res.err and "Traceback" not in res.err
+    files = fetched_dir(ws, repo.head(REPO))
+    assert not (files / "model-00002-of-00002.safetensors").exists()
+    assert not list((ws / "partial").rglob("*.part"))
+    # Files that did verify are kept: the rerun fetches only the bad one.
+    assert (files / "model-00001-of-00002.safetensors").exists()
+    repo.clear_faults()
+    repo.reset_counters()
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws))
+    assert res.code == 0, res.err
+    assert set(repo.bytes_served) == {(REPO, "model-00002-of-00002.safetensors")}
+
+
+def test_corrupt_small_file_caught_by_git_blob_id(repo, capsys, ws, monkeypatch):
+    monkeypatch.setenv("MODELCAR_ATTEMPTS", "1")
+    repo.corrupt(REPO, "a/config.json")
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws))
+    assert res.code == errors.IntegrityError.exit_code
+    assert "git blob id mismatch" in res.err
+
+
+def test_resume_after_cut_fetches_only_the_rest(repo, capsys, ws, monkeypatch):
+    path = "model-00002-of-00002.safetensors"
+    size = len(model_files()[path])
+    monkeypatch.setenv("MODELCAR_ATTEMPTS", "1")
+    repo.cut(REPO, path, after_bytes=size // 2 + 1000)
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws))
+    assert res.code == errors.DownloadFailed.exit_code
+    assert "rerun" in res.err
+    repo.reset_counters()
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws))
+    assert res.code == 0, res.err
+    assert 0 < repo.bytes_served[(REPO, path)] < size
+    assert any(r.headers.get("Range", "").startswith("bytes=") for r in repo.requests)
+    assert (fetched_dir(ws, repo.head(REPO)) / path).read_bytes() == model_files()[path]
+
+
+def test_transient_failures_are_retried_within_one_run(repo, capsys, ws, monkeypatch):
+    monkeypatch.setenv("MODELCAR_READ_TIMEOUT", "1")
+    repo.cut(REPO, "model-00001-of-00002.safetensors", after_bytes=4096, times=2)
+    repo.fail(REPO, "tokenizer.json", status=503, times=2)
+    repo.stall(REPO, "config.json", seconds=3, times=1)
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws))
+    assert res.code == 0, res.err
+    files = fetched_dir(ws, repo.head(REPO))
+    for path in ("model-00001-of-00002.safetensors", "tokenizer.json", "config.json"):
+        assert (files / path).read_bytes() == model_files()[path]
+
+
+def test_rerun_downloads_nothing_and_says_so(repo, capsys, ws):
+    assert run(capsys, "fetch", REPO, "--workspace", str(ws)).code == 0
+    repo.reset_counters()
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws))
+    assert res.code == 0
+    assert "nothing to fetch" in res.err
+    assert resolve_requests(repo) == []
+
+
+def test_file_present_but_unrecorded_is_verified_not_redownloaded(repo, ws):
+    resolved = resolve(REPO, Selection())
+    workspace = Workspace(ws).ensure()
+    fetch(resolved.plan, workspace, resolved.access, FetchOptions())
+    state_file = next((ws / "state").glob("*.json"))
+    state_file.unlink()  # as if we crashed between rename and state save
+    repo.reset_counters()
+    result = fetch(resolved.plan, workspace, resolved.access, FetchOptions())
+    assert result.downloaded_bytes == 0 and resolve_requests(repo) == []
+
+
+def test_progress_lines_when_not_a_tty(repo, capsys, ws, monkeypatch):
+    monkeypatch.setenv("MODELCAR_PROGRESS_INTERVAL", "0")
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws))
+    assert res.code == 0
+    lines = [line for line in res.err.splitlines() if line.startswith("fetch: ")]
+    assert lines and "MiB/s" in lines[-1] and "\r" not in res.err
+
+
+@pytest.mark.parametrize(
+    ("source", "code", "words"),
+    [
+        ("acme/missing", errors.SourceNotFound.exit_code, "not found"),
+        (f"{REPO}@nope", errors.RevisionNotFound.exit_code, "revision 'nope' not found"),
+        ("hf://bad id", errors.UsageError.exit_code, "malformed Hub repo id"),
+    ],
+)
+def test_bad_sources_give_one_line_and_exit_code(repo, capsys, source, code, words):
+    res = run(capsys, "plan", source)
+    assert res.code == code
+    assert words in res.err and "hint:" in res.err and "Traceback" not in res.err
+
+
+def test_gated_repo_needs_a_valid_token(hub, capsys, tmp_path, ws):
+    hub.add_repo("acme/gated", model_files(), gated=True)
+    hub.tokens.add("hf_valid_token_123")
+    res = run(capsys, "plan", "acme/gated")
+    assert res.code == errors.AccessDenied.exit_code and "gated" in res.err
+    bad = tmp_path / "bad-token"
+    bad.write_text("hf_wrong\n")
+    res = run(capsys, "plan", "acme/gated", "--hf-token-file", str(bad))
+    assert res.code == errors.AccessDenied.exit_code
+    assert "hf_wrong" not in res.err and "--hf-token-file" in res.err
+    good = tmp_path / "good-token"
+    good.write_text("hf_valid_token_123\n")
+    res = run(capsys, "fetch", "acme/gated", "--hf-token-file", str(good), "--workspace", str(ws))
+    assert res.code == 0, res.err
+    assert "hf_valid_token_123" not in res.err + res.out
+
+
+def test_hf_token_env_is_honoured(hub, capsys, monkeypatch):
+    hub.add_repo("acme/private", {"config.json": b"{}"}, private=True)
+    hub.tokens.add("hf_env_token")
+    assert run(capsys, "plan", "acme/private").code == errors.SourceNotFound.exit_code
+    monkeypatch.setenv("HF_TOKEN", "hf_env_token")
+    assert run(capsys, "plan", "acme/private").code == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_not_enough_space_is_caught_before_downloading(repo, capsys, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        res = run(capsys, "fetch", REPO, "--workspace", str(small / "ws"))
+        assert res.code == errors.InsufficientSpace.exit_code
+        assert "needs" in res.err and "free" in res.err and "hint:" in res.err
+        assert resolve_requests(repo) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
