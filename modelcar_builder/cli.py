@@ -11,16 +11,31 @@ from pathlib import Path
 import click
 
 from modelcar_builder import __version__
+from modelcar_builder.auth import default_ca_file, resolve_credentials
+from modelcar_builder.build import (
+    ENGINES,
+    BuildSettings,
+    default_engine,
+    run_build,
+    verify_layout,
+    write_results,
+)
 from modelcar_builder.context import DEFAULT_BASE_IMAGE, prepare_context
-from modelcar_builder.errors import Interrupted, ModelcarError, UsageError
+from modelcar_builder.engines import RegistryOptions
+from modelcar_builder.errors import Interrupted, ModelcarError, UsageError, VerificationFailed
 from modelcar_builder.fetch import FetchOptions, fetch
+from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import disk_needed, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD
-from modelcar_builder.report import dumps, plan_document, plan_text
+from modelcar_builder.registry import RegistryClient
+from modelcar_builder.report import build_document, dumps, plan_document, plan_text
 from modelcar_builder.selection import Selection
+from modelcar_builder.target import RegistryTarget, parse_target
+from modelcar_builder.verify import verify_push
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
+TEKTON_RESULTS = Path("/tekton/results")
 
 
 def source_options(fn):
@@ -177,6 +192,212 @@ def prepare(
         ctx.copied,
     )
     click.echo(str(ctx.directory))
+
+
+def registry_options(fn):
+    decorators = [
+        click.option(
+            "--authfile",
+            type=click.Path(dir_okay=False),
+            envvar="MODELCAR_AUTHFILE",
+            help="containers auth.json / docker config.json (default: REGISTRY_AUTH_FILE, "
+            "then the usual places).",
+        ),
+        click.option(
+            "--registry-token-file",
+            type=click.Path(dir_okay=False),
+            envvar="MODELCAR_REGISTRY_TOKEN_FILE",
+            help="File with a registry token (e.g. a service-account token); "
+            "sent as user 'serviceaccount'.",
+        ),
+        click.option(
+            "--tls-verify/--no-tls-verify",
+            default=True,
+            envvar="MODELCAR_TLS_VERIFY",
+            help="Verify the registry's TLS certificate.",
+        ),
+        click.option(
+            "--ca-file",
+            type=click.Path(dir_okay=False),
+            envvar="MODELCAR_CA_FILE",
+            help="CA bundle for the registry (default in a pod: the service CA).",
+        ),
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
+
+
+def _registry_options(authfile, registry_token_file, tls_verify, ca_file) -> RegistryOptions:
+    return RegistryOptions(
+        authfile=authfile,
+        token_file=registry_token_file,
+        tls_verify=tls_verify,
+        ca_file=ca_file or (default_ca_file() if tls_verify else None),
+    )
+
+
+@cli.command()
+@source_options
+@workspace_option
+@click.option(
+    "--image",
+    required=True,
+    envvar="MODELCAR_IMAGE",
+    help="REGISTRY/REPO[:TAG], or oci:PATH[:TAG] for a local OCI layout.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    envvar="MODELCAR_ENGINE",
+    help="native: no daemon, no privilege; buildah: needs SETFCAP. "
+    "Default: buildah when installed, else native.",
+)
+@click.option(
+    "--base-image",
+    default=DEFAULT_BASE_IMAGE,
+    show_default=True,
+    envvar="MODELCAR_BASE_IMAGE",
+    help="Image with sh/ln/sleep (registry ref, oci:PATH[:TAG], or scratch).",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["none", "gzip", "zstd"]),
+    envvar="MODELCAR_COMPRESSION",
+    help="Layer compression. native default none (weights do not compress); "
+    "buildah default gzip. KServe's oci:// fetch rejects zstd.",
+)
+@click.option(
+    "--stream",
+    is_flag=True,
+    envvar="MODELCAR_STREAM",
+    help="native only: Hub -> registry in one pass, no disk for the model.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    envvar="MODELCAR_JOBS",
+    help="Layers pushed in parallel (native).",
+)
+@click.option(
+    "--platform",
+    default="linux/amd64",
+    show_default=True,
+    envvar="MODELCAR_PLATFORM",
+    help="OS/ARCH of the base image to use.",
+)
+@registry_options
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False),
+    envvar="MODELCAR_RESULTS_DIR",
+    help="Write IMAGE_URL and IMAGE_DIGEST here (default /tekton/results if present).",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False),
+    envvar="MODELCAR_REPORT",
+    help="Write a JSON report here.",
+)
+def build(
+    source,
+    include,
+    exclude,
+    all_files,
+    hf_token_file,
+    layer_threshold,
+    workspace,
+    image,
+    engine,
+    base_image,
+    compression,
+    stream,
+    jobs,
+    platform,
+    authfile,
+    registry_token_file,
+    tls_verify,
+    ca_file,
+    results_dir,
+    report_file,
+):
+    """Fetch, build, push and verify a ModelCar. Prints the oci:// URL KServe takes."""
+    target = parse_target(image)
+    os_, _, arch = platform.partition("/")
+    if not os_ or not arch:
+        raise UsageError(f"bad --platform {platform!r}", hint="write OS/ARCH, e.g. linux/amd64")
+    resolved = _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold)
+    ws = Workspace(Path(workspace)).ensure()
+    settings = BuildSettings(
+        engine=engine or default_engine(),
+        base_image=base_image,
+        registry=_registry_options(authfile, registry_token_file, tls_verify, ca_file),
+        compression=compression,
+        jobs=jobs,
+        stream=stream,
+        platform=(os_, arch),
+    )
+    outcome = run_build(resolved, ws, target, settings, _fetch_options())
+    result = outcome.result
+    uploaded = sum(1 for layer in result.layers if layer.uploaded)
+    log.info(
+        "pushed %s with %s: %d model layers (%d uploaded, %d already there), %s verified",
+        result.target,
+        result.engine,
+        len(result.layers),
+        uploaded,
+        len(result.layers) - uploaded,
+        result.manifest_digest,
+    )
+    if report_file:
+        Path(report_file).write_text(dumps(build_document(resolved.plan, outcome)) + "\n")
+    results = Path(results_dir) if results_dir else TEKTON_RESULTS
+    if results_dir or results.is_dir():
+        write_results(outcome, target, results)
+    click.echo(outcome.image_url)
+
+
+@cli.command()
+@click.argument("image")
+@registry_options
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label the image must carry (repeatable).",
+)
+def verify(image, authfile, registry_token_file, tls_verify, ca_file, labels):
+    """Check a pushed ModelCar: digest, blobs, no Entrypoint/Cmd, labels."""
+    target = parse_target(image)
+    expected = dict(item.split("=", 1) for item in labels if "=" in item)
+    opts = _registry_options(authfile, registry_token_file, tls_verify, ca_file)
+    if isinstance(target, RegistryTarget):
+        ref = target.ref
+        creds = resolve_credentials(
+            ref.api_host,
+            repository=ref.repository,
+            authfile=authfile,
+            token_file=registry_token_file,
+        )
+        with RegistryClient(
+            ref.api_host, creds, tls_verify=tls_verify, ca_file=opts.ca_file
+        ) as client:
+            reference = ref.digest or ref.tag or "latest"
+            info = client.head_manifest(ref.repository, reference)
+            if info is None:
+                raise VerificationFailed(f"{ref} does not exist")
+            result = verify_push(client, ref.repository, reference, info.digest, expected)
+        click.echo(f"ok: {result.layer_count} layers, {result.total_size} bytes")
+        click.echo(f"oci://{ref.registry}/{ref.repository}@{result.digest}")
+        return
+    desc = OciLayout(target.path).resolve(target.tag)
+    result = verify_layout(target, desc.digest, expected)
+    click.echo(f"ok: {result.layer_count} layers, {result.total_size} bytes")
+    click.echo(f"oci:{target.path}@{result.digest}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ file that fails is deleted, never used.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -304,3 +305,73 @@ def _check_status(resp: requests.Response, entry: FileEntry) -> None:
     if code >= 500 or code == 429:
         raise _Transient(f"HTTP {code} from {resp.url.split('?')[0]}")
     raise DownloadFailed(f"unexpected HTTP {code} downloading {entry.path}")
+
+
+class HubFileStream(io.RawIOBase):
+    """One Hub file as a readable stream that checks itself: the native engine's
+    ``--stream`` mode tars it straight into an upload. The sha256 (or git blob id) is
+    checked the moment the last byte arrives, before the tar stream moves on, so a
+    corrupted file aborts its layer's upload and never reaches a manifest."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        access: HubAccess,
+        repo_id: str,
+        commit: str,
+        entry: FileEntry,
+        opts: FetchOptions,
+        progress: Progress | None = None,
+    ) -> None:
+        super().__init__()
+        self.entry = entry
+        self.progress = progress
+        self.received = 0
+        self._hash = hasher_for(entry)
+        try:
+            self._resp = session.get(
+                access.file_url(repo_id, entry.path, commit),
+                headers=access.headers(),
+                stream=True,
+                allow_redirects=True,
+                timeout=(opts.connect_timeout, opts.read_timeout),
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise DownloadFailed(f"{type(exc).__name__} fetching {entry.path}") from None
+        if self._resp.status_code != 200:
+            self._resp.close()
+            _check_status(self._resp, entry)
+            raise DownloadFailed(f"unexpected HTTP {self._resp.status_code} for {entry.path}")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self.entry.size - self.received)
+        if want <= 0:
+            return 0
+        try:
+            data = self._resp.raw.read(want)
+        except Exception as exc:  # urllib3 protocol/timeout errors: the body was cut
+            raise DownloadFailed(
+                f"connection lost at byte {self.received} of {self.entry.path} "
+                f"({type(exc).__name__})"
+            ) from None
+        if not data:
+            raise DownloadFailed(
+                f"{self.entry.path}: got {self.received} of {self.entry.size} bytes"
+            )
+        n = len(data)
+        buffer[:n] = data
+        self._hash.update(data)
+        self.received += n
+        if self.progress is not None:
+            self.progress.advance(n)
+        if self.received == self.entry.size and self._hash.hexdigest() != expected_id(self.entry):
+            kind = "sha256" if self.entry.sha256 else "git blob id"
+            raise IntegrityError(f"{self.entry.path}: {kind} mismatch while streaming")
+        return n
+
+    def close(self) -> None:
+        self._resp.close()
+        super().close()

@@ -57,3 +57,48 @@ def plan_text(plan: Plan, disk: dict[str, int], free: int | None) -> str:
 
 def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=False)
+
+
+def build_document(plan: Plan, outcome) -> dict[str, Any]:
+    """The --report JSON: what was built from what, where it went, how long it took.
+    Holds no credential of any kind (the token never reaches this module)."""
+    result = outcome.result
+    layer_of = {}
+    for layer, pushed in zip(plan.layers, result.layers, strict=True):
+        for f in layer.files:
+            layer_of[f.path] = pushed.digest
+    snap = plan.snapshot
+    return {
+        "source": snap.canonical,
+        "revision": snap.revision,
+        "commit": snap.commit,
+        "engine": result.engine,
+        "image": result.target,
+        "image_url": outcome.image_url,
+        "manifest_digest": result.manifest_digest,
+        "config_digest": result.config_digest,
+        "files": [
+            {
+                "path": f.path,
+                "size": f.size,
+                "sha256": f.sha256,
+                "blob_id": f.blob_id,
+                "layer": layer_of.get(f.path),
+            }
+            for f in snap.files
+        ],
+        "layers": [
+            {
+                "digest": p.digest,
+                "size": p.size,
+                "diff_id": p.diff_id,
+                "media_type": p.media_type,
+                "uploaded": p.uploaded,
+            }
+            for p in result.layers
+        ],
+        "base_layers": result.base_layers,
+        "bytes_downloaded": outcome.downloaded_bytes,
+        "bytes_uploaded": result.bytes_uploaded,
+        "timings": {k: round(v, 3) for k, v in {**outcome.timings, **result.timings}.items()},
+    }

@@ -1,0 +1,183 @@
+"""`modelcar build`: fetch -> engine -> verify, as one resumable run.
+
+Each stage skips what a previous run finished: verified files are not downloaded again,
+layers the target already holds are not uploaded again, and verification always reads
+back from the target rather than trusting what the push reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelcar_builder.auth import resolve_credentials
+from modelcar_builder.context import image_labels
+from modelcar_builder.engines import BuildRequest, BuildResult, RegistryOptions
+from modelcar_builder.errors import EngineUnavailable, UsageError, VerificationFailed
+from modelcar_builder.fetch import FetchOptions, fetch
+from modelcar_builder.oci.layout import OciLayout
+from modelcar_builder.pipeline import Resolved
+from modelcar_builder.registry import RegistryClient
+from modelcar_builder.target import LayoutTarget, RegistryTarget, Target
+from modelcar_builder.verify import VerifyResult, verify_push
+from modelcar_builder.workspace import Workspace
+
+log = logging.getLogger("modelcar")
+ENGINES = ("native", "buildah")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    engine: str
+    base_image: str
+    registry: RegistryOptions
+    compression: str | None = None  # None: the engine's default
+    jobs: int = 2
+    stream: bool = False
+    platform: tuple[str, str] = ("linux", "amd64")
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    result: BuildResult
+    verified: VerifyResult
+    image_url: str  # oci://registry/repo@sha256:... (KServe storageUri) or oci:PATH@sha256
+    downloaded_bytes: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def default_engine() -> str:
+    return "buildah" if shutil.which("buildah") else "native"
+
+
+def make_engine(name: str):
+    if name == "native":
+        from modelcar_builder.engines.native import NativeEngine
+
+        return NativeEngine()
+    if name == "buildah":
+        try:
+            from modelcar_builder.engines.buildah import BuildahEngine
+        except ImportError:  # pragma: no cover - the module ships with the package
+            raise EngineUnavailable("the buildah engine is not available") from None
+        return BuildahEngine()
+    raise UsageError(f"unknown engine {name!r}", hint=f"choose one of: {', '.join(ENGINES)}")
+
+
+def run_build(
+    resolved: Resolved,
+    workspace: Workspace,
+    target: Target,
+    settings: BuildSettings,
+    fetch_opts: FetchOptions,
+) -> BuildOutcome:
+    plan = resolved.plan
+    timings: dict[str, float] = {}
+    if settings.stream and settings.engine != "native":
+        raise UsageError("--stream works only with --engine native", hint="add --engine native")
+    if settings.stream and plan.snapshot.kind != "hub":
+        raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
+    engine = make_engine(settings.engine)
+
+    t0 = time.monotonic()
+    files_dir, downloaded = None, 0
+    if not settings.stream:
+        fetched = fetch(plan, workspace, resolved.access, fetch_opts)
+        files_dir, downloaded = fetched.files_dir, fetched.downloaded_bytes
+    timings["fetch"] = time.monotonic() - t0
+    if settings.engine == "buildah":
+        # buildah keeps an image copy in its storage; check before it fills the volume.
+        workspace.require_space(plan.total_bytes, "buildah's image storage")
+
+    request = BuildRequest(
+        plan=plan,
+        files_dir=files_dir,
+        workspace=workspace,
+        target=target,
+        base_image=settings.base_image,
+        registry=settings.registry,
+        compression=settings.compression or ("gzip" if settings.engine == "buildah" else "none"),
+        jobs=settings.jobs,
+        platform=settings.platform,
+        hub=resolved.access,
+    )
+    t1 = time.monotonic()
+    result = engine.build(request)
+    timings["build_push"] = time.monotonic() - t1
+
+    t2 = time.monotonic()
+    verified = verify_target(target, result.manifest_digest, image_labels(plan), settings.registry)
+    timings["verify"] = time.monotonic() - t2
+    timings["total"] = time.monotonic() - t0
+    return BuildOutcome(
+        result, verified, image_url(target, result.manifest_digest), downloaded, timings
+    )
+
+
+def verify_target(
+    target: Target, digest: str, labels: dict[str, str], registry: RegistryOptions
+) -> VerifyResult:
+    if isinstance(target, RegistryTarget):
+        ref = target.ref
+        creds = resolve_credentials(
+            ref.api_host,
+            repository=ref.repository,
+            authfile=registry.authfile,
+            token_file=registry.token_file,
+        )
+        with RegistryClient(
+            ref.api_host, creds, tls_verify=registry.tls_verify, ca_file=registry.ca_file
+        ) as client:
+            return verify_push(client, ref.repository, ref.tag or "latest", digest, labels)
+    return verify_layout(target, digest, labels)
+
+
+def verify_layout(target: LayoutTarget, digest: str, labels: dict[str, str]) -> VerifyResult:
+    """The same checks as verify_push, against an OCI layout on disk."""
+    layout = OciLayout(target.path)
+    where = str(target)
+    desc = layout.resolve(target.tag)
+    if desc.digest != digest:
+        raise VerificationFailed(f"{where} resolves to {desc.digest}, but we wrote {digest}")
+    manifest = json.loads(layout.read_blob(digest))
+    blobs = [manifest["config"], *manifest["layers"]]
+    for blob in blobs:
+        path = layout.blob_path(blob["digest"])
+        if not path.is_file() or path.stat().st_size != blob["size"]:
+            raise VerificationFailed(f"{where}: blob {blob['digest']} missing or wrong size")
+    config = json.loads(layout.read_blob(manifest["config"]["digest"]))
+    runtime = config.get("config") or {}
+    if runtime.get("Entrypoint") or runtime.get("Cmd"):
+        raise VerificationFailed(f"{where} has an Entrypoint or Cmd; KServe needs none")
+    got = runtime.get("Labels") or {}
+    for key, value in labels.items():
+        if got.get(key) != value:
+            raise VerificationFailed(f"{where} lacks label {key}={value}")
+    return VerifyResult(
+        digest=digest,
+        media_type=manifest.get("mediaType", ""),
+        config_digest=manifest["config"]["digest"],
+        layer_count=len(manifest["layers"]),
+        total_size=sum(b["size"] for b in blobs),
+        labels=dict(got),
+    )
+
+
+def image_url(target: Target, digest: str) -> str:
+    if isinstance(target, RegistryTarget):
+        return f"oci://{target.ref.registry}/{target.ref.repository}@{digest}"
+    return f"oci:{target.path}@{digest}"
+
+
+def write_results(outcome: BuildOutcome, target: Target, results_dir: Path) -> None:
+    """Tekton results under the names Tekton Chains reads."""
+    if isinstance(target, RegistryTarget):
+        url = f"{target.ref.registry}/{target.ref.repository}:{target.ref.tag or 'latest'}"
+    else:
+        url = str(target)
+    (results_dir / "IMAGE_URL").write_text(url)
+    (results_dir / "IMAGE_DIGEST").write_text(outcome.result.manifest_digest)

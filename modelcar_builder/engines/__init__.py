@@ -1,0 +1,73 @@
+"""Build engines behind one small interface: take a BuildRequest, put an image at the
+target, return a BuildResult. The pipeline does not care which engine ran."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from modelcar_builder.plan import Plan
+from modelcar_builder.source.hub import HubAccess
+from modelcar_builder.target import Target
+from modelcar_builder.workspace import Workspace
+
+DEFAULT_CREATED = "1970-01-01T00:00:00Z"  # fixed: the same model gives the same digest
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    authfile: str | None = None
+    token_file: str | None = None
+    tls_verify: bool = True
+    ca_file: str | None = None
+
+    @property
+    def verify(self) -> bool | str:
+        """What requests' ``verify=`` takes: a CA bundle path, or a bool."""
+        if not self.tls_verify:
+            return False
+        return self.ca_file or True
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    plan: Plan
+    files_dir: Path | None  # None: stream the bytes straight from the Hub (native only)
+    workspace: Workspace
+    target: Target
+    base_image: str
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    compression: str = "none"
+    jobs: int = 2
+    platform: tuple[str, str] = ("linux", "amd64")
+    created: str = DEFAULT_CREATED
+    hub: HubAccess | None = None
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    digest: str
+    size: int
+    diff_id: str
+    media_type: str
+    files: tuple[str, ...]  # paths under /models; empty for base layers
+    uploaded: bool  # False when the target already had it
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    engine: str
+    target: str
+    manifest_digest: str
+    config_digest: str
+    layers: tuple[LayerResult, ...]  # the model layers, in plan order
+    base_layers: int
+    bytes_uploaded: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+
+    def build(self, request: BuildRequest) -> BuildResult: ...

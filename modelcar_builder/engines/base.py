@@ -1,0 +1,79 @@
+"""Finding the base image (the layer that gives KServe its `sh`, `ln`, `sleep`) for the
+native engine: from a registry, from a local OCI layout, or none at all (`scratch`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from modelcar_builder.auth import resolve_credentials
+from modelcar_builder.engines import RegistryOptions
+from modelcar_builder.oci import INDEX_MEDIA_TYPES
+from modelcar_builder.oci.image import BaseImage, base_image, select_platform
+from modelcar_builder.oci.layout import OciLayout
+from modelcar_builder.reference import ImageRef
+from modelcar_builder.registry import RegistryClient
+from modelcar_builder.target import LayoutTarget, parse_target
+
+log = logging.getLogger("modelcar")
+
+
+@dataclass
+class BaseSource:
+    image: BaseImage | None
+    open_blob: Callable[[str], Iterator[bytes]]  # digest -> bytes, for copying layers
+    host: str | None = None  # registry host and repo, for cross-repo mounts
+    repo: str | None = None
+    client: RegistryClient | None = None
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+def _no_blobs(digest: str) -> Iterator[bytes]:
+    raise AssertionError(f"scratch has no blob {digest}")
+
+
+def load_base(name: str, platform: tuple[str, str], registry: RegistryOptions) -> BaseSource:
+    if name == "scratch":
+        log.warning(
+            "base image 'scratch': the image has no sh/ln/sleep, so KServe's modelcar "
+            "sidecar cannot start it; fine for oci:// fetch mode or inspection only"
+        )
+        return BaseSource(None, _no_blobs)
+    target = parse_target(name)
+    if isinstance(target, LayoutTarget):
+        layout = OciLayout(target.path)
+        image = layout.read_image(target.tag, platform=platform, name=name)
+        return BaseSource(image, lambda digest: _read_layout_blob(layout, digest))
+    return _from_registry(target.ref, platform, registry)
+
+
+def _read_layout_blob(layout: OciLayout, digest: str) -> Iterator[bytes]:
+    with layout.open_blob(digest) as f:
+        while block := f.read(8 << 20):
+            yield block
+
+
+def _from_registry(ref: ImageRef, platform, registry: RegistryOptions) -> BaseSource:
+    creds = resolve_credentials(ref.api_host, repository=ref.repository)
+    client = RegistryClient(
+        ref.api_host, creds, tls_verify=registry.tls_verify, ca_file=registry.ca_file
+    )
+    manifest = client.get_manifest(ref.repository, ref.reference)
+    if manifest.media_type in INDEX_MEDIA_TYPES:
+        chosen = select_platform(json.loads(manifest.body), platform)
+        manifest = client.get_manifest(ref.repository, chosen.digest)
+    parsed = json.loads(manifest.body)
+    config = client.read_blob(ref.repository, parsed["config"]["digest"])
+    image = base_image(str(ref), manifest.digest, parsed, config)
+    return BaseSource(
+        image,
+        lambda d: client.get_blob(ref.repository, d),
+        host=ref.api_host,
+        repo=ref.repository,
+        client=client,
+    )

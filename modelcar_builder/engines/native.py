@@ -1,0 +1,268 @@
+"""The native engine: no daemon, no buildah, no privilege, no root.
+
+Each planned layer is a deterministic tar streamed from the fetched files (or, with
+--stream, straight from the Hub) into the target; no layer tar is ever written to disk
+and no file is held in memory. Layer digests are cached in the workspace state so a rerun
+asks the target what it has (HEAD) before reading a single model byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import requests
+
+from modelcar_builder import __version__
+from modelcar_builder.auth import resolve_credentials
+from modelcar_builder.context import image_labels
+from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
+from modelcar_builder.engines.base import BaseSource, load_base
+from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
+from modelcar_builder.errors import UsageError
+from modelcar_builder.fetch import FetchOptions, HubFileStream
+from modelcar_builder.oci import MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST
+from modelcar_builder.oci.image import Descriptor, build_config, build_manifest, image_annotations
+from modelcar_builder.oci.layer import (
+    DigestingIterator,
+    LayerEntry,
+    TarLayer,
+    gzip_chunks,
+    layer_annotations,
+    layer_media_type,
+)
+from modelcar_builder.oci.layout import OciLayout
+from modelcar_builder.plan import LayerPlan
+from modelcar_builder.progress import Progress
+from modelcar_builder.registry import RegistryClient
+from modelcar_builder.target import LayoutTarget
+from modelcar_builder.workspace import State
+
+log = logging.getLogger("modelcar")
+TAR_FORMAT = "pax-v1"  # part of the layer cache key: change it when the tar bytes change
+
+
+@dataclass(frozen=True)
+class _Pushed:
+    digest: str
+    size: int
+    diff_id: str
+    uploaded: bool
+
+
+def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
+    target = request.target
+    if isinstance(target, LayoutTarget):
+        return LayoutSink(OciLayout(target.path)), None
+    ref = target.ref
+    creds = resolve_credentials(
+        ref.api_host,
+        repository=ref.repository,
+        authfile=request.registry.authfile,
+        token_file=request.registry.token_file,
+    )
+    client = RegistryClient(
+        ref.api_host,
+        creds,
+        tls_verify=request.registry.tls_verify,
+        ca_file=request.registry.ca_file,
+    )
+    client.ping()  # fail on auth/TLS before reading any model byte
+    return RegistrySink(client, ref.repository), client
+
+
+class NativeEngine:
+    name = "native"
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        if request.compression not in ("none", "gzip"):
+            raise UsageError(
+                f"--compression {request.compression} is not supported by the native engine",
+                hint="use none (default, fastest) or gzip; KServe cannot read zstd layers",
+            )
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        sink, client = open_sink(request)
+        base = load_base(request.base_image, request.platform, request.registry)
+        try:
+            self._copy_base(base, sink)
+            timings["base"] = time.monotonic() - started
+            state = request.workspace.state(request.plan.snapshot)
+            pushed = self._push_layers(request, sink, state)
+            timings["layers"] = time.monotonic() - started - timings["base"]
+            manifest_digest, config_digest = self._push_manifest(request, sink, base, pushed)
+        finally:
+            base.close()
+            if client is not None:
+                client.close()
+        timings["total"] = time.monotonic() - started
+        media_type = layer_media_type(request.compression)
+        layers = tuple(
+            LayerResult(
+                p.digest, p.size, p.diff_id, media_type, tuple(f.path for f in lp.files), p.uploaded
+            )
+            for lp, p in zip(request.plan.layers, pushed, strict=True)
+        )
+        return BuildResult(
+            engine=self.name,
+            target=str(request.target),
+            manifest_digest=manifest_digest,
+            config_digest=config_digest,
+            layers=layers,
+            base_layers=len(base.image.layers) if base.image else 0,
+            bytes_uploaded=sink.bytes_uploaded,
+            timings=timings,
+        )
+
+    # -- base -------------------------------------------------------------------------------
+
+    def _copy_base(self, base: BaseSource, sink: Sink) -> None:
+        if base.image is None:
+            return
+        for desc in (*base.image.layers, base.image.config_descriptor):
+            if sink.has_blob(desc.digest, desc.size):
+                continue
+            if base.host and sink.mount(desc.digest, base.host, base.repo or ""):
+                continue
+            sink.put_blob(desc.digest, desc.size, lambda d=desc.digest: base.open_blob(d))
+
+    # -- model layers -----------------------------------------------------------------------
+
+    def _push_layers(self, request: BuildRequest, sink: Sink, state: State) -> list[_Pushed]:
+        cache = state.section("layers")
+        total = sum(_tar_for(request, layer).size for layer in request.plan.layers)
+        progress = Progress("push", total)
+        session = requests.Session()
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, request.jobs)) as pool:
+                futures = [
+                    pool.submit(self._push_one, request, sink, layer, cache, progress, session)
+                    for layer in request.plan.layers
+                ]
+                results = [f.result() for f in futures]
+        finally:
+            progress.close()
+            session.close()
+            state.save()
+        return results
+
+    def _push_one(self, request, sink, layer: LayerPlan, cache, progress, session) -> _Pushed:
+        key = _cache_key(request, layer)
+        cached = cache.get(key)
+        if cached and sink.has_blob(cached["digest"], cached["size"]):
+            log.info("%s already in the target (%s)", layer.name, cached["digest"][:19])
+            return _Pushed(cached["digest"], cached["size"], cached["diff_id"], uploaded=False)
+        tar = _tar_for(request, layer)
+        open_entry = (
+            _stream_opener(request, session, progress) if request.files_dir is None else None
+        )
+
+        def tar_chunks():
+            for chunk in tar.chunks(open_entry):
+                if open_entry is None:
+                    progress.advance(len(chunk))
+                yield chunk
+
+        if request.compression == "none" and request.files_dir is not None:
+            # Known size, digest by one read pass: a monolithic PUT works on every registry.
+            digest = cached["digest"] if cached else tar.digest()
+            if not sink.has_blob(digest, tar.size):
+                sink.put_blob(digest, tar.size, tar_chunks)
+            pushed = _Pushed(digest, tar.size, digest, uploaded=True)
+        else:
+            # Digest unknown until the last byte (gzip, or bytes still arriving from the
+            # Hub): one streaming upload that hashes as it goes.
+            plain = DigestingIterator(tar_chunks())
+            body = gzip_chunks(plain) if request.compression == "gzip" else plain
+            digest, size = sink.put_stream(body)
+            pushed = _Pushed(digest, size, plain.digest, uploaded=True)
+        cache[key] = {"digest": pushed.digest, "size": pushed.size, "diff_id": pushed.diff_id}
+        return pushed
+
+    # -- config and manifest ------------------------------------------------------------------
+
+    def _push_manifest(self, request, sink: Sink, base: BaseSource, pushed) -> tuple[str, str]:
+        plan = request.plan
+        labels = image_labels(plan)
+        comments = [f"modelcar {layer.name}: {len(layer.files)} file(s)" for layer in plan.layers]
+        config = build_config(
+            base.image.config if base.image else None,
+            [p.diff_id for p in pushed],
+            labels,
+            request.created,
+            comments,
+            platform=request.platform,
+        )
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        if not sink.has_blob(config_digest, len(config)):
+            sink.put_blob(config_digest, len(config), lambda: [config])
+        media_type = layer_media_type(request.compression)
+        layers = [*base.image.layers] if base.image else []
+        layers += [
+            Descriptor(media_type, p.digest, p.size, layer_annotations(layer.files))
+            for layer, p in zip(plan.layers, pushed, strict=True)
+        ]
+        annotations = image_annotations(
+            plan.snapshot.source_url,
+            plan.snapshot.commit,
+            request.created,
+            __version__,
+            base_name=base.image.name if base.image else None,
+            base_digest=base.image.manifest_digest if base.image else None,
+        )
+        manifest = build_manifest(
+            Descriptor(MEDIA_TYPE_CONFIG, config_digest, len(config)), layers, annotations
+        )
+        tag = _tag_of(request)
+        digest = sink.put_manifest(manifest, MEDIA_TYPE_MANIFEST, tag)
+        return digest, config_digest
+
+
+def _tag_of(request: BuildRequest) -> str:
+    target = request.target
+    if isinstance(target, LayoutTarget):
+        return target.tag
+    return target.ref.tag or "latest"
+
+
+def _tar_for(request: BuildRequest, layer: LayerPlan) -> TarLayer:
+    base_dir = request.files_dir
+    return TarLayer(
+        LayerEntry(f.path, f.size, base_dir / f.path if base_dir is not None else None)
+        for f in layer.files
+    )
+
+
+def _stream_opener(request: BuildRequest, session, progress):
+    snapshot = request.plan.snapshot
+    if snapshot.kind != "hub" or request.hub is None:
+        raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
+
+    def open_entry(entry: LayerEntry):
+        file = next(f for f in snapshot.files if f.path == entry.path)
+        return HubFileStream(
+            session, request.hub, snapshot.location, snapshot.commit, file, FetchOptions(), progress
+        )
+
+    return open_entry
+
+
+def _cache_key(request: BuildRequest, layer: LayerPlan) -> str:
+    """Identity of a layer's bytes without reading them: file ids, sizes, tar format."""
+    files = [
+        [f.path, f.size, f.sha256 or f.blob_id or _local_id(request, f.path)] for f in layer.files
+    ]
+    doc = json.dumps([TAR_FORMAT, request.compression, files], separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def _local_id(request: BuildRequest, path: str) -> str:
+    # Local files carry no hash; size + mtime in ns changes whenever the bytes do.
+    if request.files_dir is None:
+        return ""
+    st = (request.files_dir / path).stat()
+    return f"mtime:{st.st_mtime_ns}"

@@ -1,0 +1,84 @@
+"""Where the native engine puts blobs and manifests: a registry or an OCI layout.
+One small interface so the engine does not know which it writes to (go-containerregistry
+keeps ``remote`` and ``layout`` apart the same way)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from modelcar_builder.oci.layout import OciLayout
+from modelcar_builder.registry import RegistryClient
+
+Chunks = Iterable[bytes]
+
+
+class Sink(Protocol):
+    def has_blob(self, digest: str, size: int) -> bool: ...
+
+    def put_blob(self, digest: str, size: int, open_chunks: Callable[[], Chunks]) -> None: ...
+
+    def put_stream(self, chunks: Chunks) -> tuple[str, int]: ...
+
+    def put_manifest(self, body: bytes, media_type: str, tag: str) -> str: ...
+
+    def mount(self, digest: str, from_host: str, from_repo: str) -> bool: ...
+
+    @property
+    def bytes_uploaded(self) -> int: ...
+
+
+class RegistrySink:
+    def __init__(self, client: RegistryClient, repo: str) -> None:
+        self.client = client
+        self.repo = repo
+
+    def has_blob(self, digest: str, size: int) -> bool:
+        # A blob of the wrong size is as good as missing: upload it again.
+        return self.client.blob_size(self.repo, digest) == size
+
+    def put_blob(self, digest: str, size: int, open_chunks: Callable[[], Chunks]) -> None:
+        self.client.upload_blob(self.repo, digest, size, open_chunks)
+
+    def put_stream(self, chunks: Chunks) -> tuple[str, int]:
+        return self.client.upload_blob_stream(self.repo, chunks)
+
+    def put_manifest(self, body: bytes, media_type: str, tag: str) -> str:
+        return self.client.put_manifest(self.repo, tag, body, media_type)
+
+    def mount(self, digest: str, from_host: str, from_repo: str) -> bool:
+        if from_host != self.client.host:
+            return False
+        return self.client.mount_blob(self.repo, digest, from_repo)
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return self.client.bytes_uploaded
+
+
+class LayoutSink:
+    def __init__(self, layout: OciLayout) -> None:
+        self.layout = layout.init()
+        self._written = 0
+
+    def has_blob(self, digest: str, size: int) -> bool:
+        return self.layout.has_blob(digest) and self.layout.blob_path(digest).stat().st_size == size
+
+    def put_blob(self, digest: str, size: int, open_chunks: Callable[[], Chunks]) -> None:
+        _, n = self.layout.write_blob(open_chunks(), expected_digest=digest)
+        self._written += n
+
+    def put_stream(self, chunks: Chunks) -> tuple[str, int]:
+        digest, n = self.layout.write_blob(chunks)
+        self._written += n
+        return digest, n
+
+    def put_manifest(self, body: bytes, media_type: str, tag: str) -> str:
+        return self.layout.add_manifest(body, media_type, tag=tag).digest
+
+    def mount(self, digest: str, from_host: str, from_repo: str) -> bool:
+        return False
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return self._written

@@ -1,0 +1,108 @@
+"""Prove a push by digest: the tag resolves to what we built, every blob is there with
+its declared size, and the config keeps the ModelCar contract (no Entrypoint, no Cmd,
+our labels). Reads back from the registry; trusts nothing the push itself reported."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from modelcar_builder.errors import VerificationFailed
+from modelcar_builder.registry import (
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
+    RegistryClient,
+)
+
+# Only single-image manifests: a ModelCar is never an index.
+_ACCEPT = (OCI_MANIFEST, DOCKER_MANIFEST)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    digest: str
+    media_type: str
+    config_digest: str
+    layer_count: int
+    total_size: int  # config + layers, bytes as declared and confirmed by HEAD
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def verify_push(
+    client: RegistryClient,
+    repo: str,
+    tag_or_digest: str,
+    expected_digest: str,
+    expected_labels: Mapping[str, str],
+) -> VerifyResult:
+    where = f"{client.host}/{repo}{'@' if tag_or_digest.startswith('sha256:') else ':'}"
+    where += tag_or_digest
+    info = client.head_manifest(repo, tag_or_digest, accept=_ACCEPT)
+    if info is None:
+        raise VerificationFailed(f"{where} does not exist after the push")
+    if info.digest != expected_digest:
+        raise VerificationFailed(
+            f"{where} resolves to {info.digest or 'no digest'}, but we pushed {expected_digest}"
+        )
+    manifest = client.get_manifest(repo, expected_digest, accept=_ACCEPT)
+    doc = _json(manifest.body, f"manifest {expected_digest}")
+    config_desc, layers = _descriptors(doc, expected_digest)
+    for desc in (config_desc, *layers):
+        _check_blob(client, repo, desc, where)
+    config = _json(client.read_blob(repo, config_desc["digest"]), "image config")
+    labels = _check_config(config, expected_labels, where)
+    return VerifyResult(
+        digest=expected_digest,
+        media_type=manifest.media_type,
+        config_digest=config_desc["digest"],
+        layer_count=len(layers),
+        total_size=sum(int(d["size"]) for d in (config_desc, *layers)),
+        labels=labels,
+    )
+
+
+def _json(body: bytes, what: str) -> dict:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise VerificationFailed(f"{what} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise VerificationFailed(f"{what} is not a JSON object")
+    return doc
+
+
+def _descriptors(doc: dict, digest: str) -> tuple[dict, list[dict]]:
+    config, layers = doc.get("config"), doc.get("layers")
+    if not isinstance(config, dict) or not isinstance(layers, list):
+        raise VerificationFailed(f"manifest {digest} has no config or layers (is it an index?)")
+    for desc in (config, *layers):
+        if not isinstance(desc, dict) or "digest" not in desc or "size" not in desc:
+            raise VerificationFailed(f"manifest {digest} has a descriptor without digest/size")
+    return config, layers
+
+
+def _check_blob(client: RegistryClient, repo: str, desc: dict, where: str) -> None:
+    size = client.blob_size(repo, desc["digest"])
+    if size is None:
+        raise VerificationFailed(f"{where}: blob {desc['digest']} is missing from the registry")
+    if size != int(desc["size"]):
+        raise VerificationFailed(
+            f"{where}: blob {desc['digest']} is {size} bytes, the manifest says {desc['size']}"
+        )
+
+
+def _check_config(config: dict, expected: Mapping[str, str], where: str) -> dict[str, str]:
+    cfg = config.get("config") or {}
+    # KServe starts the modelcar container with args only: an Entrypoint would swallow them.
+    if cfg.get("Entrypoint"):
+        raise VerificationFailed(f"{where} has an Entrypoint {cfg['Entrypoint']}; must have none")
+    if cfg.get("Cmd"):
+        raise VerificationFailed(f"{where} has a Cmd {cfg['Cmd']}; must have none")
+    labels = cfg.get("Labels") or {}
+    for key, value in expected.items():
+        if key not in labels:
+            raise VerificationFailed(f"{where} lacks label {key}")
+        if labels[key] != value:
+            raise VerificationFailed(f"{where} has label {key}={labels[key]!r}, expected {value!r}")
+    return dict(labels)
