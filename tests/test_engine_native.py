@@ -1,0 +1,268 @@
+"""The native engine end to end: Hub imitation -> real registry / OCI layout, checked by
+skopeo and umoci. No daemon, no privilege."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from modelcar_builder import errors
+from modelcar_builder.registry import RegistryClient
+from tests.clitools import run
+from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
+
+MIB = 1 << 20
+REPO = "acme/llm"
+OPENSHIFT_UID = 1000680000
+
+
+def shard(seed: int, size: int) -> bytes:
+    block = hashlib.sha256(b"seed-%d" % seed).digest() * 2048  # 64 KiB, incompressible-ish
+    return (block * (size // len(block) + 1))[:size]
+
+
+def model_files(n_shards: int = 2, shard_size: int = 2 * MIB) -> dict[str, bytes]:
+    files = {
+        "config.json": b'{"model_type": "llm"}',
+        "a/config.json": b'{"nested": true}',
+        "tokenizer/tokenizer.json": b'{"vocab": {"a": 1}}',
+    }
+    for i in range(n_shards):
+        files[f"model-{i:05d}-of-{n_shards:05d}.safetensors"] = shard(i, shard_size + i)
+    return files
+
+
+@pytest.fixture
+def hub_repo(hub):
+    hub.add_repo(REPO, model_files())
+    return hub
+
+
+def build_args(image: str, ws: Path, base: str, *extra: str) -> list[str]:
+    return [
+        "build", f"hf://{REPO}@main", "--engine", "native", "--image", image,
+        "--workspace", str(ws), "--base-image", base, "--layer-threshold", str(MIB),
+        "--no-tls-verify", *extra,
+    ]  # fmt: skip
+
+
+def test_hub_to_registry_round_trip(hub_repo, registry, base_image, capsys, tmp_path):
+    image = f"{registry.host}/models/llm:v1"
+    report = tmp_path / "report.json"
+    results = tmp_path / "results"
+    results.mkdir()
+    res = run(
+        capsys,
+        *build_args(image, tmp_path / "ws", base_image.ref),
+        "--report", str(report), "--results-dir", str(results),
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    doc = json.loads(report.read_text())
+    digest = doc["manifest_digest"]
+    assert res.last_line == f"oci://{registry.host}/models/llm@{digest}"
+    assert (results / "IMAGE_DIGEST").read_text() == digest
+    assert (results / "IMAGE_URL").read_text() == image
+    commit = hub_repo.head(REPO)
+    assert doc["commit"] == commit
+
+    img = unpack(f"docker://{image}", tmp_path / "check")
+    assert_models_match(img, model_files())
+    labels = {
+        "org.opencontainers.image.revision": commit,
+        "org.opencontainers.image.source": f"https://huggingface.co/{REPO}",
+    }
+    assert_modelcar_config(img, labels)
+    layers = img.manifest["layers"]
+    assert len(layers) == 1 + 3  # busybox base + small files + two shards
+    assert layers[0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert {ly["mediaType"] for ly in layers[1:]} == {"application/vnd.oci.image.layer.v1.tar"}
+    shard_layer = layers[2]["annotations"]
+    assert shard_layer["org.cncf.model.filepath"] == "/models/model-00000-of-00002.safetensors"
+    assert (
+        shard_layer["io.modelcar.file.sha256"]
+        == hub_repo.file(REPO, "model-00000-of-00002.safetensors").sha256
+    )
+    assert img.manifest["annotations"]["org.opencontainers.image.revision"] == commit
+    assert (img.rootfs / "bin" / "sh").exists()  # the base is really there
+
+
+def test_rebuild_same_digest_uploads_nothing(hub_repo, registry, base_image, capsys, tmp_path):
+    image = f"{registry.host}/models/llm:v1"
+    first = run(capsys, *build_args(image, tmp_path / "ws", base_image.ref))
+    assert first.code == 0, first.err
+    mark = registry.mark()
+    hub_repo.reset_counters()
+    report = tmp_path / "r.json"
+    again = run(
+        capsys, *build_args(image, tmp_path / "ws", base_image.ref), "--report", str(report)
+    )
+    assert again.code == 0, again.err
+    assert again.last_line == first.last_line
+    assert registry.bytes_uploaded(since=mark) == 0
+    assert registry.upload_requests(since=mark) == []
+    doc = json.loads(report.read_text())
+    assert doc["bytes_uploaded"] == 0 and doc["bytes_downloaded"] == 0
+    assert not any(layer["uploaded"] for layer in doc["layers"])
+    # A fresh workspace on another machine gives the same digest too.
+    other = run(capsys, *build_args(image, tmp_path / "ws2", base_image.ref))
+    assert other.last_line == first.last_line
+
+
+def test_to_oci_layout_with_layout_base(hub_repo, base_image, capsys, tmp_path):
+    out = tmp_path / "out"
+    res = run(capsys, *build_args(f"oci:{out}:tiny", tmp_path / "ws", base_image.oci_ref))
+    assert res.code == 0, res.err
+    assert res.last_line.startswith(f"oci:{out}@sha256:")
+    img = unpack(f"oci:{out}:tiny", tmp_path / "check")
+    assert_models_match(img, model_files())
+    verify = run(capsys, "verify", f"oci:{out}:tiny")
+    assert verify.code == 0 and verify.last_line == res.last_line
+
+
+def test_gzip_layers(hub_repo, registry, base_image, capsys, tmp_path):
+    image = f"{registry.host}/models/llm:gz"
+    res = run(capsys, *build_args(image, tmp_path / "ws", base_image.ref), "--compression", "gzip")
+    assert res.code == 0, res.err
+    img = unpack(f"docker://{image}", tmp_path / "check")
+    assert {ly["mediaType"] for ly in img.manifest["layers"]} == {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    }
+    assert_models_match(img, model_files())
+
+
+def test_zstd_refused_by_native(hub_repo, registry, capsys, tmp_path):
+    res = run(capsys, *build_args(f"{registry.host}/m/x:1", tmp_path / "ws", "scratch"),
+              "--compression", "zstd")  # fmt: skip
+    assert res.code == errors.UsageError.exit_code and "zstd" in res.err
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def test_stream_needs_no_disk_for_the_model(hub, registry, base_image, capsys, tmp_path):
+    files = model_files(n_shards=3, shard_size=40 * MIB)
+    hub.add_repo(REPO, files)
+    ws = tmp_path / "ws"
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], dir_size(ws) if ws.exists() else 0)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        image = f"{registry.host}/models/streamed:v1"
+        res = run(capsys, *build_args(image, ws, base_image.ref), "--stream")
+    finally:
+        stop.set()
+        sampler.join()
+    assert res.code == 0, res.err
+    assert peak[0] < 1 * MIB, f"workspace peaked at {peak[0]} bytes"
+    assert not (ws / "files").exists() or not any((ws / "files").iterdir())
+    img = unpack(f"docker://{image}", tmp_path / "check")
+    assert_models_match(img, files)
+
+
+def test_stream_never_pushes_a_corrupted_file(hub_repo, registry, base_image, capsys, tmp_path):
+    hub_repo.corrupt(REPO, "model-00001-of-00002.safetensors")
+    image = f"{registry.host}/models/llm:bad"
+    res = run(capsys, *build_args(image, tmp_path / "ws", base_image.ref), "--stream")
+    assert res.code == errors.IntegrityError.exit_code, res.err
+    assert "sha256 mismatch" in res.err and "Traceback" not in res.err
+    with RegistryClient(registry.host, tls_verify=False) as client:
+        assert client.head_manifest("models/llm", "bad") is None
+        bad = hashlib.sha256(model_files()["model-00001-of-00002.safetensors"]).hexdigest()
+        assert bad  # the layer holding it was never committed: no manifest refers to it
+    hub_repo.clear_faults()
+    res = run(capsys, *build_args(image, tmp_path / "ws", base_image.ref), "--stream")
+    assert res.code == 0, res.err
+
+
+def test_unreachable_and_refused_registries(hub_repo, registry_htpasswd, capsys, tmp_path):
+    res = run(capsys, *build_args("127.0.0.1:9/m/x:1", tmp_path / "ws", "scratch"))
+    assert res.code == errors.RegistryUnreachable.exit_code, res.err
+    token = tmp_path / "token"
+    token.write_text("not-the-password")
+    res = run(capsys, *build_args(f"{registry_htpasswd.host}/m/x:1", tmp_path / "ws", "scratch"),
+              "--registry-token-file", str(token))  # fmt: skip
+    assert res.code == errors.RegistryAuthError.exit_code, res.err
+    assert str(token) in res.err and "not-the-password" not in res.err
+
+
+def test_service_account_token_file_pushes(hub_repo, registry_htpasswd, capsys, tmp_path):
+    token = tmp_path / "token"
+    token.write_text(registry_htpasswd.password + "\n")
+    image = f"{registry_htpasswd.host}/models/llm:sa"
+    report = tmp_path / "report.json"
+    res = run(capsys, *build_args(image, tmp_path / "ws", "scratch"),
+              "--registry-token-file", str(token), "--report", str(report))  # fmt: skip
+    assert res.code == 0, res.err
+    assert registry_htpasswd.password not in res.out + res.err + report.read_text()
+
+
+def test_bearer_token_registry(hub_repo, registry_token, capsys, tmp_path, monkeypatch):
+    auth = tmp_path / "auth.json"
+    registry_token.write_authfile(auth)
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    res = run(
+        capsys, *build_args(f"{registry_token.host}/models/llm:tok", tmp_path / "ws", "scratch")
+    )
+    assert res.code == 0, res.err
+
+
+def test_tls_registry_with_ca_file(hub_repo, registry_tls, capsys, tmp_path):
+    image = f"{registry_tls.host}/models/llm:tls"
+    args = build_args(image, tmp_path / "ws", "scratch")
+    args.remove("--no-tls-verify")
+    res = run(capsys, *args)
+    assert res.code == errors.RegistryUnreachable.exit_code, res.err
+    res = run(capsys, *args, "--ca-file", str(registry_tls.ca_file))
+    assert res.code == 0, res.err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to an arbitrary UID")
+def test_unprivileged_on_read_only_root(hub_repo, registry, tmp_path):
+    """Arbitrary UID, GID 0, no capabilities, root fs read-only, only the workspace
+    writable: the restricted-SCC pod the native engine exists for."""
+    ws = Path(os.path.realpath(tmp_path)) / "ws"
+    ws.mkdir()
+    os.chown(ws, 0, 0)
+    os.chmod(ws, 0o775)
+    image = f"{registry.host}/models/llm:unpriv"
+    inner = " ".join([
+        "mount --make-rprivate / &&",
+        f"mount --bind {ws} {ws} &&",
+        "mount -o remount,bind,ro / &&",
+        f"exec setpriv --reuid={OPENSHIFT_UID} --regid=0 --clear-groups --inh-caps=-all",
+        "--bounding-set=-all --",
+        sys.executable, "-m", "modelcar_builder", *build_args(image, ws, "scratch"),
+    ])  # fmt: skip
+    env = {
+        **os.environ,
+        "HOME": str(ws),
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HF_ENDPOINT": hub_repo.endpoint,
+    }
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", inner], capture_output=True,
+                          text=True, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"oci://{image.rsplit(':', 1)[0]}@")
