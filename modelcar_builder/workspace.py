@@ -55,7 +55,7 @@ def make_dir(path: Path, mode: int = DIR_MODE) -> Path:
     """mkdir -p with an explicit mode on each directory we create."""
     missing = []
     p = path
-    while not p.exists():
+    while not os.path.exists(p):
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
@@ -92,7 +92,7 @@ class Workspace:
     def _permission_error(self, where: str) -> WorkspaceError:
         # Name the directory that actually refused us: the nearest one that exists.
         blocking = Path(where)
-        while not blocking.exists() and blocking != blocking.parent:
+        while not os.path.exists(blocking) and blocking != blocking.parent:
             blocking = blocking.parent
         try:
             st = blocking.stat()

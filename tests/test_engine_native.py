@@ -7,8 +7,10 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -242,7 +244,9 @@ def test_tls_registry_with_ca_file(hub_repo, registry_tls, capsys, tmp_path):
 def test_unprivileged_on_read_only_root(hub_repo, registry, tmp_path):
     """Arbitrary UID, GID 0, no capabilities, root fs read-only, only the workspace
     writable: the restricted-SCC pod the native engine exists for."""
-    ws = Path(os.path.realpath(tmp_path)) / "ws"
+    top = Path(tempfile.mkdtemp(prefix="modelcar-unpriv-"))  # pytest's tmp is 0700 root
+    os.chmod(top, 0o755)
+    ws = top / "ws"
     ws.mkdir()
     os.chown(ws, 0, 0)
     os.chmod(ws, 0o775)
@@ -264,5 +268,6 @@ def test_unprivileged_on_read_only_root(hub_repo, registry, tmp_path):
     }
     proc = subprocess.run(["unshare", "--mount", "sh", "-c", inner], capture_output=True,
                           text=True, env=env)  # fmt: skip
+    shutil.rmtree(top, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith(f"oci://{image.rsplit(':', 1)[0]}@")
