@@ -12,4 +12,5 @@ os.environ.pop("HF_TOKEN", None)
 pytest_plugins = [
     "tests.support.hubsim",
     "tests.support.registry",
+    "tests.support.proxy",
 ]

@@ -38,12 +38,14 @@ def skopeo_to_layout(src: str, dest: Path, tls_verify: bool = False) -> str:
     argv = ["skopeo", "copy", "-q"]
     if src.startswith("docker://"):
         argv.append(f"--src-tls-verify={'true' if tls_verify else 'false'}")
-    subprocess.run([*argv, src, dest_ref], check=True, capture_output=True)
+    proc = subprocess.run([*argv, src, dest_ref], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     return dest_ref
 
 
 def unpack(src: str, workdir: Path) -> Unpacked:
     layout = workdir / "pulled"
+    workdir.mkdir(parents=True, exist_ok=True)
     skopeo_to_layout(src, layout)
     index = json.loads((layout / "index.json").read_text())
     digest = index["manifests"][0]["digest"]

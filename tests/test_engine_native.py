@@ -271,3 +271,28 @@ def test_unprivileged_on_read_only_root(hub_repo, registry, tmp_path):
     shutil.rmtree(top, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith(f"oci://{image.rsplit(':', 1)[0]}@")
+
+
+def test_interrupted_push_resends_only_unfinished_layers(
+    hub, registry, cutting_proxy, capsys, tmp_path
+):
+    files = model_files(n_shards=3, shard_size=4 * MIB)
+    hub.add_repo(REPO, files)
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    image = f"{proxy.host}/models/llm:cut"
+    args = [*build_args(image, tmp_path / "ws", "scratch"), "--jobs", "1"]
+    proxy.cut_after(6 * MIB)  # mid-way through the second shard
+    mark = registry.mark()
+    res = run(capsys, *args)
+    assert res.code == errors.RegistryUnreachable.exit_code, res.err
+    first = {b.digest for b in registry.committed_blobs(since=mark)}
+    assert len(first) >= 2  # small-files layer and the first shard made it
+
+    proxy.restore()
+    mark = registry.mark()
+    res = run(capsys, *args)
+    assert res.code == 0, res.err
+    second = {b.digest for b in registry.committed_blobs(since=mark)}
+    assert second and not (first & second)  # nothing finished was sent again
+    img = unpack(f"docker://{registry.host}/models/llm:cut", tmp_path / "check")
+    assert_models_match(img, files)

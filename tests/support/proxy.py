@@ -1,0 +1,103 @@
+"""A loopback TCP proxy that can cut a transfer mid-stream and then play dead, to test
+what a rerun does after a push was interrupted (a registry restart, a network cut)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+
+class CuttingProxy:
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._budget: int | None = None  # client->upstream bytes left before the cut
+        self._down = False
+        self._conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cut_after(self, n_bytes: int) -> None:
+        """After n more request bytes, drop every connection and refuse new ones."""
+        with self._lock:
+            self._budget = n_bytes
+
+    def restore(self) -> None:
+        with self._lock:
+            self._down, self._budget = False, None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._drop_all()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                down = self._down
+            if down:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.upstream)
+            with self._lock:
+                self._conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if counted and not self._spend(len(data)):
+                    self._drop_all()
+                    return
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def _spend(self, n: int) -> bool:
+        with self._lock:
+            if self._down:
+                return False
+            if self._budget is None:
+                return True
+            self._budget -= n
+            if self._budget < 0:
+                self._down = True
+                return False
+            return True
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+
+@pytest.fixture
+def cutting_proxy() -> Iterator[type[CuttingProxy]]:
+    made: list[CuttingProxy] = []
+
+    def factory(upstream: tuple[str, int]) -> CuttingProxy:
+        proxy = CuttingProxy(upstream)
+        made.append(proxy)
+        return proxy
+
+    yield factory  # type: ignore[misc]
+    for proxy in made:
+        proxy.close()
