@@ -119,7 +119,9 @@ def test_prepare_keeps_subdirectories_and_links_without_copying(repo, capsys, ws
     text = (ctx / "Containerfile").read_text()
     assert "COPY --chown=0:0 layer-002/ /models/" in text
     assert f'org.opencontainers.image.revision="{repo.head(REPO)}"' in text
-    assert "ENTRYPOINT" not in text.replace("no ENTRYPOINT", "")
+    instructions = [line.split()[0] for line in text.splitlines() if line and line[0] != "#"]
+    assert instructions[:4] == ["FROM", "ENTRYPOINT", "CMD", "LABEL"]
+    assert "ENTRYPOINT []" in text and "CMD []" in text
     assert not list(ctx.rglob("pytorch_model.bin"))
 
 
