@@ -1,0 +1,87 @@
+"""Local directories as sources: used in place, subdirectories kept, links checked."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from modelcar_builder import errors
+from tests.clitools import run
+
+
+def make_model(root: Path) -> Path:
+    (root / "a").mkdir(parents=True)
+    (root / "config.json").write_text('{"top": true}')
+    (root / "a" / "config.json").write_text('{"nested": true}')
+    (root / "model.safetensors").write_bytes(b"\0" * 4096)
+    return root
+
+
+def plan_paths(res) -> list[str]:
+    doc = json.loads(res.out)
+    return [f["path"] for layer in doc["layers"] for f in layer["files"]]
+
+
+def test_local_plan_keeps_subdirectories(capsys, tmp_path):
+    model = make_model(tmp_path / "m")
+    res = run(capsys, "plan", str(model), "--json")
+    assert res.code == 0, res.err
+    assert plan_paths(res) == ["a/config.json", "config.json", "model.safetensors"]
+    assert json.loads(res.out)["commit"] is None
+
+
+def test_symlink_leaving_the_directory_is_refused(capsys, tmp_path):
+    model = make_model(tmp_path / "m")
+    (tmp_path / "secret").write_text("outside")
+    os.symlink(tmp_path / "secret", model / "leak.json")
+    res = run(capsys, "plan", str(model))
+    assert res.code == errors.UnsafeSource.exit_code
+    assert "points outside the source directory" in res.err and "Traceback" not in res.err
+
+
+def test_symlinks_inside_the_directory_are_followed(capsys, tmp_path):
+    model = make_model(tmp_path / "m")
+    os.symlink("config.json", model / "alias.json")
+    os.symlink("a", model / "b")
+    res = run(capsys, "plan", str(model), "--json")
+    assert res.code == 0, res.err
+    assert plan_paths(res) == [
+        "a/config.json", "alias.json", "b/config.json", "config.json", "model.safetensors",
+    ]  # fmt: skip
+
+
+def test_local_prepare_uses_files_in_place(capsys, tmp_path):
+    model = make_model(tmp_path / "m")
+    res = run(capsys, "prepare", str(model), "--workspace", str(tmp_path / "ws"))
+    assert res.code == 0, res.err
+    assert not any((tmp_path / "ws" / "files").iterdir())  # no download, no copy
+    linked = Path(res.last_line) / "layer-000" / "model.safetensors"
+    assert os.path.samefile(linked, model / "model.safetensors")
+
+
+def test_file_with_other_mode_is_copied_not_chmodded(capsys, tmp_path):
+    model = make_model(tmp_path / "m")
+    os.chmod(model / "config.json", 0o600)
+    res = run(capsys, "prepare", str(model), "--workspace", str(tmp_path / "ws"))
+    assert res.code == 0, res.err
+    assert (model / "config.json").stat().st_mode & 0o777 == 0o600  # the user's file untouched
+    copy = Path(res.last_line) / "layer-000" / "config.json"
+    assert copy.stat().st_mode & 0o777 == 0o644
+
+
+def test_empty_selection_is_a_clear_error(capsys, tmp_path):
+    model = make_model(tmp_path / "m")
+    res = run(capsys, "plan", str(model), "--include", "*.gguf")
+    assert res.code == errors.EmptySelection.exit_code
+    assert "no files selected" in res.err and "hint:" in res.err
+
+
+def test_options_read_modelcar_environment(capsys, tmp_path, monkeypatch):
+    model = make_model(tmp_path / "m")
+    monkeypatch.setenv("MODELCAR_EXCLUDE", "a/*")
+    monkeypatch.setenv("MODELCAR_LAYER_THRESHOLD", "1000")
+    res = run(capsys, "plan", str(model), "--json")
+    doc = json.loads(res.out)
+    assert plan_paths(res) == ["config.json", "model.safetensors"]
+    assert [len(layer["files"]) for layer in doc["layers"]] == [1, 1]
