@@ -108,10 +108,12 @@ def _fetch_options() -> FetchOptions:
     interval = os.environ.get("MODELCAR_PROGRESS_INTERVAL")
     timeout = os.environ.get("MODELCAR_READ_TIMEOUT")
     attempts = os.environ.get("MODELCAR_ATTEMPTS")
+    jobs = os.environ.get("MODELCAR_FETCH_JOBS")
     return FetchOptions(
         progress_interval=float(interval) if interval else None,
         read_timeout=float(timeout) if timeout else FetchOptions.read_timeout,
         attempts=int(attempts) if attempts else FetchOptions.attempts,
+        jobs=int(jobs) if jobs else FetchOptions.jobs,
     )
 
 

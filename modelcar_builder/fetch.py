@@ -12,6 +12,8 @@ import hashlib
 import io
 import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -45,6 +47,7 @@ CHUNK = 1024 * 1024
 @dataclass(frozen=True)
 class FetchOptions:
     attempts: int = 5
+    jobs: int = 4  # files downloaded in parallel
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     backoff_max: float = 30.0
@@ -58,6 +61,18 @@ class FetchResult:
     downloaded_bytes: int
     fetched: tuple[str, ...]
     reused: tuple[str, ...]
+
+
+class _Counter:
+    """Bytes received, summed across download threads."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
 
 
 class _Transient(Exception):
@@ -116,30 +131,30 @@ def fetch(
     )
     progress = Progress("fetch", need, stream=opts.progress_stream, interval=opts.progress_interval)
     session = requests.Session()
-    downloaded = [0]
+    downloaded = _Counter()
     failures: list[ModelcarError] = []
-    try:
-        for entry in todo:
-            try:
-                _fetch_one(
-                    session,
-                    access,
-                    snapshot.location,
-                    snapshot.commit,
-                    entry,
-                    partial_dir / f"{entry.path}.part",
-                    files_dir / entry.path,
-                    opts,
-                    progress,
-                    downloaded,
-                )
-            except (DownloadFailed, IntegrityError) as exc:
-                # Keep going: every other file that verifies is kept for the rerun.
-                log.error("%s", exc)
+    lock = threading.Lock()
+
+    def one(entry: FileEntry) -> None:
+        part = partial_dir / f"{entry.path}.part"
+        try:
+            _fetch_one(session, access, snapshot.location, snapshot.commit, entry, part,
+                       files_dir / entry.path, opts, progress, downloaded)  # fmt: skip
+        except (DownloadFailed, IntegrityError) as exc:
+            # Keep going: every other file that verifies is kept for the rerun.
+            log.error("%s", exc)
+            with lock:
                 failures.append(exc)
-                continue
+            return
+        with lock:
             verified[entry.path] = expected_id(entry)
             state.save()
+
+    try:
+        # Largest first: with several workers the long shards start at once.
+        ordered = sorted(todo, key=lambda e: -e.size)
+        with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+            list(pool.map(one, ordered))
     finally:
         progress.close()
         session.close()
@@ -148,7 +163,7 @@ def fetch(
         if len(failures) > 1:
             first.message += f" (and {len(failures) - 1} more files failed)"
         raise first
-    downloaded = downloaded[0]
+    downloaded = downloaded.value
     return FetchResult(files_dir, downloaded, tuple(e.path for e in todo), tuple(reused))
 
 
@@ -259,7 +274,7 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter) 
                     out.write(block)
                     h.update(block)
                     received += len(block)
-                    counter[0] += len(block)
+                    counter.add(len(block))
                     progress.advance(len(block))
         except (
             requests.ConnectionError,

@@ -136,3 +136,20 @@ def test_progress_plain_lines_every_interval_with_rate_and_eta():
     assert len(lines) == 2  # at t=5 and t=10 only
     assert lines[-1] == "fetch: 50.0 MiB / 100.0 MiB (50%), 5.0 MiB/s, ETA 10s"
     assert "\r" not in out.getvalue()
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_redraws_one_line_on_a_tty():
+    out, clock = _Tty(), _Clock()
+    p = Progress("push", 10 * 1024 * 1024, stream=out, clock=clock)
+    for _ in range(4):
+        clock.t += 1
+        p.advance(1024 * 1024)
+    p.close()
+    text = out.getvalue()
+    assert text.count("\r\x1b[K") == 5 and text.endswith("\n")
+    assert "push: 4.0 MiB / 10.0 MiB (40%), 1.0 MiB/s, ETA 6s" in text
