@@ -73,6 +73,9 @@ def resolve_credentials(
 ) -> Credentials | None:
     """Credentials for ``host`` (``host[:port]``), or None when no source has any.
 
+    A source "matches" when it holds credentials for this host: an authfile without an
+    entry for it falls through to the next source (an explicit one must exist, though).
+
     ``repository`` lets auth.json entries scoped to ``host/namespace/repo`` win over the
     host-wide entry, as containers/image does."""
     env = os.environ if env is None else env
@@ -85,12 +88,14 @@ def resolve_credentials(
                 f"authfile {path} does not exist",
                 hint="pass the path of a containers auth.json or docker config.json",
             )
-        return _from_config_file(path, host, repository, env, helper)
+        creds = _from_config_file(path, host, repository, env, helper)
+        if creds is not None:
+            return creds
     if env.get("REGISTRY_AUTH_FILE"):
         path = Path(env["REGISTRY_AUTH_FILE"])
-        if path.is_file():
-            return _from_config_file(path, host, repository, env, helper)
-        log.debug("REGISTRY_AUTH_FILE=%s does not exist; ignored", path)
+        creds = _from_config_file(path, host, repository, env, helper) if path.is_file() else None
+        if creds is not None:
+            return creds
     if token_file is not None:
         return _from_token_file(Path(token_file), f"token file {token_file}")
     if host in OPENSHIFT_REGISTRY_HOSTS and Path(sa_token_path).is_file():
@@ -103,9 +108,21 @@ def resolve_credentials(
     return None
 
 
-def default_ca_file(service_ca: str | os.PathLike[str] = SERVICE_CA_PATH) -> str | None:
-    """In an OpenShift pod the internal registry's TLS is signed by the service CA."""
+def default_ca_file(
+    service_ca: str | os.PathLike[str] = SERVICE_CA_PATH, host: str | None = None
+) -> str | None:
+    """In an OpenShift pod the internal registry's TLS is signed by the service CA.
+
+    With ``host``, only for in-cluster service names: requests' ``verify=<file>`` replaces
+    the system bundle, so the service CA alone would break quay.io and friends."""
+    if host is not None and not _is_cluster_service(host):
+        return None
     return str(service_ca) if Path(service_ca).is_file() else None
+
+
+def _is_cluster_service(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.endswith((".svc", ".svc.cluster.local"))
 
 
 @contextlib.contextmanager

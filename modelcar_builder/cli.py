@@ -230,12 +230,16 @@ def registry_options(fn):
     return fn
 
 
-def _registry_options(authfile, registry_token_file, tls_verify, ca_file) -> RegistryOptions:
+def _registry_options(
+    authfile, registry_token_file, tls_verify, ca_file, host: str | None
+) -> RegistryOptions:
+    # In a pod, the service CA signs in-cluster registries only (default_ca_file knows).
+    default_ca = default_ca_file(host=host) if tls_verify and host else None
     return RegistryOptions(
         authfile=authfile,
         token_file=registry_token_file,
         tls_verify=tls_verify,
-        ca_file=ca_file or (default_ca_file() if tls_verify else None),
+        ca_file=ca_file or default_ca,
     )
 
 
@@ -336,7 +340,13 @@ def build(
     settings = BuildSettings(
         engine=engine or default_engine(),
         base_image=base_image,
-        registry=_registry_options(authfile, registry_token_file, tls_verify, ca_file),
+        registry=_registry_options(
+            authfile,
+            registry_token_file,
+            tls_verify,
+            ca_file,
+            target.ref.api_host if isinstance(target, RegistryTarget) else None,
+        ),
         compression=compression,
         jobs=jobs,
         stream=stream,
@@ -376,7 +386,8 @@ def verify(image, authfile, registry_token_file, tls_verify, ca_file, labels):
     """Check a pushed ModelCar: digest, blobs, no Entrypoint/Cmd, labels."""
     target = parse_target(image)
     expected = dict(item.split("=", 1) for item in labels if "=" in item)
-    opts = _registry_options(authfile, registry_token_file, tls_verify, ca_file)
+    host = target.ref.api_host if isinstance(target, RegistryTarget) else None
+    opts = _registry_options(authfile, registry_token_file, tls_verify, ca_file, host)
     if isinstance(target, RegistryTarget):
         ref = target.ref
         creds = resolve_credentials(

@@ -153,7 +153,8 @@ class RegistryClient:
         self._tokens: dict[tuple[str, ...], _Token] = {}
         # Scopes a challenge asked for beyond ours (e.g. a mount source), per our scope key.
         self._extra_scopes: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # auth state (held across a token fetch)
+        self._stats_lock = threading.Lock()  # counters (never held across I/O)
         self._secrets: set[str] = set(creds.secrets()) if creds else set()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -206,7 +207,7 @@ class RegistryClient:
             log.debug("mount of %s from %s refused; will upload", digest, from_repo)
             return False
         if resp.status_code == 201:
-            with self._lock:
+            with self._stats_lock:
                 self.stats.blobs_mounted += 1
             return True
         self._cancel_upload(resp, scopes)
@@ -241,7 +242,7 @@ class RegistryClient:
 
         with self._errors(what=f"blob {digest}"):
             self._retrying(attempt)
-        with self._lock:
+        with self._stats_lock:
             self.stats.blobs_uploaded += 1
 
     def upload_blob_stream(self, repo: str, chunks: Iterable[bytes]) -> tuple[str, int]:
@@ -280,7 +281,7 @@ class RegistryClient:
                     "PUT", url, scopes, ok=(201,), headers={"Content-Length": "0"}, data=b""
                 )
             )
-        with self._lock:
+        with self._stats_lock:
             self.stats.blobs_uploaded += 1
         return digest, counter.n
 
@@ -297,11 +298,11 @@ class RegistryClient:
         registry lost the upload. Some registries reject PATCH (GAR) or big PATCH bodies
         (ghcr): ``upload_blob`` is the default, this is for flaky links to friendly ones."""
         scopes = _push(repo)
-        state: dict[str, object] = {"location": None, "offset": 0}
+        state = _UploadState()
 
         def attempt() -> None:
-            location, offset = self._resume_point(repo, state.get("location"))  # type: ignore[arg-type]
-            state["location"] = location
+            location, offset = self._resume_point(repo, state.location)
+            state.location = location
             reader = _Reader(open_at(offset)) if offset < size else None
             while offset < size and reader is not None:
                 n = min(chunk_size, size - offset)
@@ -319,7 +320,7 @@ class RegistryClient:
                 self._check(resp, "PATCH", location, ok=(202,))
                 location = urljoin(location, resp.headers.get("Location", location))
                 offset += n
-                state["location"], state["offset"] = location, offset
+                state.location = location
             url = _add_query(location, digest=digest)
             self._send_checked(
                 "PUT", url, scopes, ok=(201,), headers={"Content-Length": "0"}, data=b""
@@ -327,7 +328,7 @@ class RegistryClient:
 
         with self._errors(what=f"blob {digest}"):
             self._retrying(attempt)
-        with self._lock:
+        with self._stats_lock:
             self.stats.blobs_uploaded += 1
 
     def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
@@ -375,7 +376,7 @@ class RegistryClient:
                 f"whose sha256 is {digest}"
             )
         media_type = _media_type(resp) or _guess_media_type(body)
-        return Manifest(body, media_type, resp.headers.get("Docker-Content-Digest", digest))
+        return Manifest(body, media_type, digest)  # the body's own hash, not a header
 
     def head_manifest(
         self, repo: str, reference: str, accept: Iterable[str] = MANIFEST_ACCEPT
@@ -438,6 +439,7 @@ class RegistryClient:
         if location is None:
             return self._start_upload(repo), 0
         resp = self._send("GET", location, _push(repo))
+        resp.close()
         end = _range_end(resp.headers.get("Range", "")) if resp.status_code == 204 else None
         if end is None or end == 0:
             # Lost (e.g. distribution cancels an upload whose state no longer matches) or
@@ -455,7 +457,7 @@ class RegistryClient:
             self._send("DELETE", urljoin(resp.url, location), scopes).close()
 
     def _count_upload(self, n: int) -> None:
-        with self._lock:
+        with self._stats_lock:
             self.stats.bytes_uploaded += n
 
     def _iter_blob(self, resp: requests.Response, digest: str) -> Iterator[bytes]:
@@ -463,7 +465,7 @@ class RegistryClient:
         with resp, self._errors(what=f"blob {digest}"):
             for piece in resp.iter_content(_READ_SIZE):
                 hasher.update(piece)
-                with self._lock:
+                with self._stats_lock:
                     self.stats.bytes_downloaded += len(piece)
                 yield piece
         if digest.startswith("sha256:") and f"sha256:{hasher.hexdigest()}" != digest:
@@ -517,24 +519,21 @@ class RegistryClient:
     def _raw(
         self, method: str, url: str, headers: dict[str, str], data: object, stream: bool
     ) -> requests.Response:
-        with self._lock:
+        with self._stats_lock:
             self.stats.requests += 1
         with warnings.catch_warnings():
             if self._verify is False:
                 warnings.simplefilter("ignore", InsecureRequestWarning)
-            try:
-                resp = self._session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    stream=stream,
-                    verify=self._verify,  # per request: REQUESTS_CA_BUNDLE beats session.verify
-                    timeout=self._timeout,
-                    allow_redirects=True,
-                )
-            except _SourceError as exc:
-                raise exc from None
+            resp = self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                stream=stream,
+                verify=self._verify,  # per request: REQUESTS_CA_BUNDLE beats session.verify
+                timeout=self._timeout,
+                allow_redirects=True,
+            )
         log.debug("%s %s -> %d", method, _path(url), resp.status_code)
         return resp
 
@@ -619,7 +618,7 @@ class RegistryClient:
         return _Token(value, started + ttl, margin=min(_TOKEN_MARGIN, ttl / 4))
 
     def _token_request(self, realm: str, query: list[tuple[str, str]]) -> requests.Response:
-        with self._lock:
+        with self._stats_lock:
             self.stats.token_requests += 1
         creds = self.creds
         kwargs: dict[str, object] = {"verify": self._verify, "timeout": self._timeout}
@@ -695,7 +694,7 @@ class RegistryClient:
         return retrying(fn)
 
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
-        with self._lock:
+        with self._stats_lock:
             self.stats.retries += 1
         exc = state.outcome.exception() if state.outcome else None
         log.warning(
@@ -728,8 +727,8 @@ class RegistryClient:
             raise RegistryError(
                 self._scrub(
                     f"registry {self.host} answered {resp.status_code} to "
-                    f"{resp.request.method} {_path(resp.request.url or '')}{suffix} "
-                    f"after {self._retry.attempts} attempts{_error_detail(resp)}"
+                    f"{resp.request.method} {_path(resp.request.url or '')}{suffix}"
+                    f"{_error_detail(resp)}"
                 ),
                 hint="the registry is failing; check its logs and storage, then rerun",
             ) from None
@@ -741,6 +740,10 @@ class RegistryClient:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise RegistryUnreachable(
                 self._scrub(f"cannot reach registry {self.host}{suffix}: {_reason(exc)}")
+            ) from None
+        except requests.RequestException as exc:  # broken stream, bad redirect, …
+            raise RegistryError(
+                self._scrub(f"request to registry {self.host} failed{suffix}: {_reason(exc)}")
             ) from None
 
     def _scrub(self, text: str) -> str:
@@ -783,6 +786,13 @@ def resolve_platform(index_body: bytes, platform: str = "linux/amd64") -> str:
 
 class _Counter:
     n = 0
+
+
+@dataclass
+class _UploadState:
+    """The last Location the registry gave a chunked upload (carries its signed state)."""
+
+    location: str | None = None
 
 
 class _Reader:

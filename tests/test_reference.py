@@ -1,0 +1,108 @@
+"""ImageRef parsing: the forms podman/skopeo/KServe accept, and one-line errors otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelcar_builder.errors import UsageError
+from modelcar_builder.reference import ImageRef
+
+D = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("text", "registry", "repository", "tag", "digest"),
+    [
+        ("quay.io/org/model:v1", "quay.io", "org/model", "v1", None),
+        ("quay.io/org/model", "quay.io", "org/model", "latest", None),
+        ("127.0.0.1:5000/models/tiny:dev", "127.0.0.1:5000", "models/tiny", "dev", None),
+        ("localhost/a", "localhost", "a", "latest", None),
+        ("localhost:5000/a/b/c:1.0-rc_1", "localhost:5000", "a/b/c", "1.0-rc_1", None),
+        (f"quay.io/org/model@{D}", "quay.io", "org/model", None, D),
+        (f"quay.io/org/model:v1@{D}", "quay.io", "org/model", "v1", D),
+        ("busybox", "docker.io", "library/busybox", "latest", None),
+        ("busybox:1.36", "docker.io", "library/busybox", "1.36", None),
+        ("org/model", "docker.io", "org/model", "latest", None),
+        ("docker.io/busybox", "docker.io", "library/busybox", "latest", None),
+        ("index.docker.io/org/x:y", "docker.io", "org/x", "y", None),
+        (
+            "image-registry.openshift-image-registry.svc:5000/ns/model:v2",
+            "image-registry.openshift-image-registry.svc:5000",
+            "ns/model",
+            "v2",
+            None,
+        ),
+        (f"oci://quay.io/org/model@{D}", "quay.io", "org/model", None, D),
+        ("docker://quay.io/org/model:v1", "quay.io", "org/model", "v1", None),
+        ("Registry/org/model", "Registry", "org/model", "latest", None),
+        ("[::1]:5000/a:b", "[::1]:5000", "a", "b", None),
+    ],
+)
+def test_parse(text: str, registry: str, repository: str, tag: str, digest: str | None) -> None:
+    ref = ImageRef.parse(text)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
+        registry,
+        repository,
+        tag,
+        digest,
+    )
+    assert ImageRef.parse(str(ref)) == ref  # str() round-trips
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "empty"),
+        ("quay.io/Org/model", "lowercase"),
+        ("quay.io/org/model:", "tag"),
+        ("quay.io/org/model:-bad", "tag"),
+        ("quay.io/org/model@sha256:1234", "digest"),
+        ("quay.io/org/model@md5:" + "a" * 32, "digest"),
+        ("https://quay.io/org/model", "docker:// or oci://"),
+        ("quay.io/", "missing"),
+        ("quay.io//model", "repository"),
+        ("bad_host.io:port/x", "host"),
+        ("quay.io/org/model:" + "a" * 200, "tag"),
+        ("quay.io/" + "a" * 300, "255"),
+    ],
+)
+def test_parse_errors(text: str, needle: str) -> None:
+    with pytest.raises(UsageError) as info:
+        ImageRef.parse(text)
+    message = str(info.value)
+    assert "\n" not in message
+    assert needle in message
+    assert info.value.hint
+    assert info.value.exit_code == 2
+
+
+def test_properties() -> None:
+    ref = ImageRef.parse("127.0.0.1:5000/models/tiny:v1")
+    assert ref.name == "127.0.0.1:5000/models/tiny"
+    assert ref.reference == "v1"
+    assert ref.name_for_pull == "127.0.0.1:5000/models/tiny:v1"
+    assert ref.docker_uri == "docker://127.0.0.1:5000/models/tiny:v1"
+    assert ref.api_host == "127.0.0.1:5000"
+    with pytest.raises(UsageError):
+        _ = ref.oci_uri  # no digest yet
+
+    pinned = ref.with_digest(D)
+    assert str(pinned) == f"127.0.0.1:5000/models/tiny:v1@{D}"
+    assert pinned.reference == D
+    assert pinned.name_for_pull == f"127.0.0.1:5000/models/tiny@{D}"
+    assert pinned.oci_uri == f"oci://127.0.0.1:5000/models/tiny@{D}"
+    assert ref.with_tag("v2").tag == "v2"
+    with pytest.raises(UsageError):
+        ref.with_digest("sha256:nope")
+    with pytest.raises(UsageError):
+        ref.with_tag(".bad")
+
+
+def test_docker_hub_api_host_and_default_tag() -> None:
+    ref = ImageRef.parse("busybox")
+    assert str(ref) == "docker.io/library/busybox:latest"
+    assert ref.api_host == "registry-1.docker.io"
+    assert ImageRef.parse("busybox", default_tag=None).tag is None
+    frozen = ImageRef.parse("quay.io/a/b")
+    with pytest.raises(AttributeError):
+        frozen.tag = "x"  # type: ignore[misc]
