@@ -39,6 +39,8 @@ class BuildSettings:
     jobs: int = 2
     stream: bool = False
     platform: tuple[str, str] = ("linux", "amd64")
+    upload: str = "monolithic"
+    chunk_size: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ def run_build(
         jobs=settings.jobs,
         platform=settings.platform,
         hub=resolved.access,
+        upload=settings.upload,
+        chunk_size=settings.chunk_size,
     )
     t1 = time.monotonic()
     result = engine.build(request)

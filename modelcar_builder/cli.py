@@ -294,6 +294,23 @@ def _registry_options(
     envvar="MODELCAR_PLATFORM",
     help="OS/ARCH of the base image to use.",
 )
+@click.option(
+    "--upload",
+    type=click.Choice(["monolithic", "chunked"]),
+    default="monolithic",
+    show_default=True,
+    envvar="MODELCAR_UPLOAD",
+    help="native: one streaming PUT per layer (works everywhere), or PATCH chunks that "
+    "resume where a cut connection stopped (registries that allow PATCH).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    envvar="MODELCAR_CHUNK_SIZE",
+    help="MiB per PATCH with --upload chunked.",
+)
 @registry_options
 @click.option(
     "--results-dir",
@@ -323,6 +340,8 @@ def build(
     stream,
     jobs,
     platform,
+    upload,
+    chunk_size,
     authfile,
     registry_token_file,
     tls_verify,
@@ -351,6 +370,8 @@ def build(
         jobs=jobs,
         stream=stream,
         platform=(os_, arch),
+        upload=upload,
+        chunk_size=chunk_size * 1024 * 1024,
     )
     outcome = run_build(resolved, ws, target, settings, _fetch_options())
     result = outcome.result

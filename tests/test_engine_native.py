@@ -302,3 +302,43 @@ def test_interrupted_push_resends_only_unfinished_layers(
     assert second and not (first & second)  # nothing finished was sent again
     img = unpack(f"docker://{registry.host}/models/llm:cut", tmp_path / "check")
     assert_models_match(img, files)
+
+
+def test_chunked_upload_resumes_between_chunks(hub, registry, cutting_proxy, capsys, tmp_path):
+    files = model_files(n_shards=1, shard_size=8 * MIB)
+    hub.add_repo(REPO, files)
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    image = f"{proxy.host}/models/llm:chunked"
+    report = tmp_path / "report.json"
+    # Small-files layer: 1 PATCH; then the shard's chunks: drop as its third one starts.
+    proxy.cut_before_request(b"PATCH ", skip=3, down_for=0.5)
+    mark = registry.mark()
+    args = [*build_args(image, tmp_path / "ws", "scratch"), "--jobs", "1"]
+    res = run(capsys, *args, "--upload", "chunked", "--chunk-size", "1", "--report", str(report))
+    assert res.code == 0, res.err
+    doc = json.loads(report.read_text())
+    layer_bytes = sum(layer["size"] for layer in doc["layers"])
+    # Resumed at the registry's Range: only the chunk that was in flight (already handed to
+    # the socket when the connection dropped) went twice; a restart would resend 3 MiB.
+    assert layer_bytes < doc["bytes_uploaded"] <= layer_bytes + MIB + 4096  # + config blob
+    resumes = registry.requests(since=mark, method="GET", path_contains="/blobs/uploads/")
+    assert resumes, "the client asked the registry where the upload stood"
+    img = unpack(f"docker://{registry.host}/models/llm:chunked", tmp_path / "check")
+    assert_models_match(img, files)
+
+
+def test_chunked_upload_cut_mid_chunk_starts_the_layer_over(
+    hub, registry, cutting_proxy, capsys, tmp_path
+):
+    """distribution drops an upload whose last PATCH broke off mid-body (its state no
+    longer matches the bytes it holds): the client must notice and start that layer over."""
+    files = model_files(n_shards=1, shard_size=4 * MIB)
+    hub.add_repo(REPO, files)
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    image = f"{proxy.host}/models/llm:restart"
+    proxy.cut_after(2 * MIB + 1000, down_for=0.5)
+    args = [*build_args(image, tmp_path / "ws", "scratch"), "--jobs", "1"]
+    res = run(capsys, *args, "--upload", "chunked", "--chunk-size", "1")
+    assert res.code == 0, res.err
+    img = unpack(f"docker://{registry.host}/models/llm:restart", tmp_path / "check")
+    assert_models_match(img, files)

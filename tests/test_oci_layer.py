@@ -238,3 +238,29 @@ def test_layer_annotations() -> None:
     assert many[ANNOTATION_TITLE] == "small-files"
     assert many[ANNOTATION_FILEPATH] == "/models"
     assert json.loads(many[ANNOTATION_FILES]) == ["a/c.json", "b.json"]
+
+
+def test_chunks_from_any_offset_equals_the_stream_tail(tmp_path):
+    from modelcar_builder.oci.layer import LayerEntry, TarLayer
+
+    (tmp_path / "a").mkdir()
+    sizes = {"a/x.bin": 1000, "b.bin": 513, "c.json": 7}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(bytes(range(256)) * (size // 256) + b"z" * (size % 256))
+    layer = TarLayer(LayerEntry(n, s, tmp_path / n) for n, s in sizes.items())
+    whole = b"".join(bytes(c) for c in layer.chunks())
+    assert len(whole) == layer.size
+    for offset in [
+        0,
+        1,
+        511,
+        512,
+        1023,
+        1536,
+        2000,
+        2560,
+        layer.size - 1025,
+        layer.size - 1,
+        layer.size,
+    ]:
+        assert b"".join(bytes(c) for c in layer.chunks_from(offset)) == whole[offset:], offset

@@ -43,6 +43,8 @@ class BuildRequest:
     platform: tuple[str, str] = ("linux", "amd64")
     created: str = DEFAULT_CREATED
     hub: HubAccess | None = None
+    upload: str = "monolithic"  # or "chunked": PATCH chunks, resumed from the upload's Range
+    chunk_size: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,11 @@ class NativeEngine:
         if request.compression == "none" and request.files_dir is not None:
             # Known size, digest by one read pass: a monolithic PUT works on every registry.
             digest = cached["digest"] if cached else tar.digest()
-            if not sink.has_blob(digest, tar.size):
+            if sink.has_blob(digest, tar.size):
+                pass
+            elif request.upload == "chunked":
+                sink.put_resumable(digest, tar.size, tar.chunks_from, request.chunk_size)
+            else:
                 sink.put_blob(digest, tar.size, tar_chunks)
             pushed = _Pushed(digest, tar.size, digest, uploaded=True)
         else:

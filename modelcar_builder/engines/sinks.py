@@ -20,6 +20,10 @@ class Sink(Protocol):
 
     def put_stream(self, chunks: Chunks) -> tuple[str, int]: ...
 
+    def put_resumable(
+        self, digest: str, size: int, open_at: Callable[[int], Chunks], chunk_size: int
+    ) -> None: ...
+
     def put_manifest(self, body: bytes, media_type: str, tag: str) -> str: ...
 
     def mount(self, digest: str, from_host: str, from_repo: str) -> bool: ...
@@ -42,6 +46,11 @@ class RegistrySink:
 
     def put_stream(self, chunks: Chunks) -> tuple[str, int]:
         return self.client.upload_blob_stream(self.repo, chunks)
+
+    def put_resumable(
+        self, digest: str, size: int, open_at: Callable[[int], Chunks], chunk_size: int
+    ) -> None:
+        self.client.upload_blob_chunked(self.repo, digest, size, open_at, chunk_size=chunk_size)
 
     def put_manifest(self, body: bytes, media_type: str, tag: str) -> str:
         return self.client.put_manifest(self.repo, tag, body, media_type)
@@ -72,6 +81,11 @@ class LayoutSink:
         digest, n = self.layout.write_blob(chunks)
         self._written += n
         return digest, n
+
+    def put_resumable(
+        self, digest: str, size: int, open_at: Callable[[int], Chunks], chunk_size: int
+    ) -> None:
+        self.put_blob(digest, size, lambda: open_at(0))  # a local write has nothing to resume
 
     def put_manifest(self, body: bytes, media_type: str, tag: str) -> str:
         return self.layout.add_manifest(body, media_type, tag=tag).digest

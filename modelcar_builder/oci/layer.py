@@ -194,12 +194,54 @@ class TarLayer:
                 yield END_OF_ARCHIVE[:pad]
         yield END_OF_ARCHIVE
 
+    def chunks_from(self, offset: int) -> Iterator[Chunk]:
+        """The tar stream from byte ``offset`` on, seeking in the source files instead of
+        reading what comes before: a resumed upload continues where the registry stopped."""
+        if not 0 <= offset <= self.size:
+            raise ValueError(f"offset {offset} outside the layer (size {self.size})")
+        pos = 0
+        for member in self._members:
+            yield from _tail(member.header, offset - pos)
+            pos += len(member.header)
+            entry = member.entry
+            if entry is None:
+                continue
+            span = entry.size + _padding(entry.size)
+            if pos + span > offset:
+                yield from _file_from(entry, max(0, offset - pos))
+                yield from _tail(END_OF_ARCHIVE[: _padding(entry.size)], offset - pos - entry.size)
+            pos += span
+        yield from _tail(END_OF_ARCHIVE, offset - pos)
+
     def digest(self, open_entry: OpenEntry | None = None) -> str:
         """``sha256:<hex>`` of the uncompressed stream (= the layer's diff_id)."""
         h = hashlib.sha256()
         for chunk in self.chunks(open_entry):
             h.update(chunk)
         return f"sha256:{h.hexdigest()}"
+
+
+def _tail(block: bytes, skip: int) -> Iterator[bytes]:
+    """``block`` without its first ``skip`` bytes (nothing when skip covers it all)."""
+    skip = max(0, skip)
+    if skip < len(block):
+        yield block[skip:]
+
+
+def _file_from(entry: LayerEntry, skip: int) -> Iterator[bytes]:
+    if skip >= entry.size:
+        return
+    if entry.source is None:
+        raise ValueError(f"{entry.path!r}: resuming needs a file on disk")
+    with open(entry.source, "rb") as stream:
+        stream.seek(skip)
+        remaining = entry.size - skip
+        while remaining:
+            block = stream.read(min(remaining, CHUNK_SIZE))
+            if not block:
+                raise SourceSizeMismatch(f"{entry.path}: source shorter than {entry.size} bytes")
+            remaining -= len(block)
+            yield block
 
 
 def _open(entry: LayerEntry, open_entry: OpenEntry | None) -> BinaryIO:

@@ -19,6 +19,8 @@ class CuttingProxy:
         self._lock = threading.Lock()
         self._budget: int | None = None  # client->upstream bytes left before the cut
         self._down = False
+        self._down_for: float | None = None
+        self._request_cut: tuple[bytes, int] | None = None
         self._conns: list[socket.socket] = []
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -27,10 +29,20 @@ class CuttingProxy:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def cut_after(self, n_bytes: int) -> None:
-        """After n more request bytes, drop every connection and refuse new ones."""
+    def cut_after(self, n_bytes: int, down_for: float | None = None) -> None:
+        """After n more request bytes, drop every connection and refuse new ones, for
+        ``down_for`` seconds (until ``restore()`` when None)."""
         with self._lock:
             self._budget = n_bytes
+            self._down_for = down_for
+
+    def cut_before_request(self, prefix: bytes, skip: int, down_for: float) -> None:
+        """Let ``skip`` requests starting with ``prefix`` through, then drop the connection
+        as the next one starts, before the upstream sees a byte of it, and stay down for
+        ``down_for`` seconds: a registry restarting between two upload chunks."""
+        with self._lock:
+            self._request_cut = (prefix, skip)
+            self._down_for = down_for
 
     def restore(self) -> None:
         with self._lock:
@@ -61,24 +73,36 @@ class CuttingProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
-                if counted and not self._spend(len(data)):
+                if counted and not self._spend(data):
                     self._drop_all()
                     return
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
 
-    def _spend(self, n: int) -> bool:
+    def _spend(self, data: bytes) -> bool:
+        n = len(data)
         with self._lock:
             if self._down:
                 return False
+            if self._request_cut is not None and data.startswith(self._request_cut[0]):
+                prefix, skip = self._request_cut
+                if skip == 0:
+                    self._request_cut = None
+                    return self._go_down()
+                self._request_cut = (prefix, skip - 1)
             if self._budget is None:
                 return True
             self._budget -= n
             if self._budget < 0:
-                self._down = True
-                return False
+                return self._go_down()
             return True
+
+    def _go_down(self) -> bool:
+        self._down = True
+        if self._down_for is not None:
+            threading.Timer(self._down_for, self.restore).start()
+        return False
 
     def _drop_all(self) -> None:
         with self._lock:
