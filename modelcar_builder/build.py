@@ -14,14 +14,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelcar_builder.auth import resolve_credentials
 from modelcar_builder.context import image_labels
-from modelcar_builder.engines import BuildRequest, BuildResult, RegistryOptions
+from modelcar_builder.engines import BuildRequest, BuildResult
 from modelcar_builder.errors import EngineUnavailable, UsageError, VerificationFailed
 from modelcar_builder.fetch import FetchOptions, fetch
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
-from modelcar_builder.registry import RegistryClient
+from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.target import LayoutTarget, RegistryTarget, Target
 from modelcar_builder.verify import VerifyResult, verify_push
 from modelcar_builder.workspace import Workspace
@@ -127,15 +126,7 @@ def verify_target(
 ) -> VerifyResult:
     if isinstance(target, RegistryTarget):
         ref = target.ref
-        creds = resolve_credentials(
-            ref.api_host,
-            repository=ref.repository,
-            authfile=registry.authfile,
-            token_file=registry.token_file,
-        )
-        with RegistryClient(
-            ref.api_host, creds, tls_verify=registry.tls_verify, ca_file=registry.ca_file
-        ) as client:
+        with registry.client_for(ref) as client:
             return verify_push(client, ref.repository, ref.tag or "latest", digest, labels)
     return verify_layout(target, digest, labels)
 

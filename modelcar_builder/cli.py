@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from modelcar_builder import __version__
-from modelcar_builder.auth import default_ca_file, resolve_credentials
+from modelcar_builder.auth import default_ca_file
 from modelcar_builder.build import (
     ENGINES,
     BuildSettings,
@@ -21,15 +21,14 @@ from modelcar_builder.build import (
     write_results,
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE, prepare_context
-from modelcar_builder.engines import RegistryOptions
 from modelcar_builder.errors import Interrupted, ModelcarError, UsageError, VerificationFailed
 from modelcar_builder.fetch import FetchOptions, fetch
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import disk_needed, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD
-from modelcar_builder.registry import RegistryClient
 from modelcar_builder.report import build_document, dumps, plan_document, plan_text
 from modelcar_builder.selection import Selection
+from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.target import RegistryTarget, parse_target
 from modelcar_builder.verify import verify_push
 from modelcar_builder.workspace import Workspace
@@ -411,15 +410,7 @@ def verify(image, authfile, registry_token_file, tls_verify, ca_file, labels):
     opts = _registry_options(authfile, registry_token_file, tls_verify, ca_file, host)
     if isinstance(target, RegistryTarget):
         ref = target.ref
-        creds = resolve_credentials(
-            ref.api_host,
-            repository=ref.repository,
-            authfile=authfile,
-            token_file=registry_token_file,
-        )
-        with RegistryClient(
-            ref.api_host, creds, tls_verify=tls_verify, ca_file=opts.ca_file
-        ) as client:
+        with opts.client_for(ref) as client:
             reference = ref.digest or ref.tag or "latest"
             info = client.head_manifest(ref.repository, reference)
             if info is None:

@@ -8,26 +8,12 @@ from pathlib import Path
 from typing import Protocol
 
 from modelcar_builder.plan import Plan
+from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.source.hub import HubAccess
 from modelcar_builder.target import Target
 from modelcar_builder.workspace import Workspace
 
 DEFAULT_CREATED = "1970-01-01T00:00:00Z"  # fixed: the same model gives the same digest
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    authfile: str | None = None
-    token_file: str | None = None
-    tls_verify: bool = True
-    ca_file: str | None = None
-
-    @property
-    def verify(self) -> bool | str:
-        """What requests' ``verify=`` takes: a CA bundle path, or a bool."""
-        if not self.tls_verify:
-            return False
-        return self.ca_file or True
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,12 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from modelcar_builder.auth import resolve_credentials
-from modelcar_builder.engines import RegistryOptions
 from modelcar_builder.oci import INDEX_MEDIA_TYPES
 from modelcar_builder.oci.image import BaseImage, base_image, select_platform
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.reference import ImageRef
 from modelcar_builder.registry import RegistryClient
+from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.target import LayoutTarget, parse_target
 
 log = logging.getLogger("modelcar")
@@ -59,10 +58,7 @@ def _read_layout_blob(layout: OciLayout, digest: str) -> Iterator[bytes]:
 
 
 def _from_registry(ref: ImageRef, platform, registry: RegistryOptions) -> BaseSource:
-    creds = resolve_credentials(ref.api_host, repository=ref.repository)
-    client = RegistryClient(
-        ref.api_host, creds, tls_verify=registry.tls_verify, ca_file=registry.ca_file
-    )
+    client = registry.client_for(ref)
     manifest = client.get_manifest(ref.repository, ref.reference)
     if manifest.media_type in INDEX_MEDIA_TYPES:
         chosen = select_platform(json.loads(manifest.body), platform)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import requests
 
 from modelcar_builder import __version__
-from modelcar_builder.auth import resolve_credentials
 from modelcar_builder.context import image_labels
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
 from modelcar_builder.engines.base import BaseSource, load_base
@@ -58,21 +57,9 @@ def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
     target = request.target
     if isinstance(target, LayoutTarget):
         return LayoutSink(OciLayout(target.path)), None
-    ref = target.ref
-    creds = resolve_credentials(
-        ref.api_host,
-        repository=ref.repository,
-        authfile=request.registry.authfile,
-        token_file=request.registry.token_file,
-    )
-    client = RegistryClient(
-        ref.api_host,
-        creds,
-        tls_verify=request.registry.tls_verify,
-        ca_file=request.registry.ca_file,
-    )
+    client = request.registry.client_for(target.ref)
     client.ping()  # fail on auth/TLS before reading any model byte
-    return RegistrySink(client, ref.repository), client
+    return RegistrySink(client, target.ref.repository), client
 
 
 class NativeEngine:

@@ -1,0 +1,28 @@
+"""How to talk to registries: the user's credential and TLS choices, and the one place
+that turns them into a connected client (twine keeps `settings` apart the same way)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelcar_builder.auth import resolve_credentials
+from modelcar_builder.reference import ImageRef
+from modelcar_builder.registry import RegistryClient
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    authfile: str | None = None
+    token_file: str | None = None
+    tls_verify: bool = True
+    ca_file: str | None = None
+
+    def client_for(self, ref: ImageRef) -> RegistryClient:
+        """A client for ``ref``'s registry with the first credentials that apply."""
+        creds = resolve_credentials(
+            ref.api_host,
+            repository=ref.repository,
+            authfile=self.authfile,
+            token_file=self.token_file,
+        )
+        return RegistryClient(ref.api_host, creds, tls_verify=self.tls_verify, ca_file=self.ca_file)
