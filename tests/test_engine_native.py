@@ -342,3 +342,44 @@ def test_chunked_upload_cut_mid_chunk_starts_the_layer_over(
     assert res.code == 0, res.err
     img = unpack(f"docker://{registry.host}/models/llm:restart", tmp_path / "check")
     assert_models_match(img, files)
+
+
+def test_base_in_the_same_registry_is_mounted_not_copied(
+    hub_repo, registry, base_image, capsys, tmp_path
+):
+    base_ref = base_image.copy_to(registry, "base/busybox", "latest")
+    mark = registry.mark()
+    image = f"{registry.host}/models/llm:mounted"
+    res = run(capsys, *build_args(image, tmp_path / "ws", base_ref))
+    assert res.code == 0, res.err
+    assert len(registry.mounts(since=mark)) == 2  # the busybox layer and its config
+    with RegistryClient(registry.host, tls_verify=False) as client:
+        base = json.loads(client.get_manifest("base/busybox", "latest").body)
+    base_blobs = {base["config"]["digest"], *(ly["digest"] for ly in base["layers"])}
+    uploaded = {b.digest for b in registry.committed_blobs(since=mark)}
+    assert uploaded and not (base_blobs & uploaded)  # mounted, never uploaded again
+
+
+def test_multi_arch_base_index_picks_the_platform(hub_repo, registry, base_image, capsys, tmp_path):
+    base_ref = base_image.copy_to(registry, "base/multi", "single")
+    with RegistryClient(registry.host, tls_verify=False) as client:
+        manifest = client.get_manifest("base/multi", "single")
+        entry = {"mediaType": manifest.media_type, "digest": manifest.digest,
+                 "size": len(manifest.body)}  # fmt: skip
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {**entry, "platform": {"os": "linux", "architecture": "arm64"}},
+                {**entry, "platform": {"os": "linux", "architecture": "amd64"}},
+            ],
+        }
+        body = json.dumps(index).encode()
+        client.put_manifest("base/multi", "index", body, index["mediaType"])
+    index_ref = base_ref.replace(":single", ":index")
+    res = run(capsys, *build_args(f"{registry.host}/models/llm:multi", tmp_path / "ws", index_ref))
+    assert res.code == 0, res.err
+    res = run(capsys, *build_args(f"{registry.host}/models/llm:s390x", tmp_path / "ws", index_ref),
+              "--platform", "linux/s390x")  # fmt: skip
+    assert res.code == errors.UsageError.exit_code
+    assert "no linux/s390x variant" in res.err and "linux/amd64" in res.err
