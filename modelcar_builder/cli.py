@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -428,6 +429,9 @@ def verify(image, authfile, registry_token_file, tls_verify, ca_file, labels):
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("MODELCAR_DEBUG") not in (None, "", "0")
+    # Kubernetes stops a pod with SIGTERM: unwind like Ctrl-C so state is saved and the
+    # exit code says "interrupted, rerun to continue" instead of a bare kill.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         cli.main(args=args, prog_name="modelcar", standalone_mode=False)
     except ModelcarError as exc:
@@ -446,6 +450,10 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(UsageError.exit_code)
     sys.exit(0)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _fail(exc: ModelcarError) -> None:

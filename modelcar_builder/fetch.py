@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -34,6 +33,7 @@ from modelcar_builder.errors import (
     ModelcarError,
     SourceNotFound,
 )
+from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import Plan
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
@@ -153,8 +153,7 @@ def fetch(
     try:
         # Largest first: with several workers the long shards start at once.
         ordered = sorted(todo, key=lambda e: -e.size)
-        with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
-            list(pool.map(one, ordered))
+        run_parallel(one, ordered, opts.jobs)
     finally:
         progress.close()
         session.close()

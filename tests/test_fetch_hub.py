@@ -258,3 +258,33 @@ def test_not_enough_space_is_caught_before_downloading(repo, capsys, tmp_path):
         assert resolve_requests(repo) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_sigterm_mid_download_exits_130_and_the_rerun_resumes(repo, tmp_path):
+    import signal
+    import sys
+    import time
+
+    path = "model-00002-of-00002.safetensors"
+    repo.stall(REPO, path, seconds=30, after_bytes=MIB)
+    ws = tmp_path / "ws"
+    env = {**os.environ, "HF_ENDPOINT": repo.endpoint, "MODELCAR_FETCH_JOBS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelcar_builder", "fetch", REPO, "--workspace", str(ws)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while repo.bytes_served.get((REPO, path), 0) < MIB and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    repo.clear_faults()
+    repo.reset_counters()
+    res = subprocess.run(
+        [sys.executable, "-m", "modelcar_builder", "fetch", REPO, "--workspace", str(ws)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert repo.bytes_served[(REPO, path)] < len(model_files()[path])  # resumed, not restarted

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import requests
@@ -35,6 +34,7 @@ from modelcar_builder.oci.layer import (
     layer_media_type,
 )
 from modelcar_builder.oci.layout import OciLayout
+from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import LayerPlan
 from modelcar_builder.progress import Progress
 from modelcar_builder.registry import RegistryClient
@@ -125,12 +125,11 @@ class NativeEngine:
         progress = Progress("push", total)
         session = requests.Session()
         try:
-            with ThreadPoolExecutor(max_workers=max(1, request.jobs)) as pool:
-                futures = [
-                    pool.submit(self._push_one, request, sink, layer, cache, progress, session)
-                    for layer in request.plan.layers
-                ]
-                results = [f.result() for f in futures]
+            results = run_parallel(
+                lambda layer: self._push_one(request, sink, layer, cache, progress, session),
+                request.plan.layers,
+                request.jobs,
+            )
         finally:
             progress.close()
             session.close()
