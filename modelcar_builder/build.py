@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from modelcar_builder.context import image_labels
-from modelcar_builder.engines import BuildRequest, BuildResult
+from modelcar_builder.engines import DEFAULT_CREATED, BuildRequest, BuildResult
 from modelcar_builder.errors import EngineUnavailable, UsageError, VerificationFailed
 from modelcar_builder.fetch import FetchOptions, fetch
 from modelcar_builder.oci.layout import OciLayout
@@ -49,6 +51,22 @@ class BuildOutcome:
     image_url: str  # oci://registry/repo@sha256:... (KServe storageUri) or oci:PATH@sha256
     downloaded_bytes: int
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def created_timestamp(env: dict[str, str] | None = None) -> str:
+    """The image's `created`: SOURCE_DATE_EPOCH when set (reproducible-builds.org), else
+    the epoch. Never "now": that would give every build a new digest and re-push."""
+    env = os.environ if env is None else env
+    raw = env.get("SOURCE_DATE_EPOCH", "")
+    if not raw:
+        return DEFAULT_CREATED
+    try:
+        moment = datetime.fromtimestamp(int(raw), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH={raw!r} is not a Unix timestamp", hint="e.g. 1700000000"
+        ) from None
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def default_engine() -> str:
@@ -107,6 +125,7 @@ def run_build(
         hub=resolved.access,
         upload=settings.upload,
         chunk_size=settings.chunk_size,
+        created=created_timestamp(),
     )
     t1 = time.monotonic()
     result = engine.build(request)

@@ -153,3 +153,12 @@ def test_progress_redraws_one_line_on_a_tty():
     text = out.getvalue()
     assert text.count("\r\x1b[K") == 5 and text.endswith("\n")
     assert "push: 4.0 MiB / 10.0 MiB (40%), 1.0 MiB/s, ETA 6s" in text
+
+
+def test_created_timestamp_is_fixed_unless_source_date_epoch():
+    from modelcar_builder.build import created_timestamp
+
+    assert created_timestamp({}) == "1970-01-01T00:00:00Z"
+    assert created_timestamp({"SOURCE_DATE_EPOCH": "1700000000"}) == "2023-11-14T22:13:20Z"
+    with pytest.raises(UsageError):
+        created_timestamp({"SOURCE_DATE_EPOCH": "yesterday"})
