@@ -1,0 +1,625 @@
+"""The buildah engine against real buildah 1.28 and real registries (docker-registry).
+
+Models are tiny (two 1.5-2.5 MiB shards + two small files, 3 layers) so a build takes a
+few seconds; the layer mechanics are the same as for a 400 GB model."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelcar_builder.auth import Credentials
+from modelcar_builder.engines import BuildRequest, BuildResult, RegistryOptions
+from modelcar_builder.engines.buildah import (
+    BuildahEngine,
+    Remote,
+    classify_failure,
+    estimate_peak_bytes,
+    meaningful_line,
+    scrub,
+)
+from modelcar_builder.errors import (
+    BuildFailed,
+    EnginePrivilegeError,
+    EngineUnavailable,
+    RegistryAuthError,
+    RegistryUnreachable,
+    UsageError,
+)
+from modelcar_builder.pipeline import resolve
+from modelcar_builder.plan import Plan, make_plan
+from modelcar_builder.registry import OCI_MANIFEST, RegistryClient
+from modelcar_builder.selection import Selection
+from modelcar_builder.target import parse_target
+from modelcar_builder.workspace import Workspace
+
+pytestmark = pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah not installed")
+
+MIB = 1 << 20
+THRESHOLD = MIB
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+REPO_ID = "org/tiny-model"
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def make_model(root: Path) -> Path:
+    """Two small files (one in a subdir with the same name as a top-level one) and two
+    random shards over the threshold: 3 planned layers."""
+    root.mkdir(parents=True)
+    (root / "a").mkdir()
+    (root / "config.json").write_text('{"top": true}\n')
+    (root / "a" / "config.json").write_text('{"nested": true}\n')
+    (root / "model-00001-of-00002.safetensors").write_bytes(os.urandom(3 * MIB // 2))
+    (root / "model-00002-of-00002.safetensors").write_bytes(os.urandom(5 * MIB // 2))
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+def hub_plan(model: Path) -> Plan:
+    """Plan the local dir, then present it as a Hub snapshot so the revision label is
+    exercised too (the files are read from ``model`` all the same)."""
+    plan = resolve(str(model), Selection(), threshold=THRESHOLD).plan
+    snapshot = dataclasses.replace(
+        plan.snapshot, kind="hub", location=REPO_ID, revision="main", commit=COMMIT
+    )
+    return make_plan(snapshot, THRESHOLD)
+
+
+def request_for(
+    model: Path,
+    workspace: Path,
+    target: str,
+    base: str,
+    registry: RegistryOptions | None = None,
+    compression: str = "gzip",
+    plan: Plan | None = None,
+) -> BuildRequest:
+    return BuildRequest(
+        plan=plan or resolve(str(model), Selection(), threshold=THRESHOLD).plan,
+        files_dir=model,
+        workspace=Workspace(workspace).ensure(),
+        target=parse_target(target),
+        base_image=base,
+        registry=registry or RegistryOptions(tls_verify=False),
+        compression=compression,
+    )
+
+
+def token_file(path: Path, token: str) -> str:
+    path.write_text(token)
+    path.chmod(0o600)
+    return str(path)
+
+
+def skopeo_to_layout(src: str, dest: Path, *extra: str) -> Path:
+    subprocess.run(
+        ["skopeo", "copy", "-q", *extra, src, f"oci:{dest}:t"],
+        check=True,
+        capture_output=True,
+    )
+    return dest
+
+
+def read_layout(layout: Path) -> tuple[dict, dict]:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads(blob(layout, index["manifests"][0]["digest"]))
+    return manifest, json.loads(blob(layout, manifest["config"]["digest"]))
+
+
+def blob(layout: Path, digest: str) -> bytes:
+    return (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes()
+
+
+def layer_members(data: bytes) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar:
+            body = tar.extractfile(member).read() if member.isfile() else None
+            out.append((member, body))
+    return out
+
+
+class CmdlineWatcher:
+    """Reads every /proc/*/cmdline while a build runs: a secret on any child's argv
+    would be world-readable there."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret.encode()
+        self.seen: list[str] = []
+        self.subcommands: set[str] = set()  # buildah subcommands seen running
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> CmdlineWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    cmdline = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                argv = cmdline.decode(errors="replace").split("\0")
+                if argv and argv[0].endswith("buildah"):
+                    self.subcommands.update(a for a in argv[1:] if not a.startswith("-"))
+                if self.secret in cmdline:
+                    self.seen.append(cmdline.decode(errors="replace"))
+            self._stop.wait(0.005)
+
+
+class LogText(logging.Handler):
+    """Collects every record of the tool's loggers, whatever handlers or propagation
+    other tests (CLI setup) left on them: caplog relies on propagation to the root."""
+
+    NAMES = ("modelcar", "modelcar_builder")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def clear(self) -> None:
+        self.lines.clear()
+
+
+@pytest.fixture
+def logs() -> Iterator[LogText]:
+    handler = LogText()
+    saved = []
+    for name in LogText.NAMES:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level))
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
+    yield handler
+    for logger, level in saved:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return make_model(tmp_path / "model")
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    return tmp_path / "ws"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    # No credentials of the machine's user may leak into a test.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "MODELCAR_BUILDAH_STORAGE_DRIVER"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+# -- round trip ------------------------------------------------------------------------------
+
+
+def test_round_trip_plain_registry(model, ws, tmp_path, registry, base_image):
+    plan = hub_plan(model)
+    target = f"{registry.host}/models/tiny:v1"
+    result = BuildahEngine().build(request_for(model, ws, target, base_image.ref, plan=plan))
+
+    assert result.engine == "buildah"
+    assert result.base_layers == 1
+    assert [layer.files for layer in result.layers] == [
+        ("a/config.json", "config.json"),
+        ("model-00001-of-00002.safetensors",),
+        ("model-00002-of-00002.safetensors",),
+    ]
+    assert all(layer.media_type.endswith("tar+gzip") for layer in result.layers)
+    layout = skopeo_to_layout(f"docker://{target}", tmp_path / "out", "--src-tls-verify=false")
+    manifest, config = read_layout(layout)
+    # exactly base + one layer per planned layer
+    assert len(manifest["layers"]) == 1 + len(plan.layers)
+    assert [d["digest"] for d in manifest["layers"][1:]] == [x.digest for x in result.layers]
+    assert config["rootfs"]["diff_ids"][1:] == [x.diff_id for x in result.layers]
+    assert not config["config"].get("Entrypoint")
+    assert not config["config"].get("Cmd")
+    labels = config["config"]["Labels"]
+    assert labels["org.opencontainers.image.source"] == f"https://huggingface.co/{REPO_ID}"
+    assert labels["org.opencontainers.image.revision"] == COMMIT
+    assert manifest["annotations"]["org.opencontainers.image.revision"] == COMMIT
+    assert manifest["annotations"]["org.opencontainers.image.base.name"] == base_image.ref
+
+    files: dict[str, bytes] = {}
+    for index, desc in enumerate(manifest["layers"][1:]):
+        names = set()
+        for member, body in layer_members(blob(layout, desc["digest"])):
+            assert (member.uid, member.gid) == (0, 0), member.name
+            assert member.mtime == 0, member.name
+            if member.isdir():
+                assert member.mode & 0o7777 == 0o755, member.name
+            else:
+                assert member.isfile(), member.name
+                assert member.mode & 0o7777 == 0o644, member.name
+                files[member.name] = body
+                names.add(member.name.removeprefix("models/"))
+        assert names == set(result.layers[index].files)
+    expected = {
+        f"models/{p.relative_to(model)}": p.read_bytes() for p in model.rglob("*") if p.is_file()
+    }
+    assert files == expected  # a/config.json and config.json both kept, byte for byte
+
+
+def test_layout_target_uncompressed(model, ws, tmp_path, base_image):
+    out = tmp_path / "layout"
+    result = BuildahEngine().build(
+        request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref, compression="none")
+    )
+    index = json.loads((out / "index.json").read_text())
+    entry = index["manifests"][0]
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == "v1"
+    assert entry["digest"] == result.manifest_digest
+    manifest, _ = read_layout(out)
+    assert len(manifest["layers"]) == 1 + 3
+    for layer in result.layers:
+        assert layer.media_type == "application/vnd.oci.image.layer.v1.tar"
+        assert layer.digest == layer.diff_id  # uncompressed: the blob is the diff
+
+
+def test_zstd_is_pushed_with_a_warning(model, ws, tmp_path, base_image, logs):
+    out = tmp_path / "layout"
+    result = BuildahEngine().build(
+        request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref, compression="zstd")
+    )
+    assert "KServe" in logs.text and "zstd" in logs.text
+    assert {x.media_type for x in result.layers} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    # zstd needs `buildah push`, so the last layer is stored (and cached) like the others.
+    assert len(storage_list(ws, "images")) == 1 + 3
+
+
+# -- reproducibility and re-push -------------------------------------------------------------
+
+
+def test_reproducible_and_repush_uploads_nothing(model, tmp_path, registry, base_image):
+    target = f"{registry.host}/models/tiny:v1"
+    first = BuildahEngine().build(request_for(model, tmp_path / "ws1", target, base_image.ref))
+    assert first.bytes_uploaded == sum(x.size for x in first.layers) + base_layer_size(
+        registry, "models/tiny", first
+    )
+
+    # Same workspace, same target: found whole in the registry, nothing uploaded.
+    mark = registry.mark()
+    again = BuildahEngine().build(request_for(model, tmp_path / "ws1", target, base_image.ref))
+    assert again.manifest_digest == first.manifest_digest
+    assert registry.upload_requests(since=mark) == []
+    assert again.bytes_uploaded == 0
+    assert not any(x.uploaded for x in again.layers)
+
+    # Another repository: buildah runs and mounts every layer the registry has (its
+    # blob-info cache lives in the workspace); only the 1 KB config is sent again.
+    mark = registry.mark()
+    other = f"{registry.host}/models/other:v1"
+    moved = BuildahEngine().build(request_for(model, tmp_path / "ws1", other, base_image.ref))
+    assert moved.manifest_digest == first.manifest_digest
+    assert [b.digest for b in registry.committed_blobs(since=mark)] in (
+        [],
+        [moved.config_digest],
+    )
+    assert len(registry.mounts(since=mark)) == 1 + len(moved.layers)
+    assert moved.bytes_uploaded == 0
+
+    # From scratch (new workspace: empty storage, empty caches): the very same digest.
+    fresh = BuildahEngine().build(
+        request_for(model, tmp_path / "ws2", f"{registry.host}/models/fresh:v1", base_image.ref)
+    )
+    assert fresh.manifest_digest == first.manifest_digest
+    assert [x.digest for x in fresh.layers] == [x.digest for x in first.layers]
+
+
+def base_layer_size(registry, repo: str, result: BuildResult) -> int:
+    with RegistryClient(registry.host, tls_verify=False) as client:
+        manifest = json.loads(client.get_manifest(repo, result.manifest_digest).body)
+    return sum(d["size"] for d in manifest["layers"][: result.base_layers])
+
+
+def test_rerun_resumes_from_cached_layers(model, ws, tmp_path, base_image, logs):
+    out = tmp_path / "layout"
+    first = BuildahEngine().build(request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref))
+    logs.clear()
+    second = BuildahEngine().build(request_for(model, ws, f"oci:{out}:v2", base_image.oci_ref))
+    assert second.manifest_digest == first.manifest_digest
+    assert "layer-000 cached" in logs.text and "layer-001 cached" in logs.text
+    # Storage holds the base and the two cache images (the last layer never lands there)
+    # and no working container.
+    before = storage_list(ws, "images")
+    assert len(before) == 3
+    assert storage_list(ws, "containers") == []
+
+    # A changed middle shard: layer-000 is reused, the old layer-001 image is removed
+    # without taking layer-000 (its untagged parent) along.
+    logs.clear()
+    (model / "model-00001-of-00002.safetensors").write_bytes(os.urandom(3 * MIB // 2))
+    BuildahEngine().build(request_for(model, ws, f"oci:{out}:v3", base_image.oci_ref))
+    assert "layer-000 cached" in logs.text and "committing layer-001" in logs.text
+    assert len(storage_list(ws, "images")) == 3
+
+    # Another model on the same volume: the old chain goes before the new one is built.
+    other = make_model(tmp_path / "other")
+    BuildahEngine().build(request_for(other, ws, f"oci:{out}:v3", base_image.oci_ref))
+    images = storage_list(ws, "images")
+    assert len(images) == 3
+    base_id = next(i["id"] for i in before if i["names"])
+    assert {i["id"] for i in images} & {i["id"] for i in before} == {base_id}
+
+
+def storage_list(ws: Path, what: str) -> list[dict]:
+    """``buildah images --all`` / ``containers`` of the engine's private storage."""
+    root = ["--root", str(ws / "storage" / "vfs"), "--runroot", str(ws / "storage/run/vfs")]
+    args = ["images", "--all", "--json", "--no-trunc"] if what == "images" else [what, "--json"]
+    proc = subprocess.run(
+        ["buildah", *root, "--storage-driver", "vfs", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout) or []
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+def test_htpasswd_token_never_on_argv_or_in_logs(
+    model, ws, tmp_path, registry_htpasswd, base_image, logs
+):
+    reg = registry_htpasswd
+    base = base_image.copy_to(reg)  # the base pull needs the credentials too
+    options = RegistryOptions(tls_verify=False, token_file=token_file(tmp_path / "t", reg.password))
+    target = f"{reg.host}/models/tiny:v1"
+    mark = reg.mark()
+    with CmdlineWatcher(reg.password) as watcher:
+        result = BuildahEngine().build(request_for(model, ws, target, base, options))
+    assert watcher.seen == []
+    assert {"pull", "commit"} <= watcher.subcommands  # we saw the steps that use the authfile
+    assert reg.password not in logs.text
+    assert "running " in logs.text and "buildah" in logs.text  # debug lines were captured
+    creds = Credentials(reg.username, reg.password, "test")
+    with RegistryClient(reg.host, creds, tls_verify=False) as client:
+        info = client.head_manifest("models/tiny", "v1", accept=(OCI_MANIFEST,))
+    assert info is not None and info.digest == result.manifest_digest
+    assert not list((ws / "tmp").glob("modelcar-auth-*"))  # the authfile is gone
+    # The base layer was mounted from base/busybox: only the model layers count.
+    assert len(reg.mounts(since=mark)) == 1
+    assert result.bytes_uploaded == sum(x.size for x in result.layers)
+
+
+def test_wrong_token_is_registry_auth_error(model, ws, tmp_path, registry_htpasswd, base_image):
+    reg = registry_htpasswd
+    wrong = reg.password[::-1]
+    options = RegistryOptions(tls_verify=False, token_file=token_file(tmp_path / "t", wrong))
+    with pytest.raises(RegistryAuthError) as err:
+        BuildahEngine().build(
+            request_for(model, ws, f"{reg.host}/models/tiny:v1", base_image.oci_ref, options)
+        )
+    assert reg.host in err.value.message
+    assert wrong not in err.value.message and wrong not in err.value.hint
+
+
+def test_wrong_base_credentials_from_buildah(
+    model, ws, tmp_path, registry, registry_htpasswd, base_image
+):
+    """The target is fine; buildah's own pull of the base is refused (401 from buildah)."""
+    reg = registry_htpasswd
+    base = base_image.copy_to(reg)
+    wrong = "x" + reg.password[1:]
+    authfile = tmp_path / "auth.json"
+    dataclasses.replace(reg, password=wrong).write_authfile(authfile)
+    options = RegistryOptions(tls_verify=False, authfile=str(authfile))
+    with pytest.raises(RegistryAuthError) as err:
+        BuildahEngine().build(
+            request_for(model, ws, f"{registry.host}/models/tiny:v1", base, options)
+        )
+    message = err.value.message
+    assert f"registry {reg.host} refused the credentials from authfile {authfile}" in message
+    assert wrong not in message and reg.password not in message
+
+
+def test_tls_registry_with_ca_file(model, ws, registry_tls, base_image):
+    reg = registry_tls
+    base = base_image.copy_to(reg)
+    options = RegistryOptions(tls_verify=True, ca_file=str(reg.ca_file))
+    result = BuildahEngine().build(
+        request_for(model, ws, f"{reg.host}/models/tiny:v1", base, options)
+    )
+    with RegistryClient(reg.host, ca_file=str(reg.ca_file)) as client:
+        info = client.head_manifest("models/tiny", "v1", accept=(OCI_MANIFEST,))
+    assert info is not None and info.digest == result.manifest_digest
+
+
+def test_tls_registry_without_ca_is_unreachable(model, ws, registry_tls, base_image):
+    options = RegistryOptions(tls_verify=True)
+    with pytest.raises(RegistryUnreachable):
+        BuildahEngine().build(
+            request_for(model, ws, f"{registry_tls.host}/m/t:v1", base_image.oci_ref, options)
+        )
+
+
+def test_base_connection_refused(model, ws, tmp_path):
+    with pytest.raises(RegistryUnreachable) as err:
+        BuildahEngine().build(
+            request_for(model, ws, f"oci:{tmp_path / 'out'}:v1", "127.0.0.1:9/base/busybox:1")
+        )
+    assert "127.0.0.1:9" in err.value.message
+
+
+# -- environment failures --------------------------------------------------------------------
+
+
+def test_buildah_missing(model, ws, tmp_path, monkeypatch, base_image):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(EngineUnavailable) as err:
+        BuildahEngine().build(request_for(model, ws, f"oci:{tmp_path}/o:v1", base_image.oci_ref))
+    assert "buildah" in err.value.hint and "--engine native" in err.value.hint
+
+
+def test_none_compression_to_registry_is_refused(model, ws, registry, base_image):
+    with pytest.raises(UsageError):
+        BuildahEngine().build(
+            request_for(model, ws, f"{registry.host}/m/t:v1", base_image.ref, compression="none")
+        )
+
+
+_CHILD = """
+import json, sys
+from pathlib import Path
+from modelcar_builder.engines.buildah import BuildahEngine
+from modelcar_builder.errors import ModelcarError
+from tests.test_engine_buildah import request_for
+model, ws, out, base = sys.argv[1:5]
+try:
+    result = BuildahEngine().build(request_for(Path(model), Path(ws), f"oci:{out}:v1", base))
+    print(json.dumps({"ok": result.manifest_digest, "layers": len(result.layers)}))
+except ModelcarError as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": exc.message, "hint": exc.hint}))
+"""
+_NO_SETFCAP = ["--bounding-set=-sys_admin,-setfcap", "--inh-caps=-sys_admin,-setfcap"]
+
+
+def build_without_caps(model: Path, ws: Path, out: Path, base: str, **env: str) -> dict:
+    """Run the engine in a child that has neither CAP_SYS_ADMIN nor CAP_SETFCAP, like a
+    pod without OpenShift's pipelines-scc."""
+    argv = ["setpriv", *_NO_SETFCAP, sys.executable, "-c", _CHILD, str(model), str(ws)]
+    proc = subprocess.run(
+        [*argv, str(out), base],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+needs_root_setpriv = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+
+
+@needs_root_setpriv
+def test_without_setfcap_buildah_defaults_hit_uid_map(model, tmp_path, base_image):
+    """The seed's failure, for real: root without SYS_ADMIN re-execs into a user
+    namespace and cannot write uid_map without SETFCAP."""
+    got = build_without_caps(
+        model, tmp_path / "ws", tmp_path / "o", base_image.oci_ref,
+        MODELCAR_BUILDAH_PRIVATE_STATE="0",
+    )  # fmt: skip
+    assert got.get("error") == "EnginePrivilegeError", got
+    assert "uid_map" in got["message"]
+    assert "SETFCAP" in got["hint"] and "--engine native" in got["hint"]
+
+
+@needs_root_setpriv
+def test_without_setfcap_private_state_builds_with_vfs(model, tmp_path, base_image):
+    """No container ever runs, so with the re-exec skipped vfs needs no SETFCAP."""
+    got = build_without_caps(model, tmp_path / "ws", tmp_path / "o", base_image.oci_ref)
+    assert got.get("layers") == 3, got
+
+
+@needs_root_setpriv
+def test_overlay_without_sys_admin_is_privilege_error(model, tmp_path, base_image):
+    got = build_without_caps(
+        model, tmp_path / "ws", tmp_path / "o", base_image.oci_ref,
+        MODELCAR_BUILDAH_STORAGE_DRIVER="overlay",
+    )  # fmt: skip
+    assert got.get("error") == "EnginePrivilegeError", got
+    assert "MODELCAR_BUILDAH_STORAGE_DRIVER=vfs" in got["hint"]
+
+
+# -- pure functions ----------------------------------------------------------------------------
+
+UID_MAP = (
+    'time="2024-01-01T00:00:00Z" level=error msg="writing \\"0 0 4294967295\\\\n\\" to '
+    '/proc/12409/uid_map: write /proc/12409/uid_map: operation not permitted"\n'
+    'time="2024-01-01T00:00:00Z" level=error msg="(Unable to determine exit status)"\n'
+)
+
+
+def test_classify_uid_map():
+    err = classify_failure("pull", UID_MAP)
+    assert isinstance(err, EnginePrivilegeError)
+    assert "uid_map: operation not permitted" in err.message
+    assert "Unable to determine" not in err.message
+
+
+def test_classify_registry_errors():
+    remote_ok = classify_failure(
+        "commit",
+        "Getting image source signatures\nError: writing blob: initiating layer upload to "
+        "/v2/m/t/blobs/uploads/ in 127.0.0.1:5000: authentication required\n",
+        remote=Remote("127.0.0.1:5000", "token file /t"),
+    )
+    assert isinstance(remote_ok, RegistryAuthError)
+    assert remote_ok.message.startswith(
+        "registry 127.0.0.1:5000 refused the credentials from token file /t"
+    )
+    refused = classify_failure(
+        "pull",
+        "Error: initializing source docker://127.0.0.1:9/b:1: pinging container registry "
+        '127.0.0.1:9: Get "https://127.0.0.1:9/v2/": dial tcp 127.0.0.1:9: connect: '
+        "connection refused\n",
+        remote=Remote("127.0.0.1:9", None),
+    )
+    assert isinstance(refused, RegistryUnreachable)
+    other = classify_failure("copy", "noise\nError: no such file: /x\n")
+    assert (
+        isinstance(other, BuildFailed) and other.message == "buildah copy failed: no such file: /x"
+    )
+
+
+def test_secrets_are_scrubbed_from_classified_errors():
+    secret = "eyJhbGciOiJSUzI1NiJ9.sekrit"
+    err = classify_failure("push", f"Error: unauthorized: bad token {secret}", secrets=[secret])
+    assert secret not in err.message
+    assert scrub(f"a {secret} b", [secret]) == "a *** b"
+
+
+def test_meaningful_line_prefers_error_lines():
+    text = 'time="x" level=warning msg="meh"\nSTEP 1\nError: the real reason\n'
+    assert meaningful_line(text) == "the real reason"
+    assert meaningful_line("just one line\n") == "just one line"
+
+
+def test_estimate_peak_bytes_vfs_is_quadratic():
+    sizes = [1, 100, 100, 100, 100]
+    # vfs: stored chain (cumulative 1+101+201+301) + last container (401) + tar + temp
+    assert estimate_peak_bytes(sizes, "vfs") == 604 + 401 + 100 + 100
+    assert estimate_peak_bytes(sizes, "overlay") == 301 + 200 + 100
+    assert estimate_peak_bytes([], "vfs") == 0
