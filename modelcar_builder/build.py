@@ -108,9 +108,6 @@ def run_build(
         fetched = fetch(plan, workspace, resolved.access, fetch_opts)
         files_dir, downloaded = fetched.files_dir, fetched.downloaded_bytes
     timings["fetch"] = time.monotonic() - t0
-    if settings.engine == "buildah":
-        # buildah keeps an image copy in its storage; check before it fills the volume.
-        workspace.require_space(plan.total_bytes, "buildah's image storage")
 
     request = BuildRequest(
         plan=plan,

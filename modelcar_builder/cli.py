@@ -117,13 +117,29 @@ def _fetch_options() -> FetchOptions:
     )
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time, not the one at setup (a test's
+    capture, or a redirected stderr, may have been replaced or closed since)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="modelcar")
 @click.option("--debug", is_flag=True, envvar="MODELCAR_DEBUG", help="Show tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, envvar="MODELCAR_QUIET", help="Only warnings.")
 def cli(debug: bool, quiet: bool) -> None:
     """Build KServe ModelCar images from Hugging Face repos or local directories."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("modelcar: %(message)s"))
     log.handlers[:] = [handler]
     log.propagate = False

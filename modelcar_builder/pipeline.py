@@ -3,6 +3,7 @@ Each function takes what the previous one returned; the CLI only chains them."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from modelcar_builder.errors import EmptySelection
@@ -39,14 +40,17 @@ def resolve(
     return Resolved(make_plan(snapshot, threshold), access)
 
 
-def disk_needed(plan: Plan) -> dict[str, int]:
+def disk_needed(plan: Plan, buildah_driver: str | None = None) -> dict[str, int]:
     """Extra workspace bytes each engine needs, for `plan` and the up-front space check.
 
     native: the fetched files (local sources are read in place).
     native --stream: nothing but small state files.
-    buildah: the fetched files plus buildah's image storage (one more copy of the model)
-    and its push temp copy.
+    buildah: the fetched files plus buildah's storage at its peak, which depends on the
+    storage driver (vfs keeps a full copy of the tree per layer).
     """
-    model = plan.total_bytes
-    fetched = model if plan.snapshot.kind == "hub" else 0
-    return {"native": fetched, "native --stream": 0, "buildah": fetched + 2 * model}
+    from modelcar_builder.engines.buildah import BuildahSettings, estimate_peak_bytes
+
+    driver = buildah_driver or BuildahSettings.from_env(os.environ).storage_driver
+    fetched = plan.total_bytes if plan.snapshot.kind == "hub" else 0
+    storage = estimate_peak_bytes([layer.size for layer in plan.layers], driver)
+    return {"native": fetched, "native --stream": 0, f"buildah ({driver})": fetched + storage}

@@ -38,12 +38,15 @@ class Plan:
 
 
 def make_plan(snapshot: Snapshot, threshold: int = DEFAULT_LAYER_THRESHOLD) -> Plan:
-    """Small files first, in one layer (they change most often and are tiny), then one
-    layer per large file in path order. Ordering by path keeps digests stable."""
+    """One layer per large file in path order, then all small files in one last layer.
+
+    Small files (config, tokenizer) change most often: last, an edit to them leaves every
+    weight layer below untouched, so layer caches (buildah's chain, a registry's blobs)
+    keep the shards. Ordering by path keeps digests stable."""
     files = sorted(snapshot.files, key=lambda f: f.path)
     small = tuple(f for f in files if f.size < threshold)
     large = [f for f in files if f.size >= threshold]
-    groups: list[tuple[FileEntry, ...]] = ([small] if small else []) + [(f,) for f in large]
+    groups: list[tuple[FileEntry, ...]] = [(f,) for f in large] + ([small] if small else [])
     layers = tuple(
         LayerPlan(index=i, name=f"layer-{i:03d}", files=group) for i, group in enumerate(groups)
     )

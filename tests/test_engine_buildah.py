@@ -239,9 +239,9 @@ def test_round_trip_plain_registry(model, ws, tmp_path, registry, base_image):
     assert result.engine == "buildah"
     assert result.base_layers == 1
     assert [layer.files for layer in result.layers] == [
-        ("a/config.json", "config.json"),
         ("model-00001-of-00002.safetensors",),
         ("model-00002-of-00002.safetensors",),
+        ("a/config.json", "config.json"),
     ]
     assert all(layer.media_type.endswith("tar+gzip") for layer in result.layers)
     layout = skopeo_to_layout(f"docker://{target}", tmp_path / "out", "--src-tls-verify=false")
@@ -366,10 +366,17 @@ def test_rerun_resumes_from_cached_layers(model, ws, tmp_path, base_image, logs)
     # A changed middle shard: layer-000 is reused, the old layer-001 image is removed
     # without taking layer-000 (its untagged parent) along.
     logs.clear()
-    (model / "model-00001-of-00002.safetensors").write_bytes(os.urandom(3 * MIB // 2))
+    (model / "model-00002-of-00002.safetensors").write_bytes(os.urandom(3 * MIB // 2))
     BuildahEngine().build(request_for(model, ws, f"oci:{out}:v3", base_image.oci_ref))
     assert "layer-000 cached" in logs.text and "committing layer-001" in logs.text
     assert len(storage_list(ws, "images")) == 3
+
+    # An edited config.json (the most common change) sits in the last layer: both shard
+    # layers come from the cache.
+    logs.clear()
+    (model / "config.json").write_text('{"edited": true}')
+    BuildahEngine().build(request_for(model, ws, f"oci:{out}:v4", base_image.oci_ref))
+    assert "layer-000 cached" in logs.text and "layer-001 cached" in logs.text
 
     # Another model on the same volume: the old chain goes before the new one is built.
     other = make_model(tmp_path / "other")

@@ -61,16 +61,16 @@ def test_plan_pins_commit_and_reports_layers(repo, capsys):
     assert doc["commit"] == repo.head(REPO)
     paths = [f["path"] for layer in doc["layers"] for f in layer["files"]]
     assert paths == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
         "a/config.json",
         "config.json",
         "tokenizer.json",
-        "model-00001-of-00002.safetensors",
-        "model-00002-of-00002.safetensors",
     ]
-    assert [len(layer["files"]) for layer in doc["layers"]] == [3, 1, 1]
-    shard = doc["layers"][1]["files"][0]
+    assert [len(layer["files"]) for layer in doc["layers"]] == [1, 1, 3]
+    shard = doc["layers"][0]["files"][0]
     assert shard["sha256"] == repo.file(REPO, shard["path"]).sha256
-    assert doc["layers"][0]["files"][0]["blob_id"] == repo.file(REPO, "a/config.json").blob_id
+    assert doc["layers"][2]["files"][0]["blob_id"] == repo.file(REPO, "a/config.json").blob_id
     assert {s["path"] for s in doc["skipped"]} == {"pytorch_model.bin", ".gitattributes"}
     assert resolve_requests(repo) == []  # plan downloads nothing
 
@@ -110,10 +110,10 @@ def test_prepare_keeps_subdirectories_and_links_without_copying(repo, capsys, ws
     res = run(capsys, "prepare", REPO, "--workspace", str(ws), "--layer-threshold", str(MIB))
     assert res.code == 0, res.err
     ctx = Path(res.last_line)
-    layer0 = ctx / "layer-000"
+    layer0 = ctx / "layer-002"  # small files: the last layer
     assert (layer0 / "config.json").read_bytes() == model_files()["config.json"]
     assert (layer0 / "a" / "config.json").read_bytes() == b'{"sub": true}'
-    shard = ctx / "layer-001" / "model-00001-of-00002.safetensors"
+    shard = ctx / "layer-000" / "model-00001-of-00002.safetensors"
     fetched = fetched_dir(ws, repo.head(REPO)) / "model-00001-of-00002.safetensors"
     assert os.path.samefile(shard, fetched)  # a hard link: the bytes exist once
     text = (ctx / "Containerfile").read_text()

@@ -27,7 +27,7 @@ def test_local_plan_keeps_subdirectories(capsys, tmp_path):
     model = make_model(tmp_path / "m")
     res = run(capsys, "plan", str(model), "--json")
     assert res.code == 0, res.err
-    assert plan_paths(res) == ["a/config.json", "config.json", "model.safetensors"]
+    assert sorted(plan_paths(res)) == ["a/config.json", "config.json", "model.safetensors"]
     assert json.loads(res.out)["commit"] is None
 
 
@@ -46,7 +46,7 @@ def test_symlinks_inside_the_directory_are_followed(capsys, tmp_path):
     os.symlink("a", model / "b")
     res = run(capsys, "plan", str(model), "--json")
     assert res.code == 0, res.err
-    assert plan_paths(res) == [
+    assert sorted(plan_paths(res)) == [
         "a/config.json", "alias.json", "b/config.json", "config.json", "model.safetensors",
     ]  # fmt: skip
 
@@ -83,5 +83,5 @@ def test_options_read_modelcar_environment(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("MODELCAR_LAYER_THRESHOLD", "1000")
     res = run(capsys, "plan", str(model), "--json")
     doc = json.loads(res.out)
-    assert plan_paths(res) == ["config.json", "model.safetensors"]
+    assert plan_paths(res) == ["model.safetensors", "config.json"]
     assert [len(layer["files"]) for layer in doc["layers"]] == [1, 1]

@@ -230,7 +230,7 @@ def test_image_without_base(model_dir: Path, tmp_path: Path) -> None:
     assert manifest["annotations"][ANNOTATION_SOURCE] == "https://huggingface.co/org/model"
     assert manifest["annotations"][ANNOTATION_CREATED] == CREATED
     assert manifest["annotations"][ANNOTATION_TOOL_VERSION] == "0.1.0"
-    small, shard1, shard2 = manifest["layers"]
+    shard1, shard2, small = manifest["layers"]
     assert all(layer["mediaType"] == MEDIA_TYPE_LAYER for layer in manifest["layers"])
     assert small["annotations"][ANNOTATION_TITLE] == "small-files"
     assert shard2["annotations"][ANNOTATION_FILEPATH] == (

@@ -104,9 +104,9 @@ def test_plan_small_files_together_large_alone_deterministic():
     ]
     plan = make_plan(_snapshot(files), threshold=100)
     assert [[f.path for f in layer.files] for layer in plan.layers] == [
-        ["a/config.json", "config.json"],
         ["model-00001.safetensors"],
         ["model-00002.safetensors"],
+        ["a/config.json", "config.json"],  # last: config edits leave the shards cached
     ]
     assert [layer.name for layer in plan.layers] == ["layer-000", "layer-001", "layer-002"]
     again = make_plan(_snapshot(reversed(files)), threshold=100)
