@@ -14,5 +14,5 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --disable-pip-version-check -e '.[test,lint]' 2>&1 | grep -v '^WARNING' || true
-python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest"
+python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,bench]' 2>&1 | grep -v '^WARNING' || true
+python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot"

@@ -1,0 +1,94 @@
+"""Smoke run of scripts/bench.py: it runs end to end at a tiny size and writes a table with
+a row per contender. Speed numbers are never asserted: CI machines differ."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "scripts" / "bench.py"
+CONTENDERS = (
+    "native",
+    "native --stream",
+    "modelcar buildah",
+    "stock buildah",
+    "olot + skopeo",
+    "raw curl -T",
+)
+# Columns of the main table that hold numbers for a contender that ran.
+NUMERIC = ("wall s (median)", "MB/s", "peak RSS MB", "peak extra disk MB", "CPU s")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("docker-registry") is None or shutil.which("curl") is None,
+    reason="needs docker-registry and curl",
+)
+
+
+def must_run(name: str) -> bool:
+    """Contenders whose tools are here must produce numbers; the others may say why not."""
+    if name in ("native", "native --stream", "raw curl -T"):
+        return True
+    if name == "stock buildah":
+        return shutil.which("buildah") is not None
+    if name == "olot + skopeo":
+        tools = all(shutil.which(t) for t in ("umoci", "skopeo"))
+        return tools and importlib.util.find_spec("olot") is not None
+    # Our buildah engine: required once its module exists.
+    return (
+        shutil.which("buildah") is not None
+        and (REPO / "modelcar_builder" / "engines" / "buildah.py").exists()
+    )
+
+
+def main_table(markdown: str) -> dict[str, dict[str, str]]:
+    """The first table after the "## End to end" heading, as {contender: {column: cell}}."""
+    rows: list[list[str]] = []
+    for line in markdown.split("## End to end", 1)[1].splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    header, body = rows[0], rows[2:]
+    return {cells[0]: dict(zip(header, cells, strict=True)) for cells in body}
+
+
+@pytest.mark.timeout(120)
+def test_quick_bench_writes_a_row_per_contender(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--out", str(out), "--budget-min", "2"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    table = main_table(text)
+    assert set(table) == set(CONTENDERS), table.keys()
+    for name in CONTENDERS:
+        row = table[name]
+        if row["status"].startswith("ok"):
+            for column in NUMERIC:
+                float(row[column])  # a number, whatever its value
+        else:
+            # e.g. "not available: ..." — allowed only where the tool is really missing
+            assert not must_run(name), f"{name}: {row['status']}"
+    assert "## Targets" in text and "## Machine" in text
+    assert "python3 scripts/bench.py --quick" in text
+    # The chart is made, or the report says why not.
+    charts = tmp_path / "benchmarks"
+    assert (charts / "throughput.png").exists() or "No charts:" in text
+    # Nothing left behind in the scratch area but the report.
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("modelcar-bench-")]
+    assert leftovers == []
