@@ -15,7 +15,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import requests
 from tenacity import (
@@ -37,8 +37,10 @@ from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import Plan
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
-from modelcar_builder.source.hub import HubAccess
 from modelcar_builder.workspace import FILE_MODE, Workspace, human, make_dir
+
+if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
+    from modelcar_builder.source.hub import HubAccess
 
 log = logging.getLogger("modelcar")
 CHUNK = 1024 * 1024

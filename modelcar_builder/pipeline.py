@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modelcar_builder.errors import EmptySelection
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, Plan, make_plan
 from modelcar_builder.selection import Selection
 from modelcar_builder.source import parse_source
-from modelcar_builder.source.hub import HubAccess, hub_access, hub_snapshot
 from modelcar_builder.source.local import local_snapshot
+
+if TYPE_CHECKING:
+    from modelcar_builder.source.hub import HubAccess
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ def resolve(
     spec = parse_source(source)
     access = None
     if spec.kind == "hub":
+        # Imported here: huggingface_hub costs ~0.2 s at start-up that local builds skip.
+        from modelcar_builder.source.hub import hub_access, hub_snapshot
+
         access = hub_access(hf_token_file)
         snapshot = hub_snapshot(spec.location, spec.revision, selection, access)
     else:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from modelcar_builder.plan import Plan
 from modelcar_builder.settings import RegistryOptions
-from modelcar_builder.source.hub import HubAccess
 from modelcar_builder.target import Target
 from modelcar_builder.workspace import Workspace
+
+if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
+    from modelcar_builder.source.hub import HubAccess
 
 DEFAULT_CREATED = "1970-01-01T00:00:00Z"  # fixed: the same model gives the same digest
 
