@@ -383,3 +383,35 @@ def test_multi_arch_base_index_picks_the_platform(hub_repo, registry, base_image
               "--platform", "linux/s390x")  # fmt: skip
     assert res.code == errors.UsageError.exit_code
     assert "no linux/s390x variant" in res.err and "linux/amd64" in res.err
+
+
+def test_verify_command_against_the_registry(hub_repo, registry, capsys, tmp_path):
+    image = f"{registry.host}/models/llm:verify"
+    built = run(capsys, *build_args(image, tmp_path / "ws", "scratch"))
+    assert built.code == 0, built.err
+    commit = hub_repo.head(REPO)
+    label = f"org.opencontainers.image.revision={commit}"
+    res = run(capsys, "verify", image, "--no-tls-verify", "--label", label)
+    assert res.code == 0, res.err
+    assert res.last_line == built.last_line
+    res = run(
+        capsys, "verify", image, "--no-tls-verify", "--label", "org.opencontainers.image.revision=0"
+    )
+    assert res.code == errors.VerificationFailed.exit_code
+    assert "label org.opencontainers.image.revision" in res.err
+    # A tag moved to an image that breaks the contract (an Entrypoint) is caught.
+    with RegistryClient(registry.host, tls_verify=False) as client:
+        manifest = json.loads(client.get_manifest("models/llm", "verify").body)
+        config = json.loads(client.read_blob("models/llm", manifest["config"]["digest"]))
+        config["config"]["Entrypoint"] = ["/bin/sh"]
+        body = json.dumps(config).encode()
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        client.upload_blob("models/llm", digest, len(body), lambda: [body])
+        manifest["config"] = {**manifest["config"], "digest": digest, "size": len(body)}
+        client.put_manifest("models/llm", "verify", json.dumps(manifest).encode(),
+                            manifest["mediaType"])  # fmt: skip
+    res = run(capsys, "verify", image, "--no-tls-verify")
+    assert res.code == errors.VerificationFailed.exit_code
+    assert "Entrypoint" in res.err
+    res = run(capsys, "verify", f"{registry.host}/models/none:x", "--no-tls-verify")
+    assert res.code == errors.VerificationFailed.exit_code and "does not exist" in res.err
