@@ -93,6 +93,13 @@ def workspace_option(fn):
     )(fn)
 
 
+def _workspace(path: str) -> Workspace:
+    """The checked workspace, locked until the command finishes."""
+    ws = Workspace(Path(path)).ensure()
+    click.get_current_context().call_on_close(ws.lock())
+    return ws
+
+
 def _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold):
     if layer_threshold <= 0:
         raise UsageError("--layer-threshold must be positive", hint="e.g. 67108864 (64 MiB)")
@@ -174,7 +181,7 @@ def plan(source, include, exclude, all_files, hf_token_file, layer_threshold, wo
 def fetch_cmd(source, include, exclude, all_files, hf_token_file, layer_threshold, workspace):
     """Download and verify the model onto the workspace (resumable)."""
     resolved = _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold)
-    ws = Workspace(Path(workspace)).ensure()
+    ws = _workspace(workspace)
     result = _fetch(resolved, ws)
     log.info(
         "downloaded %d bytes; %d files fetched, %d reused",
@@ -200,7 +207,7 @@ def prepare(
 ):
     """Fetch, then lay out a build context (layer dirs + Containerfile) for buildah/podman."""
     resolved = _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold)
-    ws = Workspace(Path(workspace)).ensure()
+    ws = _workspace(workspace)
     fetched = _fetch(resolved, ws)
     ctx = prepare_context(resolved.plan, fetched.files_dir, ws, base_image)
     log.info(
@@ -371,7 +378,7 @@ def build(
     if not os_ or not arch:
         raise UsageError(f"bad --platform {platform!r}", hint="write OS/ARCH, e.g. linux/amd64")
     resolved = _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold)
-    ws = Workspace(Path(workspace)).ensure()
+    ws = _workspace(workspace)
     settings = BuildSettings(
         engine=engine or default_engine(),
         base_image=base_image,

@@ -18,11 +18,13 @@ become image content are 0755 and files 0644, as KServe's contract asks.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,27 @@ class Workspace:
                 f"cannot use workspace {self.root}: {exc.strerror} ({exc.filename or self.root})"
             ) from None
         return self
+
+    def lock(self) -> Callable[[], None]:
+        """Hold the workspace for this run; returns the function that lets go.
+
+        Two runs writing one volume (a retried Tekton task while the first is still
+        alive) would clobber each other's files. The kernel drops the lock when the
+        process dies, so a killed run never blocks its rerun."""
+        path = self.root / "state" / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise WorkspaceError(
+                f"workspace {self.root} is in use by another modelcar run (pid {holder})",
+                hint="wait for it to finish, or give this run its own --workspace",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return lambda: os.close(fd)  # closing the descriptor releases the lock
 
     def _probe_write(self) -> None:
         fd, name = tempfile.mkstemp(prefix=".probe-", dir=self.root / "state")

@@ -126,3 +126,30 @@ def test_unreadable_source_is_one_clear_line(shared_tmp):
     assert res.returncode == 10
     assert "Traceback" not in res.stderr
     assert "permission denied" in res.stderr
+
+
+def test_two_runs_cannot_share_a_workspace(tmp_path):
+    from modelcar_builder.workspace import Workspace
+
+    ws = tmp_path / "ws"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; "
+         "from modelcar_builder.workspace import Workspace; "
+         f"w = Workspace(Path({str(ws)!r})).ensure(); w.lock(); print('locked', flush=True); "
+         "time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            WorkspaceError, match=f"in use by another modelcar run \\(pid {holder.pid}\\)"
+        ):
+            Workspace(ws).ensure().lock()
+    finally:
+        holder.kill()
+        holder.wait()
+    release = Workspace(ws).ensure().lock()  # a killed holder leaves no stale lock behind
+    release()
+    Workspace(ws).ensure().lock()()  # and a released lock can be taken again
