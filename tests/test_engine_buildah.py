@@ -27,8 +27,11 @@ from modelcar_builder.engines.buildah import (
     BuildahEngine,
     Remote,
     classify_failure,
+    estimate_layout_peak,
     estimate_peak_bytes,
+    has_cap_sys_admin,
     meaningful_line,
+    overlay_unusable,
     scrub,
 )
 from modelcar_builder.errors import (
@@ -37,7 +40,6 @@ from modelcar_builder.errors import (
     EngineUnavailable,
     RegistryAuthError,
     RegistryUnreachable,
-    UsageError,
 )
 from modelcar_builder.pipeline import resolve
 from modelcar_builder.plan import Plan, make_plan
@@ -45,6 +47,7 @@ from modelcar_builder.registry import OCI_MANIFEST, RegistryClient
 from modelcar_builder.selection import Selection
 from modelcar_builder.target import parse_target
 from modelcar_builder.workspace import Workspace
+from tests.imagecheck import assert_models_match, unpack
 
 pytestmark = pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah not installed")
 
@@ -389,10 +392,11 @@ def test_rerun_resumes_from_cached_layers(model, ws, tmp_path, base_image, logs)
 
 def storage_list(ws: Path, what: str) -> list[dict]:
     """``buildah images --all`` / ``containers`` of the engine's private storage."""
-    root = ["--root", str(ws / "storage" / "vfs"), "--runroot", str(ws / "storage/run/vfs")]
+    (driver,) = [d for d in ("vfs", "overlay") if (ws / "storage" / d).is_dir()]
+    root = ["--root", str(ws / "storage" / driver), "--runroot", str(ws / "storage/run" / driver)]
     args = ["images", "--all", "--json", "--no-trunc"] if what == "images" else [what, "--json"]
     proc = subprocess.run(
-        ["buildah", *root, "--storage-driver", "vfs", *args],
+        ["buildah", *root, "--storage-driver", driver, *args],
         capture_output=True,
         text=True,
         check=True,
@@ -496,11 +500,49 @@ def test_buildah_missing(model, ws, tmp_path, monkeypatch, base_image):
     assert "buildah" in err.value.hint and "--engine native" in err.value.hint
 
 
-def test_none_compression_to_registry_is_refused(model, ws, registry, base_image):
-    with pytest.raises(UsageError):
-        BuildahEngine().build(
-            request_for(model, ws, f"{registry.host}/m/t:v1", base_image.ref, compression="none")
-        )
+def test_none_compression_to_registry_round_trip(model, ws, tmp_path, registry, base_image):
+    """buildah compresses whatever it sends to docker://, so `none` goes through an OCI
+    layout in the workspace and our own uploads; the layout is gone afterwards."""
+    target = f"{registry.host}/models/plain:v1"
+    request = request_for(model, ws, target, base_image.ref, compression="none")
+    result = BuildahEngine().build(request)
+    assert len(result.layers) == 3
+    for layer in result.layers:
+        assert layer.media_type == "application/vnd.oci.image.layer.v1.tar"
+        assert layer.digest == layer.diff_id and layer.uploaded
+    with RegistryClient(registry.host, tls_verify=False) as client:
+        manifest = json.loads(client.get_manifest("models/plain", "v1").body)
+    assert [d["digest"] for d in manifest["layers"][1:]] == [x.digest for x in result.layers]
+    img = unpack(f"docker://{target}", tmp_path / "check")
+    files = {str(p.relative_to(model)): p.read_bytes() for p in model.rglob("*") if p.is_file()}
+    assert_models_match(img, files)
+    assert not list((ws / "tmp").glob("modelcar-layout-*"))
+
+    # Same content, same repository: nothing is sent again.
+    mark = registry.mark()
+    again = BuildahEngine().build(
+        request_for(model, ws, target, base_image.ref, compression="none")
+    )
+    assert again.manifest_digest == result.manifest_digest
+    assert registry.upload_requests(since=mark) == []
+
+
+def test_auto_driver_is_overlay_where_it_mounts(model, ws, tmp_path, base_image, logs):
+    out = tmp_path / "layout"
+    BuildahEngine().build(request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref))
+    can_mount = os.geteuid() == 0 and has_cap_sys_admin()
+    assert overlay_unusable(ws / "storage") is None if can_mount else not None
+    driver = "overlay" if can_mount else "vfs"
+    assert (ws / "storage" / driver).is_dir()
+    assert not (ws / "storage" / ("vfs" if can_mount else "overlay")).exists()
+    assert not list((ws / "storage").glob("overlay-probe-*"))  # the probe cleaned up
+    assert ("vfs storage, because" in logs.text) is not can_mount
+
+
+def test_has_cap_sys_admin_reads_bit_21():
+    assert has_cap_sys_admin("Name:\tx\nCapEff:\t000001fffeffffff\n")
+    assert not has_cap_sys_admin("CapEff:\t00000000a80425fb\n")  # docker's default set
+    assert not has_cap_sys_admin("nothing here\n")
 
 
 _CHILD = """
@@ -626,7 +668,15 @@ def test_meaningful_line_prefers_error_lines():
 
 def test_estimate_peak_bytes_vfs_is_quadratic():
     sizes = [1, 100, 100, 100, 100]
-    # vfs: stored chain (cumulative 1+101+201+301) + last container (401) + tar + temp
+    # vfs, committing layer 3: stored chain 1+101+201, container + new layer 301 each,
+    # diff tar + storage's temp copy 100 each (1105); the last step is worse: stored
+    # 1+101+201+301, container 401, diff tar 100, push temp copy 100.
     assert estimate_peak_bytes(sizes, "vfs") == 604 + 401 + 100 + 100
-    assert estimate_peak_bytes(sizes, "overlay") == 301 + 200 + 100
+    # overlay: the stored diffs, then 4 copies of the layer being committed.
+    assert estimate_peak_bytes(sizes, "overlay") == 201 + 4 * 100
     assert estimate_peak_bytes([], "vfs") == 0
+    # the measured case: 4 x 512 MiB shards + small files (4.00x / 1.74x measured)
+    shards = [512, 512, 512, 512, 1]
+    assert estimate_peak_bytes(shards, "vfs") / sum(shards) == pytest.approx(4.0, abs=0.01)
+    assert estimate_peak_bytes(shards, "overlay") / sum(shards) == pytest.approx(1.75, abs=0.01)
+    assert estimate_layout_peak(shards, "overlay") > estimate_peak_bytes(shards, "overlay")
