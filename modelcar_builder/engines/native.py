@@ -110,7 +110,8 @@ class NativeEngine:
     def _copy_base(self, base: BaseSource, sink: Sink) -> None:
         if base.image is None:
             return
-        for desc in (*base.image.layers, base.image.config_descriptor):
+        # Only the layers: the image gets a config of its own, the base's is never referenced.
+        for desc in base.image.layers:
             if sink.has_blob(desc.digest, desc.size):
                 continue
             if base.host and sink.mount(desc.digest, base.host, base.repo or ""):
