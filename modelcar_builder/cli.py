@@ -374,6 +374,11 @@ def build(
 ):
     """Fetch, build, push and verify a ModelCar. Prints the oci:// URL KServe takes."""
     target = parse_target(image)
+    if isinstance(target, RegistryTarget) and target.ref.digest:
+        raise UsageError(
+            f"--image {image} names a digest; a push needs a tag",
+            hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
+        )
     os_, _, arch = platform.partition("/")
     if not os_ or not arch:
         raise UsageError(f"bad --platform {platform!r}", hint="write OS/ARCH, e.g. linux/amd64")

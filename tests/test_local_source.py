@@ -85,3 +85,11 @@ def test_options_read_modelcar_environment(capsys, tmp_path, monkeypatch):
     doc = json.loads(res.out)
     assert plan_paths(res) == ["model.safetensors", "config.json"]
     assert [len(layer["files"]) for layer in doc["layers"]] == [1, 1]
+
+
+def test_build_to_a_digest_reference_is_refused(capsys, tmp_path):
+    model = make_model(tmp_path / "m")
+    res = run(capsys, "build", str(model), "--engine", "native", "--workspace", str(tmp_path / "ws"),
+              "--image", "127.0.0.1:5000/m/x@sha256:" + "a" * 64)  # fmt: skip
+    assert res.code == errors.UsageError.exit_code
+    assert "a push needs a tag" in res.err
