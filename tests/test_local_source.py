@@ -89,7 +89,10 @@ def test_options_read_modelcar_environment(capsys, tmp_path, monkeypatch):
 
 def test_build_to_a_digest_reference_is_refused(capsys, tmp_path):
     model = make_model(tmp_path / "m")
-    res = run(capsys, "build", str(model), "--engine", "native", "--workspace", str(tmp_path / "ws"),
-              "--image", "127.0.0.1:5000/m/x@sha256:" + "a" * 64)  # fmt: skip
+    image = "127.0.0.1:5000/m/x@sha256:" + "a" * 64
+    ws = str(tmp_path / "ws")
+    res = run(
+        capsys, "build", str(model), "--engine", "native", "--workspace", ws, "--image", image
+    )
     assert res.code == errors.UsageError.exit_code
     assert "a push needs a tag" in res.err
