@@ -96,3 +96,17 @@ def test_build_to_a_digest_reference_is_refused(capsys, tmp_path):
     )
     assert res.code == errors.UsageError.exit_code
     assert "a push needs a tag" in res.err
+
+
+def test_debug_shows_the_traceback_and_plain_runs_do_not(tmp_path):
+    import subprocess
+    import sys
+
+    missing = str(tmp_path / "nope")
+    base = [sys.executable, "-m", "modelcar_builder"]
+    plain = subprocess.run([*base, "plan", missing], capture_output=True, text=True)
+    assert plain.returncode == errors.SourceNotFound.exit_code
+    assert plain.stderr.count("\n") == 2 and "Traceback" not in plain.stderr
+    debug = subprocess.run([*base, "--debug", "plan", missing], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert "SourceNotFound" in debug.stderr
