@@ -24,11 +24,15 @@ import pytest
 from modelcar_builder.auth import Credentials
 from modelcar_builder.engines import BuildRequest, BuildResult, RegistryOptions
 from modelcar_builder.engines.buildah import (
+    DEFAULT_MODE,
+    ENV_MODE,
     BuildahEngine,
+    BuildahSettings,
     Remote,
     classify_failure,
     estimate_layout_peak,
     estimate_peak_bytes,
+    estimate_per_layer_peak,
     has_cap_sys_admin,
     meaningful_line,
     overlay_unusable,
@@ -40,6 +44,7 @@ from modelcar_builder.errors import (
     EngineUnavailable,
     RegistryAuthError,
     RegistryUnreachable,
+    UsageError,
 )
 from modelcar_builder.pipeline import resolve
 from modelcar_builder.plan import Plan, make_plan
@@ -222,6 +227,18 @@ def ws(tmp_path: Path) -> Path:
     return tmp_path / "ws"
 
 
+@pytest.fixture(params=["per-layer", "chain"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per build mode (``MODELCAR_BUILDAH_MODE``)."""
+    monkeypatch.setenv(ENV_MODE, request.param)
+    return request.param
+
+
+def current_mode() -> str:
+    """The mode a test without the ``mode`` fixture runs in (the env, else the default)."""
+    return os.environ.get(ENV_MODE, "").strip() or DEFAULT_MODE
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     # No credentials of the machine's user may leak into a test.
@@ -234,7 +251,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None
 # -- round trip ------------------------------------------------------------------------------
 
 
-def test_round_trip_plain_registry(model, ws, tmp_path, registry, base_image):
+def test_round_trip_plain_registry(model, ws, tmp_path, registry, base_image, mode):
     plan = hub_plan(model)
     target = f"{registry.host}/models/tiny:v1"
     result = BuildahEngine().build(request_for(model, ws, target, base_image.ref, plan=plan))
@@ -281,7 +298,7 @@ def test_round_trip_plain_registry(model, ws, tmp_path, registry, base_image):
     assert files == expected  # a/config.json and config.json both kept, byte for byte
 
 
-def test_layout_target_uncompressed(model, ws, tmp_path, base_image):
+def test_layout_target_uncompressed(model, ws, tmp_path, base_image, mode):
     out = tmp_path / "layout"
     result = BuildahEngine().build(
         request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref, compression="none")
@@ -311,7 +328,7 @@ def test_zstd_is_pushed_with_a_warning(model, ws, tmp_path, base_image, logs):
 # -- reproducibility and re-push -------------------------------------------------------------
 
 
-def test_reproducible_and_repush_uploads_nothing(model, tmp_path, registry, base_image):
+def test_reproducible_and_repush_uploads_nothing(model, tmp_path, registry, base_image, mode):
     target = f"{registry.host}/models/tiny:v1"
     first = BuildahEngine().build(request_for(model, tmp_path / "ws1", target, base_image.ref))
     assert first.bytes_uploaded == sum(x.size for x in first.layers) + base_layer_size(
@@ -326,8 +343,9 @@ def test_reproducible_and_repush_uploads_nothing(model, tmp_path, registry, base
     assert again.bytes_uploaded == 0
     assert not any(x.uploaded for x in again.layers)
 
-    # Another repository: buildah runs and mounts every layer the registry has (its
-    # blob-info cache lives in the workspace); only the 1 KB config is sent again.
+    # Another repository: every layer the registry has is mounted (chain: buildah's
+    # blob-info cache in the workspace; per-layer: the workspace state says where each
+    # blob went); only the 1 KB config is sent again.
     mark = registry.mark()
     other = f"{registry.host}/models/other:v1"
     moved = BuildahEngine().build(request_for(model, tmp_path / "ws1", other, base_image.ref))
@@ -353,7 +371,8 @@ def base_layer_size(registry, repo: str, result: BuildResult) -> int:
     return sum(d["size"] for d in manifest["layers"][: result.base_layers])
 
 
-def test_rerun_resumes_from_cached_layers(model, ws, tmp_path, base_image, logs):
+def test_rerun_resumes_from_cached_layers(model, ws, tmp_path, base_image, logs, monkeypatch):
+    monkeypatch.setenv(ENV_MODE, "chain")
     out = tmp_path / "layout"
     first = BuildahEngine().build(request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref))
     logs.clear()
@@ -390,13 +409,76 @@ def test_rerun_resumes_from_cached_layers(model, ws, tmp_path, base_image, logs)
     assert {i["id"] for i in images} & {i["id"] for i in before} == {base_id}
 
 
-def storage_list(ws: Path, what: str) -> list[dict]:
-    """``buildah images --all`` / ``containers`` of the engine's private storage."""
+def test_per_layer_rerun_skips_layers_the_target_has(
+    model, ws, tmp_path, base_image, logs, monkeypatch
+):
+    monkeypatch.setenv(ENV_MODE, "per-layer")
+    out = tmp_path / "layout"
+    first = BuildahEngine().build(request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref))
+    # Nothing is kept in buildah's storage, and every per-layer layout is gone.
+    assert storage_list(ws, "images") == []
+    assert storage_list(ws, "containers") == []
+    assert not list((ws / "tmp").glob("modelcar-layout-*"))
+
+    logs.clear()
+    second = BuildahEngine().build(request_for(model, ws, f"oci:{out}:v2", base_image.oci_ref))
+    assert second.manifest_digest == first.manifest_digest
+    assert all(f"layer-00{i} cached" in logs.text for i in range(3))
+    assert "committing" not in logs.text
+    assert not any(x.uploaded for x in second.layers)
+
+    # A changed middle shard: only that layer is built again.
+    logs.clear()
+    (model / "model-00002-of-00002.safetensors").write_bytes(os.urandom(3 * MIB // 2))
+    third = BuildahEngine().build(request_for(model, ws, f"oci:{out}:v3", base_image.oci_ref))
+    assert "layer-000 cached" in logs.text and "layer-002 cached" in logs.text
+    assert "committing layer-001" in logs.text and "committing layer-000" not in logs.text
+    assert [x.uploaded for x in third.layers] == [False, True, False]
+    assert third.layers[0].digest == first.layers[0].digest
+    assert third.layers[1].digest != first.layers[1].digest
+
+    # A crash between a commit and the upload leaves a container or image behind: the
+    # next build clears the storage first, so the peak stays one layer's.
+    ctr = subprocess.run(
+        [*buildah_args(ws), "from", "--quiet", "scratch"], capture_output=True, text=True
+    ).stdout.strip()
+    assert ctr
+    (model / "config.json").write_text('{"edited": true}')
+    BuildahEngine().build(request_for(model, ws, f"oci:{out}:v4", base_image.oci_ref))
+    assert storage_list(ws, "containers") == []
+
+
+def test_per_layer_and_chain_give_the_same_layers(model, tmp_path, base_image, monkeypatch):
+    """The same tar bytes either way (only config and manifest are written differently)."""
+    results = {}
+    for mode in ("per-layer", "chain"):
+        monkeypatch.setenv(ENV_MODE, mode)
+        out = tmp_path / f"layout-{mode}"
+        request = request_for(model, tmp_path / f"ws-{mode}", f"oci:{out}:v1", base_image.oci_ref)
+        results[mode] = BuildahEngine().build(request)
+    assert [x.diff_id for x in results["per-layer"].layers] == [
+        x.diff_id for x in results["chain"].layers
+    ]
+
+
+def test_mode_from_env():
+    assert BuildahSettings.from_env({}).mode == DEFAULT_MODE == "per-layer"
+    assert BuildahSettings.from_env({ENV_MODE: " Chain "}).mode == "chain"
+    with pytest.raises(UsageError):
+        BuildahSettings.from_env({ENV_MODE: "squash"})
+
+
+def buildah_args(ws: Path) -> list[str]:
     (driver,) = [d for d in ("vfs", "overlay") if (ws / "storage" / d).is_dir()]
     root = ["--root", str(ws / "storage" / driver), "--runroot", str(ws / "storage/run" / driver)]
+    return ["buildah", *root, "--storage-driver", driver]
+
+
+def storage_list(ws: Path, what: str) -> list[dict]:
+    """``buildah images --all`` / ``containers`` of the engine's private storage."""
     args = ["images", "--all", "--json", "--no-trunc"] if what == "images" else [what, "--json"]
     proc = subprocess.run(
-        ["buildah", *root, "--storage-driver", driver, *args],
+        [*buildah_args(ws), *args],
         capture_output=True,
         text=True,
         check=True,
@@ -418,7 +500,10 @@ def test_htpasswd_token_never_on_argv_or_in_logs(
     with CmdlineWatcher(reg.password) as watcher:
         result = BuildahEngine().build(request_for(model, ws, target, base, options))
     assert watcher.seen == []
-    assert {"pull", "commit"} <= watcher.subcommands  # we saw the steps that use the authfile
+    if current_mode() == "chain":
+        assert {"pull", "commit"} <= watcher.subcommands  # the steps that use the authfile
+    else:  # per-layer: buildah commits to a local layout; our client talks to registries
+        assert {"from", "copy", "commit"} <= watcher.subcommands
     assert reg.password not in logs.text
     assert "running " in logs.text and "buildah" in logs.text  # debug lines were captured
     creds = Credentials(reg.username, reg.password, "test")
@@ -500,7 +585,7 @@ def test_buildah_missing(model, ws, tmp_path, monkeypatch, base_image):
     assert "buildah" in err.value.hint and "--engine native" in err.value.hint
 
 
-def test_none_compression_to_registry_round_trip(model, ws, tmp_path, registry, base_image):
+def test_none_compression_to_registry_round_trip(model, ws, tmp_path, registry, base_image, mode):
     """buildah compresses whatever it sends to docker://, so `none` goes through an OCI
     layout in the workspace and our own uploads; the layout is gone afterwards."""
     target = f"{registry.host}/models/plain:v1"
@@ -680,3 +765,8 @@ def test_estimate_peak_bytes_vfs_is_quadratic():
     assert estimate_peak_bytes(shards, "vfs") / sum(shards) == pytest.approx(4.0, abs=0.01)
     assert estimate_peak_bytes(shards, "overlay") / sum(shards) == pytest.approx(1.75, abs=0.01)
     assert estimate_layout_peak(shards, "overlay") > estimate_peak_bytes(shards, "overlay")
+    # per-layer: container, buildah's temp blob and the layout blob of the largest layer
+    # (0.75x measured, vfs and overlay alike); independent of the number of layers.
+    assert estimate_per_layer_peak(shards) / sum(shards) == pytest.approx(0.75, abs=0.01)
+    assert estimate_per_layer_peak([512] * 30) == estimate_per_layer_peak(shards)
+    assert estimate_per_layer_peak([]) == 0
