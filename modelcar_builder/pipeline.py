@@ -4,6 +4,7 @@ Each function takes what the previous one returned; the CLI only chains them."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,17 +47,27 @@ def resolve(
     return Resolved(make_plan(snapshot, threshold), access)
 
 
-def disk_needed(plan: Plan, buildah_driver: str | None = None) -> dict[str, int]:
+def disk_needed(plan: Plan, env: Mapping[str, str] | None = None) -> dict[str, int]:
     """Extra workspace bytes each engine needs, for `plan` and the up-front space check.
 
     native: the fetched files (local sources are read in place).
     native --stream: nothing but small state files.
-    buildah: the fetched files plus buildah's storage at its peak, which depends on the
-    storage driver (vfs keeps a full copy of the tree per layer).
+    buildah: the fetched files plus buildah's own peak, which depends on its mode
+    (per-layer: a few copies of the largest layer; chain: grows with the storage driver).
     """
-    from modelcar_builder.engines.buildah import BuildahSettings, estimate_peak_bytes
+    from modelcar_builder.engines.buildah import (
+        BuildahSettings,
+        estimate_peak_bytes,
+        estimate_per_layer_peak,
+    )
 
-    driver = buildah_driver or BuildahSettings.from_env(os.environ).storage_driver
+    settings = BuildahSettings.from_env(os.environ if env is None else env)
+    sizes = [layer.size for layer in plan.layers]
+    if settings.mode == "per-layer":
+        label, storage = "buildah", estimate_per_layer_peak(sizes)
+    else:
+        # The chain's cost depends on the driver; without probing, assume the worse (vfs).
+        driver = "vfs" if settings.storage_driver == "auto" else settings.storage_driver
+        label, storage = f"buildah (chain, {driver})", estimate_peak_bytes(sizes, driver)
     fetched = plan.total_bytes if plan.snapshot.kind == "hub" else 0
-    storage = estimate_peak_bytes([layer.size for layer in plan.layers], driver)
-    return {"native": fetched, "native --stream": 0, f"buildah ({driver})": fetched + storage}
+    return {"native": fetched, "native --stream": 0, label: fetched + storage}

@@ -162,3 +162,17 @@ def test_created_timestamp_is_fixed_unless_source_date_epoch():
     assert created_timestamp({"SOURCE_DATE_EPOCH": "1700000000"}) == "2023-11-14T22:13:20Z"
     with pytest.raises(UsageError):
         created_timestamp({"SOURCE_DATE_EPOCH": "yesterday"})
+
+
+def test_disk_needed_per_engine():
+    from modelcar_builder.pipeline import disk_needed
+
+    files = [FileEntry(f"s{i}.safetensors", 100 * 2**20, sha256="0" * 64) for i in range(4)]
+    plan = make_plan(Snapshot("hub", "o/n", "main", "a" * 40, tuple(files)), threshold=2**20)
+    model = 400 * 2**20
+    per_layer = disk_needed(plan, {})
+    assert per_layer["native"] == model and per_layer["native --stream"] == 0
+    # per-layer buildah: the fetched model plus a few copies of the largest layer only
+    assert model < per_layer["buildah"] <= model + 4 * 100 * 2**20
+    chain = disk_needed(plan, {"MODELCAR_BUILDAH_MODE": "chain"})
+    assert chain["buildah (chain, vfs)"] > per_layer["buildah"]  # vfs keeps a tree per layer
