@@ -172,6 +172,7 @@ from modelcar_builder import __version__
 from modelcar_builder.auth import Credentials, private_authfile, resolve_credentials
 from modelcar_builder.context import image_labels, prepare_context
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
+from modelcar_builder.engines.assemble import BuiltLayer, assemble_image
 from modelcar_builder.engines.base import BaseSource, load_base
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink
 from modelcar_builder.errors import (
@@ -183,16 +184,13 @@ from modelcar_builder.errors import (
     RegistryUnreachable,
     UsageError,
 )
-from modelcar_builder.oci import INDEX_MEDIA_TYPES, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST
+from modelcar_builder.oci import INDEX_MEDIA_TYPES, MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.image import (
-    Descriptor,
     base_image,
-    build_config,
-    build_manifest,
     image_annotations,
     select_platform,
 )
-from modelcar_builder.oci.layer import layer_annotations, layer_media_type
+from modelcar_builder.oci.layer import layer_media_type
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.registry import DOCKER_MANIFEST, OCI_MANIFEST, RegistryClient
@@ -1417,36 +1415,12 @@ class _PerLayerBuilder:
         self, base: BaseSource, sink: LayoutSink | RegistrySink, layers: Sequence[_Layer]
     ) -> tuple[str, str]:
         """Config and manifest exactly as the native engine writes them."""
-        plan, request = self.run.plan, self.request
-        comments = [f"modelcar {lp.name}: {len(lp.files)} file(s)" for lp in plan.layers]
-        config = build_config(
-            base.image.config if base.image else None,
-            [x.diff_id for x in layers],
-            image_labels(plan),
-            request.created,
-            comments,
-            platform=request.platform,
-        )
-        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-        if not sink.has_blob(config_digest, len(config)):
-            sink.put_blob(config_digest, len(config), lambda: [config])
-        descs = [*base.image.layers] if base.image else []
-        descs += [
-            Descriptor(self.media_type, x.digest, x.size, layer_annotations(lp.files))
-            for x, lp in zip(layers, plan.layers, strict=True)
-        ]
-        annotations = image_annotations(
-            plan.snapshot.source_url,
-            plan.snapshot.commit,
-            request.created,
-            __version__,
-            base_name=base.image.name if base.image else None,
-            base_digest=base.image.manifest_digest if base.image else None,
-        )
-        body = build_manifest(
-            Descriptor(MEDIA_TYPE_CONFIG, config_digest, len(config)), descs, annotations
-        )
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        request = self.request
+        built = [BuiltLayer(x.digest, x.size, x.diff_id) for x in layers]
+        docs = assemble_image(request, base, built, self.media_type)
+        config_digest, body, digest = docs.config_digest, docs.manifest, docs.manifest_digest
+        if not sink.has_blob(config_digest, len(docs.config)):
+            sink.put_blob(config_digest, len(docs.config), lambda: [docs.config])
         target = request.target
         if isinstance(sink, RegistrySink):
             tag = target.ref.tag or "latest"  # type: ignore[union-attr]

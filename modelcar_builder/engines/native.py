@@ -16,21 +16,18 @@ from dataclasses import dataclass
 
 import requests
 
-from modelcar_builder import __version__
-from modelcar_builder.context import image_labels
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
+from modelcar_builder.engines.assemble import BuiltLayer, assemble_image
 from modelcar_builder.engines.base import BaseSource, load_base
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
 from modelcar_builder.errors import UsageError
 from modelcar_builder.fetch import FetchOptions, HubFileStream
-from modelcar_builder.oci import MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST
-from modelcar_builder.oci.image import Descriptor, build_config, build_manifest, image_annotations
+from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.layer import (
     DigestingIterator,
     LayerEntry,
     TarLayer,
     gzip_chunks,
-    layer_annotations,
     layer_media_type,
 )
 from modelcar_builder.oci.layout import OciLayout
@@ -177,40 +174,12 @@ class NativeEngine:
     # -- config and manifest ------------------------------------------------------------------
 
     def _push_manifest(self, request, sink: Sink, base: BaseSource, pushed) -> tuple[str, str]:
-        plan = request.plan
-        labels = image_labels(plan)
-        comments = [f"modelcar {layer.name}: {len(layer.files)} file(s)" for layer in plan.layers]
-        config = build_config(
-            base.image.config if base.image else None,
-            [p.diff_id for p in pushed],
-            labels,
-            request.created,
-            comments,
-            platform=request.platform,
-        )
-        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-        if not sink.has_blob(config_digest, len(config)):
-            sink.put_blob(config_digest, len(config), lambda: [config])
-        media_type = layer_media_type(request.compression)
-        layers = [*base.image.layers] if base.image else []
-        layers += [
-            Descriptor(media_type, p.digest, p.size, layer_annotations(layer.files))
-            for layer, p in zip(plan.layers, pushed, strict=True)
-        ]
-        annotations = image_annotations(
-            plan.snapshot.source_url,
-            plan.snapshot.commit,
-            request.created,
-            __version__,
-            base_name=base.image.name if base.image else None,
-            base_digest=base.image.manifest_digest if base.image else None,
-        )
-        manifest = build_manifest(
-            Descriptor(MEDIA_TYPE_CONFIG, config_digest, len(config)), layers, annotations
-        )
-        tag = _tag_of(request)
-        digest = sink.put_manifest(manifest, MEDIA_TYPE_MANIFEST, tag)
-        return digest, config_digest
+        built = [BuiltLayer(p.digest, p.size, p.diff_id) for p in pushed]
+        docs = assemble_image(request, base, built, layer_media_type(request.compression))
+        if not sink.has_blob(docs.config_digest, len(docs.config)):
+            sink.put_blob(docs.config_digest, len(docs.config), lambda: [docs.config])
+        digest = sink.put_manifest(docs.manifest, MEDIA_TYPE_MANIFEST, _tag_of(request))
+        return digest, docs.config_digest
 
 
 def _tag_of(request: BuildRequest) -> str:
