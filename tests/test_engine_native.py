@@ -415,3 +415,28 @@ def test_verify_command_against_the_registry(hub_repo, registry, capsys, tmp_pat
     assert "Entrypoint" in res.err
     res = run(capsys, "verify", f"{registry.host}/models/none:x", "--no-tls-verify")
     assert res.code == errors.VerificationFailed.exit_code and "does not exist" in res.err
+
+
+def test_tokens_that_expire_mid_push_are_renewed(
+    hub, registry_token, capsys, tmp_path, monkeypatch
+):
+    """Tokens may live a minute; a model takes longer. Here they live 1 s (and the client
+    believes they last 300 s) while the Hub stalls mid-shard for 2 s: the requests after the
+    stall must get a fresh token, not fail."""
+    files = model_files(n_shards=2, shard_size=2 * MIB)
+    hub.add_repo(REPO, files)
+    hub.stall(REPO, "model-00000-of-00002.safetensors", seconds=2, after_bytes=MIB)
+    registry_token.token_server.set_lifetime(1, expires_in=300)
+    auth = tmp_path / "auth.json"
+    registry_token.write_authfile(auth)
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    issued_before = len(registry_token.token_server.issued)
+    image = f"{registry_token.host}/models/llm:renewed"
+    args = [*build_args(image, tmp_path / "ws", "scratch"), "--stream", "--jobs", "1"]
+    res = run(capsys, *args)
+    assert res.code == 0, res.err
+    assert len(registry_token.token_server.issued) - issued_before >= 2  # renewed at least once
+    auth_env = {**os.environ, "REGISTRY_AUTH_FILE": str(auth)}
+    inspect = ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{image}"]
+    raw = subprocess.run(inspect, check=True, capture_output=True, text=True, env=auth_env).stdout
+    assert len(json.loads(raw)["layers"]) == 3
