@@ -193,6 +193,7 @@ from modelcar_builder.oci.image import (
 from modelcar_builder.oci.layer import layer_media_type
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.plan import LayerPlan, Plan
+from modelcar_builder.progress import Progress
 from modelcar_builder.registry import DOCKER_MANIFEST, OCI_MANIFEST, RegistryClient
 from modelcar_builder.target import LayoutTarget, RegistryTarget, parse_target
 from modelcar_builder.workspace import DIR_MODE, State, make_dir
@@ -1341,7 +1342,11 @@ class _PerLayerBuilder:
                     sink.layout.copy_blob_from(layout, digest)  # a hard link where it can
                 else:
                     path = layout.blob_path(digest)
-                    sink.put_blob(digest, size, lambda: _file_chunks(path))
+                    progress = Progress(f"push {layer.name}", size)
+                    try:
+                        sink.put_blob(digest, size, lambda: _file_chunks(path, progress))
+                    finally:
+                        progress.close()
                 self._note(digest)
                 self.uploaded += size
         finally:
@@ -1451,9 +1456,13 @@ def _pushed(digest: str, manifest: dict[str, Any], config: dict[str, Any]) -> _P
     )
 
 
-def _file_chunks(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
+def _file_chunks(
+    path: Path, progress: Progress | None = None, chunk: int = 1 << 20
+) -> Iterator[bytes]:
     with path.open("rb") as f:
         while data := f.read(chunk):
+            if progress is not None:
+                progress.advance(len(data))
             yield data
 
 
