@@ -109,13 +109,14 @@ def fetch(
 
     todo: list[FileEntry] = []
     reused: list[str] = []
+    recorded = dict(verified)
     for entry in snapshot.files:
         if _already_verified(files_dir / entry.path, entry, verified):
             reused.append(entry.path)
         else:
             todo.append(entry)
-    if reused != [e.path for e in snapshot.files if e.path in verified]:
-        state.save()  # files re-verified from disk are remembered
+    if verified != recorded:
+        state.save()  # files re-verified from disk (or found gone) are remembered
 
     if not todo:
         log.info("all %d files already downloaded and verified; nothing to fetch", len(reused))
@@ -164,8 +165,7 @@ def fetch(
         if len(failures) > 1:
             first.message += f" (and {len(failures) - 1} more files failed)"
         raise first
-    downloaded = downloaded.value
-    return FetchResult(files_dir, downloaded, tuple(e.path for e in todo), tuple(reused))
+    return FetchResult(files_dir, downloaded.value, tuple(e.path for e in todo), tuple(reused))
 
 
 def _check_local(root: Path, files) -> None:

@@ -197,6 +197,9 @@ def test_file_present_but_unrecorded_is_verified_not_redownloaded(repo, ws):
     repo.reset_counters()
     result = fetch(resolved.plan, workspace, resolved.access, FetchOptions())
     assert result.downloaded_bytes == 0 and resolve_requests(repo) == []
+    # ...and remembered, so the next run does not hash them again.
+    verified = json.loads(state_file.read_text())["verified"]
+    assert set(verified) == {f.path for f in resolved.plan.snapshot.files}
 
 
 def test_progress_lines_when_not_a_tty(repo, capsys, ws, monkeypatch):
