@@ -7,7 +7,6 @@ back from the target rather than trusting what the push reported.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -18,13 +17,13 @@ from pathlib import Path
 
 from modelcar_builder.context import image_labels
 from modelcar_builder.engines import DEFAULT_CREATED, BuildRequest, BuildResult
-from modelcar_builder.errors import EngineUnavailable, UsageError, VerificationFailed
+from modelcar_builder.errors import EngineUnavailable, UsageError
 from modelcar_builder.fetch import FetchOptions, fetch
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
 from modelcar_builder.settings import RegistryOptions
-from modelcar_builder.target import LayoutTarget, RegistryTarget, Target
-from modelcar_builder.verify import VerifyResult, verify_push
+from modelcar_builder.target import RegistryTarget, Target
+from modelcar_builder.verify import VerifyResult, verify_layout, verify_push
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
@@ -144,38 +143,7 @@ def verify_target(
         ref = target.ref
         with registry.client_for(ref) as client:
             return verify_push(client, ref.repository, ref.tag or "latest", digest, labels)
-    return verify_layout(target, digest, labels)
-
-
-def verify_layout(target: LayoutTarget, digest: str, labels: dict[str, str]) -> VerifyResult:
-    """The same checks as verify_push, against an OCI layout on disk."""
-    layout = OciLayout(target.path)
-    where = str(target)
-    desc = layout.resolve(target.tag)
-    if desc.digest != digest:
-        raise VerificationFailed(f"{where} resolves to {desc.digest}, but we wrote {digest}")
-    manifest = json.loads(layout.read_blob(digest))
-    blobs = [manifest["config"], *manifest["layers"]]
-    for blob in blobs:
-        path = layout.blob_path(blob["digest"])
-        if not path.is_file() or path.stat().st_size != blob["size"]:
-            raise VerificationFailed(f"{where}: blob {blob['digest']} missing or wrong size")
-    config = json.loads(layout.read_blob(manifest["config"]["digest"]))
-    runtime = config.get("config") or {}
-    if runtime.get("Entrypoint") or runtime.get("Cmd"):
-        raise VerificationFailed(f"{where} has an Entrypoint or Cmd; KServe needs none")
-    got = runtime.get("Labels") or {}
-    for key, value in labels.items():
-        if got.get(key) != value:
-            raise VerificationFailed(f"{where} lacks label {key}={value}")
-    return VerifyResult(
-        digest=digest,
-        media_type=manifest.get("mediaType", ""),
-        config_digest=manifest["config"]["digest"],
-        layer_count=len(manifest["layers"]),
-        total_size=sum(b["size"] for b in blobs),
-        labels=dict(got),
-    )
+    return verify_layout(OciLayout(target.path), target.tag, digest, labels)
 
 
 def image_url(target: Target, digest: str) -> str:

@@ -18,7 +18,6 @@ from modelcar_builder.build import (
     BuildSettings,
     default_engine,
     run_build,
-    verify_layout,
     write_results,
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE, prepare_context
@@ -31,7 +30,7 @@ from modelcar_builder.report import build_document, dumps, plan_document, plan_t
 from modelcar_builder.selection import Selection
 from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.target import RegistryTarget, parse_target
-from modelcar_builder.verify import verify_push
+from modelcar_builder.verify import verify_layout, verify_push
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
@@ -449,7 +448,7 @@ def verify(image, authfile, registry_token_file, tls_verify, ca_file, labels):
         click.echo(f"oci://{ref.registry}/{ref.repository}@{result.digest}")
         return
     desc = OciLayout(target.path).resolve(target.tag)
-    result = verify_layout(target, desc.digest, expected)
+    result = verify_layout(OciLayout(target.path), target.tag, desc.digest, expected)
     click.echo(f"ok: {result.layer_count} layers, {result.total_size} bytes")
     click.echo(f"oci:{target.path}@{result.digest}")
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from modelcar_builder.errors import VerificationFailed
+from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.registry import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
@@ -106,3 +107,31 @@ def _check_config(config: dict, expected: Mapping[str, str], where: str) -> dict
         if labels[key] != value:
             raise VerificationFailed(f"{where} has label {key}={labels[key]!r}, expected {value!r}")
     return dict(labels)
+
+
+def verify_layout(
+    layout: OciLayout, tag: str, expected_digest: str, expected_labels: Mapping[str, str]
+) -> VerifyResult:
+    """The same checks as verify_push, against an OCI image layout on disk."""
+    where = f"oci:{layout.path}:{tag}"
+    desc = layout.resolve(tag)
+    if desc.digest != expected_digest:
+        raise VerificationFailed(
+            f"{where} resolves to {desc.digest}, but we wrote {expected_digest}"
+        )
+    doc = _json(layout.read_blob(expected_digest), f"manifest {expected_digest}")
+    config_desc, layers = _descriptors(doc, expected_digest)
+    for blob in (config_desc, *layers):
+        path = layout.blob_path(blob["digest"])
+        if not path.is_file() or path.stat().st_size != int(blob["size"]):
+            raise VerificationFailed(f"{where}: blob {blob['digest']} missing or wrong size")
+    config = _json(layout.read_blob(config_desc["digest"]), "image config")
+    labels = _check_config(config, expected_labels, where)
+    return VerifyResult(
+        digest=expected_digest,
+        media_type=doc.get("mediaType", ""),
+        config_digest=config_desc["digest"],
+        layer_count=len(layers),
+        total_size=sum(int(d["size"]) for d in (config_desc, *layers)),
+        labels=labels,
+    )
