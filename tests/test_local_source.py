@@ -110,3 +110,25 @@ def test_debug_shows_the_traceback_and_plain_runs_do_not(tmp_path):
     debug = subprocess.run([*base, "--debug", "plan", missing], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     assert "SourceNotFound" in debug.stderr
+
+
+def test_verify_catches_a_layout_image_with_an_entrypoint(capsys, tmp_path):
+    from modelcar_builder.oci.layout import OciLayout
+
+    model = make_model(tmp_path / "m")
+    out = tmp_path / "out"
+    ws = str(tmp_path / "ws")
+    built = run(capsys, "build", str(model), "--engine", "native", "--workspace", ws,
+                "--base-image", "scratch", "--image", f"oci:{out}:v1")  # fmt: skip
+    assert built.code == 0, built.err
+    assert run(capsys, "verify", f"oci:{out}:v1").code == 0
+    layout = OciLayout(out)
+    _desc, manifest = layout.read_manifest("v1")
+    config = json.loads(layout.read_blob(manifest["config"]["digest"]))
+    config["config"]["Entrypoint"] = ["/bin/sh"]
+    digest, size = layout.write_blob_bytes(json.dumps(config).encode())
+    manifest["config"] = {**manifest["config"], "digest": digest, "size": size}
+    layout.add_manifest(json.dumps(manifest).encode(), manifest["mediaType"], tag="v1")
+    res = run(capsys, "verify", f"oci:{out}:v1")
+    assert res.code == errors.VerificationFailed.exit_code
+    assert "Entrypoint" in res.err
