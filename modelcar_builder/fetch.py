@@ -33,6 +33,7 @@ from modelcar_builder.errors import (
     ModelcarError,
     SourceNotFound,
 )
+from modelcar_builder.oci.layer import LayerEntry, TarLayer, layer_cache_key
 from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import Plan
 from modelcar_builder.progress import Progress
@@ -90,6 +91,31 @@ def hasher_for(entry: FileEntry):
     return h
 
 
+class _Hashes:
+    """The file's own hash (to verify it) and, for a file that is a layer of its own, the
+    uncompressed layer digest (prefix + bytes + suffix), both from one pass over the
+    bytes: the native engine then never reads the model again just to hash it."""
+
+    def __init__(self, entry: FileEntry, frame: tuple[bytes, bytes] | None) -> None:
+        self.file = hasher_for(entry)
+        self.frame = frame
+        self.layer = hashlib.sha256(frame[0]) if frame else None
+
+    def update(self, block: bytes) -> None:
+        self.file.update(block)
+        if self.layer is not None:
+            self.layer.update(block)
+
+    def hexdigest(self) -> str:
+        return self.file.hexdigest()
+
+    def layer_digest(self) -> str | None:
+        if self.layer is None or self.frame is None:
+            return None
+        self.layer.update(self.frame[1])
+        return "sha256:" + self.layer.hexdigest()
+
+
 def expected_id(entry: FileEntry) -> str | None:
     return entry.sha256 or entry.blob_id
 
@@ -137,12 +163,18 @@ def fetch(
     downloaded = _Counter()
     failures: list[ModelcarError] = []
     lock = threading.Lock()
+    frames = _single_file_layers(plan)
+    layer_cache = state.section("layers")
 
     def one(entry: FileEntry) -> None:
         part = partial_dir / f"{entry.path}.part"
+        framed = frames.get(entry.path)
         try:
-            _fetch_one(session, access, snapshot.location, snapshot.commit, entry, part,
-                       files_dir / entry.path, opts, progress, downloaded)  # fmt: skip
+            layer_digest = _fetch_one(
+                session, access, snapshot.location, snapshot.commit, entry, part,
+                files_dir / entry.path, opts, progress, downloaded,
+                framed[1] if framed else None,
+            )  # fmt: skip
         except (DownloadFailed, IntegrityError) as exc:
             # Keep going: every other file that verifies is kept for the rerun.
             log.error("%s", exc)
@@ -151,6 +183,9 @@ def fetch(
             return
         with lock:
             verified[entry.path] = expected_id(entry)
+            if framed and layer_digest:
+                key, _frame, size = framed
+                layer_cache[key] = {"digest": layer_digest, "size": size, "diff_id": layer_digest}
             state.save()
 
     try:
@@ -166,6 +201,20 @@ def fetch(
             first.message += f" (and {len(failures) - 1} more files failed)"
         raise first
     return FetchResult(files_dir, downloaded.value, tuple(e.path for e in todo), tuple(reused))
+
+
+def _single_file_layers(plan: Plan) -> dict[str, tuple[str, tuple[bytes, bytes], int]]:
+    """path -> (layer cache key, tar frame, layer size) for every layer of one file: its
+    uncompressed layer digest is computed during the download (see _Hashes)."""
+    out = {}
+    for layer in plan.layers:
+        if len(layer.files) != 1:
+            continue
+        (f,) = layer.files
+        tar = TarLayer([LayerEntry(f.path, f.size)])
+        key = layer_cache_key([(f.path, f.size, f.sha256 or f.blob_id or "")], "none")
+        out[f.path] = (key, tar.frame(), tar.size)
+    return out
 
 
 def _check_local(root: Path, files) -> None:
@@ -212,8 +261,10 @@ def _digest_file(path: Path, entry: FileEntry) -> str:
 
 
 def _fetch_one(
-    session, access, repo_id, commit, entry, part, final, opts, progress, counter
-) -> None:
+    session, access, repo_id, commit, entry, part, final, opts, progress, counter, frame=None
+) -> str | None:
+    """Download, verify and move one file into place; returns its layer digest when
+    ``frame`` (the file's one-file tar layer around it) is given."""
     url = access.file_url(repo_id, entry.path, commit)
     retrying = Retrying(
         stop=stop_after_attempt(opts.attempts),
@@ -225,7 +276,9 @@ def _fetch_one(
     try:
         for attempt in retrying:
             with attempt:
-                _download(session, url, access, entry, part, opts, progress, counter)
+                hashes = _download(
+                    session, url, access, entry, part, opts, progress, counter, frame
+                )
     except _Transient as exc:
         raise DownloadFailed(
             f"downloading {entry.path} failed after {opts.attempts} attempts: {exc}"
@@ -233,9 +286,10 @@ def _fetch_one(
     make_dir(final.parent)
     os.chmod(part, FILE_MODE)
     os.replace(part, final)
+    return hashes.layer_digest()
 
 
-def _download(session, url, access, entry, part: Path, opts, progress, counter) -> None:
+def _download(session, url, access, entry, part: Path, opts, progress, counter, frame) -> _Hashes:
     make_dir(part.parent)
     offset = _part_size(part)
     if offset > entry.size:
@@ -243,10 +297,10 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter) 
         offset = 0
     if offset == entry.size:
         # Complete but not yet renamed (a crash right at the end): check it, no request.
-        h = hasher_for(entry)
+        h = _Hashes(entry, frame)
         _rehash_prefix(part, offset, h)
         _check_digest(h, entry, part)
-        return
+        return h
     headers = access.headers()
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -264,7 +318,7 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter) 
         _check_status(resp, entry)
         if offset and resp.status_code != 206:
             offset = 0  # the server ignored Range: start over rather than append twice
-        h = hasher_for(entry)
+        h = _Hashes(entry, frame)
         mode = "ab" if offset else "wb"
         if offset:
             _rehash_prefix(part, offset, h)
@@ -286,6 +340,7 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter) 
     if received != entry.size:
         raise _Transient(f"got {received} of {entry.size} bytes")
     _check_digest(h, entry, part)
+    return h
 
 
 def _check_digest(h, entry: FileEntry, part: Path) -> None:

@@ -291,3 +291,56 @@ def test_sigterm_mid_download_exits_130_and_the_rerun_resumes(repo, tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert repo.bytes_served[(REPO, path)] < len(model_files()[path])  # resumed, not restarted
+
+
+def _true_layer_digests(files_dir: Path, plan) -> dict[str, str]:
+    from modelcar_builder.oci.layer import LayerEntry, TarLayer
+
+    out = {}
+    for layer in plan.layers:
+        if len(layer.files) == 1:
+            (f,) = layer.files
+            out[f.path] = TarLayer([LayerEntry(f.path, f.size, files_dir / f.path)]).digest()
+    return out
+
+
+def test_layer_digests_come_from_the_download_pass_even_after_a_resume(repo, ws, monkeypatch):
+    """Large files are layers of their own: their layer digest is hashed while they
+    download (and across a resume), so the native engine never re-reads them to hash."""
+    resolved = resolve(REPO, Selection(), threshold=MIB)
+    workspace = Workspace(ws).ensure()
+    repo.cut(REPO, "model-00002-of-00002.safetensors", after_bytes=MIB + 7)
+    with pytest.raises(errors.DownloadFailed):
+        fetch(resolved.plan, workspace, resolved.access, FetchOptions(attempts=1))
+    result = fetch(resolved.plan, workspace, resolved.access, FetchOptions())
+    cached = json.loads(next((ws / "state").glob("*.json")).read_text())["layers"]
+    truth = _true_layer_digests(result.files_dir, resolved.plan)
+    assert len(truth) == 2 and sorted(v["digest"] for v in cached.values()) == sorted(
+        truth.values()
+    )
+
+
+def test_native_build_after_fetch_does_not_hash_the_shards_again(repo, ws, tmp_path, monkeypatch):
+    from modelcar_builder.oci.layer import TarLayer
+
+    resolved = resolve(REPO, Selection(), threshold=MIB)
+    fetch(resolved.plan, Workspace(ws).ensure(), resolved.access, FetchOptions())
+    hashed: list[int] = []
+    real_digest = TarLayer.digest
+
+    def spy(self, open_entry=None):
+        hashed.append(len(self.entries))
+        return real_digest(self, open_entry)
+
+    monkeypatch.setattr(TarLayer, "digest", spy)
+    from modelcar_builder.build import BuildSettings, run_build
+    from modelcar_builder.settings import RegistryOptions
+    from modelcar_builder.target import parse_target
+
+    settings = BuildSettings("native", "scratch", RegistryOptions())
+    target = parse_target(f"oci:{tmp_path / 'out'}:v1")
+    outcome = run_build(resolved, Workspace(ws), target, settings, FetchOptions())
+    assert hashed == [3]  # only the small-files layer was hashed by reading it
+    truth = _true_layer_digests(ws / "files" / f"{REPO.replace('/', '--')}--{repo.head(REPO)}",
+                                resolved.plan)  # fmt: skip
+    assert {layer.digest for layer in outcome.result.layers} >= set(truth.values())

@@ -8,8 +8,6 @@ asks the target what it has (HEAD) before reading a single model byte.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from modelcar_builder.oci.layer import (
     LayerEntry,
     TarLayer,
     gzip_chunks,
+    layer_cache_key,
     layer_media_type,
 )
 from modelcar_builder.oci.layout import OciLayout
@@ -39,7 +38,6 @@ from modelcar_builder.target import LayoutTarget
 from modelcar_builder.workspace import State
 
 log = logging.getLogger("modelcar")
-TAR_FORMAT = "pax-v1"  # part of the layer cache key: change it when the tar bytes change
 
 
 @dataclass(frozen=True)
@@ -212,12 +210,10 @@ def _stream_opener(request: BuildRequest, session, progress):
 
 
 def _cache_key(request: BuildRequest, layer: LayerPlan) -> str:
-    """Identity of a layer's bytes without reading them: file ids, sizes, tar format."""
     files = [
-        [f.path, f.size, f.sha256 or f.blob_id or _local_id(request, f.path)] for f in layer.files
+        (f.path, f.size, f.sha256 or f.blob_id or _local_id(request, f.path)) for f in layer.files
     ]
-    doc = json.dumps([TAR_FORMAT, request.compression, files], separators=(",", ":"))
-    return hashlib.sha256(doc.encode()).hexdigest()
+    return layer_cache_key(files, request.compression)
 
 
 def _local_id(request: BuildRequest, path: str) -> str:

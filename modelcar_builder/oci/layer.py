@@ -48,6 +48,7 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 DEFAULT_GZIP_LEVEL = 6  # gzip(1)'s and zlib's default; weights barely compress at any level
 SMALL_FILES_TITLE = "small-files"
+TAR_FORMAT = "pax-v1"  # part of layer cache keys: change it whenever the tar bytes change
 
 Chunk = bytes | memoryview
 OpenEntry = Callable[["LayerEntry"], BinaryIO]
@@ -212,6 +213,16 @@ class TarLayer:
                 yield from _tail(END_OF_ARCHIVE[: _padding(entry.size)], offset - pos - entry.size)
             pos += span
         yield from _tail(END_OF_ARCHIVE, offset - pos)
+
+    def frame(self) -> tuple[bytes, bytes]:
+        """For a one-file layer: the tar bytes before the file's content and after it.
+        sha256(prefix + content + suffix) is the layer digest, so it can be computed while
+        the file downloads, sparing a second read of the model."""
+        *head, last = self._members
+        if last.entry is None or any(m.entry is not None for m in head):
+            raise ValueError("frame() needs a layer of exactly one file")
+        prefix = b"".join(m.header for m in self._members)
+        return prefix, END_OF_ARCHIVE[: _padding(last.entry.size)] + END_OF_ARCHIVE
 
     def digest(self, open_entry: OpenEntry | None = None) -> str:
         """``sha256:<hex>`` of the uncompressed stream (= the layer's diff_id)."""
@@ -384,3 +395,11 @@ def layer_annotations(files: Sequence[FileEntry], root: str = "models") -> dict[
         ANNOTATION_FILEPATH: f"/{root}",
         ANNOTATION_FILES: json.dumps(paths, separators=(",", ":"), ensure_ascii=False),
     }
+
+
+def layer_cache_key(files: Sequence[tuple[str, int, str]], compression: str = "none") -> str:
+    """Identity of a layer's bytes without reading them: (path, size, content id) of each
+    file, the tar format and the compression. Content ids are the Hub's sha256 / blob id,
+    or for local files something that changes with the bytes (size + mtime)."""
+    doc = json.dumps([TAR_FORMAT, compression, [list(f) for f in files]], separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()
