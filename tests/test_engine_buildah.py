@@ -25,7 +25,9 @@ from modelcar_builder.auth import Credentials
 from modelcar_builder.engines import BuildRequest, BuildResult, RegistryOptions
 from modelcar_builder.engines.buildah import (
     DEFAULT_MODE,
+    DEFAULT_OVERLAP,
     ENV_MODE,
+    ENV_OVERLAP,
     BuildahEngine,
     BuildahSettings,
     Remote,
@@ -251,10 +253,19 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None
 # -- round trip ------------------------------------------------------------------------------
 
 
-def test_round_trip_plain_registry(model, ws, tmp_path, registry, base_image, mode):
+# The overlap switch exists in the per-layer mode only: three real variants, no skips.
+@pytest.mark.parametrize(
+    ("mode", "overlap"), [("per-layer", "1"), ("per-layer", "0"), ("chain", "1")]
+)
+def test_round_trip_plain_registry(
+    model, ws, tmp_path, registry, base_image, mode, overlap, monkeypatch
+):
+    monkeypatch.setenv(ENV_MODE, mode)
+    monkeypatch.setenv(ENV_OVERLAP, overlap)
     plan = hub_plan(model)
     target = f"{registry.host}/models/tiny:v1"
     result = BuildahEngine().build(request_for(model, ws, target, base_image.ref, plan=plan))
+    assert not list((ws / "tmp").glob("modelcar-layout-*"))
 
     assert result.engine == "buildah"
     assert result.base_layers == 1
@@ -459,6 +470,42 @@ def test_per_layer_and_chain_give_the_same_layers(model, tmp_path, base_image, m
     assert [x.diff_id for x in results["per-layer"].layers] == [
         x.diff_id for x in results["chain"].layers
     ]
+
+
+@pytest.mark.parametrize("overlap", ["1", "0"])
+def test_per_layer_upload_failure_is_mapped_and_leaves_no_layouts(
+    model, ws, registry, cutting_proxy, logs, monkeypatch, overlap
+):
+    """The first layer's upload dies mid-way and the registry stays away: with or without
+    overlap, the same mapped error in the main thread, no layer built after the failure
+    was seen, no cache entry for a layer the registry lacks, and no per-layer layout left."""
+    monkeypatch.setenv(ENV_MODE, "per-layer")
+    monkeypatch.setenv(ENV_OVERLAP, overlap)
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    proxy.cut_after(MIB)  # inside layer-000's PUT (a 1.5 MiB shard); then refused
+    with pytest.raises(RegistryUnreachable) as caught:
+        BuildahEngine().build(request_for(model, ws, f"{proxy.host}/models/tiny:v1", "scratch"))
+    assert proxy.host in caught.value.message
+    assert "sending layer-000" in logs.text
+    assert "committing layer-002" not in logs.text
+    assert not list((ws / "tmp").glob("modelcar-layout-*"))
+    for state in (ws / "state").glob("*.json"):
+        assert json.loads(state.read_text()).get("buildah", {}).get("per_layer", {}) == {}
+
+    proxy.restore()  # the rerun completes
+    result = BuildahEngine().build(
+        request_for(model, ws, f"{proxy.host}/models/tiny:v1", "scratch")
+    )
+    assert all(x.uploaded for x in result.layers)
+    assert not list((ws / "tmp").glob("modelcar-layout-*"))
+
+
+def test_overlap_from_env():
+    assert BuildahSettings.from_env({}).overlap is DEFAULT_OVERLAP
+    assert BuildahSettings.from_env({ENV_OVERLAP: "0"}).overlap is False
+    assert BuildahSettings.from_env({ENV_OVERLAP: " 1 "}).overlap is True
+    with pytest.raises(UsageError):
+        BuildahSettings.from_env({ENV_OVERLAP: "maybe"})
 
 
 def test_mode_from_env():
@@ -770,3 +817,10 @@ def test_estimate_peak_bytes_vfs_is_quadratic():
     assert estimate_per_layer_peak(shards) / sum(shards) == pytest.approx(0.75, abs=0.01)
     assert estimate_per_layer_peak([512] * 30) == estimate_per_layer_peak(shards)
     assert estimate_per_layer_peak([]) == 0
+    # overlap: one layout of another layer still uploading while the largest is committed
+    assert estimate_per_layer_peak(shards, overlap=True) / sum(shards) == pytest.approx(
+        1.0, abs=0.01
+    )
+    assert estimate_per_layer_peak([5, 1, 3], overlap=True) == 3 * 5 + 3
+    assert estimate_per_layer_peak([7], overlap=True) == 21
+    assert estimate_per_layer_peak([], overlap=True) == 0
