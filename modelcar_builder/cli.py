@@ -75,6 +75,13 @@ def source_options(fn):
             envvar="MODELCAR_LAYER_THRESHOLD",
             help="Files this big or larger get their own layer.",
         ),
+        click.option(
+            "--source-url",
+            envvar="MODELCAR_SOURCE_URL",
+            help="Value of the org.opencontainers.image.source label (default: the Hub "
+            "repo URL, or file://DIR). Set it for local models so the digest does not "
+            "depend on where the files sit.",
+        ),
     ]
     for d in reversed(decorators):
         fn = d(fn)
@@ -99,11 +106,11 @@ def _workspace(path: str) -> Workspace:
     return ws
 
 
-def _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold):
+def _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold, source_url):
     if layer_threshold <= 0:
         raise UsageError("--layer-threshold must be positive", hint="e.g. 67108864 (64 MiB)")
     selection = Selection(tuple(include), tuple(exclude), all_files)
-    return resolve(source, selection, hf_token_file, layer_threshold)
+    return resolve(source, selection, hf_token_file, layer_threshold, source_url)
 
 
 def _fetch(resolved, workspace: Workspace):
@@ -161,9 +168,21 @@ def cli(debug: bool, quiet: bool) -> None:
     help="Also report free space on this volume.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(source, include, exclude, all_files, hf_token_file, layer_threshold, workspace, as_json):
+def plan(
+    source,
+    include,
+    exclude,
+    all_files,
+    hf_token_file,
+    layer_threshold,
+    source_url,
+    workspace,
+    as_json,
+):
     """Show what would be built: commit, files, layers, disk needed. Downloads nothing."""
-    resolved = _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold)
+    resolved = _resolve(
+        source, include, exclude, all_files, hf_token_file, layer_threshold, source_url
+    )
     disk = disk_needed(resolved.plan)
     if as_json:
         click.echo(dumps(plan_document(resolved.plan, disk)))
@@ -177,9 +196,13 @@ def plan(source, include, exclude, all_files, hf_token_file, layer_threshold, wo
 @cli.command(name="fetch")
 @source_options
 @workspace_option
-def fetch_cmd(source, include, exclude, all_files, hf_token_file, layer_threshold, workspace):
+def fetch_cmd(
+    source, include, exclude, all_files, hf_token_file, layer_threshold, source_url, workspace
+):
     """Download and verify the model onto the workspace (resumable)."""
-    resolved = _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold)
+    resolved = _resolve(
+        source, include, exclude, all_files, hf_token_file, layer_threshold, source_url
+    )
     ws = _workspace(workspace)
     result = _fetch(resolved, ws)
     log.info(
@@ -202,10 +225,20 @@ def fetch_cmd(source, include, exclude, all_files, hf_token_file, layer_threshol
     help="Image that provides sh, ln and sleep.",
 )
 def prepare(
-    source, include, exclude, all_files, hf_token_file, layer_threshold, workspace, base_image
+    source,
+    include,
+    exclude,
+    all_files,
+    hf_token_file,
+    layer_threshold,
+    source_url,
+    workspace,
+    base_image,
 ):
     """Fetch, then lay out a build context (layer dirs + Containerfile) for buildah/podman."""
-    resolved = _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold)
+    resolved = _resolve(
+        source, include, exclude, all_files, hf_token_file, layer_threshold, source_url
+    )
     ws = _workspace(workspace)
     fetched = _fetch(resolved, ws)
     ctx = prepare_context(resolved.plan, fetched.files_dir, ws, base_image)
@@ -354,6 +387,7 @@ def build(
     all_files,
     hf_token_file,
     layer_threshold,
+    source_url,
     workspace,
     image,
     engine,
@@ -381,7 +415,9 @@ def build(
     os_, _, arch = platform.partition("/")
     if not os_ or not arch:
         raise UsageError(f"bad --platform {platform!r}", hint="write OS/ARCH, e.g. linux/amd64")
-    resolved = _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold)
+    resolved = _resolve(
+        source, include, exclude, all_files, hf_token_file, layer_threshold, source_url
+    )
     ws = _workspace(workspace)
     settings = BuildSettings(
         engine=engine or default_engine(),

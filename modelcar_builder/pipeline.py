@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from modelcar_builder.errors import EmptySelection
@@ -29,6 +29,7 @@ def resolve(
     selection: Selection,
     hf_token_file: str | None = None,
     threshold: int = DEFAULT_LAYER_THRESHOLD,
+    source_url: str | None = None,
 ) -> Resolved:
     """Pin the source (a Hub revision becomes its commit) and plan the layers."""
     spec = parse_source(source)
@@ -44,6 +45,8 @@ def resolve(
     if not snapshot.files:
         skipped = len(snapshot.skipped)
         raise EmptySelection(f"no files selected from {source} ({skipped} skipped)")
+    if source_url:
+        snapshot = replace(snapshot, url=source_url)
     return Resolved(make_plan(snapshot, threshold), access)
 
 

@@ -37,6 +37,7 @@ class Snapshot:
     commit: str | None  # 40-hex commit for the Hub; None for local directories
     files: tuple[FileEntry, ...]
     skipped: tuple[Skipped, ...] = field(default_factory=tuple)
+    url: str | None = None  # --source-url: where the model really lives (S3, git, ...)
 
     @property
     def total_bytes(self) -> int:
@@ -45,6 +46,8 @@ class Snapshot:
     @property
     def source_url(self) -> str:
         """For the org.opencontainers.image.source annotation."""
+        if self.url:
+            return self.url
         if self.kind == "hub":
             return f"https://huggingface.co/{self.location}"
         return f"file://{self.location}"

@@ -132,3 +132,23 @@ def test_verify_catches_a_layout_image_with_an_entrypoint(capsys, tmp_path):
     res = run(capsys, "verify", f"oci:{out}:v1")
     assert res.code == errors.VerificationFailed.exit_code
     assert "Entrypoint" in res.err
+
+
+def test_source_url_makes_local_builds_independent_of_the_path(capsys, tmp_path):
+    digests = []
+    for where in ("one", "two/deeper"):
+        model = make_model(tmp_path / where / "m")
+        ws = str(tmp_path / where / "ws")
+        res = run(capsys, "build", str(model), "--engine", "native", "--workspace", ws,
+                  "--base-image", "scratch", "--image", f"oci:{tmp_path / where / 'out'}:v1",
+                  "--source-url", "s3://models/m")  # fmt: skip
+        assert res.code == 0, res.err
+        digests.append(res.last_line.rsplit("@", 1)[1])
+    assert digests[0] == digests[1]
+    from modelcar_builder.oci.layout import OciLayout
+
+    layout = OciLayout(tmp_path / "one" / "out")
+    config = json.loads(layout.read_blob(layout.read_manifest("v1")[1]["config"]["digest"]))
+    assert config["config"]["Labels"]["org.opencontainers.image.source"] == "s3://models/m"
+    plan = json.loads(run(capsys, "plan", str(model), "--json", "--source-url", "s3://m").out)
+    assert plan["source"] == str(model)
