@@ -3,10 +3,12 @@ codes. No logic of its own: everything it calls is importable and tested directl
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
@@ -24,7 +26,7 @@ from modelcar_builder.context import DEFAULT_BASE_IMAGE, prepare_context
 from modelcar_builder.errors import Interrupted, ModelcarError, UsageError, VerificationFailed
 from modelcar_builder.fetch import FetchOptions, fetch
 from modelcar_builder.oci.layout import OciLayout
-from modelcar_builder.pipeline import disk_needed, resolve
+from modelcar_builder.pipeline import Resolved, disk_needed, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD
 from modelcar_builder.report import build_document, dumps, plan_document, plan_text
 from modelcar_builder.selection import Selection
@@ -83,9 +85,15 @@ def source_options(fn):
             "depend on where the files sit.",
         ),
     ]
+
+    @functools.wraps(fn)
+    def packed(**kwargs):
+        fields = {name: kwargs.pop(name) for name in SOURCE_FIELDS}
+        return fn(src=SourceArgs(**fields), **kwargs)
+
     for d in reversed(decorators):
-        fn = d(fn)
-    return fn
+        packed = d(packed)
+    return packed
 
 
 def workspace_option(fn):
@@ -106,11 +114,28 @@ def _workspace(path: str) -> Workspace:
     return ws
 
 
-def _resolve(source, include, exclude, all_files, hf_token_file, layer_threshold, source_url):
-    if layer_threshold <= 0:
-        raise UsageError("--layer-threshold must be positive", hint="e.g. 67108864 (64 MiB)")
-    selection = Selection(tuple(include), tuple(exclude), all_files)
-    return resolve(source, selection, hf_token_file, layer_threshold, source_url)
+@dataclass(frozen=True)
+class SourceArgs:
+    """The SOURCE argument and the options that shape what is read from it."""
+
+    source: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    all_files: bool
+    hf_token_file: str | None
+    layer_threshold: int
+    source_url: str | None
+
+    def resolve(self) -> Resolved:
+        if self.layer_threshold <= 0:
+            raise UsageError("--layer-threshold must be positive", hint="e.g. 67108864 (64 MiB)")
+        selection = Selection(tuple(self.include), tuple(self.exclude), self.all_files)
+        return resolve(
+            self.source, selection, self.hf_token_file, self.layer_threshold, self.source_url
+        )
+
+
+SOURCE_FIELDS = tuple(f.name for f in fields(SourceArgs))
 
 
 def _fetch(resolved, workspace: Workspace):
@@ -169,20 +194,12 @@ def cli(debug: bool, quiet: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
-    source,
-    include,
-    exclude,
-    all_files,
-    hf_token_file,
-    layer_threshold,
-    source_url,
+    src,
     workspace,
     as_json,
 ):
     """Show what would be built: commit, files, layers, disk needed. Downloads nothing."""
-    resolved = _resolve(
-        source, include, exclude, all_files, hf_token_file, layer_threshold, source_url
-    )
+    resolved = src.resolve()
     disk = disk_needed(resolved.plan)
     if as_json:
         click.echo(dumps(plan_document(resolved.plan, disk)))
@@ -196,13 +213,9 @@ def plan(
 @cli.command(name="fetch")
 @source_options
 @workspace_option
-def fetch_cmd(
-    source, include, exclude, all_files, hf_token_file, layer_threshold, source_url, workspace
-):
+def fetch_cmd(src, workspace):
     """Download and verify the model onto the workspace (resumable)."""
-    resolved = _resolve(
-        source, include, exclude, all_files, hf_token_file, layer_threshold, source_url
-    )
+    resolved = src.resolve()
     ws = _workspace(workspace)
     result = _fetch(resolved, ws)
     log.info(
@@ -225,20 +238,12 @@ def fetch_cmd(
     help="Image that provides sh, ln and sleep.",
 )
 def prepare(
-    source,
-    include,
-    exclude,
-    all_files,
-    hf_token_file,
-    layer_threshold,
-    source_url,
+    src,
     workspace,
     base_image,
 ):
     """Fetch, then lay out a build context (layer dirs + Containerfile) for buildah/podman."""
-    resolved = _resolve(
-        source, include, exclude, all_files, hf_token_file, layer_threshold, source_url
-    )
+    resolved = src.resolve()
     ws = _workspace(workspace)
     fetched = _fetch(resolved, ws)
     ctx = prepare_context(resolved.plan, fetched.files_dir, ws, base_image)
@@ -381,13 +386,7 @@ def _registry_options(
     help="Write a JSON report here.",
 )
 def build(
-    source,
-    include,
-    exclude,
-    all_files,
-    hf_token_file,
-    layer_threshold,
-    source_url,
+    src,
     workspace,
     image,
     engine,
@@ -415,9 +414,7 @@ def build(
     os_, _, arch = platform.partition("/")
     if not os_ or not arch:
         raise UsageError(f"bad --platform {platform!r}", hint="write OS/ARCH, e.g. linux/amd64")
-    resolved = _resolve(
-        source, include, exclude, all_files, hf_token_file, layer_threshold, source_url
-    )
+    resolved = src.resolve()
     ws = _workspace(workspace)
     settings = BuildSettings(
         engine=engine or default_engine(),
