@@ -296,7 +296,10 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter, 
         part.unlink()
         offset = 0
     if offset == entry.size:
-        # Complete but not yet renamed (a crash right at the end): check it, no request.
+        # Complete but not yet renamed (a crash right at the end), or an empty file whose
+        # content is known from its size alone: check it, no request. touch() gives an
+        # empty file its .part (a crash-free first run never created one).
+        part.touch(mode=FILE_MODE, exist_ok=True)
         h = _Hashes(entry, frame)
         _rehash_prefix(part, offset, h)
         _check_digest(h, entry, part)
@@ -399,6 +402,11 @@ class HubFileStream(io.RawIOBase):
         self.progress = progress
         self.received = 0
         self._hash = hasher_for(entry)
+        self._resp: requests.Response | None = None
+        if entry.size == 0:
+            # Nothing to read: check the empty content's id now (the last byte "arrived").
+            self._check(self._hash)
+            return
         try:
             self._resp = session.get(
                 access.file_url(repo_id, entry.path, commit),
@@ -419,7 +427,7 @@ class HubFileStream(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         want = min(len(buffer), self.entry.size - self.received)
-        if want <= 0:
+        if want <= 0 or self._resp is None:
             return 0
         try:
             data = self._resp.raw.read(want)
@@ -438,11 +446,16 @@ class HubFileStream(io.RawIOBase):
         self.received += n
         if self.progress is not None:
             self.progress.advance(n)
-        if self.received == self.entry.size and self._hash.hexdigest() != expected_id(self.entry):
-            kind = "sha256" if self.entry.sha256 else "git blob id"
-            raise IntegrityError(f"{self.entry.path}: {kind} mismatch while streaming")
+        if self.received == self.entry.size:
+            self._check(self._hash)
         return n
 
+    def _check(self, h) -> None:
+        if h.hexdigest() != expected_id(self.entry):
+            kind = "sha256" if self.entry.sha256 else "git blob id"
+            raise IntegrityError(f"{self.entry.path}: {kind} mismatch while streaming")
+
     def close(self) -> None:
-        self._resp.close()
+        if self._resp is not None:
+            self._resp.close()
         super().close()

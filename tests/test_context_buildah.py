@@ -12,6 +12,7 @@ import pytest
 
 from tests.clitools import run
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
+from tests.support.hubsim import EDGE_FILES
 from tests.support.registry import private_containers_env
 
 MIB = 1 << 20
@@ -26,6 +27,7 @@ def files() -> dict[str, bytes]:
         "tokenizer/tokenizer.json": b"{}",
         "model.safetensors": big * 2,
         "sub/dir/more.safetensors": big + b"tail",
+        **EDGE_FILES,
     }
 
 

@@ -55,6 +55,7 @@ from modelcar_builder.selection import Selection
 from modelcar_builder.target import parse_target
 from modelcar_builder.workspace import Workspace
 from tests.imagecheck import assert_models_match, unpack
+from tests.support.hubsim import EDGE_FILES
 
 pytestmark = pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah not installed")
 
@@ -76,6 +77,9 @@ def make_model(root: Path) -> Path:
     (root / "a" / "config.json").write_text('{"nested": true}\n')
     (root / "model-00001-of-00002.safetensors").write_bytes(os.urandom(3 * MIB // 2))
     (root / "model-00002-of-00002.safetensors").write_bytes(os.urandom(5 * MIB // 2))
+    for rel, data in EDGE_FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
     for path in root.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return root

@@ -21,6 +21,7 @@ from modelcar_builder import errors
 from modelcar_builder.registry import RegistryClient
 from tests.clitools import run
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
+from tests.support.hubsim import EDGE_FILES
 
 MIB = 1 << 20
 REPO = "acme/llm"
@@ -37,6 +38,7 @@ def model_files(n_shards: int = 2, shard_size: int = 2 * MIB) -> dict[str, bytes
         "config.json": b'{"model_type": "llm"}',
         "a/config.json": b'{"nested": true}',
         "tokenizer/tokenizer.json": b'{"vocab": {"a": 1}}',
+        **EDGE_FILES,
     }
     for i in range(n_shards):
         files[f"model-{i:05d}-of-{n_shards:05d}.safetensors"] = shard(i, shard_size + i)

@@ -17,6 +17,7 @@ from modelcar_builder.pipeline import resolve
 from modelcar_builder.selection import Selection
 from modelcar_builder.workspace import Workspace
 from tests.clitools import run
+from tests.support.hubsim import EDGE_FILES
 
 MIB = 1 << 20
 REPO = "acme/tiny"
@@ -32,6 +33,7 @@ def model_files(seed: int = 0) -> dict[str, bytes]:
         "model-00002-of-00002.safetensors": shard(2)[: 2 * MIB + 123],
         "pytorch_model.bin": b"duplicate weights",
         ".gitattributes": b"*.safetensors filter=lfs\n",
+        **EDGE_FILES,
     }
 
 
@@ -64,10 +66,13 @@ def test_plan_pins_commit_and_reports_layers(repo, capsys):
         "model-00001-of-00002.safetensors",
         "model-00002-of-00002.safetensors",
         "a/config.json",
+        "added_tokens.json",
         "config.json",
+        "extra files/vocabulário ü.txt",
+        "pkg/__init__.py",
         "tokenizer.json",
     ]
-    assert [len(layer["files"]) for layer in doc["layers"]] == [1, 1, 3]
+    assert [len(layer["files"]) for layer in doc["layers"]] == [1, 1, 6]
     shard = doc["layers"][0]["files"][0]
     assert shard["sha256"] == repo.file(REPO, shard["path"]).sha256
     assert doc["layers"][2]["files"][0]["blob_id"] == repo.file(REPO, "a/config.json").blob_id
@@ -340,7 +345,7 @@ def test_native_build_after_fetch_does_not_hash_the_shards_again(repo, ws, tmp_p
     settings = BuildSettings("native", "scratch", RegistryOptions())
     target = parse_target(f"oci:{tmp_path / 'out'}:v1")
     outcome = run_build(resolved, Workspace(ws), target, settings, FetchOptions())
-    assert hashed == [3]  # only the small-files layer was hashed by reading it
+    assert hashed == [6]  # only the small-files layer was hashed by reading it
     truth = _true_layer_digests(ws / "files" / f"{REPO.replace('/', '--')}--{repo.head(REPO)}",
                                 resolved.plan)  # fmt: skip
     assert {layer.digest for layer in outcome.result.layers} >= set(truth.values())

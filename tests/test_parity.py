@@ -11,6 +11,7 @@ import pytest
 
 from tests.clitools import run
 from tests.imagecheck import assert_models_match, unpack
+from tests.support.hubsim import EDGE_FILES
 
 MIB = 1 << 20
 REPO = "acme/parity"
@@ -24,6 +25,7 @@ def files() -> dict[str, bytes]:
         "tokenizer/tokenizer.json": b"{}",
         "model-00001-of-00002.safetensors": block * 2 + b"1",
         "model-00002-of-00002.safetensors": block * 3 + b"2",
+        **EDGE_FILES,
     }
 
 

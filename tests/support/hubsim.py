@@ -52,6 +52,14 @@ _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 # --------------------------------------------------------------------------- content model
 
+# Files every end-to-end test repo carries, because real repos do: empty files (an empty
+# __init__.py or added_tokens.json is common) and names with spaces and non-ASCII letters.
+EDGE_FILES: dict[str, bytes] = {
+    "added_tokens.json": b"",
+    "pkg/__init__.py": b"",
+    "extra files/vocabulário ü.txt": "café ☕\n".encode(),
+}
+
 
 def git_blob_id(data: bytes) -> str:
     """The git object id of a blob, which the Hub reports as `blobId`/`oid` and as ETag."""
