@@ -26,8 +26,8 @@ from modelcar_builder.context import DEFAULT_BASE_IMAGE, prepare_context
 from modelcar_builder.errors import Interrupted, ModelcarError, UsageError, VerificationFailed
 from modelcar_builder.fetch import FetchOptions, fetch
 from modelcar_builder.oci.layout import OciLayout
-from modelcar_builder.pipeline import Resolved, disk_needed, resolve
-from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD
+from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed, resolve
+from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS
 from modelcar_builder.report import build_document, dumps, plan_document, plan_text
 from modelcar_builder.selection import Selection
 from modelcar_builder.settings import RegistryOptions
@@ -78,6 +78,21 @@ def source_options(fn):
             help="Files this big or larger get their own layer.",
         ),
         click.option(
+            "--max-layers",
+            type=click.IntRange(2, 127),
+            default=DEFAULT_MAX_LAYERS,
+            show_default=True,
+            envvar="MODELCAR_MAX_LAYERS",
+            help="Most layers the image may have, base included: CRI-O and podman cannot "
+            "mount more than 127. Over it, consecutive large files share layers.",
+        ),
+        click.option(
+            "--allow-incomplete",
+            is_flag=True,
+            envvar="MODELCAR_ALLOW_INCOMPLETE",
+            help="Build even when a *.index.json names shards that are not selected.",
+        ),
+        click.option(
             "--source-url",
             envvar="MODELCAR_SOURCE_URL",
             help="Value of the org.opencontainers.image.source label (default: the Hub "
@@ -124,14 +139,25 @@ class SourceArgs:
     all_files: bool
     hf_token_file: str | None
     layer_threshold: int
+    max_layers: int
+    allow_incomplete: bool
     source_url: str | None
 
-    def resolve(self) -> Resolved:
+    def resolve(self, base_layers: int = 1) -> Resolved:
+        """``base_layers``: what the base image adds to the layer count; the default
+        base (ubi-micro) and busybox have one."""
         if self.layer_threshold <= 0:
             raise UsageError("--layer-threshold must be positive", hint="e.g. 67108864 (64 MiB)")
         selection = Selection(tuple(self.include), tuple(self.exclude), self.all_files)
         return resolve(
-            self.source, selection, self.hf_token_file, self.layer_threshold, self.source_url
+            self.source,
+            selection,
+            self.hf_token_file,
+            self.layer_threshold,
+            self.source_url,
+            max_layers=self.max_layers,
+            base_layers=base_layers,
+            allow_incomplete=self.allow_incomplete,
         )
 
 
@@ -192,14 +218,24 @@ def cli(debug: bool, quiet: bool) -> None:
     envvar="MODELCAR_WORKSPACE",
     help="Also report free space on this volume.",
 )
+@click.option(
+    "--base-image",
+    envvar="MODELCAR_BASE_IMAGE",
+    help="Count this base image's layers against --max-layers (default: assume 1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
     src,
     workspace,
+    base_image,
     as_json,
 ):
     """Show what would be built: commit, files, layers, disk needed. Downloads nothing."""
-    resolved = src.resolve()
+    if base_image:
+        base = count_base_layers(base_image, ("linux", "amd64"), RegistryOptions(), strict=False)
+        resolved = src.resolve(base)
+    else:
+        resolved = src.resolve()
     disk = disk_needed(resolved.plan)
     if as_json:
         click.echo(dumps(plan_document(resolved.plan, disk)))
@@ -243,7 +279,8 @@ def prepare(
     base_image,
 ):
     """Fetch, then lay out a build context (layer dirs + Containerfile) for buildah/podman."""
-    resolved = src.resolve()
+    base = count_base_layers(base_image, ("linux", "amd64"), RegistryOptions(), strict=False)
+    resolved = src.resolve(base)
     ws = _workspace(workspace)
     fetched = _fetch(resolved, ws)
     ctx = prepare_context(resolved.plan, fetched.files_dir, ws, base_image)
@@ -414,18 +451,20 @@ def build(
     os_, _, arch = platform.partition("/")
     if not os_ or not arch:
         raise UsageError(f"bad --platform {platform!r}", hint="write OS/ARCH, e.g. linux/amd64")
-    resolved = src.resolve()
+    registry = _registry_options(
+        authfile,
+        registry_token_file,
+        tls_verify,
+        ca_file,
+        target.ref.api_host if isinstance(target, RegistryTarget) else None,
+    )
+    # The base image's depth counts against --max-layers: read it before the Hub plan.
+    resolved = src.resolve(count_base_layers(base_image, (os_, arch), registry))
     ws = _workspace(workspace)
     settings = BuildSettings(
         engine=engine or default_engine(),
         base_image=base_image,
-        registry=_registry_options(
-            authfile,
-            registry_token_file,
-            tls_verify,
-            ca_file,
-            target.ref.api_host if isinstance(target, RegistryTarget) else None,
-        ),
+        registry=registry,
         compression=compression,
         jobs=jobs,
         stream=stream,

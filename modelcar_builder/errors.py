@@ -62,6 +62,26 @@ class EmptySelection(ModelcarError):
     default_hint = "loosen --include/--exclude, or pass --all-files"
 
 
+class IncompleteModel(ModelcarError):
+    """A selected shard index (``*.safetensors.index.json``) names files the selection or
+    the repo does not hold: the image would build and the model server fail at load."""
+
+    exit_code = 15
+    default_hint = (
+        "loosen --include/--exclude so every shard is selected, or pass --allow-incomplete"
+    )
+
+
+class TooManyLayers(ModelcarError):
+    """The base image alone uses the whole --max-layers budget."""
+
+    exit_code = 16
+    default_hint = (
+        "use a base image with fewer layers (ubi-micro and busybox have one), "
+        "or raise --max-layers if every runtime that runs the image allows it"
+    )
+
+
 class DownloadFailed(ModelcarError):
     """Network or server failure that retries could not overcome. Rerun to resume."""
 

@@ -3,16 +3,23 @@ Each function takes what the previous one returned; the CLI only chains them."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelcar_builder.errors import EmptySelection
-from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, Plan, make_plan
+from modelcar_builder.errors import EmptySelection, ModelcarError
+from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan, make_plan
 from modelcar_builder.selection import Selection
+from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.shards import check_complete
+from modelcar_builder.snapshot import FileEntry, Snapshot
 from modelcar_builder.source import parse_source
 from modelcar_builder.source.local import local_snapshot
+
+log = logging.getLogger("modelcar")
 
 if TYPE_CHECKING:
     from modelcar_builder.source.hub import HubAccess
@@ -30,8 +37,12 @@ def resolve(
     hf_token_file: str | None = None,
     threshold: int = DEFAULT_LAYER_THRESHOLD,
     source_url: str | None = None,
+    max_layers: int = DEFAULT_MAX_LAYERS,
+    base_layers: int = 0,
+    allow_incomplete: bool = False,
 ) -> Resolved:
-    """Pin the source (a Hub revision becomes its commit) and plan the layers."""
+    """Pin the source (a Hub revision becomes its commit), check that every shard its
+    indexes name is selected, and plan the layers within the layer budget."""
     spec = parse_source(source)
     access = None
     if spec.kind == "hub":
@@ -47,7 +58,42 @@ def resolve(
         raise EmptySelection(f"no files selected from {source} ({skipped} skipped)")
     if source_url:
         snapshot = replace(snapshot, url=source_url)
-    return Resolved(make_plan(snapshot, threshold), access)
+    if not allow_incomplete:
+        check_complete(snapshot, lambda entry: _read(snapshot, access, entry))
+    return Resolved(make_plan(snapshot, threshold, max_layers, base_layers), access)
+
+
+def _read(snapshot: Snapshot, access: HubAccess | None, entry: FileEntry) -> bytes:
+    if snapshot.kind == "hub" and access is not None and snapshot.commit:
+        from modelcar_builder.source.hub import read_small_file
+
+        return read_small_file(access, snapshot.location, snapshot.commit, entry)
+    return (Path(snapshot.location) / entry.path).read_bytes()
+
+
+def count_base_layers(
+    name: str, platform: tuple[str, str], registry: RegistryOptions, strict: bool = True
+) -> int:
+    """How many layers the base image brings, read from its manifest (no blob moves).
+
+    ``strict`` (build): a base that cannot be read fails now, before the download.
+    Otherwise (plan, prepare: the image is built elsewhere, maybe with other
+    credentials) assume one layer, as ubi-micro and busybox have, and say so."""
+    if name == "scratch":
+        return 0
+    from modelcar_builder.engines.base import load_base
+
+    try:
+        base = load_base(name, platform, registry)
+    except ModelcarError as exc:
+        if strict:
+            raise
+        log.warning("cannot read base image %s (%s); assuming it has 1 layer", name, exc)
+        return 1
+    try:
+        return len(base.image.layers) if base.image else 0
+    finally:
+        base.close()
 
 
 def disk_needed(plan: Plan, env: Mapping[str, str] | None = None) -> dict[str, int]:

@@ -18,6 +18,9 @@ def plan_document(plan: Plan, disk: dict[str, int]) -> dict[str, Any]:
         "commit": snap.commit,
         "total_bytes": plan.total_bytes,
         "layer_threshold": plan.threshold,
+        "max_layers": plan.max_layers,
+        "base_layers": plan.base_layers,
+        "grouping": plan.grouping,
         "layers": [
             {
                 "name": layer.name,
@@ -41,7 +44,11 @@ def plan_text(plan: Plan, disk: dict[str, int], free: int | None) -> str:
         f"source  {snap.canonical}{asked}",
         f"files   {len(snap.files)} selected, {len(snap.skipped)} skipped, "
         f"{human(plan.total_bytes)} in {len(plan.layers)} layers",
+        f"layers  {len(plan.layers)} model + {plan.base_layers} base = {plan.total_layers} "
+        f"(--max-layers {plan.max_layers})",
     ]
+    if plan.grouping:
+        out.append(f"grouped {plan.grouping}")
     for layer in plan.layers:
         out.append(f"{layer.name}  {len(layer.files)} file(s)  {human(layer.size)}")
         for f in layer.files:

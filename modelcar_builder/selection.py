@@ -89,6 +89,14 @@ def _skip_reason(path: str, selection: Selection, has_safetensors: bool) -> str 
         return None
     if _matches(path, ALWAYS_SKIPPED_GLOBS):
         return "git metadata"
-    if has_safetensors and _matches(path, DUPLICATE_WEIGHT_GLOBS):
+    if has_safetensors and _is_duplicate_format(path):
         return "duplicate weight format (safetensors present; --all-files keeps it)"
     return None
+
+
+def _is_duplicate_format(path: str) -> bool:
+    # A skipped format's shard index goes with its shards (pytorch_model.bin.index.json):
+    # kept alone it would name files the image lacks.
+    if path.endswith(".index.json"):
+        path = path.removesuffix(".index.json")
+    return _matches(path, DUPLICATE_WEIGHT_GLOBS)

@@ -3,7 +3,7 @@
 # Idempotent: skips apt when every package is already present.
 set -euo pipefail
 APT_PACKAGES=(buildah skopeo umoci podman docker-registry busybox-static apache2-utils
-              openssl uidmap util-linux curl)
+              openssl uidmap util-linux curl runc)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

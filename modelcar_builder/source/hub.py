@@ -6,11 +6,13 @@ HF_ENDPOINT once at import time, so the endpoint is read here per call and passe
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import build_hf_headers
@@ -19,6 +21,7 @@ from modelcar_builder import __version__
 from modelcar_builder.errors import (
     AccessDenied,
     DownloadFailed,
+    IntegrityError,
     RevisionNotFound,
     SourceNotFound,
     UsageError,
@@ -143,3 +146,28 @@ def _http_error(repo_id: str, access: HubAccess, exc: Exception) -> Exception:
             f"the Hub refused access to {repo_id} (HTTP {status}; token: {access.token_source})"
         )
     return DownloadFailed(f"Hub metadata request for {repo_id} failed (HTTP {status})")
+
+
+def read_small_file(access: HubAccess, repo_id: str, commit: str, entry: FileEntry) -> bytes:
+    """One small file's bytes into memory, checked against its id (for shard indexes,
+    read while planning: before any shard moves)."""
+    url = access.file_url(repo_id, entry.path, commit)
+    try:
+        resp = requests.get(url, headers=access.headers(), timeout=(10, 60))
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise DownloadFailed(
+            f"cannot read {entry.path} from the Hub: {type(exc).__name__}",
+            hint="check network access and HF_ENDPOINT; rerun to continue",
+        ) from None
+    if resp.status_code in (401, 403):
+        raise AccessDenied(f"the Hub refused {entry.path} (token: {access.token_source})")
+    if resp.status_code != 200:
+        raise DownloadFailed(f"reading {entry.path} from the Hub failed (HTTP {resp.status_code})")
+    data = resp.content
+    if entry.sha256:
+        got = hashlib.sha256(data).hexdigest()
+    else:
+        got = hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
+    if got != (entry.sha256 or entry.blob_id):
+        raise IntegrityError(f"{entry.path}: content does not match the Hub's id")
+    return data

@@ -1,0 +1,244 @@
+"""Repos shaped like real Hub repos, end to end through the CLI with real parts (the Hub
+imitation, docker-registry, buildah, skopeo/umoci, podman): file sizes at every edge,
+models with hundreds of shards, and shard indexes that do not match the selection."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from modelcar_builder.fetch import CHUNK
+from tests.clitools import run
+from tests.imagecheck import assert_models_match, unpack
+from tests.support.hubsim import EDGE_FILES
+from tests.support.podman import make_podman, podman_available
+
+MIB = 1 << 20
+THRESHOLD = 2 * MIB
+
+
+def data(seed: str, size: int) -> bytes:
+    block = hashlib.sha256(seed.encode()).digest() * 2048
+    return (block * (size // len(block) + 1))[:size]
+
+
+def edge_files() -> dict[str, bytes]:
+    """Every size edge the fetch and layer code branches on."""
+    return {
+        "config.json": b'{"model_type": "edge"}',
+        "exact-chunk.safetensors": data("chunk", CHUNK),
+        "under-threshold.safetensors": data("under", THRESHOLD - 1),
+        "at-threshold.safetensors": data("at", THRESHOLD),
+        "over-threshold.safetensors": data("over", THRESHOLD + CHUNK + 1),
+        **EDGE_FILES,
+    }
+
+
+def build(capsys, image: str, ws: Path, base: str, *extra: str):
+    return run(
+        capsys, "build", "acme/edge", "--image", image, "--workspace", str(ws),
+        "--base-image", base, "--layer-threshold", str(THRESHOLD), "--no-tls-verify", *extra,
+    )  # fmt: skip
+
+
+def raw_manifest(image: str) -> dict:
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{image}"],
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    return json.loads(raw)
+
+
+ENGINES = {
+    "native": ("--engine", "native"),
+    "native-stream": ("--engine", "native", "--stream"),
+    "buildah": ("--engine", "buildah"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_size_edge_builds_and_reruns(engine, hub, registry, base_image, capsys, tmp_path):
+    hub.add_repo("acme/edge", edge_files())
+    image = f"{registry.host}/edge/{engine}:v1"
+    report = tmp_path / "report.json"
+    first = build(capsys, image, tmp_path / "ws", base_image.ref, *ENGINES[engine],
+                  "--report", str(report))  # fmt: skip
+    assert first.code == 0, first.err
+    doc = json.loads(report.read_text())
+    layer_of = {f["path"]: f["layer"] for f in doc["files"]}
+    own = [p for p in layer_of if list(layer_of.values()).count(layer_of[p]) == 1]
+    assert sorted(own) == ["at-threshold.safetensors", "over-threshold.safetensors"]
+    assert layer_of["under-threshold.safetensors"] == layer_of["added_tokens.json"]
+    assert layer_of["exact-chunk.safetensors"] == layer_of["added_tokens.json"]
+
+    img = unpack(f"docker://{image}", tmp_path / "check")
+    assert_models_match(img, edge_files())  # empty files included, 0644
+    assert (img.rootfs / "models" / "pkg" / "__init__.py").stat().st_size == 0
+
+    hub.reset_counters()
+    again = build(capsys, image, tmp_path / "ws", base_image.ref, *ENGINES[engine],
+                  "--report", str(report))  # fmt: skip
+    assert again.code == 0, again.err
+    assert again.last_line == first.last_line
+    if engine != "native-stream":
+        assert json.loads(report.read_text())["bytes_downloaded"] == 0
+
+
+def test_fetch_of_edge_sizes_then_rerun_fetches_nothing(hub, capsys, tmp_path):
+    hub.add_repo("acme/edge", edge_files())
+    ws = tmp_path / "ws"
+    first = run(capsys, "fetch", "acme/edge", "--workspace", str(ws))
+    assert first.code == 0, first.err
+    files = Path(first.last_line)
+    for path, content in edge_files().items():
+        assert (files / path).read_bytes() == content, path
+        assert (files / path).stat().st_mode & 0o777 == 0o644, path
+    again = run(capsys, "fetch", "acme/edge", "--workspace", str(ws))
+    assert again.code == 0, again.err
+    assert "nothing to fetch" in again.err
+
+
+# -- hundreds of shards --------------------------------------------------------------------
+
+SHARDS = 300
+SHARD_BYTES = 32 * 1024  # the index (~15 KB) stays under the threshold
+
+
+def many_shards() -> dict[str, bytes]:
+    files = {
+        f"model-{i + 1:05d}-of-{SHARDS:05d}.safetensors": data(f"s{i}", SHARD_BYTES + i)
+        for i in range(SHARDS)
+    }
+    files["config.json"] = b'{"model_type": "huge"}'
+    index = {"metadata": {}, "weight_map": {f"w{i}": p for i, p in enumerate(files) if i < SHARDS}}
+    files["model.safetensors.index.json"] = json.dumps(index).encode()
+    return files
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory):
+    why = podman_available()
+    if why:
+        pytest.skip(why)
+    pm = make_podman(tmp_path_factory.mktemp("podman"))
+    yield pm
+    pm.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["native", "buildah"])
+def test_300_shards_become_an_image_podman_can_run(
+    engine, hub, registry, base_image, podman, capsys, tmp_path
+):
+    files = many_shards()
+    hub.add_repo("acme/huge", files)
+    image = f"{registry.host}/huge/{engine}:v1"
+    plan = run(capsys, "plan", "acme/huge", "--layer-threshold", str(SHARD_BYTES), "--json")
+    assert plan.code == 0, plan.err
+    planned = json.loads(plan.out)
+    assert "300 large files" in planned["grouping"]
+    res = run(
+        capsys, "build", "acme/huge", "--engine", engine, "--image", image,
+        "--workspace", str(tmp_path / "ws"), "--base-image", base_image.ref,
+        "--layer-threshold", str(SHARD_BYTES), "--no-tls-verify",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    layers = raw_manifest(image)["layers"]
+    assert len(layers) == 1 + len(planned["layers"]) <= 100  # busybox + the planned layers
+
+    podman.pull(image)
+    # KServe's init container check, then every file read back inside a started container.
+    podman.start(image, '[ -d /models ] && [ "$(ls -A /models)" ]')
+    out = podman.start(image, "cd /models && find . -type f -exec sha256sum {} \\;").stdout
+    seen = {}
+    for line in out.splitlines():
+        digest, path = line.split("  ", 1)
+        seen[path.removeprefix("./")] = digest
+    assert seen == {p: hashlib.sha256(b).hexdigest() for p, b in files.items()}, podman.driver
+
+
+# -- shard index completeness --------------------------------------------------------------
+
+
+def sharded_repo() -> dict[str, bytes]:
+    shards = {f"model-{i:05d}-of-00003.safetensors": data(f"x{i}", MIB + i) for i in (1, 2, 3)}
+    index = {"weight_map": {f"layer.{i}": p for i, p in enumerate(shards)}}
+    return {
+        "config.json": b"{}",
+        "model.safetensors.index.json": json.dumps(index).encode(),
+        **shards,
+        **EDGE_FILES,
+    }
+
+
+def test_exclude_that_drops_a_shard_fails_in_plan_before_any_download(hub, capsys, tmp_path):
+    hub.add_repo("acme/sharded", sharded_repo())
+    hub.reset_counters()
+    ws = tmp_path / "ws"
+    drop = ("--exclude", "model-00002-of-00003.safetensors")
+    for cmd in (["plan"], ["fetch", "--workspace", str(ws)]):
+        res = run(capsys, *cmd, "acme/sharded", *drop)
+        assert res.code == 15, res.err
+        lines = res.err.strip().splitlines()
+        assert lines[0] == (
+            "error: model.safetensors.index.json names 1 file the image would lack: "
+            "model-00002-of-00003.safetensors (matched by --exclude)"
+        )
+        assert "--allow-incomplete" in lines[1]
+    assert not shard_requests(hub)
+    assert not (ws / "files").exists() or not any((ws / "files").rglob("*.safetensors"))
+
+    ok = run(capsys, "fetch", "acme/sharded", "--workspace", str(ws), *drop, "--allow-incomplete")
+    assert ok.code == 0, ok.err
+    assert not (Path(ok.last_line) / "model-00002-of-00003.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_complete_sharded_repo_builds(hub, registry, base_image, capsys, tmp_path):
+    hub.add_repo("acme/sharded", sharded_repo())
+    image = f"{registry.host}/sharded/m:v1"
+    res = run(
+        capsys, "build", "acme/sharded", "--engine", "native", "--image", image,
+        "--workspace", str(tmp_path / "ws"), "--base-image", base_image.ref, "--no-tls-verify",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    assert_models_match(unpack(f"docker://{image}", tmp_path / "check"), sharded_repo())
+
+
+def test_local_directory_missing_a_shard_is_refused(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    for path, content in sharded_repo().items():
+        if path != "model-00003-of-00003.safetensors":
+            (model / path).parent.mkdir(parents=True, exist_ok=True)
+            (model / path).write_bytes(content)
+    res = run(capsys, "plan", str(model))
+    assert res.code == 15
+    assert "model-00003-of-00003.safetensors (not in the repo)" in res.err
+
+
+def test_base_deeper_than_the_budget_fails_before_any_download(
+    hub, registry, base_image, capsys, tmp_path
+):
+    hub.add_repo("acme/sharded", sharded_repo())
+    hub.reset_counters()
+    res = run(
+        capsys, "build", "acme/sharded", "--engine", "native", "--image",
+        f"{registry.host}/x/y:v1", "--workspace", str(tmp_path / "ws"),
+        "--base-image", base_image.ref, "--no-tls-verify", "--max-layers", "2",
+        "--layer-threshold", str(MIB),
+    )  # fmt: skip
+    assert res.code == 16, res.err
+    assert "the base image has 1 layers" in res.err
+    assert not shard_requests(hub)
+
+
+def shard_requests(hub) -> list:
+    """Requests that move shard bytes (the index JSON is read while planning)."""
+    return [
+        r for r in hub.requests
+        if r.path.startswith("/cdn") or ("/resolve/" in r.path and "index.json" not in r.path)
+    ]  # fmt: skip
