@@ -129,7 +129,7 @@ def podman(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["native", "buildah"])
+@pytest.mark.parametrize("engine", ["native", "native-stream", "buildah"])
 def test_300_shards_become_an_image_podman_can_run(
     engine, hub, registry, base_image, podman, capsys, tmp_path
 ):
@@ -141,7 +141,7 @@ def test_300_shards_become_an_image_podman_can_run(
     planned = json.loads(plan.out)
     assert "300 large files" in planned["grouping"]
     res = run(
-        capsys, "build", "acme/huge", "--engine", engine, "--image", image,
+        capsys, "build", "acme/huge", *ENGINES[engine], "--image", image,
         "--workspace", str(tmp_path / "ws"), "--base-image", base_image.ref,
         "--layer-threshold", str(SHARD_BYTES), "--no-tls-verify",
     )  # fmt: skip
@@ -158,6 +158,21 @@ def test_300_shards_become_an_image_podman_can_run(
         digest, path = line.split("  ", 1)
         seen[path.removeprefix("./")] = digest
     assert seen == {p: hashlib.sha256(b).hexdigest() for p, b in files.items()}, podman.driver
+
+
+def test_prepared_context_follows_the_grouped_plan(hub, capsys, tmp_path):
+    hub.add_repo("acme/huge", many_shards())
+    res = run(capsys, "prepare", "acme/huge", "--workspace", str(tmp_path / "ws"),
+              "--base-image", "scratch", "--layer-threshold", str(SHARD_BYTES))  # fmt: skip
+    assert res.code == 0, res.err
+    ctx = Path(res.last_line)
+    copies = [
+        ln for ln in (ctx / "Containerfile").read_text().splitlines() if ln.startswith("COPY")
+    ]
+    layer_dirs = sorted(p for p in ctx.iterdir() if p.is_dir())
+    assert len(copies) == len(layer_dirs) <= 100  # scratch: no base layer to count
+    shipped = sorted(p.name for d in layer_dirs for p in d.rglob("*.safetensors"))
+    assert len(shipped) == SHARDS
 
 
 # -- shard index completeness --------------------------------------------------------------
