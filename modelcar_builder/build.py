@@ -18,10 +18,10 @@ from pathlib import Path
 from modelcar_builder.context import image_labels
 from modelcar_builder.engines import DEFAULT_CREATED, BuildRequest, BuildResult
 from modelcar_builder.errors import EngineUnavailable, UsageError
-from modelcar_builder.fetch import FetchOptions, fetch
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
 from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.source.download import FetchOptions, HubStreams, fetch
 from modelcar_builder.target import RegistryTarget, Target
 from modelcar_builder.verify import VerifyResult, verify_layout, verify_push
 from modelcar_builder.workspace import Workspace
@@ -102,8 +102,13 @@ def run_build(
     engine = make_engine(settings.engine)
 
     t0 = time.monotonic()
-    files_dir, downloaded = None, 0
-    if not settings.stream:
+    files_dir, downloaded, streams = None, 0, None
+    if settings.stream:
+        if resolved.access is None or plan.snapshot.commit is None:
+            raise UsageError("--stream needs a Hub source", hint="drop --stream")
+        streams = HubStreams(resolved.access, plan.snapshot.location, plan.snapshot.commit,
+                             fetch_opts)  # fmt: skip
+    else:
         fetched = fetch(plan, workspace, resolved.access, fetch_opts)
         files_dir, downloaded = fetched.files_dir, fetched.downloaded_bytes
     timings["fetch"] = time.monotonic() - t0
@@ -118,13 +123,17 @@ def run_build(
         compression=settings.compression or ("gzip" if settings.engine == "buildah" else "none"),
         jobs=settings.jobs,
         platform=settings.platform,
-        hub=resolved.access,
+        streams=streams,
         upload=settings.upload,
         chunk_size=settings.chunk_size,
         created=created_timestamp(),
     )
     t1 = time.monotonic()
-    result = engine.build(request)
+    try:
+        result = engine.build(request)
+    finally:
+        if streams is not None:
+            streams.close()
     timings["build_push"] = time.monotonic() - t1
 
     t2 = time.monotonic()

@@ -24,13 +24,13 @@ from modelcar_builder.build import (
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE, prepare_context
 from modelcar_builder.errors import Interrupted, ModelcarError, UsageError, VerificationFailed
-from modelcar_builder.fetch import FetchOptions, fetch
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS
 from modelcar_builder.report import build_document, dumps, plan_document, plan_text
 from modelcar_builder.selection import Selection
 from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.source.download import FetchOptions, fetch
 from modelcar_builder.target import RegistryTarget, parse_target
 from modelcar_builder.verify import verify_layout, verify_push
 from modelcar_builder.workspace import Workspace

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -27,10 +26,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from modelcar_builder.errors import InsufficientSpace, WorkspaceError
 from modelcar_builder.snapshot import Snapshot
+from modelcar_builder.state import BuildState
 
 DIR_MODE = 0o775
 CONTENT_DIR_MODE = 0o755
@@ -148,8 +147,8 @@ class Workspace:
     def storage_dir(self) -> Path:
         return self.root / "storage"
 
-    def state(self, snapshot: Snapshot) -> State:
-        return State(self.root / "state" / f"{snapshot_slug(snapshot)}.json")
+    def state(self, snapshot: Snapshot) -> BuildState:
+        return BuildState(self.root / "state" / f"{snapshot_slug(snapshot)}.json")
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
@@ -160,26 +159,3 @@ class Workspace:
             raise InsufficientSpace(
                 f"{what} needs {human(needed)} more on {self.root}, only {human(free)} free"
             )
-
-
-class State:
-    """A small JSON document, rewritten atomically so a crash never leaves half a file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = self._load()
-
-    def _load(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def section(self, name: str) -> dict[str, Any]:
-        return self.data.setdefault(name, {})
-
-    def save(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        os.chmod(tmp, 0o664)
-        os.replace(tmp, self.path)

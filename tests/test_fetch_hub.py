@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder import errors
-from modelcar_builder.fetch import FetchOptions, fetch
 from modelcar_builder.pipeline import resolve
 from modelcar_builder.selection import Selection
+from modelcar_builder.source.download import FetchOptions, fetch
 from modelcar_builder.workspace import Workspace
 from tests.clitools import run
 from tests.support.hubsim import EDGE_FILES

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from modelcar_builder.fetch import CHUNK
+from modelcar_builder.source.download import CHUNK
 from tests.clitools import run
 from tests.imagecheck import assert_models_match, unpack
 from tests.support.hubsim import EDGE_FILES

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import BinaryIO, Protocol
 
 from modelcar_builder.plan import Plan
+from modelcar_builder.progress import Progress
 from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.target import Target
 from modelcar_builder.workspace import Workspace
 
-if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
-    from modelcar_builder.source.hub import HubAccess
-
 DEFAULT_CREATED = "1970-01-01T00:00:00Z"  # fixed: the same model gives the same digest
+
+
+class StreamOpener(Protocol):
+    """Opens one model file as a stream that checks its own bytes (``--stream``): the
+    pipeline hands it in, so engines never reach for the Hub themselves."""
+
+    def __call__(self, entry: FileEntry, progress: Progress | None) -> BinaryIO: ...
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class BuildRequest:
     jobs: int = 2
     platform: tuple[str, str] = ("linux", "amd64")
     created: str = DEFAULT_CREATED
-    hub: HubAccess | None = None
+    streams: StreamOpener | None = None  # for files_dir None: where the bytes come from
     upload: str = "monolithic"  # or "chunked": PATCH chunks, resumed from the upload's Range
     chunk_size: int = 64 * 1024 * 1024
 

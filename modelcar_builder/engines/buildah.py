@@ -214,8 +214,9 @@ from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.progress import Progress
 from modelcar_builder.registry import DOCKER_MANIFEST, OCI_MANIFEST, RegistryClient
+from modelcar_builder.state import BuildState
 from modelcar_builder.target import LayoutTarget, RegistryTarget, parse_target
-from modelcar_builder.workspace import DIR_MODE, State, make_dir
+from modelcar_builder.workspace import DIR_MODE, make_dir
 
 log = logging.getLogger("modelcar")
 
@@ -649,7 +650,7 @@ class _Run:
     buildah: Buildah
     files_dir: Path
     context_dirs: tuple[Path, ...]
-    state: State
+    state: BuildState
     timestamp: int
     target_remote: Remote | None = None
     base_remote: Remote | None = None
@@ -756,7 +757,7 @@ class _Builder:
         self.run = run
         self.b = run.buildah
         self.request = run.request
-        self.section = run.state.section("buildah")
+        self.section = run.state.engine_cache("buildah")
         self.base_info: dict[str, Any] = {}  # `buildah inspect` of the base image
         self.base_diff_ids: list[str] = []
         self.parent_diff_ids: list[str] = []  # the image the last layer goes on
@@ -1248,7 +1249,7 @@ class _PerLayerBuilder:
         self.run = run
         self.b = run.buildah
         self.request = run.request
-        section = run.state.section("buildah")
+        section = run.state.engine_cache("buildah")
         self.cache: dict[str, dict[str, Any]] = section.setdefault("per_layer", {})
         self.repos: dict[str, list[str]] = section.setdefault("blob_repos", {})
         self.media_type = layer_media_type(self.request.compression)

@@ -12,21 +12,17 @@ import logging
 import time
 from dataclasses import dataclass
 
-import requests
-
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
 from modelcar_builder.engines.assemble import BuiltLayer, assemble_image
 from modelcar_builder.engines.base import BaseSource, load_base
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
 from modelcar_builder.errors import UsageError
-from modelcar_builder.fetch import FetchOptions, HubFileStream
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.layer import (
     DigestingIterator,
     LayerEntry,
     TarLayer,
     gzip_chunks,
-    layer_cache_key,
     layer_media_type,
 )
 from modelcar_builder.oci.layout import OciLayout
@@ -34,8 +30,8 @@ from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import LayerPlan
 from modelcar_builder.progress import Progress
 from modelcar_builder.registry import RegistryClient
+from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.target import LayoutTarget
-from modelcar_builder.workspace import State
 
 log = logging.getLogger("modelcar")
 
@@ -115,33 +111,28 @@ class NativeEngine:
 
     # -- model layers -----------------------------------------------------------------------
 
-    def _push_layers(self, request: BuildRequest, sink: Sink, state: State) -> list[_Pushed]:
-        cache = state.section("layers")
+    def _push_layers(self, request: BuildRequest, sink: Sink, state: BuildState) -> list[_Pushed]:
         total = sum(_tar_for(request, layer).size for layer in request.plan.layers)
         progress = Progress("push", total)
-        session = requests.Session()
         try:
             results = run_parallel(
-                lambda layer: self._push_one(request, sink, layer, cache, progress, session),
+                lambda layer: self._push_one(request, sink, layer, state, progress),
                 request.plan.layers,
                 request.jobs,
             )
         finally:
             progress.close()
-            session.close()
             state.save()
         return results
 
-    def _push_one(self, request, sink, layer: LayerPlan, cache, progress, session) -> _Pushed:
-        key = _cache_key(request, layer)
-        cached = cache.get(key)
-        if cached and sink.has_blob(cached["digest"], cached["size"]):
-            log.info("%s already in the target (%s)", layer.name, cached["digest"][:19])
-            return _Pushed(cached["digest"], cached["size"], cached["diff_id"], uploaded=False)
+    def _push_one(self, request, sink, layer: LayerPlan, state, progress) -> _Pushed:
+        key = layer_key(layer, request.compression, request.files_dir)
+        cached = state.layer(key)
+        if cached and sink.has_blob(cached.digest, cached.size):
+            log.info("%s already in the target (%s)", layer.name, cached.digest[:19])
+            return _Pushed(cached.digest, cached.size, cached.diff_id, uploaded=False)
         tar = _tar_for(request, layer)
-        open_entry = (
-            _stream_opener(request, session, progress) if request.files_dir is None else None
-        )
+        open_entry = _stream_opener(request, progress) if request.files_dir is None else None
 
         def tar_chunks():
             for chunk in tar.chunks(open_entry):
@@ -151,7 +142,7 @@ class NativeEngine:
 
         if request.compression == "none" and request.files_dir is not None:
             # Known size, digest by one read pass: a monolithic PUT works on every registry.
-            digest = cached["digest"] if cached else tar.digest()
+            digest = cached.digest if cached else tar.digest()
             if sink.has_blob(digest, tar.size):
                 pass
             elif request.upload == "chunked":
@@ -166,7 +157,7 @@ class NativeEngine:
             body = gzip_chunks(plain) if request.compression == "gzip" else plain
             digest, size = sink.put_stream(body)
             pushed = _Pushed(digest, size, plain.digest, uploaded=True)
-        cache[key] = {"digest": pushed.digest, "size": pushed.size, "diff_id": pushed.diff_id}
+        state.remember_layer(key, LayerRecord(pushed.digest, pushed.size, pushed.diff_id))
         return pushed
 
     # -- config and manifest ------------------------------------------------------------------
@@ -195,30 +186,9 @@ def _tar_for(request: BuildRequest, layer: LayerPlan) -> TarLayer:
     )
 
 
-def _stream_opener(request: BuildRequest, session, progress):
-    snapshot = request.plan.snapshot
-    if snapshot.kind != "hub" or request.hub is None:
+def _stream_opener(request: BuildRequest, progress: Progress):
+    if request.streams is None:
         raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
-
-    def open_entry(entry: LayerEntry):
-        file = next(f for f in snapshot.files if f.path == entry.path)
-        return HubFileStream(
-            session, request.hub, snapshot.location, snapshot.commit, file, FetchOptions(), progress
-        )
-
-    return open_entry
-
-
-def _cache_key(request: BuildRequest, layer: LayerPlan) -> str:
-    files = [
-        (f.path, f.size, f.sha256 or f.blob_id or _local_id(request, f.path)) for f in layer.files
-    ]
-    return layer_cache_key(files, request.compression)
-
-
-def _local_id(request: BuildRequest, path: str) -> str:
-    # Local files carry no hash; size + mtime in ns changes whenever the bytes do.
-    if request.files_dir is None:
-        return ""
-    st = (request.files_dir / path).stat()
-    return f"mtime:{st.st_mtime_ns}"
+    files = {f.path: f for f in request.plan.snapshot.files}
+    streams = request.streams
+    return lambda entry: streams(files[entry.path], progress)

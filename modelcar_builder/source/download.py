@@ -33,11 +33,12 @@ from modelcar_builder.errors import (
     ModelcarError,
     SourceNotFound,
 )
-from modelcar_builder.oci.layer import LayerEntry, TarLayer, layer_cache_key
+from modelcar_builder.oci.layer import LayerEntry, TarLayer
 from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import Plan
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.workspace import FILE_MODE, Workspace, human, make_dir
 
 if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
@@ -130,18 +131,17 @@ def fetch(
         return FetchResult(files_dir, 0, (), tuple(f.path for f in snapshot.files))
     assert access is not None and snapshot.commit
     state = workspace.state(snapshot)
-    verified = state.section("verified")
     partial_dir = workspace.partial_dir(snapshot)
 
     todo: list[FileEntry] = []
     reused: list[str] = []
-    recorded = dict(verified)
+    recorded = dict(state.verified)
     for entry in snapshot.files:
-        if _already_verified(files_dir / entry.path, entry, verified):
+        if _already_verified(files_dir / entry.path, entry, state):
             reused.append(entry.path)
         else:
             todo.append(entry)
-    if verified != recorded:
+    if state.verified != recorded:
         state.save()  # files re-verified from disk (or found gone) are remembered
 
     if not todo:
@@ -164,7 +164,6 @@ def fetch(
     failures: list[ModelcarError] = []
     lock = threading.Lock()
     frames = _single_file_layers(plan)
-    layer_cache = state.section("layers")
 
     def one(entry: FileEntry) -> None:
         part = partial_dir / f"{entry.path}.part"
@@ -182,10 +181,10 @@ def fetch(
                 failures.append(exc)
             return
         with lock:
-            verified[entry.path] = expected_id(entry)
+            state.mark_verified(entry.path, expected_id(entry))
             if framed and layer_digest:
                 key, _frame, size = framed
-                layer_cache[key] = {"digest": layer_digest, "size": size, "diff_id": layer_digest}
+                state.remember_layer(key, LayerRecord(layer_digest, size, layer_digest))
             state.save()
 
     try:
@@ -212,8 +211,7 @@ def _single_file_layers(plan: Plan) -> dict[str, tuple[str, tuple[bytes, bytes],
             continue
         (f,) = layer.files
         tar = TarLayer([LayerEntry(f.path, f.size)])
-        key = layer_cache_key([(f.path, f.size, f.sha256 or f.blob_id or "")], "none")
-        out[f.path] = (key, tar.frame(), tar.size)
+        out[f.path] = (layer_key(layer, "none"), tar.frame(), tar.size)
     return out
 
 
@@ -234,19 +232,19 @@ def _part_size(path: Path) -> int:
         return 0
 
 
-def _already_verified(final: Path, entry: FileEntry, verified: dict) -> bool:
+def _already_verified(final: Path, entry: FileEntry, state: BuildState) -> bool:
     try:
         if final.stat().st_size != entry.size:
             return False
     except FileNotFoundError:
-        verified.pop(entry.path, None)
+        state.forget(entry.path)
         return False
-    if verified.get(entry.path) == expected_id(entry):
+    if state.is_verified(entry.path, expected_id(entry)):
         return True
     # A file that is present but not recorded (a crash between rename and state save):
     # verify it from disk instead of downloading it again.
     if _digest_file(final, entry) == expected_id(entry):
-        verified[entry.path] = expected_id(entry)
+        state.mark_verified(entry.path, expected_id(entry))
         return True
     final.unlink()
     return False
@@ -459,3 +457,20 @@ class HubFileStream(io.RawIOBase):
         if self._resp is not None:
             self._resp.close()
         super().close()
+
+
+class HubStreams:
+    """Opens Hub files of one pinned commit as self-checking streams (``--stream``),
+    over one shared HTTP session. The pipeline hands it to the engine."""
+
+    def __init__(self, access: HubAccess, repo_id: str, commit: str, opts: FetchOptions) -> None:
+        self.access, self.repo_id, self.commit, self.opts = access, repo_id, commit, opts
+        self.session = requests.Session()
+
+    def __call__(self, entry: FileEntry, progress: Progress | None) -> HubFileStream:
+        return HubFileStream(
+            self.session, self.access, self.repo_id, self.commit, entry, self.opts, progress
+        )
+
+    def close(self) -> None:
+        self.session.close()

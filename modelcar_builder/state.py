@@ -1,0 +1,140 @@
+"""What the workspace holds for one snapshot, so a rerun continues instead of restarting:
+the files already verified, the digest of every layer already built, and each engine's
+own cache. One typed, versioned record with one reader and one writer.
+
+The file is rewritten atomically (a crash never leaves half of it). A record from an
+older version is migrated; one from a newer version, or a damaged one, is set aside and
+the run starts clean: the worst case is re-hashing files, never trusting stale data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelcar_builder.oci.layer import layer_cache_key
+from modelcar_builder.plan import LayerPlan
+
+log = logging.getLogger("modelcar")
+STATE_VERSION = 2  # 1: the untyped sections "verified", "layers", "buildah" (no "version")
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """A built layer: its blob digest and size, and its uncompressed digest (diff_id)."""
+
+    digest: str
+    size: int
+    diff_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "size": self.size, "diff_id": self.diff_id}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> LayerRecord:
+        return cls(str(doc["digest"]), int(doc["size"]), str(doc["diff_id"]))
+
+
+def layer_key(layer: LayerPlan, compression: str, files_dir: Path | None = None) -> str:
+    """A layer's identity across runs and engines, without reading its bytes: every
+    file's path, size and content id (see ``layer_cache_key``). Local files carry no hash,
+    so size + mtime in ns stand in: they change whenever the bytes do."""
+    files = []
+    for f in layer.files:
+        content = f.sha256 or f.blob_id
+        if content is None and files_dir is not None:
+            content = f"mtime:{(files_dir / f.path).stat().st_mtime_ns}"
+        files.append((f.path, f.size, content or ""))
+    return layer_cache_key(files, compression)
+
+
+class BuildState:
+    """The record for one snapshot. Not thread-safe: callers that share it across
+    download threads hold their own lock around changes and ``save``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.verified: dict[str, str] = {}  # path -> the sha256 / git blob id it matched
+        self.layers: dict[str, LayerRecord] = {}  # layer_key -> what was built
+        self._engines: dict[str, dict[str, Any]] = {}  # engine name -> its own cache
+        self._load()
+
+    # -- files --------------------------------------------------------------------------
+
+    def is_verified(self, path: str, content_id: str | None) -> bool:
+        return content_id is not None and self.verified.get(path) == content_id
+
+    def mark_verified(self, path: str, content_id: str | None) -> None:
+        if content_id is not None:
+            self.verified[path] = content_id
+
+    def forget(self, path: str) -> None:
+        self.verified.pop(path, None)
+
+    # -- layers -------------------------------------------------------------------------
+
+    def layer(self, key: str) -> LayerRecord | None:
+        return self.layers.get(key)
+
+    def remember_layer(self, key: str, record: LayerRecord) -> None:
+        self.layers[key] = record
+
+    def engine_cache(self, engine: str) -> dict[str, Any]:
+        """An engine's private cache; the engine owns its schema (JSON-able values)."""
+        return self._engines.setdefault(engine, {})
+
+    # -- reading and writing --------------------------------------------------------------
+
+    def save(self) -> None:
+        doc = {
+            "version": STATE_VERSION,
+            "verified": dict(sorted(self.verified.items())),
+            "layers": {k: r.to_json() for k, r in sorted(self.layers.items())},
+            "engines": self._engines,
+        }
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        os.chmod(tmp, 0o664)
+        os.replace(tmp, self.path)
+
+    def _load(self) -> None:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self._start_clean("it is not valid JSON")
+            return
+        version = doc.get("version", 1) if isinstance(doc, dict) else None
+        if version == 1:
+            doc = _migrate_v1(doc)
+        elif version != STATE_VERSION:
+            self._start_clean(f"it has version {version!r}, this tool writes {STATE_VERSION}")
+            return
+        try:
+            self.verified = {str(k): str(v) for k, v in doc.get("verified", {}).items()}
+            self.layers = {k: LayerRecord.from_json(v) for k, v in doc.get("layers", {}).items()}
+            self._engines = dict(doc.get("engines", {}))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            self.verified, self.layers, self._engines = {}, {}, {}
+            self._start_clean("its records are malformed")
+
+    def _start_clean(self, why: str) -> None:
+        aside = self.path.with_name(self.path.name + ".old")
+        log.warning("state %s set aside as %s (%s); starting clean", self.path, aside.name, why)
+        os.replace(self.path, aside)
+
+
+def _migrate_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept its sections at the top level; the layer keys were built the same
+    way, so every recorded layer stays usable."""
+    engines = {"buildah": doc["buildah"]} if isinstance(doc.get("buildah"), dict) else {}
+    return {
+        "verified": doc.get("verified", {}),
+        "layers": doc.get("layers", {}),
+        "engines": engines,
+    }
