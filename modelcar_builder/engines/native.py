@@ -35,7 +35,7 @@ from modelcar_builder.plan import LayerPlan
 from modelcar_builder.progress import Progress
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.target import LayoutTarget
-from modelcar_builder.workspace import State
+from modelcar_builder.workspace import State, Workspace
 
 log = logging.getLogger("modelcar")
 
@@ -59,6 +59,9 @@ def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
 
 class NativeEngine:
     name = "native"
+
+    def preflight(self, workspace: Workspace) -> None:
+        """Nothing to check: no privilege, no daemon, any filesystem."""
 
     def build(self, request: BuildRequest) -> BuildResult:
         if request.compression not in ("none", "gzip"):
