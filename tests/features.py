@@ -27,11 +27,13 @@ Probe = Callable[[], "str | None"]
 
 
 def need(*probes: Probe) -> None:
-    """Skip the calling test unless every probe finds its feature."""
+    """Skip the calling test unless every probe finds its feature. The reason names the
+    test: ``-ra`` reports a skip at this line, not at the test."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
     for probe in probes:
         why = probe()
         if why is not None:
-            pytest.skip(f"{probe.__name__.replace('_', ' ')}: {why}")
+            pytest.skip(f"{test}: needs {probe.__name__.replace('_', ' ')}: {why}")
 
 
 def _run(argv: Sequence[str]) -> str | None:
