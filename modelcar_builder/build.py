@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from modelcar_builder.context import image_labels
-from modelcar_builder.engines import DEFAULT_CREATED, BuildRequest, BuildResult
+from modelcar_builder.engines import DEFAULT_CREATED, BuildRequest, BuildResult, Engine
 from modelcar_builder.errors import EngineUnavailable, UsageError
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
@@ -72,7 +72,7 @@ def default_engine() -> str:
     return "buildah" if shutil.which("buildah") else "native"
 
 
-def make_engine(name: str):
+def make_engine(name: str) -> Engine:
     if name == "native":
         from modelcar_builder.engines.native import NativeEngine
 
@@ -100,6 +100,7 @@ def run_build(
     if settings.stream and plan.snapshot.kind != "hub":
         raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
     engine = make_engine(settings.engine)
+    engine.preflight(workspace)  # before the download: a build that cannot work fails now
 
     t0 = time.monotonic()
     files_dir, downloaded, streams = None, 0, None

@@ -120,7 +120,8 @@ class EngineUnavailable(ModelcarError):
 
 
 class EnginePrivilegeError(ModelcarError):
-    """buildah cannot create its user namespace (missing SETFCAP / SETUID / SETGID)."""
+    """buildah lacks a privilege it needs: its user namespace (SETFCAP / SETUID / SETGID)
+    or, for the overlay storage driver, mounting (CAP_SYS_ADMIN)."""
 
     exit_code = 41
     default_hint = (
@@ -131,6 +132,17 @@ class EnginePrivilegeError(ModelcarError):
 
 class BuildFailed(ModelcarError):
     exit_code = 42
+
+
+class StorageDriverUnsupported(ModelcarError):
+    """We have the privilege to mount, yet the kernel or the workspace's filesystem cannot
+    hold buildah's overlay storage (e.g. a workspace on overlay, NFS or some FUSE)."""
+
+    exit_code = 43
+    default_hint = (
+        "set MODELCAR_BUILDAH_STORAGE_DRIVER=vfs (or leave it unset: auto falls back to vfs), "
+        "put the workspace on a filesystem overlay supports (ext4, xfs), or use --engine native"
+    )
 
 
 class RegistryUnreachable(ModelcarError):

@@ -31,6 +31,7 @@ from modelcar_builder.engines.buildah import (
     BuildahEngine,
     BuildahSettings,
     Remote,
+    buildah_mounts_here,
     classify_failure,
     estimate_layout_peak,
     estimate_peak_bytes,
@@ -38,6 +39,7 @@ from modelcar_builder.engines.buildah import (
     has_cap_sys_admin,
     meaningful_line,
     overlay_unusable,
+    overlay_verdict,
     scrub,
 )
 from modelcar_builder.errors import (
@@ -46,6 +48,7 @@ from modelcar_builder.errors import (
     EngineUnavailable,
     RegistryAuthError,
     RegistryUnreachable,
+    StorageDriverUnsupported,
     UsageError,
 )
 from modelcar_builder.pipeline import resolve
@@ -54,6 +57,14 @@ from modelcar_builder.registry import OCI_MANIFEST, RegistryClient
 from modelcar_builder.selection import Selection
 from modelcar_builder.target import parse_target
 from modelcar_builder.workspace import Workspace
+from tests.features import (
+    mounted_overlay,
+    need,
+    overlay_mount,
+    overlay_refuses_upper_on_overlay,
+    root,
+    setpriv_drops_caps,
+)
 from tests.imagecheck import assert_models_match, unpack
 from tests.support.hubsim import EDGE_FILES
 
@@ -666,8 +677,10 @@ def test_none_compression_to_registry_round_trip(model, ws, tmp_path, registry, 
 def test_auto_driver_is_overlay_where_it_mounts(model, ws, tmp_path, base_image, logs):
     out = tmp_path / "layout"
     BuildahEngine().build(request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref))
-    can_mount = os.geteuid() == 0 and has_cap_sys_admin()
-    assert overlay_unusable(ws / "storage") is None if can_mount else not None
+    # Expected from an independent probe (mount(8) on the same filesystem), so the test
+    # holds where overlay cannot mount, privileged or not.
+    can_mount = overlay_mount() is None
+    assert (overlay_unusable(ws / "storage") is None) is can_mount
     driver = "overlay" if can_mount else "vfs"
     assert (ws / "storage" / driver).is_dir()
     assert not (ws / "storage" / ("vfs" if can_mount else "overlay")).exists()
@@ -713,15 +726,10 @@ def build_without_caps(model: Path, ws: Path, out: Path, base: str, **env: str) 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-needs_root_setpriv = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
-)
-
-
-@needs_root_setpriv
 def test_without_setfcap_buildah_defaults_hit_uid_map(model, tmp_path, base_image):
     """The seed's failure, for real: root without SYS_ADMIN re-execs into a user
     namespace and cannot write uid_map without SETFCAP."""
+    need(root, setpriv_drops_caps)
     got = build_without_caps(
         model, tmp_path / "ws", tmp_path / "o", base_image.oci_ref,
         MODELCAR_BUILDAH_PRIVATE_STATE="0",
@@ -731,21 +739,80 @@ def test_without_setfcap_buildah_defaults_hit_uid_map(model, tmp_path, base_imag
     assert "SETFCAP" in got["hint"] and "--engine native" in got["hint"]
 
 
-@needs_root_setpriv
 def test_without_setfcap_private_state_builds_with_vfs(model, tmp_path, base_image):
     """No container ever runs, so with the re-exec skipped vfs needs no SETFCAP."""
+    need(root, setpriv_drops_caps)
     got = build_without_caps(model, tmp_path / "ws", tmp_path / "o", base_image.oci_ref)
     assert got.get("layers") == 3, got
 
 
-@needs_root_setpriv
 def test_overlay_without_sys_admin_is_privilege_error(model, tmp_path, base_image):
+    """The probe sees no CAP_SYS_ADMIN and says so before buildah runs, whatever
+    containers/storage would have called it ("backing file system is unsupported")."""
+    need(root, setpriv_drops_caps)
     got = build_without_caps(
         model, tmp_path / "ws", tmp_path / "o", base_image.oci_ref,
         MODELCAR_BUILDAH_STORAGE_DRIVER="overlay",
     )  # fmt: skip
     assert got.get("error") == "EnginePrivilegeError", got
-    assert "MODELCAR_BUILDAH_STORAGE_DRIVER=vfs" in got["hint"]
+    assert "CAP_SYS_ADMIN" in got["message"]
+    for fix in (
+        "SYS_ADMIN",
+        "privileged SCC",
+        "MODELCAR_BUILDAH_STORAGE_DRIVER=vfs",
+        "--engine native",
+    ):
+        assert fix in got["hint"], got
+    assert not (tmp_path / "ws" / "storage" / "overlay").exists()  # buildah never ran
+
+
+def test_overlay_on_a_filesystem_without_overlay_support_is_storage_error(
+    model, tmp_path, base_image, monkeypatch
+):
+    """With CAP_SYS_ADMIN, on a workspace where overlay cannot put its upper dir (here:
+    on an overlay mount, like a workspace in a container's root fs): the new error 43."""
+    need(root, overlay_refuses_upper_on_overlay)
+    monkeypatch.setenv("MODELCAR_BUILDAH_STORAGE_DRIVER", "overlay")
+    with mounted_overlay(tmp_path / "fs") as merged:
+        ws = merged / "ws"
+        with pytest.raises(StorageDriverUnsupported) as caught:
+            BuildahEngine().preflight(Workspace(ws).ensure())
+        assert "MODELCAR_BUILDAH_STORAGE_DRIVER=vfs" in caught.value.hint
+        with pytest.raises(StorageDriverUnsupported):
+            BuildahEngine().build(
+                request_for(model, ws, f"oci:{tmp_path / 'o'}:v1", base_image.oci_ref)
+            )
+        assert not (ws / "storage" / "overlay").exists()  # buildah never ran
+        assert not list((ws / "storage").glob("overlay-probe-*"))  # the probe cleaned up
+    assert StorageDriverUnsupported.exit_code == 43
+
+
+@pytest.mark.parametrize(
+    ("mount_error", "sys_admin", "expected"),
+    [
+        (None, True, None),
+        (None, False, None),  # a user namespace where the mount works: nothing to say
+        ("overlay mount refused in /ws: Operation not permitted", False, EnginePrivilegeError),
+        ("overlay mount refused in /ws: Invalid argument", True, StorageDriverUnsupported),
+    ],
+)
+def test_overlay_verdict_decides_by_the_probe(mount_error, sys_admin, expected):
+    error = overlay_verdict(mount_error, sys_admin)
+    if expected is None:
+        assert error is None
+        return
+    assert type(error) is expected
+    assert mount_error in error.message
+    assert "MODELCAR_BUILDAH_STORAGE_DRIVER=vfs" in error.hint and "--engine native" in error.hint
+    assert error.exit_code == (41 if expected is EnginePrivilegeError else 43)
+
+
+def test_buildah_mounts_here_unless_it_enters_its_own_user_namespace():
+    private, shared = BuildahSettings(private_state=True), BuildahSettings(private_state=False)
+    assert buildah_mounts_here(shared, root=True, sys_admin=True)
+    assert buildah_mounts_here(private, root=True, sys_admin=False)  # markers stop the re-exec
+    assert not buildah_mounts_here(shared, root=True, sys_admin=False)  # re-execs into userns
+    assert not buildah_mounts_here(private, root=False, sys_admin=True)  # rootless buildah
 
 
 # -- pure functions ----------------------------------------------------------------------------
@@ -794,6 +861,37 @@ def test_secrets_are_scrubbed_from_classified_errors():
     err = classify_failure("push", f"Error: unauthorized: bad token {secret}", secrets=[secret])
     assert secret not in err.message
     assert scrub(f"a {secret} b", [secret]) == "a *** b"
+
+
+STDERR_SAMPLES = [
+    UID_MAP,
+    "",
+    "Error: no such file: /x\n",
+    'time="x" level=fatal msg="kernel does not support overlay fs: \'overlay\' is not supported '
+    'over extfs at \\"/ws/storage/overlay/overlay\\": backing file system is unsupported for '
+    'this graph driver"\n',
+    "Error: mount /ws/storage/overlay: operation not permitted\n",
+    "Error: creating build container: unauthorized: authentication required\n",
+    "Error: dial tcp 127.0.0.1:9: connect: connection refused\n",
+    "Error: writing blob: storing blob to file: no space left on device\n",
+    "(Unable to determine exit status)\n",
+]
+
+
+@pytest.mark.parametrize("stderr", STDERR_SAMPLES)
+@pytest.mark.parametrize("remote", [None, Remote("127.0.0.1:9", None)])
+def test_classify_failure_always_gives_a_hint(stderr, remote):
+    err = classify_failure("commit", stderr, remote)
+    assert err.hint.strip(), f"{type(err).__name__} without a hint for {stderr!r}"
+
+
+def test_classify_overlay_text_is_a_fallback_naming_both_fixes():
+    """Without a probe (buildah in its own user namespace) the text cannot say privilege
+    or filesystem: the hint names vfs, SYS_ADMIN and native."""
+    err = classify_failure("rm", STDERR_SAMPLES[3])
+    assert isinstance(err, BuildFailed) and "backing file system is unsupported" in err.message
+    for fix in ("MODELCAR_BUILDAH_STORAGE_DRIVER=vfs", "SYS_ADMIN", "--engine native"):
+        assert fix in err.hint
 
 
 def test_meaningful_line_prefers_error_lines():

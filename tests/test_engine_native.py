@@ -20,6 +20,7 @@ import pytest
 from modelcar_builder import errors
 from modelcar_builder.registry import RegistryClient
 from tests.clitools import run
+from tests.features import need, private_read_only_root, run_as_other_uid
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
 from tests.support.hubsim import EDGE_FILES
 
@@ -248,10 +249,10 @@ def test_tls_registry_with_ca_file(hub_repo, registry_tls, capsys, tmp_path):
     assert res.code == 0, res.err
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to an arbitrary UID")
 def test_unprivileged_on_read_only_root(hub_repo, registry, tmp_path):
     """Arbitrary UID, GID 0, no capabilities, root fs read-only, only the workspace
     writable: the restricted-SCC pod the native engine exists for."""
+    need(private_read_only_root, run_as_other_uid)
     top = Path(tempfile.mkdtemp(prefix="modelcar-unpriv-"))  # pytest's tmp is 0700 root
     os.chmod(top, 0o755)
     ws = top / "ws"

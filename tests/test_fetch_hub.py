@@ -17,6 +17,13 @@ from modelcar_builder.selection import Selection
 from modelcar_builder.source.download import FetchOptions, fetch
 from modelcar_builder.workspace import Workspace
 from tests.clitools import run
+from tests.features import (
+    mounted_overlay,
+    need,
+    overlay_refuses_upper_on_overlay,
+    root,
+    tmpfs_mount,
+)
 from tests.support.hubsim import EDGE_FILES
 
 MIB = 1 << 20
@@ -254,8 +261,8 @@ def test_hf_token_env_is_honoured(hub, capsys, monkeypatch):
     assert run(capsys, "plan", "acme/private").code == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
 def test_not_enough_space_is_caught_before_downloading(repo, capsys, tmp_path):
+    need(tmpfs_mount)
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
@@ -266,6 +273,20 @@ def test_not_enough_space_is_caught_before_downloading(repo, capsys, tmp_path):
         assert resolve_requests(repo) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_forced_overlay_that_cannot_mount_fails_before_downloading(
+    repo, capsys, tmp_path, monkeypatch
+):
+    """The buildah engine's preflight probes a forced overlay driver before the fetch."""
+    need(root, overlay_refuses_upper_on_overlay)
+    monkeypatch.setenv("MODELCAR_BUILDAH_STORAGE_DRIVER", "overlay")
+    with mounted_overlay(tmp_path / "fs") as merged:
+        args = ["--image", f"oci:{tmp_path / 'out'}:v1", "--workspace", str(merged / "ws")]
+        res = run(capsys, "build", REPO, "--engine", "buildah", "--base-image", "scratch", *args)
+    assert res.code == errors.StorageDriverUnsupported.exit_code == 43, res.err
+    assert "hint:" in res.err and "MODELCAR_BUILDAH_STORAGE_DRIVER=vfs" in res.err
+    assert resolve_requests(repo) == []
 
 
 def test_sigterm_mid_download_exits_130_and_the_rerun_resumes(repo, tmp_path):

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder.errors import WorkspaceError
+from tests.features import need, noexec_tmpfs_mount, run_as_other_uid
 
 TINY = Path(__file__).parent.parent / "modelcar_builder" / "examples" / "tiny-model"
 OPENSHIFT_UID = 1000680000
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch UID / mount")
 
 
 @pytest.fixture
@@ -66,8 +66,8 @@ def test_prepare_as_root_sets_modes_despite_umask(tmp_path):
     ).read_bytes()
 
 
-@needs_root
 def test_prepare_as_arbitrary_uid_gid0_on_foreign_group_writable_volume(shared_tmp):
+    need(run_as_other_uid)
     model = copy_world_readable(TINY, shared_tmp / "model")
     volume = shared_tmp / "pvc"
     volume.mkdir()
@@ -84,8 +84,8 @@ def test_prepare_as_arbitrary_uid_gid0_on_foreign_group_writable_volume(shared_t
     assert_context_modes(ctx)
 
 
-@needs_root
 def test_unwritable_workspace_is_one_clear_line(shared_tmp):
+    need(run_as_other_uid)
     model = copy_world_readable(TINY, shared_tmp / "model")
     volume = shared_tmp / "pvc"
     volume.mkdir()
@@ -99,8 +99,8 @@ def test_unwritable_workspace_is_one_clear_line(shared_tmp):
     assert "hint:" in res.stderr
 
 
-@needs_root
 def test_prepare_on_noexec_mount(tmp_path):
+    need(noexec_tmpfs_mount)
     mnt = tmp_path / "noexec"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=64m", "tmpfs", str(mnt)], check=True)
@@ -118,8 +118,8 @@ def test_prepare_on_noexec_mount(tmp_path):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-@needs_root
 def test_unreadable_source_is_one_clear_line(shared_tmp):
+    need(run_as_other_uid)
     model = copy_world_readable(TINY, shared_tmp / "model")
     os.chmod(model, 0o700)
     res = run_cli(["plan", str(model)], as_uid=OPENSHIFT_UID)

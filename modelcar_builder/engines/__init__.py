@@ -66,4 +66,8 @@ class BuildResult:
 class Engine(Protocol):
     name: str
 
+    def preflight(self, workspace: Workspace) -> None:
+        """Fail before the model is downloaded when the build cannot work here."""
+        ...
+
     def build(self, request: BuildRequest) -> BuildResult: ...

@@ -127,7 +127,12 @@ copies; a 30-shard model ~15x). buildah 1.28 cannot avoid that alone: a containe
 committed images into one image (``copy --from`` copies files into a new layer). The
 up-front space check uses :func:`estimate_peak_bytes` for the chosen driver (chain mode)
 or :func:`estimate_per_layer_peak` (per-layer mode, where the driver makes no difference:
-``auto`` then falls back to vfs with an info line only).
+``auto`` then falls back to vfs with an info line only). A forced ``overlay`` is checked
+before buildah runs (:func:`check_forced_driver`, also from :meth:`BuildahEngine.preflight`,
+before the download): the same probe mount, and when it fails, CAP_SYS_ADMIN decides
+between a privilege error (41) and an unsupported filesystem (43). buildah's own text
+cannot tell them apart: without CAP_SYS_ADMIN containers/storage says "backing file system
+is unsupported" (kernel 6.18, ext4).
 
 Where buildah keeps state
 -------------------------
@@ -201,6 +206,7 @@ from modelcar_builder.errors import (
     ModelcarError,
     RegistryAuthError,
     RegistryUnreachable,
+    StorageDriverUnsupported,
     UsageError,
 )
 from modelcar_builder.oci import INDEX_MEDIA_TYPES, MEDIA_TYPE_MANIFEST
@@ -216,7 +222,7 @@ from modelcar_builder.progress import Progress
 from modelcar_builder.registry import DOCKER_MANIFEST, OCI_MANIFEST, RegistryClient
 from modelcar_builder.state import BuildState
 from modelcar_builder.target import LayoutTarget, RegistryTarget, parse_target
-from modelcar_builder.workspace import DIR_MODE, make_dir
+from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 
 log = logging.getLogger("modelcar")
 
@@ -240,8 +246,21 @@ INSTALL_HINT = (
     "RHEL/Fedora: dnf install buildah), or use --engine native, which needs no buildah"
 )
 MOUNT_HINT = (
-    "the overlay driver needs CAP_SYS_ADMIN to mount; set MODELCAR_BUILDAH_STORAGE_DRIVER=vfs, "
-    "run the pod privileged, or use --engine native"
+    "the overlay driver mounts, which needs CAP_SYS_ADMIN: add SYS_ADMIN to the pod's "
+    "securityContext.capabilities (OpenShift: the privileged SCC), or set "
+    "MODELCAR_BUILDAH_STORAGE_DRIVER=vfs, or use --engine native"
+)
+# Fallbacks for failures no probe foresaw: they still say what to try (never an empty hint).
+STORAGE_TEXT_HINT = (
+    "buildah's storage driver failed: set MODELCAR_BUILDAH_STORAGE_DRIVER=vfs, or give the pod "
+    "SYS_ADMIN (OpenShift: the privileged SCC) for overlay, or use --engine native"
+)
+BUILD_HINT = (
+    "rerun with --debug to see buildah's whole output; --engine native builds the same image "
+    "without buildah"
+)
+RACE_HINT = (
+    "rerun the build; if it repeats, make sure no other job pushes to the same tag meanwhile"
 )
 
 
@@ -293,15 +312,11 @@ def has_cap_sys_admin(status: str | None = None) -> bool:
     return False
 
 
-def overlay_unusable(storage_root: Path) -> str | None:
-    """None when an overlay mount works with its upper dir in ``storage_root`` (where
-    buildah's overlay storage would live), else why not. Mounts and unmounts a tiny
-    overlay for real: CAP_SYS_ADMIN alone says nothing about the filesystem (overlay
+def try_overlay_mount(storage_root: Path) -> str | None:
+    """Mount and unmount a tiny overlay with its upper dir in ``storage_root`` (where
+    buildah's overlay storage would live): None when that works, else the kernel's reason.
+    A real attempt, because capabilities alone say nothing about the filesystem (overlay
     cannot have its upper dir on overlay, NFS and some FUSE filesystems)."""
-    if os.geteuid() != 0:
-        return "not root"
-    if not has_cap_sys_admin():
-        return "no CAP_SYS_ADMIN (not a privileged pod)"
     try:
         import ctypes
 
@@ -327,10 +342,59 @@ def overlay_unusable(storage_root: Path) -> str | None:
         shutil.rmtree(probe, ignore_errors=True)
 
 
+def overlay_unusable(storage_root: Path) -> str | None:
+    """``auto``: None when overlay works here, else why not (then vfs is used). Without
+    root or CAP_SYS_ADMIN the mount is not even tried: auto never asks for privilege."""
+    if os.geteuid() != 0:
+        return "not root"
+    if not has_cap_sys_admin():
+        return "no CAP_SYS_ADMIN (not a privileged pod)"
+    return try_overlay_mount(storage_root)
+
+
+def buildah_mounts_here(settings: BuildahSettings, root: bool, sys_admin: bool) -> bool:
+    """Whether buildah mounts its storage in our own namespaces, where our probe mount
+    predicts its outcome. Root with CAP_SYS_ADMIN never re-execs; root without it re-execs
+    into a user namespace of its own unless our private-state markers stop that
+    (:func:`buildah_env`); non-root buildah is rootless and always re-execs."""
+    return root and (sys_admin or settings.private_state)
+
+
+def overlay_verdict(mount_error: str | None, sys_admin: bool) -> ModelcarError | None:
+    """The error for a forced overlay driver, from the probe's facts, never from buildah's
+    text (containers/storage reports a missing CAP_SYS_ADMIN as "backing file system is
+    unsupported"). None when the probe mount worked."""
+    if mount_error is None:
+        return None
+    if not sys_admin:
+        return EnginePrivilegeError(
+            f"the overlay storage driver cannot mount without CAP_SYS_ADMIN ({mount_error})",
+            hint=MOUNT_HINT,
+        )
+    return StorageDriverUnsupported(
+        f"the overlay storage driver does not work here, even with CAP_SYS_ADMIN ({mount_error})"
+    )
+
+
+def check_forced_driver(settings: BuildahSettings, storage_root: Path) -> None:
+    """Before buildah runs (and before any download, via :meth:`BuildahEngine.preflight`):
+    raise the right error when the environment forces overlay and it cannot mount."""
+    if settings.storage_driver != "overlay":
+        return  # vfs needs no privilege and works on any filesystem
+    root, sys_admin = os.geteuid() == 0, has_cap_sys_admin()
+    if not buildah_mounts_here(settings, root, sys_admin):
+        log.debug("buildah: overlay mounts in buildah's own user namespace; not probed")
+        return
+    error = overlay_verdict(try_overlay_mount(storage_root), sys_admin)
+    if error is not None:
+        raise error
+
+
 def choose_driver(settings: BuildahSettings, storage_root: Path, sizes: Sequence[int]) -> str:
     """The driver this build uses: the one the environment names, else overlay when it
     mounts here, else vfs (with one line saying why and what it costs)."""
     if settings.storage_driver != "auto":
+        check_forced_driver(settings, storage_root)
         return settings.storage_driver
     why = overlay_unusable(storage_root)
     if why is None:
@@ -407,6 +471,9 @@ def estimate_layout_peak(layer_sizes: Sequence[int], storage_driver: str) -> int
 
 _LOGRUS_RE = re.compile(r'level=(?:error|fatal) msg="((?:[^"\\]|\\.)*)"')
 _NOISE = ("(unable to determine exit status)", "exit status 1", "exit status 125")
+# containers/storage's words for a graph driver it cannot use (overlay without CAP_SYS_ADMIN
+# reads the same as a filesystem overlay does not support: only the probe tells them apart).
+_STORAGE_MARKERS = ("graph driver", "overlay fs", "storage driver")
 _USERNS_MARKERS = ("uid_map", "gid_map", "newuidmap", "newgidmap", "clone_newuser", "setgroups")
 _AUTH_MARKERS = (
     "unauthorized",
@@ -478,7 +545,9 @@ def meaningful_line(stderr: str) -> str:
 def classify_failure(
     step: str, stderr: str, remote: Remote | None = None, secrets: Sequence[str] = ()
 ) -> ModelcarError:
-    """One user-facing error for a failed buildah command; no secret survives in it."""
+    """One user-facing error for a failed buildah command; no secret survives in it.
+    Text matching is the fallback for what the probes could not foresee; every error it
+    returns carries a hint."""
     text = scrub(stderr, secrets)
     low = text.lower()
     line = meaningful_line(text)
@@ -494,7 +563,9 @@ def classify_failure(
         return RegistryAuthError(f"registry {remote.host} {what} (buildah {step}: {line})")
     if remote is not None and any(m in low for m in _UNREACHABLE_MARKERS):
         return RegistryUnreachable(f"cannot reach registry {remote.host} (buildah {step}): {line}")
-    return BuildFailed(f"buildah {step} failed: {line}")
+    if any(m in low for m in _STORAGE_MARKERS):
+        return BuildFailed(f"buildah {step} failed: {line}", hint=STORAGE_TEXT_HINT)
+    return BuildFailed(f"buildah {step} failed: {line}", hint=BUILD_HINT)
 
 
 # -- running buildah -----------------------------------------------------------------------
@@ -675,6 +746,12 @@ class _Pushed:
 
 class BuildahEngine:
     name = "buildah"
+
+    def preflight(self, workspace: Workspace) -> None:
+        """Checks that need no model files, run before the download: a forced overlay
+        driver that cannot mount here fails now, not after hours of fetching."""
+        settings = BuildahSettings.from_env(os.environ)
+        check_forced_driver(settings, make_dir(workspace.storage_dir, DIR_MODE))
 
     def build(self, request: BuildRequest) -> BuildResult:
         started = time.monotonic()
@@ -1033,12 +1110,14 @@ class _Builder:
         if len(pushed.layers) != n_base + n_plan or len(pushed.diff_ids) != n_base + n_plan:
             raise BuildFailed(
                 f"{self.request.target} has {len(pushed.layers)} layers, expected "
-                f"{n_base + n_plan} ({n_base} base + {n_plan} planned)"
+                f"{n_base + n_plan} ({n_base} base + {n_plan} planned)",
+                hint=RACE_HINT,
             )
         if pushed.diff_ids[: len(self.parent_diff_ids)] != self.parent_diff_ids:
             raise BuildFailed(
                 f"{self.request.target} does not hold the image just built "
-                "(was the tag pushed by someone else meanwhile?)"
+                "(was the tag pushed by someone else meanwhile?)",
+                hint=RACE_HINT,
             )
 
     # -- upload accounting --------------------------------------------------------------
@@ -1540,10 +1619,12 @@ class _PerLayerBuilder:
         descs = manifest.get("layers") or []
         diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
         if len(descs) != 1 or len(diff_ids) != 1:
-            raise BuildFailed(f"buildah committed {len(descs)} layers for {layer.name}, not 1")
+            raise BuildFailed(
+                f"buildah committed {len(descs)} layers for {layer.name}, not 1", hint=BUILD_HINT
+            )
         desc = descs[0]
         if desc["mediaType"] != self.media_type:
-            raise BuildFailed(f"buildah wrote {layer.name} as {desc['mediaType']}")
+            raise BuildFailed(f"buildah wrote {layer.name} as {desc['mediaType']}", hint=BUILD_HINT)
         return desc["digest"], int(desc["size"]), diff_ids[0]
 
     def _clean_storage(self) -> None:
@@ -1580,7 +1661,10 @@ class _PerLayerBuilder:
             tag = target.tag  # type: ignore[union-attr]
         put = sink.put_manifest(body, MEDIA_TYPE_MANIFEST, tag)
         if put != digest:
-            raise BuildFailed(f"{target} stored the manifest as {put}, expected {digest}")
+            raise BuildFailed(
+                f"{target} stored the manifest as {put}, expected {digest}",
+                hint="the registry rewrites manifests: push to one that stores them as sent",
+            )
         return digest, config_digest
 
 

@@ -32,6 +32,7 @@ from modelcar_builder.progress import Progress
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.target import LayoutTarget
+from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
 
@@ -55,6 +56,9 @@ def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
 
 class NativeEngine:
     name = "native"
+
+    def preflight(self, workspace: Workspace) -> None:
+        """Nothing to check: no privilege, no daemon, any filesystem."""
 
     def build(self, request: BuildRequest) -> BuildResult:
         if request.compression not in ("none", "gzip"):
