@@ -152,7 +152,7 @@ def verify_target(
     if isinstance(target, RegistryTarget):
         ref = target.ref
         with registry.client_for(ref) as client:
-            return verify_push(client, ref.repository, ref.tag or "latest", digest, labels)
+            return verify_push(client, ref.repository, target.tag, digest, labels)
     return verify_layout(OciLayout(target.path), target.tag, digest, labels)
 
 
@@ -165,7 +165,7 @@ def image_url(target: Target, digest: str) -> str:
 def write_results(outcome: BuildOutcome, target: Target, results_dir: Path) -> None:
     """Tekton results under the names Tekton Chains reads."""
     if isinstance(target, RegistryTarget):
-        url = f"{target.ref.registry}/{target.ref.repository}:{target.ref.tag or 'latest'}"
+        url = f"{target.ref.registry}/{target.ref.repository}:{target.tag}"
     else:
         url = str(target)
     (results_dir / "IMAGE_URL").write_text(url)

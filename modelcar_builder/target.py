@@ -9,6 +9,8 @@ from pathlib import Path
 from modelcar_builder.errors import UsageError
 from modelcar_builder.reference import ImageRef
 
+DEFAULT_TAG = "latest"
+
 
 @dataclass(frozen=True)
 class LayoutTarget:
@@ -26,11 +28,20 @@ class RegistryTarget:
     def __str__(self) -> str:
         return str(self.ref)
 
+    @property
+    def tag(self) -> str:
+        """The tag a push goes to: the reference's, else ``latest`` (as docker/podman)."""
+        return self.ref.tag or DEFAULT_TAG
 
-Target = LayoutTarget | RegistryTarget
+    @property
+    def repository(self) -> str:
+        return self.ref.repository
 
 
-def parse_target(text: str, default_tag: str = "latest") -> Target:
+Target = LayoutTarget | RegistryTarget  # both have .tag
+
+
+def parse_target(text: str, default_tag: str = DEFAULT_TAG) -> Target:
     if text.startswith("oci:") and not text.startswith("oci://"):
         body = text[len("oci:") :]
         path, sep, tag = body.rpartition(":")

@@ -171,15 +171,8 @@ class NativeEngine:
         docs = assemble_image(request, base, built, layer_media_type(request.compression))
         if not sink.has_blob(docs.config_digest, len(docs.config)):
             sink.put_blob(docs.config_digest, len(docs.config), lambda: [docs.config])
-        digest = sink.put_manifest(docs.manifest, MEDIA_TYPE_MANIFEST, _tag_of(request))
+        digest = sink.put_manifest(docs.manifest, MEDIA_TYPE_MANIFEST, request.target.tag)
         return digest, docs.config_digest
-
-
-def _tag_of(request: BuildRequest) -> str:
-    target = request.target
-    if isinstance(target, LayoutTarget):
-        return target.tag
-    return target.ref.tag or "latest"
 
 
 def _tar_for(request: BuildRequest, layer: LayerPlan) -> TarLayer:
