@@ -17,7 +17,7 @@ from pathlib import Path
 
 from modelcar_builder.context import image_labels
 from modelcar_builder.engines import DEFAULT_CREATED, BuildRequest, BuildResult, Engine
-from modelcar_builder.errors import EngineUnavailable, UsageError
+from modelcar_builder.errors import EngineUnavailable, UsageError, VerificationFailed
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
 from modelcar_builder.settings import RegistryOptions
@@ -147,13 +147,28 @@ def run_build(
 
 
 def verify_target(
-    target: Target, digest: str, labels: dict[str, str], registry: RegistryOptions
+    target: Target, digest: str | None, labels: dict[str, str], registry: RegistryOptions
 ) -> VerifyResult:
+    """Read the image back from the target and check it; ``digest`` None checks whatever
+    the tag (or the reference's own digest) points to now (`modelcar verify`)."""
     if isinstance(target, RegistryTarget):
         ref = target.ref
+        reference = ref.digest or target.tag
         with registry.client_for(ref) as client:
-            return verify_push(client, ref.repository, target.tag, digest, labels)
-    return verify_layout(OciLayout(target.path), target.tag, digest, labels)
+            if digest is None:
+                info = client.head_manifest(ref.repository, reference)
+                if info is None:
+                    raise VerificationFailed(f"{ref} does not exist")
+                digest = info.digest
+            return verify_push(client, ref.repository, reference, digest, labels)
+    layout = OciLayout(target.path)
+    if digest is None:
+        digest = layout.resolve(target.tag).digest
+    return verify_layout(layout, target.tag, digest, labels)
+
+
+def verify_image(target: Target, registry: RegistryOptions, labels: dict[str, str]):
+    return verify_target(target, None, labels, registry)
 
 
 def image_url(target: Target, digest: str) -> str:

@@ -1,0 +1,181 @@
+"""`modelcar build`: fetch, build, push and verify; prints the oci:// URL KServe takes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from modelcar_builder.build import ENGINES, BuildSettings, default_engine, run_build, write_results
+from modelcar_builder.commands.options import (
+    fetch_options,
+    open_workspace,
+    registry_options,
+    registry_settings,
+    source_options,
+    workspace_option,
+)
+from modelcar_builder.context import DEFAULT_BASE_IMAGE
+from modelcar_builder.errors import UsageError
+from modelcar_builder.pipeline import count_base_layers
+from modelcar_builder.report import build_document, dumps
+from modelcar_builder.target import RegistryTarget, parse_target
+
+log = logging.getLogger("modelcar")
+TEKTON_RESULTS = Path("/tekton/results")
+
+
+@click.command()
+@source_options
+@workspace_option
+@fetch_options
+@click.option(
+    "--image",
+    required=True,
+    envvar="MODELCAR_IMAGE",
+    help="REGISTRY/REPO[:TAG], or oci:PATH[:TAG] for a local OCI layout.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    envvar="MODELCAR_ENGINE",
+    help="native: no daemon, no privilege; buildah: needs buildah and root (no SETFCAP "
+    "in the default per-layer mode). "
+    "Default: buildah when installed, else native.",
+)
+@click.option(
+    "--base-image",
+    default=DEFAULT_BASE_IMAGE,
+    show_default=True,
+    envvar="MODELCAR_BASE_IMAGE",
+    help="Image with sh/ln/sleep (registry ref, oci:PATH[:TAG], or scratch).",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["none", "gzip", "zstd"]),
+    envvar="MODELCAR_COMPRESSION",
+    help="Layer compression. native default none (weights do not compress); "
+    "buildah default gzip. KServe's oci:// fetch rejects zstd.",
+)
+@click.option(
+    "--stream",
+    is_flag=True,
+    envvar="MODELCAR_STREAM",
+    help="native only: Hub -> registry in one pass, no disk for the model.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    envvar="MODELCAR_JOBS",
+    help="Layers pushed in parallel (native).",
+)
+@click.option(
+    "--platform",
+    default="linux/amd64",
+    show_default=True,
+    envvar="MODELCAR_PLATFORM",
+    help="OS/ARCH of the base image to use.",
+)
+@click.option(
+    "--upload",
+    type=click.Choice(["monolithic", "chunked"]),
+    default="monolithic",
+    show_default=True,
+    envvar="MODELCAR_UPLOAD",
+    help="native: one streaming PUT per layer (works everywhere), or PATCH chunks that "
+    "resume where a cut connection stopped (registries that allow PATCH).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    envvar="MODELCAR_CHUNK_SIZE",
+    help="MiB per PATCH with --upload chunked.",
+)
+@registry_options
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False),
+    envvar="MODELCAR_RESULTS_DIR",
+    help="Write IMAGE_URL and IMAGE_DIGEST here (default /tekton/results if present).",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False),
+    envvar="MODELCAR_REPORT",
+    help="Write a JSON report here.",
+)
+def build(
+    src,
+    fetch_opts,
+    workspace,
+    image,
+    engine,
+    base_image,
+    compression,
+    stream,
+    jobs,
+    platform,
+    upload,
+    chunk_size,
+    authfile,
+    registry_token_file,
+    tls_verify,
+    ca_file,
+    results_dir,
+    report_file,
+):
+    """Fetch, build, push and verify a ModelCar. Prints the oci:// URL KServe takes."""
+    target = parse_target(image)
+    if isinstance(target, RegistryTarget) and target.ref.digest:
+        raise UsageError(
+            f"--image {image} names a digest; a push needs a tag",
+            hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
+        )
+    os_, _, arch = platform.partition("/")
+    if not os_ or not arch:
+        raise UsageError(f"bad --platform {platform!r}", hint="write OS/ARCH, e.g. linux/amd64")
+    registry = registry_settings(
+        authfile,
+        registry_token_file,
+        tls_verify,
+        ca_file,
+        target.ref.api_host if isinstance(target, RegistryTarget) else None,
+    )
+    # The base image's depth counts against --max-layers: read it before the Hub plan.
+    resolved = src.resolve(count_base_layers(base_image, (os_, arch), registry))
+    ws = open_workspace(workspace)
+    settings = BuildSettings(
+        engine=engine or default_engine(),
+        base_image=base_image,
+        registry=registry,
+        compression=compression,
+        jobs=jobs,
+        stream=stream,
+        platform=(os_, arch),
+        upload=upload,
+        chunk_size=chunk_size * 1024 * 1024,
+    )
+    outcome = run_build(resolved, ws, target, settings, fetch_opts)
+    result = outcome.result
+    uploaded = sum(1 for layer in result.layers if layer.uploaded)
+    log.info(
+        "pushed %s with %s: %d model layers (%d uploaded, %d already there), %s verified",
+        result.target,
+        result.engine,
+        len(result.layers),
+        uploaded,
+        len(result.layers) - uploaded,
+        result.manifest_digest,
+    )
+    if report_file:
+        Path(report_file).write_text(dumps(build_document(resolved.plan, outcome)) + "\n")
+    results = Path(results_dir) if results_dir else TEKTON_RESULTS
+    if results_dir or results.is_dir():
+        write_results(outcome, target, results)
+    click.echo(outcome.image_url)

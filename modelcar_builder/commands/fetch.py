@@ -1,0 +1,71 @@
+"""`modelcar fetch` and `modelcar prepare`: the model onto the workspace, verified and
+resumable; `prepare` then lays out a build context for buildah/podman/docker."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from modelcar_builder.commands.options import (
+    fetch_options,
+    open_workspace,
+    source_options,
+    workspace_option,
+)
+from modelcar_builder.context import DEFAULT_BASE_IMAGE, prepare_context
+from modelcar_builder.pipeline import count_base_layers
+from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.source.download import fetch
+
+log = logging.getLogger("modelcar")
+
+
+@click.command(name="fetch")
+@source_options
+@workspace_option
+@fetch_options
+def fetch_cmd(src, fetch_opts, workspace):
+    """Download and verify the model onto the workspace (resumable)."""
+    resolved = src.resolve()
+    ws = open_workspace(workspace)
+    result = fetch(resolved.plan, ws, resolved.access, fetch_opts)
+    log.info(
+        "downloaded %d bytes; %d files fetched, %d reused",
+        result.downloaded_bytes,
+        len(result.fetched),
+        len(result.reused),
+    )
+    click.echo(str(result.files_dir))
+
+
+@click.command()
+@source_options
+@workspace_option
+@fetch_options
+@click.option(
+    "--base-image",
+    default=DEFAULT_BASE_IMAGE,
+    show_default=True,
+    envvar="MODELCAR_BASE_IMAGE",
+    help="Image that provides sh, ln and sleep.",
+)
+def prepare(
+    src,
+    fetch_opts,
+    workspace,
+    base_image,
+):
+    """Fetch, then lay out a build context (layer dirs + Containerfile) for buildah/podman."""
+    base = count_base_layers(base_image, ("linux", "amd64"), RegistryOptions(), strict=False)
+    resolved = src.resolve(base)
+    ws = open_workspace(workspace)
+    fetched = fetch(resolved.plan, ws, resolved.access, fetch_opts)
+    ctx = prepare_context(resolved.plan, fetched.files_dir, ws, base_image)
+    log.info(
+        "context ready: %d layers, %d files linked, %d copied",
+        len(ctx.layer_dirs),
+        ctx.linked,
+        ctx.copied,
+    )
+    click.echo(str(ctx.directory))

@@ -1,0 +1,238 @@
+"""Options the commands share, each also read from its MODELCAR_* variable (``--help``
+shows which), packed into values: SourceArgs, FetchOptions, RegistryOptions."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import click
+
+from modelcar_builder.auth import default_ca_file
+from modelcar_builder.errors import UsageError
+from modelcar_builder.pipeline import Resolved, resolve
+from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS
+from modelcar_builder.selection import Selection
+from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.source.download import FetchOptions
+from modelcar_builder.workspace import Workspace
+
+
+def source_options(fn):
+    """Options every command that reads a SOURCE shares; each also reads MODELCAR_*."""
+    decorators = [
+        click.argument("source", envvar="MODELCAR_SOURCE"),
+        click.option(
+            "--include",
+            multiple=True,
+            envvar="MODELCAR_INCLUDE",
+            metavar="GLOB",
+            help="Only files matching GLOB (repeatable).",
+        ),
+        click.option(
+            "--exclude",
+            multiple=True,
+            envvar="MODELCAR_EXCLUDE",
+            metavar="GLOB",
+            help="Skip files matching GLOB (repeatable).",
+        ),
+        click.option(
+            "--all-files",
+            is_flag=True,
+            envvar="MODELCAR_ALL_FILES",
+            help="Keep duplicate weight formats and .git* files.",
+        ),
+        click.option(
+            "--hf-token-file",
+            type=click.Path(dir_okay=False),
+            envvar="MODELCAR_HF_TOKEN_FILE",
+            help="File holding the Hub token (default: $HF_TOKEN).",
+        ),
+        click.option(
+            "--layer-threshold",
+            type=int,
+            default=DEFAULT_LAYER_THRESHOLD,
+            show_default=True,
+            envvar="MODELCAR_LAYER_THRESHOLD",
+            help="Files this big or larger get their own layer.",
+        ),
+        click.option(
+            "--max-layers",
+            type=click.IntRange(2, 127),
+            default=DEFAULT_MAX_LAYERS,
+            show_default=True,
+            envvar="MODELCAR_MAX_LAYERS",
+            help="Most layers the image may have, base included: CRI-O and podman cannot "
+            "mount more than 127. Over it, consecutive large files share layers.",
+        ),
+        click.option(
+            "--allow-incomplete",
+            is_flag=True,
+            envvar="MODELCAR_ALLOW_INCOMPLETE",
+            help="Build even when a *.index.json names shards that are not selected.",
+        ),
+        click.option(
+            "--source-url",
+            envvar="MODELCAR_SOURCE_URL",
+            help="Value of the org.opencontainers.image.source label (default: the Hub "
+            "repo URL, or file://DIR). Set it for local models so the digest does not "
+            "depend on where the files sit.",
+        ),
+    ]
+
+    @functools.wraps(fn)
+    def packed(**kwargs):
+        fields = {name: kwargs.pop(name) for name in SOURCE_FIELDS}
+        return fn(src=SourceArgs(**fields), **kwargs)
+
+    for d in reversed(decorators):
+        packed = d(packed)
+    return packed
+
+
+def workspace_option(fn):
+    return click.option(
+        "--workspace",
+        type=click.Path(file_okay=False),
+        envvar="MODELCAR_WORKSPACE",
+        default="./modelcar-work",
+        show_default=True,
+        help="Volume for downloads, build context and state ($MODELCAR_WORKSPACE).",
+    )(fn)
+
+
+def open_workspace(path: str) -> Workspace:
+    """The checked workspace, locked until the command finishes."""
+    ws = Workspace(Path(path)).ensure()
+    click.get_current_context().call_on_close(ws.lock())
+    return ws
+
+
+@dataclass(frozen=True)
+class SourceArgs:
+    """The SOURCE argument and the options that shape what is read from it."""
+
+    source: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    all_files: bool
+    hf_token_file: str | None
+    layer_threshold: int
+    max_layers: int
+    allow_incomplete: bool
+    source_url: str | None
+
+    def resolve(self, base_layers: int = 1) -> Resolved:
+        """``base_layers``: what the base image adds to the layer count; the default
+        base (ubi-micro) and busybox have one."""
+        if self.layer_threshold <= 0:
+            raise UsageError("--layer-threshold must be positive", hint="e.g. 67108864 (64 MiB)")
+        selection = Selection(tuple(self.include), tuple(self.exclude), self.all_files)
+        return resolve(
+            self.source,
+            selection,
+            self.hf_token_file,
+            self.layer_threshold,
+            self.source_url,
+            max_layers=self.max_layers,
+            base_layers=base_layers,
+            allow_incomplete=self.allow_incomplete,
+        )
+
+
+SOURCE_FIELDS = tuple(f.name for f in fields(SourceArgs))
+
+
+def fetch_options(fn):
+    """Download tuning, shared by the commands that fetch; packed into ``fetch_opts``."""
+    decorators = [
+        click.option(
+            "--fetch-jobs",
+            type=click.IntRange(1, 64),
+            default=FetchOptions.jobs,
+            envvar="MODELCAR_FETCH_JOBS",
+            help="Files downloaded in parallel.",
+        ),
+        click.option(
+            "--attempts",
+            type=click.IntRange(1, 100),
+            default=FetchOptions.attempts,
+            envvar="MODELCAR_ATTEMPTS",
+            help="Tries per file before the download counts as failed.",
+        ),
+        click.option(
+            "--read-timeout",
+            type=click.FloatRange(0.1),
+            default=FetchOptions.read_timeout,
+            envvar="MODELCAR_READ_TIMEOUT",
+            help="Seconds without a byte before a download counts as stalled.",
+        ),
+        click.option(
+            "--progress-interval",
+            type=click.FloatRange(0),
+            envvar="MODELCAR_PROGRESS_INTERVAL",
+            help="Seconds between plain progress lines when stderr is not a TTY (default 5).",
+        ),
+    ]
+
+    @functools.wraps(fn)
+    def packed(fetch_jobs, attempts, read_timeout, progress_interval, **kwargs):
+        opts = FetchOptions(
+            jobs=fetch_jobs,
+            attempts=attempts,
+            read_timeout=read_timeout,
+            progress_interval=progress_interval,
+        )
+        return fn(fetch_opts=opts, **kwargs)
+
+    for d in reversed(decorators):
+        packed = d(packed)
+    return packed
+
+
+def registry_options(fn):
+    decorators = [
+        click.option(
+            "--authfile",
+            type=click.Path(dir_okay=False),
+            envvar="MODELCAR_AUTHFILE",
+            help="containers auth.json / docker config.json (default: REGISTRY_AUTH_FILE, "
+            "then the usual places).",
+        ),
+        click.option(
+            "--registry-token-file",
+            type=click.Path(dir_okay=False),
+            envvar="MODELCAR_REGISTRY_TOKEN_FILE",
+            help="File with a registry token (e.g. a service-account token); "
+            "sent as user 'serviceaccount'.",
+        ),
+        click.option(
+            "--tls-verify/--no-tls-verify",
+            default=True,
+            envvar="MODELCAR_TLS_VERIFY",
+            help="Verify the registry's TLS certificate.",
+        ),
+        click.option(
+            "--ca-file",
+            type=click.Path(dir_okay=False),
+            envvar="MODELCAR_CA_FILE",
+            help="CA bundle for the registry (default in a pod: the service CA).",
+        ),
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
+
+
+def registry_settings(
+    authfile, registry_token_file, tls_verify, ca_file, host: str | None
+) -> RegistryOptions:
+    # In a pod, the service CA signs in-cluster registries only (default_ca_file knows).
+    default_ca = default_ca_file(host=host) if tls_verify and host else None
+    return RegistryOptions(
+        authfile=authfile,
+        token_file=registry_token_file,
+        tls_verify=tls_verify,
+        ca_file=ca_file or default_ca,
+    )
