@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from modelcar_builder.context import image_labels
 from modelcar_builder.engines import DEFAULT_CREATED, BuildRequest, BuildResult, Engine
 from modelcar_builder.errors import EngineUnavailable, UsageError, VerificationFailed
 from modelcar_builder.oci.layout import OciLayout
@@ -138,7 +137,9 @@ def run_build(
     timings["build_push"] = time.monotonic() - t1
 
     t2 = time.monotonic()
-    verified = verify_target(target, result.manifest_digest, image_labels(plan), settings.registry)
+    verified = verify_target(
+        target, result.manifest_digest, plan.snapshot.image_labels, settings.registry
+    )
     timings["verify"] = time.monotonic() - t2
     timings["total"] = time.monotonic() - t0
     return BuildOutcome(

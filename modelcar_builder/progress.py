@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from modelcar_builder.workspace import human
+from modelcar_builder.units import human
 
 
 def _duration(seconds: float) -> str:

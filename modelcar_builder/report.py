@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from modelcar_builder.plan import Plan
-from modelcar_builder.workspace import human
+from modelcar_builder.units import human
 
 
 def plan_document(plan: Plan, disk: dict[str, int]) -> dict[str, Any]:

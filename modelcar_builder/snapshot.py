@@ -53,6 +53,14 @@ class Snapshot:
         return f"file://{self.location}"
 
     @property
+    def image_labels(self) -> dict[str, str]:
+        """The image's provenance labels: where the model came from, and which commit."""
+        labels = {"org.opencontainers.image.source": self.source_url}
+        if self.commit:
+            labels["org.opencontainers.image.revision"] = self.commit
+        return labels
+
+    @property
     def canonical(self) -> str:
         if self.kind == "hub":
             return f"hf://{self.location}@{self.commit}"

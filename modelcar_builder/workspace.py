@@ -30,19 +30,12 @@ from pathlib import Path
 from modelcar_builder.errors import InsufficientSpace, WorkspaceError
 from modelcar_builder.snapshot import Snapshot
 from modelcar_builder.state import BuildState
+from modelcar_builder.units import human
 
 DIR_MODE = 0o775
 CONTENT_DIR_MODE = 0o755
 FILE_MODE = 0o644
 _SUBDIRS = ("files", "partial", "context", "state", "tmp")
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def snapshot_slug(snapshot: Snapshot) -> str:

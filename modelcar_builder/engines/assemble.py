@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from modelcar_builder import __version__
-from modelcar_builder.context import image_labels
 from modelcar_builder.engines import BuildRequest
 from modelcar_builder.engines.base import BaseSource
 from modelcar_builder.oci import MEDIA_TYPE_CONFIG
@@ -48,7 +47,7 @@ def assemble_image(
     config = build_config(
         base.image.config if base.image else None,
         [layer.diff_id for layer in layers],
-        image_labels(plan),
+        plan.snapshot.image_labels,
         request.created,
         [f"modelcar {lp.name}: {len(lp.files)} file(s)" for lp in plan.layers],
         platform=request.platform,

@@ -194,7 +194,7 @@ from typing import Any
 
 from modelcar_builder import __version__
 from modelcar_builder.auth import Credentials, private_authfile, resolve_credentials
-from modelcar_builder.context import image_labels, prepare_context
+from modelcar_builder.context import prepare_context
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
 from modelcar_builder.engines.assemble import BuiltLayer, assemble_image
 from modelcar_builder.engines.base import BaseSource, load_base
@@ -898,7 +898,7 @@ class _Builder:
             self.request.base_image,
             base_id,
             list(self.request.platform),
-            sorted(image_labels(self.run.plan).items()),
+            sorted(self.run.plan.snapshot.image_labels.items()),
             self.run.timestamp,
         ]
 
@@ -967,7 +967,9 @@ class _Builder:
         if index == 0:
             # KServe passes args only; an Entrypoint or Cmd from the base would swallow them.
             config += ["--entrypoint", "[]", "--cmd", ""]
-            config += [f"--label={k}={v}" for k, v in sorted(image_labels(self.run.plan).items())]
+            config += [
+                f"--label={k}={v}" for k, v in sorted(self.run.plan.snapshot.image_labels.items())
+            ]
             if parent == "scratch":
                 os_, arch = self.request.platform
                 config += [f"--os={os_}", f"--arch={arch}"]

@@ -1,5 +1,6 @@
-"""Sources: where a model comes from. ``resolve_source`` turns a SOURCE argument into a
-pinned Snapshot; nothing is downloaded here."""
+"""Sources: where a model comes from. ``parse_source`` reads a SOURCE argument;
+``hub.py`` and ``local.py`` turn it into a pinned Snapshot (nothing is downloaded there);
+``download.py`` brings a Hub snapshot's bytes onto the workspace, verified."""
 
 from __future__ import annotations
 

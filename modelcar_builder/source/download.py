@@ -1,6 +1,6 @@
 """Download a Hub snapshot onto the workspace, verified and resumable.
 
-huggingface_hub 2.4 neither resumes across processes nor checks sha256 (DESIGN §4), so
+huggingface_hub 2.4 neither resumes across processes nor checks sha256, so
 bytes are streamed here with requests: partial files survive a crash and continue with
 HTTP Range, every file is checked against the Hub's LFS sha256 or its git blob id, and a
 file that fails is deleted, never used.
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import requests
+import urllib3
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -39,7 +40,8 @@ from modelcar_builder.plan import Plan
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
-from modelcar_builder.workspace import FILE_MODE, Workspace, human, make_dir
+from modelcar_builder.units import human
+from modelcar_builder.workspace import FILE_MODE, Workspace, make_dir
 
 if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
     from modelcar_builder.source.hub import HubAccess
@@ -129,7 +131,11 @@ def fetch(
     if snapshot.kind == "local":
         _check_local(files_dir, snapshot.files)
         return FetchResult(files_dir, 0, (), tuple(f.path for f in snapshot.files))
-    assert access is not None and snapshot.commit
+    if access is None or snapshot.commit is None:
+        raise ModelcarError(
+            f"{snapshot.canonical}: a Hub snapshot without access or commit",
+            hint="this is a bug: please report it with the --debug output",
+        )
     state = workspace.state(snapshot)
     partial_dir = workspace.partial_dir(snapshot)
 
@@ -429,7 +435,7 @@ class HubFileStream(io.RawIOBase):
             return 0
         try:
             data = self._resp.raw.read(want)
-        except Exception as exc:  # urllib3 protocol/timeout errors: the body was cut
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # the body was cut or stalled
             raise DownloadFailed(
                 f"connection lost at byte {self.received} of {self.entry.path} "
                 f"({type(exc).__name__})"

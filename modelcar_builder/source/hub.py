@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2  # huggingface_hub's HTTP client: its transport errors surface as-is
 import requests
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
 from huggingface_hub import errors as hf_errors
@@ -93,7 +94,7 @@ def hub_snapshot(
         ) from None
     except hf_errors.HfHubHTTPError as exc:
         raise _http_error(repo_id, access, exc) from None
-    except Exception as exc:  # httpx2 transport errors: DNS, refused, timeouts
+    except (httpx2.HTTPError, OSError) as exc:  # transport errors: DNS, refused, timeouts
         raise DownloadFailed(
             f"cannot reach the Hub at {access.endpoint}: {type(exc).__name__}",
             hint="check network access and HF_ENDPOINT; rerun to continue",
