@@ -3,10 +3,12 @@ maps errors to exit codes. The commands live in ``commands/``, one module each."
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import sys
+import traceback
 
 import click
 
@@ -15,7 +17,7 @@ from modelcar_builder.commands.build import build
 from modelcar_builder.commands.fetch import fetch_cmd, prepare
 from modelcar_builder.commands.plan import plan
 from modelcar_builder.commands.verify import verify
-from modelcar_builder.errors import Interrupted, ModelcarError, UsageError
+from modelcar_builder.errors import InsufficientSpace, Interrupted, ModelcarError, UsageError
 
 log = logging.getLogger("modelcar")  # every module logs below it: "modelcar.<part>"
 
@@ -36,7 +38,12 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_CODES = """Exit codes (README.md lists each): 0 ok; 1 unexpected I/O; 2 usage;
+10-16 source, selection and plan; 20-21 download; 30-31 workspace; 40-43 engine;
+50-52 registry; 60 verification; 130 interrupted (rerun to continue)."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="modelcar")
 @click.option("--debug", is_flag=True, envvar="MODELCAR_DEBUG", help="Show tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, envvar="MODELCAR_QUIET", help="Only warnings.")
@@ -65,28 +72,39 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=args, prog_name="modelcar", standalone_mode=False)
     except ModelcarError as exc:
-        if debug:
-            raise
-        _fail(exc)
+        _fail(exc, debug)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        _fail(Interrupted("interrupted"))
+        _fail(Interrupted("interrupted"), debug=False)
     except OSError as exc:
         # Last resort for I/O failures no stage anticipated: still one line, no traceback.
-        if debug:
-            raise
-        where = f" ({exc.filename})" if exc.filename else ""
-        _fail(ModelcarError(f"{exc.strerror or exc}{where}", hint="rerun with --debug for details"))
+        _fail(_os_error(exc), debug)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(UsageError.exit_code)
+        # click's own usage errors: one line and a pointer to --help, like ours.
+        hint = "see --help; exit codes are listed in README.md"
+        _fail(UsageError(exc.format_message(), hint=hint), debug=False)
     sys.exit(0)
+
+
+def _os_error(exc: OSError) -> ModelcarError:
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return InsufficientSpace(
+            f"no space left on the device{where}",
+            hint="give the volume more room (`modelcar plan` says how much), then rerun: "
+            "what is downloaded is kept",
+        )
+    return ModelcarError(f"{exc.strerror or exc}{where}", hint="rerun with --debug for details")
 
 
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _fail(exc: ModelcarError) -> None:
+def _fail(exc: ModelcarError, debug: bool) -> None:
+    """One error line, one hint line, the error's own exit code; --debug adds the
+    traceback above them and changes nothing else."""
+    if debug:
+        traceback.print_exc()
     click.echo(f"error: {exc.message}", err=True)
     if exc.hint:
         click.echo(f"hint: {exc.hint}", err=True)

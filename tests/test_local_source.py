@@ -108,8 +108,23 @@ def test_debug_shows_the_traceback_and_plain_runs_do_not(tmp_path):
     assert plain.returncode == errors.SourceNotFound.exit_code
     assert plain.stderr.count("\n") == 2 and "Traceback" not in plain.stderr
     debug = subprocess.run([*base, "--debug", "plan", missing], capture_output=True, text=True)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
-    assert "SourceNotFound" in debug.stderr
+    assert debug.returncode == errors.SourceNotFound.exit_code  # --debug adds, changes nothing
+    assert "Traceback" in debug.stderr and "SourceNotFound" in debug.stderr
+    assert debug.stderr.splitlines()[-2:] == plain.stderr.splitlines()
+    env_debug = subprocess.run([*base, "plan", missing], capture_output=True, text=True,
+                               env={**os.environ, "MODELCAR_DEBUG": "1"})  # fmt: skip
+    assert env_debug.returncode == errors.SourceNotFound.exit_code
+    assert "Traceback" in env_debug.stderr
+
+
+def test_click_usage_errors_are_one_line_with_a_hint(capsys, tmp_path):
+    res = run(capsys, "build", str(tmp_path), "--image", "oci:x", "--jobs", "0")
+    assert res.code == errors.UsageError.exit_code
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: Invalid value for '--jobs'")
+    assert lines[1].startswith("hint: see --help")
+    bad = run(capsys, "fetch", str(tmp_path), "--attempts", "abc")
+    assert bad.code == 2 and bad.err.startswith("error: Invalid value for '--attempts'")
 
 
 def test_verify_catches_a_layout_image_with_an_entrypoint(capsys, tmp_path):
