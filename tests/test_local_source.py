@@ -167,3 +167,29 @@ def test_source_url_makes_local_builds_independent_of_the_path(capsys, tmp_path)
     assert config["config"]["Labels"]["org.opencontainers.image.source"] == "s3://models/m"
     plan = json.loads(run(capsys, "plan", str(model), "--json", "--source-url", "s3://m").out)
     assert plan["source"] == str(model)
+
+
+def test_link_loops_and_links_to_a_parent_are_refused(tmp_path, capsys):
+    for name, make in {
+        "loop": lambda m: (m / "x").symlink_to("y") or (m / "y").symlink_to("x"),
+        "parent": lambda m: (m / "sub").mkdir() or (m / "sub" / "up").symlink_to(".."),
+        "self": lambda m: (m / "here").symlink_to("."),
+    }.items():
+        model = make_model(tmp_path / name)
+        make(model)
+        res = run(capsys, "plan", str(model))
+        assert res.code == errors.UnsafeSource.exit_code, (name, res.err)
+        assert res.err.startswith("error: refusing symlink"), res.err
+        assert "Traceback" not in res.err
+
+
+def test_dangling_links_and_fifos_are_reported_not_shipped(tmp_path, capsys):
+    model = make_model(tmp_path / "m")
+    (model / "gone.json").symlink_to("missing.json")
+    os.mkfifo(model / "pipe")
+    res = run(capsys, "plan", str(model), "--json")
+    assert res.code == 0, res.err
+    skipped = {s["path"]: s["reason"] for s in json.loads(res.out)["skipped"]}
+    assert skipped["gone.json"] == "dangling symlink"
+    assert skipped["pipe"].startswith("not a regular file")
+    assert "skipping gone.json: dangling symlink" in res.err

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from modelcar_builder.errors import SourceNotFound, UnsafeSource
 from modelcar_builder.selection import Selection, select_files
-from modelcar_builder.snapshot import FileEntry, Snapshot
+from modelcar_builder.snapshot import FileEntry, Skipped, Snapshot
+
+log = logging.getLogger("modelcar")
 
 
 def local_snapshot(directory: str, selection: Selection) -> Snapshot:
@@ -29,37 +33,48 @@ def _snapshot(root: Path, selection: Selection) -> Snapshot:
             f"source directory {directory} does not exist or is not a directory",
             hint="pass an existing directory, or hf://ORG/NAME for a Hub repo",
         )
-    files = tuple(_walk(root))
+    files: list[FileEntry] = []
+    odd: list[Skipped] = []
+    for item in _walk(root):
+        (files if isinstance(item, FileEntry) else odd).append(item)
     kept, skipped = select_files(files, selection)
+    for s in odd:
+        log.warning("skipping %s: %s", s.path, s.reason)
     return Snapshot(
         kind="local",
         location=str(root),
         revision=None,
         commit=None,
         files=kept,
-        skipped=skipped,
+        skipped=tuple(sorted((*skipped, *odd), key=lambda s: s.path)),
     )
 
 
-def _walk(root: Path):
-    real_root = root.resolve()
+def _walk(root: Path, top: Path | None = None) -> Iterator[FileEntry | Skipped]:
+    """Every regular file under ``root`` (paths relative to ``top``), following links
+    that stay inside the source; what cannot be shipped is yielded as Skipped."""
+    top = top or root
+    real_top = _resolve(top)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=_raise):
         dirnames.sort()
-        for name in [*dirnames, *filenames]:
+        for name in sorted([*dirnames, *filenames]):
             full = Path(dirpath, name)
+            rel = full.relative_to(top).as_posix()
             if full.is_symlink():
-                _check_link(full, real_root)
-        for dirname in list(dirnames):
-            # os.walk does not descend into symlinked dirs; a link inside the tree is
-            # followed explicitly below so its files still land in the image.
-            full = Path(dirpath, dirname)
-            if full.is_symlink():
-                yield from _walk_linked_dir(full, root)
-        for name in sorted(filenames):
-            full = Path(dirpath, name)
+                try:
+                    _check_link(full, real_top)
+                except FileNotFoundError:
+                    yield Skipped(rel, "dangling symlink")
+                    continue
+            if name in dirnames:
+                if full.is_symlink():
+                    # os.walk does not descend into linked dirs: follow it explicitly,
+                    # so its files still land in the image.
+                    yield from _walk(full, top)
+                continue
             if not full.is_file():
-                continue  # sockets, fifos, dangling links: nothing to ship
-            rel = full.relative_to(root).as_posix()
+                yield Skipped(rel, "not a regular file (fifo, socket or device)")
+                continue
             yield FileEntry(path=rel, size=full.stat().st_size)
 
 
@@ -67,18 +82,31 @@ def _raise(exc: OSError) -> None:
     raise exc  # os.walk skips unreadable directories silently; a missing file is a bug
 
 
-def _walk_linked_dir(link: Path, root: Path):
-    for dirpath, _dirs, filenames in os.walk(link, followlinks=False, onerror=_raise):
-        for name in sorted(filenames):
-            full = Path(dirpath, name)
-            if full.is_file():
-                yield FileEntry(path=full.relative_to(root).as_posix(), size=full.stat().st_size)
+def _resolve(path: Path) -> Path:
+    """The real path; FileNotFoundError for a dangling link, UnsafeSource for a loop."""
+    try:
+        return path.resolve(strict=True)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, OSError) as exc:  # RuntimeError or ELOOP: a symlink loop
+        raise UnsafeSource(
+            f"refusing symlink {path}: it loops ({exc})",
+            hint="remove the link loop from the source directory",
+        ) from None
 
 
 def _check_link(link: Path, real_root: Path) -> None:
-    target = link.resolve()
+    target = _resolve(link)
     if target != real_root and real_root not in target.parents:
         raise UnsafeSource(
             f"refusing symlink {link} -> {target}: it points outside the source directory",
             hint="copy the file into the directory, or point SOURCE at the real location",
+        )
+    if target.is_dir() and (
+        target == _resolve(link.parent) or target in link.parent.resolve().parents
+    ):
+        raise UnsafeSource(
+            f"refusing symlink {link} -> {target}: it points to a directory that holds it, "
+            "so the model would be packed again inside itself",
+            hint="remove the link, or replace it with the files it should add",
         )
