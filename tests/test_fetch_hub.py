@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import subprocess
 from pathlib import Path
@@ -370,3 +371,20 @@ def test_native_build_after_fetch_does_not_hash_the_shards_again(repo, ws, tmp_p
     truth = _true_layer_digests(ws / "files" / f"{REPO.replace('/', '--')}--{repo.head(REPO)}",
                                 resolved.plan)  # fmt: skip
     assert {layer.digest for layer in outcome.result.layers} >= set(truth.values())
+
+
+def test_a_corrupt_shard_is_fetched_twice_then_named(repo, capsys, ws, monkeypatch):
+    """The same wrong bytes twice are not a network accident: with the default 5 attempts
+    a persistently corrupt shard costs two downloads, not five, and progress stays <= 100 %."""
+    path = "model-00002-of-00002.safetensors"
+    monkeypatch.setenv("MODELCAR_PROGRESS_INTERVAL", "0")
+    repo.corrupt(REPO, path)
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws))
+    assert res.code == errors.IntegrityError.exit_code
+    assert res.err.splitlines()[-2].startswith(f"error: {path}: sha256 mismatch")
+    size = len(model_files()[path])
+    assert repo.bytes_served[(REPO, path)] == 2 * size
+    assert f"{path}: " in res.err and "retrying in" in res.err and "attempt 2 of 5" in res.err
+    assert "<unknown>" not in res.err
+    percents = [int(m) for m in re.findall(r"\((\d+)%\)", res.err)]
+    assert percents and max(percents) <= 100

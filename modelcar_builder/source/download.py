@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, TextIO
 import requests
 import urllib3
 from tenacity import (
+    RetryCallState,
     Retrying,
-    before_sleep_log,
     retry_if_exception_type,
-    stop_after_attempt,
     wait_exponential,
 )
 
@@ -270,19 +269,18 @@ def _fetch_one(
     """Download, verify and move one file into place; returns its layer digest when
     ``frame`` (the file's one-file tar layer around it) is given."""
     url = access.file_url(repo_id, entry.path, commit)
+    shown = _HighWater(progress, _part_size(part))
     retrying = Retrying(
-        stop=stop_after_attempt(opts.attempts),
+        stop=_stop_for(opts.attempts),
         wait=wait_exponential(multiplier=0.5, max=opts.backoff_max),
         retry=retry_if_exception_type((_Transient, IntegrityError)),
-        before_sleep=before_sleep_log(log, logging.WARNING),
+        before_sleep=lambda rs: _log_retry(entry, rs, opts.attempts),
         reraise=True,
     )
     try:
         for attempt in retrying:
             with attempt:
-                hashes = _download(
-                    session, url, access, entry, part, opts, progress, counter, frame
-                )
+                hashes = _download(session, url, access, entry, part, opts, shown, counter, frame)
     except _Transient as exc:
         raise DownloadFailed(
             f"downloading {entry.path} failed after {opts.attempts} attempts: {exc}"
@@ -291,6 +289,43 @@ def _fetch_one(
     os.chmod(part, FILE_MODE)
     os.replace(part, final)
     return hashes.layer_digest()
+
+
+class _HighWater:
+    """Progress for one file that never counts a byte twice: bytes fetched again after a
+    failed check or an ignored Range were already shown once, so a bar cannot pass 100 %."""
+
+    def __init__(self, progress: Progress, start: int) -> None:
+        self.progress = progress
+        self.mark = start
+
+    def reached(self, offset: int) -> None:
+        if offset > self.mark:
+            self.progress.advance(offset - self.mark)
+            self.mark = offset
+
+
+def _stop_for(attempts: int):
+    """Stop after ``attempts`` tries, but after two sha256 mismatches at once: the same
+    wrong bytes twice are not a network accident, and each try of a 10 GB shard costs
+    10 GB."""
+
+    def stop(state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, IntegrityError) and state.attempt_number >= 2:
+            return True
+        return state.attempt_number >= attempts
+
+    return stop
+
+
+def _log_retry(entry: FileEntry, state: RetryCallState, attempts: int) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0
+    log.warning(
+        "%s: %s; retrying in %.1f s (attempt %d of %d)",
+        entry.path, exc, wait, state.attempt_number + 1, attempts,
+    )  # fmt: skip
 
 
 def _download(session, url, access, entry, part: Path, opts, progress, counter, frame) -> _Hashes:
@@ -337,7 +372,7 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter, 
                     h.update(block)
                     received += len(block)
                     counter.add(len(block))
-                    progress.advance(len(block))
+                    progress.reached(received)
         except (
             requests.ConnectionError,
             requests.Timeout,
