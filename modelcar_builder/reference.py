@@ -140,6 +140,20 @@ def _split_tag(text: str, name: str) -> tuple[str, str | None]:
     return name[:colon], tag
 
 
+def _check_host(text: str, registry: str) -> None:
+    """Catch at parse time what would otherwise fail as a DNS or connect error after the
+    whole download: a port out of range, an uppercase "host" that is really a repo name."""
+    host, _, port = registry.rpartition(":") if registry.count(":") == 1 else (registry, "", "")
+    if port and not 0 < int(port) < 65536:
+        raise _bad(text, f"port {port} is out of range (1-65535)")
+    if host != host.lower() and "." not in host and ":" not in registry and host != "localhost":
+        raise _bad(
+            text,
+            "repository names are lowercase letters, digits and . _ - separated by /",
+            "use lowercase, e.g. org/model; a registry host needs a dot or a port",
+        )
+
+
 def _split_registry(text: str, name: str) -> tuple[str, str]:
     first, sep, rest = name.partition("/")
     # Same rule as docker: the first component is a host only if it looks like one.
@@ -147,6 +161,7 @@ def _split_registry(text: str, name: str) -> tuple[str, str]:
         registry, repository = first, rest
         if not _HOST_RE.match(registry):
             raise _bad(text, f"{registry!r} is not a valid registry host[:port]")
+        _check_host(text, registry)
     else:
         registry, repository = DOCKER_HUB, name
     if registry == "index.docker.io":

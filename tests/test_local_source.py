@@ -193,3 +193,12 @@ def test_dangling_links_and_fifos_are_reported_not_shipped(tmp_path, capsys):
     assert skipped["gone.json"] == "dangling symlink"
     assert skipped["pipe"].startswith("not a regular file")
     assert "skipping gone.json: dangling symlink" in res.err
+
+
+def test_bad_image_references_fail_before_reading_the_source(tmp_path, capsys):
+    model = make_model(tmp_path / "m")
+    for image in ("127.0.0.1:99999/x", "UPPER/case"):
+        res = run(capsys, "build", str(model), "--image", image, "--workspace", str(tmp_path))
+        assert res.code == errors.UsageError.exit_code, res.err
+        assert res.err.startswith(f"error: invalid image reference '{image}'")
+        assert "\nhint: " in res.err

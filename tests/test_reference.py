@@ -34,7 +34,6 @@ D = "sha256:" + "ab" * 32
         ),
         (f"oci://quay.io/org/model@{D}", "quay.io", "org/model", None, D),
         ("docker://quay.io/org/model:v1", "quay.io", "org/model", "v1", None),
-        ("Registry/org/model", "Registry", "org/model", "latest", None),
         ("[::1]:5000/a:b", "[::1]:5000", "a", "b", None),
     ],
 )
@@ -64,6 +63,10 @@ def test_parse(text: str, registry: str, repository: str, tag: str, digest: str 
         ("bad_host.io:port/x", "host"),
         ("quay.io/org/model:" + "a" * 200, "tag"),
         ("quay.io/" + "a" * 300, "255"),
+        ("127.0.0.1:99999/x", "port 99999 is out of range"),
+        ("localhost:0/x", "port 0"),
+        ("UPPER/case", "lowercase"),
+        ("Registry/org/model", "lowercase"),  # docker would take it as a host: DNS fails
     ],
 )
 def test_parse_errors(text: str, needle: str) -> None:
