@@ -22,6 +22,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from modelcar_builder.units import human
 DIR_MODE = 0o775
 CONTENT_DIR_MODE = 0o755
 FILE_MODE = 0o644
+SHARED_FILE_MODE = 0o664  # internal files: lock, .part, state records
 _SUBDIRS = ("files", "partial", "context", "state", "tmp")
 
 
@@ -46,7 +48,11 @@ def snapshot_slug(snapshot: Snapshot) -> str:
 
 
 def make_dir(path: Path, mode: int = DIR_MODE) -> Path:
-    """mkdir -p with an explicit mode on each directory we create."""
+    """mkdir -p with an explicit mode on each directory we create.
+
+    Internal directories keep the setgid bit the volume gives them (an fsGroup volume's
+    new files then belong to its group, so any UID of the group can resume); image
+    content directories never carry it (it would land in the image)."""
     missing = []
     p = path
     while not os.path.exists(p):
@@ -55,8 +61,23 @@ def make_dir(path: Path, mode: int = DIR_MODE) -> Path:
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
             d.mkdir()
-        os.chmod(d, mode)
+        inherited = os.stat(d).st_mode & stat.S_ISGID if mode == DIR_MODE else 0
+        os.chmod(d, mode | inherited)
     return path
+
+
+def take_over(path: Path) -> None:
+    """Make an internal file ours and group-writable whatever the umask, so this run can
+    finish what another UID of the group started (resume its .part, then chmod and
+    rename it). A file we may not chmod is replaced by our own copy, once: the
+    directory is group-writable."""
+    try:
+        os.chmod(path, SHARED_FILE_MODE)
+    except PermissionError:
+        mine = path.with_name(f".{path.name}.{os.getpid()}.copy")
+        shutil.copyfile(path, mine)
+        os.chmod(mine, SHARED_FILE_MODE)
+        os.replace(mine, path)
 
 
 @dataclass(frozen=True)
@@ -85,7 +106,14 @@ class Workspace:
         alive) would clobber each other's files. The kernel drops the lock when the
         process dies, so a killed run never blocks its rerun."""
         path = self.root / "state" / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, SHARED_FILE_MODE)
+        except PermissionError:
+            # Made by another UID under a umask that left it 0644 (an older version):
+            # flock works on a read-only descriptor too.
+            fd = os.open(path, os.O_RDONLY)
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, SHARED_FILE_MODE)  # the umask took the group's write bit
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -95,8 +123,9 @@ class Workspace:
                 f"workspace {self.root} is in use by another modelcar run (pid {holder})",
                 hint="wait for it to finish, or give this run its own --workspace",
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        with contextlib.suppress(OSError):  # read-only descriptor: the pid stays unknown
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         return lambda: os.close(fd)  # closing the descriptor releases the lock
 
     def _probe_write(self) -> None:

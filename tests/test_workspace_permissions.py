@@ -153,3 +153,47 @@ def test_two_runs_cannot_share_a_workspace(tmp_path):
     release = Workspace(ws).ensure().lock()  # a killed holder leaves no stale lock behind
     release()
     Workspace(ws).ensure().lock()()  # and a released lock can be taken again
+
+
+def _shard_repo(hub, name: str) -> dict[str, bytes]:
+    files = {
+        "config.json": b"{}",
+        "model.safetensors": os.urandom(3 << 20),
+        "pkg/__init__.py": b"",
+    }
+    hub.add_repo(name, files)
+    return files
+
+
+@pytest.mark.parametrize("first,second", [("root", "other"), ("other", "root")])
+def test_any_uid_of_group_0_resumes_anothers_half_download(hub, shared_tmp, first, second):
+    """OpenShift runs each step as an arbitrary UID in GID 0: a run cut halfway by one
+    identity is resumed (Range, not from byte 0) and finished by another, on a setgid
+    volume whose bit the tool keeps, under umask 022."""
+    need(run_as_other_uid)
+    uid = {"root": None, "other": OPENSHIFT_UID}
+    files = _shard_repo(hub, "acme/shared")
+    ws = shared_tmp / "ws"
+    ws.mkdir()
+    os.chmod(ws, 0o2775)  # group 0, setgid: what fsGroup volumes look like
+    env = {"HF_ENDPOINT": hub.endpoint, "MODELCAR_ATTEMPTS": "1"}
+    hub.cut("acme/shared", "model.safetensors", after_bytes=(3 << 20) // 2)
+    old = os.umask(0o022)
+    try:
+        cut = run_cli(["fetch", "acme/shared", "--workspace", str(ws)], as_uid=uid[first], env=env)
+        assert cut.returncode == 20, cut.stderr
+        parts = list((ws / "partial").rglob("*.part"))
+        assert parts and parts[0].stat().st_size > 0
+        hub.reset_counters()
+        done = run_cli(["fetch", "acme/shared", "--workspace", str(ws)], as_uid=uid[second],
+                       env=env)  # fmt: skip
+    finally:
+        os.umask(old)
+    assert done.returncode == 0, done.stderr
+    served = hub.bytes_served[("acme/shared", "model.safetensors")]
+    assert served < len(files["model.safetensors"])  # resumed, not started over
+    got = Path(done.stdout.strip().splitlines()[-1])
+    assert (got / "model.safetensors").read_bytes() == files["model.safetensors"]
+    for d in [ws / "state", ws / "partial", ws / "files", *(ws / "files").iterdir()]:
+        assert d.stat().st_mode & stat.S_ISGID, f"{d} lost the volume's setgid bit"
+    assert stat.S_IMODE((ws / "state" / ".lock").stat().st_mode) & 0o020

@@ -40,7 +40,13 @@ from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.units import human
-from modelcar_builder.workspace import FILE_MODE, Workspace, make_dir
+from modelcar_builder.workspace import (
+    FILE_MODE,
+    SHARED_FILE_MODE,
+    Workspace,
+    make_dir,
+    take_over,
+)
 
 if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
     from modelcar_builder.source.hub import HubAccess
@@ -339,6 +345,7 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter, 
         # content is known from its size alone: check it, no request. touch() gives an
         # empty file its .part (a crash-free first run never created one).
         part.touch(mode=FILE_MODE, exist_ok=True)
+        take_over(part)  # it gets chmod-ed and renamed next: it must be ours
         h = _Hashes(entry, frame)
         _rehash_prefix(part, offset, h)
         _check_digest(h, entry, part)
@@ -363,10 +370,13 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter, 
         h = _Hashes(entry, frame)
         mode = "ab" if offset else "wb"
         if offset:
+            take_over(part)  # another UID of the group may have started it
             _rehash_prefix(part, offset, h)
         received = offset
         try:
             with open(part, mode) as out:
+                if not offset:
+                    os.fchmod(out.fileno(), SHARED_FILE_MODE)  # ours: 0664 whatever the umask
                 for block in resp.iter_content(CHUNK):
                     out.write(block)
                     h.update(block)
