@@ -443,3 +443,33 @@ def test_tokens_that_expire_mid_push_are_renewed(
     inspect = ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{image}"]
     raw = subprocess.run(inspect, check=True, capture_output=True, text=True, env=auth_env).stdout
     assert len(json.loads(raw)["layers"]) == 3
+
+
+def test_stream_rides_out_hub_faults_by_resuming_at_the_byte_reached(
+    hub_repo, registry, base_image, capsys, tmp_path
+):
+    """A 500, a cut and a stall mid-file: --stream resumes each read with Range at the
+    byte it reached, feeding the same upload and hash; the image is byte-exact."""
+    first, second = "model-00000-of-00002.safetensors", "model-00001-of-00002.safetensors"
+    size = len(model_files()[second])
+    hub_repo.fail(REPO, first, status=500, times=1)
+    hub_repo.cut(REPO, second, after_bytes=size // 3, times=1)
+    hub_repo.stall(REPO, second, seconds=3, times=1, after_bytes=size // 2)
+    image = f"{registry.host}/models/llm:stream-faults"
+    res = run(capsys, *build_args(image, tmp_path / "ws", base_image.ref), "--stream",
+              "--read-timeout", "1")  # fmt: skip
+    assert res.code == 0, res.err
+    assert "resuming at byte" in res.err and "Traceback" not in res.err
+    # Resumed, not restarted: the cut file was served well under twice.
+    assert hub_repo.bytes_served[(REPO, second)] < 2 * size
+    assert_models_match(unpack(f"docker://{image}", tmp_path / "check"), model_files())
+
+
+def test_stream_gives_up_with_a_true_hint(hub_repo, registry, base_image, capsys, tmp_path):
+    hub_repo.fail(REPO, "model-00000-of-00002.safetensors", status=503, times=None)
+    image = f"{registry.host}/models/llm:stream-down"
+    res = run(capsys, *build_args(image, tmp_path / "ws", base_image.ref), "--stream",
+              "--attempts", "2")  # fmt: skip
+    assert res.code == errors.DownloadFailed.exit_code, res.err
+    assert "failed after 2 attempts" in res.err and "Traceback" not in res.err
+    assert "partial ones resume" not in res.err and "--stream keeps nothing" in res.err

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -53,6 +54,10 @@ if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need 
 
 log = logging.getLogger("modelcar")
 CHUNK = 1024 * 1024
+STREAM_HINT = (
+    "rerun: layers the registry already holds are not sent again (--stream keeps nothing "
+    "on disk, so an unfinished layer starts over)"
+)
 
 
 @dataclass(frozen=True)
@@ -434,7 +439,11 @@ class HubFileStream(io.RawIOBase):
     """One Hub file as a readable stream that checks itself: the native engine's
     ``--stream`` mode tars it straight into an upload. The sha256 (or git blob id) is
     checked the moment the last byte arrives, before the tar stream moves on, so a
-    corrupted file aborts its layer's upload and never reaches a manifest."""
+    corrupted file aborts its layer's upload and never reaches a manifest.
+
+    It is as robust as the disk path: a 5xx, a cut or a stall reopens the file with
+    Range at the byte reached (the upload and the hash simply continue), with the same
+    retry budget (``attempts`` per file), backoff and read timeout."""
 
     def __init__(
         self,
@@ -450,26 +459,16 @@ class HubFileStream(io.RawIOBase):
         self.entry = entry
         self.progress = progress
         self.received = 0
+        self._session, self._access, self._opts = session, access, opts
+        self._url = access.file_url(repo_id, entry.path, commit)
         self._hash = hasher_for(entry)
         self._resp: requests.Response | None = None
+        self._faults = 0
         if entry.size == 0:
             # Nothing to read: check the empty content's id now (the last byte "arrived").
             self._check(self._hash)
             return
-        try:
-            self._resp = session.get(
-                access.file_url(repo_id, entry.path, commit),
-                headers=access.headers(),
-                stream=True,
-                allow_redirects=True,
-                timeout=(opts.connect_timeout, opts.read_timeout),
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise DownloadFailed(f"{type(exc).__name__} fetching {entry.path}") from None
-        if self._resp.status_code != 200:
-            self._resp.close()
-            _check_status(self._resp, entry)
-            raise DownloadFailed(f"unexpected HTTP {self._resp.status_code} for {entry.path}")
+        self._connect()
 
     def readable(self) -> bool:
         return True
@@ -478,17 +477,18 @@ class HubFileStream(io.RawIOBase):
         want = min(len(buffer), self.entry.size - self.received)
         if want <= 0 or self._resp is None:
             return 0
-        try:
-            data = self._resp.raw.read(want)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:  # the body was cut or stalled
-            raise DownloadFailed(
-                f"connection lost at byte {self.received} of {self.entry.path} "
-                f"({type(exc).__name__})"
-            ) from None
-        if not data:
-            raise DownloadFailed(
-                f"{self.entry.path}: got {self.received} of {self.entry.size} bytes"
-            )
+        while True:
+            try:
+                data = self._resp.raw.read(want)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut or stalled
+                data, why = b"", f"connection lost ({type(exc).__name__})"
+            else:
+                why = "the body ended early"
+            if data:
+                break
+            self._resp.close()
+            self._fault(f"{why} at byte {self.received}")
+            self._connect()
         n = len(data)
         buffer[:n] = data
         self._hash.update(data)
@@ -498,6 +498,53 @@ class HubFileStream(io.RawIOBase):
         if self.received == self.entry.size:
             self._check(self._hash)
         return n
+
+    def _connect(self) -> None:
+        """Open the body at ``self.received``: retried like a download, never from 0."""
+        while True:
+            headers = self._access.headers()
+            if self.received:
+                headers["Range"] = f"bytes={self.received}-"
+            try:
+                resp = self._session.get(
+                    self._url,
+                    headers=headers,
+                    stream=True,
+                    allow_redirects=True,
+                    timeout=(self._opts.connect_timeout, self._opts.read_timeout),
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                self._fault(f"{type(exc).__name__} contacting the Hub")
+                continue
+            try:
+                _check_status(resp, self.entry)
+            except _Transient as exc:
+                resp.close()
+                self._fault(str(exc))
+                continue
+            if self.received and resp.status_code != 206:
+                resp.close()
+                raise DownloadFailed(
+                    f"the Hub ignored the Range request resuming {self.entry.path}",
+                    hint=STREAM_HINT,
+                )
+            self._resp = resp
+            return
+
+    def _fault(self, why: str) -> None:
+        """Spend one try of the file's budget, wait (exponential backoff), or give up."""
+        self._faults += 1
+        if self._faults >= self._opts.attempts:
+            raise DownloadFailed(
+                f"streaming {self.entry.path} failed after {self._opts.attempts} attempts: {why}",
+                hint=STREAM_HINT,
+            )
+        wait = min(self._opts.backoff_max, 0.5 * 2 ** (self._faults - 1))
+        log.warning(
+            "%s: %s; resuming at byte %d in %.1f s (attempt %d of %d)",
+            self.entry.path, why, self.received, wait, self._faults + 1, self._opts.attempts,
+        )  # fmt: skip
+        time.sleep(wait)
 
     def _check(self, h) -> None:
         if h.hexdigest() != expected_id(self.entry):
