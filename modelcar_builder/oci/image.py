@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelcar_builder.errors import UsageError
+from modelcar_builder.errors import PlatformNotFound
 from modelcar_builder.oci import (
     ANNOTATION_BASE_DIGEST,
     ANNOTATION_BASE_NAME,
@@ -54,10 +54,6 @@ DOCKER_TO_OCI = {
     DOCKER_LAYER_GZIP: MEDIA_TYPE_LAYER_GZIP,
     DOCKER_LAYER_FOREIGN_GZIP: MEDIA_TYPE_LAYER_NONDIST_GZIP,
 }
-
-
-class PlatformNotFound(UsageError):
-    """The base image has no variant for the requested platform."""
 
 
 def canonical_json(obj: Any) -> bytes:
