@@ -41,15 +41,22 @@ from modelcar_builder.errors import (
     RegistryError,
     RegistryUnreachable,
 )
+from modelcar_builder.oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_MANIFEST,
+)
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MANIFEST_ACCEPT: tuple[str, ...] = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
+MANIFEST_ACCEPT: tuple[str, ...] = (
+    MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_MANIFEST,
+)
 OCTET = "application/octet-stream"
 
 DEFAULT_CHUNK = 64 * 1024 * 1024  # PATCH size for upload_blob_chunked

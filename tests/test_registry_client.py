@@ -23,9 +23,9 @@ from modelcar_builder.errors import (
     RegistryUnreachable,
     VerificationFailed,
 )
+from modelcar_builder.oci import MEDIA_TYPE_INDEX as OCI_INDEX
+from modelcar_builder.oci import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
 from modelcar_builder.registry import (
-    OCI_INDEX,
-    OCI_MANIFEST,
     RegistryClient,
     RetryPolicy,
     resolve_platform,
