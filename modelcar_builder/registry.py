@@ -766,28 +766,6 @@ _TLS_HINT = (
 )
 
 
-def resolve_platform(index_body: bytes, platform: str = "linux/amd64") -> str:
-    """The manifest digest for ``os/arch[/variant]`` in an OCI index or docker list."""
-    wanted = platform.split("/")
-    if len(wanted) not in (2, 3):
-        raise RegistryError(f"platform {platform!r} is not os/arch[/variant]")
-    try:
-        manifests = json.loads(index_body)["manifests"]
-    except (ValueError, KeyError, TypeError):
-        raise RegistryError("the image index is not valid JSON with a manifests list") from None
-    seen = []
-    for entry in manifests:
-        plat = entry.get("platform") or {}
-        have = [plat.get("os", ""), plat.get("architecture", ""), plat.get("variant", "")]
-        seen.append("/".join(p for p in have if p))
-        if have[:2] == wanted[:2] and (len(wanted) == 2 or have[2] == wanted[2]):
-            return str(entry["digest"])
-    raise RegistryError(
-        f"the image index has no {platform} image (it has: {', '.join(seen) or 'none'})",
-        hint="pick a base image built for this platform",
-    )
-
-
 # -- small pure helpers ------------------------------------------------------------------
 
 

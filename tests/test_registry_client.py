@@ -28,10 +28,14 @@ from modelcar_builder.oci import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
 from modelcar_builder.registry import (
     RegistryClient,
     RetryPolicy,
-    resolve_platform,
 )
 from modelcar_builder.verify import verify_push
-from tests.support.registry import BaseImage, RegistryInstance, private_containers_env
+from tests.support.registry import (
+    BaseImage,
+    RegistryInstance,
+    private_containers_env,
+    resolve_platform,
+)
 
 MiB = 1024 * 1024
 FAST_RETRY = RetryPolicy(attempts=4, initial=0.05, maximum=0.2)
