@@ -162,7 +162,7 @@ class Authenticator:
                 return {}
             raw = f"{self.creds.username}:{self.creds.password}".encode()
             return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
-        return {"Authorization": f"Bearer {self._token_for(scopes)}"}
+        return {"Authorization": f"Bearer {self._token_for(scopes, challenge)}"}
 
     def _learn(self, challenge: Challenge, scopes: Scopes, rejected: bool) -> None:
         with self._lock:
@@ -177,20 +177,19 @@ class Authenticator:
                     self._tokens.pop(_scope_key(scopes), None)
                     self._extra_scopes[_scope_key(scopes)] = merged
 
-    def _token_for(self, scopes: Scopes) -> str:
+    def _token_for(self, scopes: Scopes, challenge: Challenge) -> str:
         key = _scope_key(scopes)
         with self._lock:
             token = self._tokens.get(key)
             if token is None or time.monotonic() >= token.expires_at - token.margin:
-                token = self._fetch_token(self._extra_scopes.get(key, scopes))
+                token = self._fetch_token(challenge, self._extra_scopes.get(key, scopes))
                 self._tokens[key] = token
             return token.value
 
     # -- the token server ------------------------------------------------------------------
 
-    def _fetch_token(self, scopes: Scopes) -> Token:
-        assert self._challenge is not None
-        params = self._challenge.params
+    def _fetch_token(self, challenge: Challenge, scopes: Scopes) -> Token:
+        params = challenge.params
         realm = params.get("realm")
         if not realm:
             raise self._http.auth_error("sent a Bearer challenge without a realm")

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import requests
 import tenacity
+import urllib3
 from urllib3.exceptions import InsecureRequestWarning
 
 from modelcar_builder import __version__
@@ -79,6 +80,18 @@ class SourceFailed(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(type(error).__name__)
         self.error = error
+
+
+# What a caller's byte stream may raise: file and network I/O, a closed file (ValueError),
+# and our own errors (a file that changed size, a failed Hub download). Anything else is
+# a bug and propagates as it is.
+SOURCE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    ValueError,
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    ModelcarError,
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -162,20 +175,20 @@ class Transport:
 
         ``plain_http=None`` means HTTPS, falling back to HTTP only when verification is
         off (podman's meaning of ``--tls-verify=false``)."""
-        schemes = ["http"] if self._plain_http else ["https"]
+        if self._plain_http:
+            return self._probe_scheme("http")
         if self._plain_http is None and self.verify is False:
-            schemes.append("http")
-        for i, scheme in enumerate(schemes):
-            base = f"{scheme}://{self.host}"
-            try:
-                resp = self.request("GET", f"{base}/v2/", {}, None, False)
-            except requests.ConnectionError:
-                if i + 1 < len(schemes):
-                    continue
-                raise
-            resp.close()
-            return base, resp
-        raise AssertionError("unreachable")
+            # SSLError is a ConnectionError too: a plain-HTTP registry fails the handshake.
+            with contextlib.suppress(requests.ConnectionError):
+                return self._probe_scheme("https")
+            return self._probe_scheme("http")
+        return self._probe_scheme("https")
+
+    def _probe_scheme(self, scheme: str) -> tuple[str, requests.Response]:
+        base = f"{scheme}://{self.host}"
+        resp = self.request("GET", f"{base}/v2/", {}, None, False)
+        resp.close()
+        return base, resp
 
     def check(
         self, resp: requests.Response, method: str, path: str, *, ok: tuple[int, ...]

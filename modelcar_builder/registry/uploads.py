@@ -23,7 +23,7 @@ import requests
 
 from modelcar_builder.errors import BuildFailed, ModelcarError, RegistryError
 from modelcar_builder.registry.tokens import Authenticator, Scopes, push
-from modelcar_builder.registry.transport import SourceFailed, Transport
+from modelcar_builder.registry.transport import SOURCE_ERRORS, SourceFailed, Transport
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class _Body:
                 chunk = next(it)
             except StopIteration:
                 break
-            except Exception as exc:
+            except SOURCE_ERRORS as exc:
                 raise SourceFailed(exc) from exc
             if not chunk:
                 continue
