@@ -29,7 +29,8 @@ from modelcar_builder.registry.tokens import Authenticator, pull, push
 from modelcar_builder.registry.transport import RetryPolicy, TransferStats, Transport
 from modelcar_builder.registry.uploads import DEFAULT_CHUNK, BlobUploader
 
-log = logging.getLogger(__name__)
+# A child of "modelcar", the logger the CLI configures (prefix, --debug, --quiet).
+log = logging.getLogger("modelcar.registry")
 
 MANIFEST_ACCEPT: tuple[str, ...] = (
     MEDIA_TYPE_INDEX,

@@ -33,7 +33,8 @@ from modelcar_builder.errors import (
     RegistryUnreachable,
 )
 
-log = logging.getLogger(__name__)
+# A child of "modelcar", the logger the CLI configures (prefix, --debug, --quiet).
+log = logging.getLogger("modelcar.registry")
 _T = TypeVar("_T")
 
 _ERROR_BODY_MAX = 200

@@ -25,7 +25,8 @@ from modelcar_builder.errors import BuildFailed, ModelcarError, RegistryError
 from modelcar_builder.registry.tokens import Authenticator, Scopes, push
 from modelcar_builder.registry.transport import SOURCE_ERRORS, SourceFailed, Transport
 
-log = logging.getLogger(__name__)
+# A child of "modelcar", the logger the CLI configures (prefix, --debug, --quiet).
+log = logging.getLogger("modelcar.registry")
 
 OCTET = "application/octet-stream"
 DEFAULT_CHUNK = 64 * 1024 * 1024  # PATCH size for upload_blob_chunked
