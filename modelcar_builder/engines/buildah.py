@@ -203,8 +203,7 @@ from modelcar_builder.errors import (
     RegistryUnreachable,
     UsageError,
 )
-from modelcar_builder.oci import DOCKER_MANIFEST, INDEX_MEDIA_TYPES, MEDIA_TYPE_MANIFEST
-from modelcar_builder.oci import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
+from modelcar_builder.oci import INDEX_MEDIA_TYPES, MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.image import (
     base_image,
     image_annotations,
@@ -214,7 +213,7 @@ from modelcar_builder.oci.layer import layer_media_type
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.progress import Progress
-from modelcar_builder.registry import RegistryClient
+from modelcar_builder.registry import DOCKER_MANIFEST, OCI_MANIFEST, RegistryClient
 from modelcar_builder.target import LayoutTarget, RegistryTarget, parse_target
 from modelcar_builder.workspace import DIR_MODE, State, make_dir
 
