@@ -28,7 +28,8 @@ from pathlib import Path
 
 from modelcar_builder.errors import UsageError
 
-log = logging.getLogger(__name__)
+# A child of "modelcar", the logger the CLI configures (prefix, --debug, --quiet).
+log = logging.getLogger("modelcar.auth")
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SA_TOKEN_PATH = SA_DIR / "token"

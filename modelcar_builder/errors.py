@@ -57,6 +57,10 @@ class UnsafeSource(ModelcarError):
     exit_code = 13
 
 
+class PlatformNotFound(UsageError):
+    """The base image has no variant for the requested platform."""
+
+
 class EmptySelection(ModelcarError):
     exit_code = 14
     default_hint = "loosen --include/--exclude, or pass --all-files"
@@ -94,6 +98,21 @@ class IntegrityError(ModelcarError):
 
     exit_code = 21
     default_hint = "the bad file was deleted; rerun to fetch it again"
+
+
+class SourceSizeMismatch(IntegrityError):
+    """A file gave more or fewer bytes than the size the plan (and the tar header) promised."""
+
+    default_hint = (
+        "the file changed while the image was being built; rerun so sizes and digests are "
+        "taken again"
+    )
+
+
+class BlobDigestMismatch(IntegrityError):
+    """A blob written to an OCI layout does not hash to the digest it was stored under."""
+
+    default_hint = "the bytes changed on the way; the partial blob was removed, rerun"
 
 
 class WorkspaceError(ModelcarError):

@@ -9,15 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from modelcar_builder.errors import VerificationFailed
+from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.layout import OciLayout
-from modelcar_builder.registry import (
-    DOCKER_MANIFEST,
-    OCI_MANIFEST,
-    RegistryClient,
-)
+from modelcar_builder.registry import RegistryClient
 
 # Only single-image manifests: a ModelCar is never an index.
-_ACCEPT = (OCI_MANIFEST, DOCKER_MANIFEST)
+_ACCEPT = (MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST)
 
 
 @dataclass(frozen=True)

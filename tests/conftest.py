@@ -1,7 +1,10 @@
 """Shared fixtures. Real components only: each support module starts its service on
 127.0.0.1 and stops it by pid."""
 
+import logging
 import os
+
+import pytest
 
 # Nothing in the tests may reach the real Hub: set before huggingface_hub is imported.
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -14,3 +17,15 @@ pytest_plugins = [
     "tests.support.registry",
     "tests.support.proxy",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _modelcar_logger_restored():
+    """Each in-process CLI run gives the "modelcar" logger a handler and stops its
+    propagation; undo that after the test so caplog sees the tool's lines in later tests."""
+    logger = logging.getLogger("modelcar")
+    handlers, propagate, level = logger.handlers[:], logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
+    logger.setLevel(level)  # setLevel, not .level =: it also clears the loggers' level cache

@@ -51,9 +51,10 @@ from modelcar_builder.errors import (
     StorageDriverUnsupported,
     UsageError,
 )
+from modelcar_builder.oci import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
 from modelcar_builder.pipeline import resolve
 from modelcar_builder.plan import Plan, make_plan
-from modelcar_builder.registry import OCI_MANIFEST, RegistryClient
+from modelcar_builder.registry import RegistryClient
 from modelcar_builder.selection import Selection
 from modelcar_builder.target import parse_target
 from modelcar_builder.workspace import Workspace

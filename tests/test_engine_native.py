@@ -239,6 +239,21 @@ def test_bearer_token_registry(hub_repo, registry_token, capsys, tmp_path, monke
     assert res.code == 0, res.err
 
 
+def test_registry_and_auth_lines_carry_the_modelcar_prefix(
+    hub_repo, registry, capsys, tmp_path, monkeypatch
+):
+    """The registry client and the credential lookup log under the CLI's "modelcar"
+    logger: their debug lines show with --debug, their warnings with the prefix."""
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"credHelpers": {registry.host: "modelcar-test-absent"}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    image = f"{registry.host}/models/llm:logged"
+    res = run(capsys, "--debug", *build_args(image, tmp_path / "ws", "scratch"))
+    assert res.code == 0, res.err
+    assert "modelcar: GET /v2/ -> 200" in res.err  # a registry debug line
+    assert "modelcar: credential helper docker-credential-modelcar-test-absent is not " in res.err
+
+
 def test_tls_registry_with_ca_file(hub_repo, registry_tls, capsys, tmp_path):
     image = f"{registry_tls.host}/models/llm:tls"
     args = build_args(image, tmp_path / "ws", "scratch")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from modelcar_builder.errors import IntegrityError
+from modelcar_builder.errors import BlobDigestMismatch, IntegrityError, PlatformNotFound
 from modelcar_builder.oci import (
     ANNOTATION_CREATED,
     ANNOTATION_FILE_SHA256,
@@ -36,7 +36,6 @@ from modelcar_builder.oci import (
 from modelcar_builder.oci.image import (
     BaseImage,
     Descriptor,
-    PlatformNotFound,
     base_image,
     build_config,
     build_manifest,
@@ -50,7 +49,7 @@ from modelcar_builder.oci.layer import (
     layer_annotations,
     layer_media_type,
 )
-from modelcar_builder.oci.layout import BlobDigestMismatch, OciLayout
+from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.plan import make_plan
 from modelcar_builder.snapshot import FileEntry, Snapshot
 

@@ -23,15 +23,19 @@ from modelcar_builder.errors import (
     RegistryUnreachable,
     VerificationFailed,
 )
+from modelcar_builder.oci import MEDIA_TYPE_INDEX as OCI_INDEX
+from modelcar_builder.oci import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
 from modelcar_builder.registry import (
-    OCI_INDEX,
-    OCI_MANIFEST,
     RegistryClient,
     RetryPolicy,
-    resolve_platform,
 )
 from modelcar_builder.verify import verify_push
-from tests.support.registry import BaseImage, RegistryInstance, private_containers_env
+from tests.support.registry import (
+    BaseImage,
+    RegistryInstance,
+    private_containers_env,
+    resolve_platform,
+)
 
 MiB = 1024 * 1024
 FAST_RETRY = RetryPolicy(attempts=4, initial=0.05, maximum=0.2)

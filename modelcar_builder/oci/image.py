@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelcar_builder.errors import UsageError
+from modelcar_builder.errors import PlatformNotFound
 from modelcar_builder.oci import (
     ANNOTATION_BASE_DIGEST,
     ANNOTATION_BASE_NAME,
@@ -54,10 +54,6 @@ DOCKER_TO_OCI = {
     DOCKER_LAYER_GZIP: MEDIA_TYPE_LAYER_GZIP,
     DOCKER_LAYER_FOREIGN_GZIP: MEDIA_TYPE_LAYER_NONDIST_GZIP,
 }
-
-
-class PlatformNotFound(UsageError):
-    """The base image has no variant for the requested platform."""
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -171,16 +167,22 @@ def platform_matches(candidate: Mapping[str, str] | None, platform: Platform) ->
 
 def select_platform(index: Mapping[str, Any], platform: Platform) -> Descriptor:
     """Pick the manifest for ``platform`` out of an image index / Docker manifest list."""
+    return Descriptor.from_dict(platform_entry(index, platform))
+
+
+def platform_entry(index: Mapping[str, Any], platform: Platform) -> Mapping[str, Any]:
+    """The raw ``manifests`` entry for ``platform``: only the chosen entry has to be a
+    complete descriptor, and callers that need just its digest need nothing more."""
     media_type = index.get("mediaType", MEDIA_TYPE_INDEX)
     if media_type not in INDEX_MEDIA_TYPES:
         raise ValueError(f"{media_type} is not an image index")
-    entries = [Descriptor.from_dict(d) for d in index.get("manifests", [])]
+    entries: list[Mapping[str, Any]] = list(index.get("manifests", []))
     for entry in entries:
-        if platform_matches(entry.platform, platform):
+        if platform_matches(entry.get("platform"), platform):
             return entry
     available = sorted(
         "/".join(v for v in (p.get("os"), p.get("architecture"), p.get("variant")) if v)
-        for p in (e.platform for e in entries)
+        for p in (e.get("platform") for e in entries)
         if p
     )
     raise PlatformNotFound(

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from modelcar_builder.errors import IntegrityError, UnsafeSource
+from modelcar_builder.errors import SourceSizeMismatch, UnsafeSource
 from modelcar_builder.oci import (
     ANNOTATION_FILE_SHA256,
     ANNOTATION_FILEPATH,
@@ -52,15 +52,6 @@ TAR_FORMAT = "pax-v1"  # part of layer cache keys: change it whenever the tar by
 
 Chunk = bytes | memoryview
 OpenEntry = Callable[["LayerEntry"], BinaryIO]
-
-
-class SourceSizeMismatch(IntegrityError):
-    """A file gave more or fewer bytes than the size the plan (and the tar header) promised."""
-
-    default_hint = (
-        "the file changed while the image was being built; rerun so sizes and digests are "
-        "taken again"
-    )
 
 
 @dataclass(frozen=True)

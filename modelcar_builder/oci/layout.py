@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from modelcar_builder.errors import IntegrityError
+from modelcar_builder.errors import BlobDigestMismatch
 from modelcar_builder.oci import (
     ANNOTATION_REF_NAME,
     INDEX_MEDIA_TYPES,
@@ -42,10 +42,6 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 LAYOUT_VERSION = "1.0.0"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-class BlobDigestMismatch(IntegrityError):
-    default_hint = "the bytes changed on the way; the partial blob was removed, rerun"
 
 
 def _check_digest(digest: str) -> str:

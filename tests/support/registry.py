@@ -44,6 +44,8 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
 
+from modelcar_builder.oci.image import platform_entry
+
 HTTP_SECRET = "modelcar-test-http-secret"  # fixed: resumable uploads survive a restart
 SA_USERNAME = "serviceaccount"
 TOKEN_SERVICE = "modelcar-test-registry"
@@ -742,6 +744,12 @@ class BaseImage:
         finally:
             tmp.unlink(missing_ok=True)
         return dest
+
+
+def resolve_platform(index_body: bytes, platform: str = "linux/amd64") -> str:
+    """The manifest digest for ``os/arch[/variant]`` in raw index bytes. Only tests want
+    bytes in and a digest out; the choosing is the engines' own (``select_platform``)."""
+    return str(platform_entry(json.loads(index_body), tuple(platform.split("/")))["digest"])
 
 
 def _run(argv: list[str], env: dict[str, str]) -> str:
