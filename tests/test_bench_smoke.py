@@ -1,5 +1,5 @@
-"""Smoke run of scripts/bench.py: it runs end to end at a tiny size and writes a table with
-a row per contender. Speed numbers are never asserted: CI machines differ."""
+"""Smoke run of the scripts/bench package: it runs end to end at a tiny size and writes a
+table with a row per contender. Speed numbers are never asserted: CI machines differ."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "scripts" / "bench.py"
 CONTENDERS = (
     "native",
     "native --stream",
@@ -64,7 +63,7 @@ def test_quick_bench_writes_a_row_per_contender(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--out", str(out), "--budget-min", "2"],
+        [sys.executable, "-m", "scripts.bench", "--quick", "--out", str(out), "--budget-min", "2"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -85,10 +84,24 @@ def test_quick_bench_writes_a_row_per_contender(tmp_path: Path) -> None:
             # e.g. "not available: ..." — allowed only where the tool is really missing
             assert not must_run(name), f"{name}: {row['status']}"
     assert "## Targets" in text and "## Machine" in text
-    assert "python3 scripts/bench.py --quick" in text
+    assert "python3 -m scripts.bench --quick" in text
     # The chart is made, or the report says why not.
     charts = tmp_path / "benchmarks"
     assert (charts / "throughput.png").exists() or "No charts:" in text
     # Nothing left behind in the scratch area but the report.
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("modelcar-bench-")]
     assert leftovers == []
+
+
+def test_bench_imports_without_pytest() -> None:
+    """The benchmark and the Hub imitation it serves must not need the test framework:
+    pytest is a test extra, the benchmark is not a test."""
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"
+        "import scripts.bench.__main__, scripts.bench.report, scripts.bench.charts\n"
+        "import tests.support.hubsim, tests.support.ports\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

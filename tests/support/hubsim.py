@@ -25,13 +25,11 @@ import re
 import socket
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
-
-import pytest
 
 CHUNK = 1 << 20  # body writes of 1 MiB: big enough to be fast, small enough for fault offsets
 MIB = 1 << 20
@@ -940,20 +938,3 @@ def _decode_cursor(cursor: str) -> int:
         return int(json.loads(base64.urlsafe_b64decode(cursor.encode()))["offset"])
     except (ValueError, KeyError, TypeError):
         return 0
-
-
-# --------------------------------------------------------------------------- fixture
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubSim]:
-    """A running HubSim; HF_ENDPOINT points at it (pass `endpoint=hub.endpoint` explicitly too,
-    huggingface_hub reads HF_ENDPOINT only at import time)."""
-    sim = HubSim().start()
-    monkeypatch.setenv("HF_ENDPOINT", sim.endpoint)
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    try:
-        yield sim
-    finally:
-        sim.stop()

@@ -45,6 +45,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import pytest
 
 from modelcar_builder.oci.image import platform_entry
+from tests.support.ports import free_port
 
 HTTP_SECRET = "modelcar-test-http-secret"  # fixed: resumable uploads survive a restart
 SA_USERNAME = "serviceaccount"
@@ -447,12 +448,6 @@ class RegistryInstance:
         return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_listening(reg: RegistryInstance) -> None:
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
@@ -541,7 +536,7 @@ class RegistryLauncher:
         password: str | None,
         token_lifetime: int,
     ) -> RegistryInstance:
-        port = _free_port()
+        port = free_port()
         storage = workdir / "storage"
         storage.mkdir(exist_ok=True)
         http_cfg: dict[str, object] = {"addr": f"127.0.0.1:{port}", "secret": HTTP_SECRET}

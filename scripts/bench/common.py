@@ -1,0 +1,18 @@
+"""Names and units that every part of the benchmark shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # scripts/bench/common.py -> the repo
+GIB = 1 << 30
+MIB = 1 << 20
+MB = 1e6  # throughput and sizes in the report are decimal MB, like curl and the registry
+HUB_REPO = "bench/model"
+NATIVE = "native"
+STREAM = "native --stream"
+OUR_BUILDAH = "modelcar buildah"
+STOCK_BUILDAH = "stock buildah"
+OLOT = "olot + skopeo"
+RAW = "raw curl -T"
+CONTENDERS = (NATIVE, STREAM, OUR_BUILDAH, STOCK_BUILDAH, OLOT, RAW)
