@@ -438,13 +438,14 @@ def test_verify_command_against_the_registry(hub_repo, registry, capsys, tmp_pat
 def test_tokens_that_expire_mid_push_are_renewed(
     hub, registry_token, capsys, tmp_path, monkeypatch
 ):
-    """Tokens may live a minute; a model takes longer. Here they live 1 s (and the client
-    believes they last 300 s) while the Hub stalls mid-shard for 2 s: the requests after the
-    stall must get a fresh token, not fail."""
+    """Tokens may live a minute; a model takes longer. Here they live 2 s (and the client
+    believes they last 300 s) while the Hub stalls mid-shard for 4 s: the requests after the
+    stall must get a fresh token, not fail. (2 s, not 1: on a loaded 2-core machine a fresh
+    token could expire before its own request, which no client can help.)"""
     files = model_files(n_shards=2, shard_size=2 * MIB)
     hub.add_repo(REPO, files)
-    hub.stall(REPO, "model-00000-of-00002.safetensors", seconds=2, after_bytes=MIB)
-    registry_token.token_server.set_lifetime(1, expires_in=300)
+    hub.stall(REPO, "model-00000-of-00002.safetensors", seconds=4, after_bytes=MIB)
+    registry_token.token_server.set_lifetime(2, expires_in=300)
     auth = tmp_path / "auth.json"
     registry_token.write_authfile(auth)
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
