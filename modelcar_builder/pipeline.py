@@ -97,26 +97,13 @@ def count_base_layers(
 
 
 def disk_needed(plan: Plan, env: Mapping[str, str] | None = None) -> dict[str, int]:
-    """Extra workspace bytes each engine needs, for `plan` and the up-front space check.
+    """Extra workspace bytes each engine needs, for `plan` and the up-front space check:
+    every engine answers for itself (``Engine.disk_needed``)."""
+    from modelcar_builder.engines.buildah import BuildahEngine
+    from modelcar_builder.engines.native import NativeEngine
 
-    native: the fetched files (local sources are read in place).
-    native --stream: nothing but small state files.
-    buildah: the fetched files plus buildah's own peak, which depends on its mode
-    (per-layer: a few copies of the largest layer; chain: grows with the storage driver).
-    """
-    from modelcar_builder.engines.buildah import (
-        BuildahSettings,
-        estimate_peak_bytes,
-        estimate_per_layer_peak,
-    )
-
-    settings = BuildahSettings.from_env(os.environ if env is None else env)
-    sizes = [layer.size for layer in plan.layers]
-    if settings.mode == "per-layer":
-        label, storage = "buildah", estimate_per_layer_peak(sizes)
-    else:
-        # The chain's cost depends on the driver; without probing, assume the worse (vfs).
-        driver = "vfs" if settings.storage_driver == "auto" else settings.storage_driver
-        label, storage = f"buildah (chain, {driver})", estimate_peak_bytes(sizes, driver)
-    fetched = plan.total_bytes if plan.snapshot.kind == "hub" else 0
-    return {"native": fetched, "native --stream": 0, label: fetched + storage}
+    env = os.environ if env is None else env
+    needed: dict[str, int] = {}
+    for engine in (NativeEngine(), BuildahEngine()):
+        needed.update(engine.disk_needed(plan, env))
+    return needed

@@ -42,7 +42,7 @@ def must_run(name: str) -> bool:
     # Our buildah engine: required once its module exists.
     return (
         shutil.which("buildah") is not None
-        and (REPO / "modelcar_builder" / "engines" / "buildah.py").exists()
+        and (REPO / "modelcar_builder" / "engines" / "buildah" / "__init__.py").exists()
     )
 
 

@@ -3,6 +3,7 @@ target, return a BuildResult. The pipeline does not care which engine ran."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -70,4 +71,16 @@ class Engine(Protocol):
         """Fail before the model is downloaded when the build cannot work here."""
         ...
 
+    def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:
+        """Extra workspace bytes a build of ``plan`` needs, by a label naming the engine
+        (and its mode), for ``plan`` and the up-front space check; ``env`` holds the
+        engine's settings."""
+        ...
+
     def build(self, request: BuildRequest) -> BuildResult: ...
+
+
+def fetched_bytes(plan: Plan) -> int:
+    """Workspace bytes the fetched model files take: Hub files are downloaded, local
+    sources are read in place."""
+    return plan.total_bytes if plan.snapshot.kind == "hub" else 0

@@ -1,5 +1,6 @@
 """Finding the base image (the layer that gives KServe its `sh`, `ln`, `sleep`) for the
-native engine: from a registry, from a local OCI layout, or none at all (`scratch`)."""
+engines: from a registry, from a local OCI layout, or none at all (`scratch`); and
+copying its layers into the target."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from modelcar_builder.engines.sinks import Sink
 from modelcar_builder.oci import INDEX_MEDIA_TYPES
-from modelcar_builder.oci.image import BaseImage, base_image, select_platform
+from modelcar_builder.oci.image import BaseImage, Descriptor, base_image, select_platform
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.reference import ImageRef
 from modelcar_builder.registry import RegistryClient
@@ -58,14 +60,25 @@ def _read_layout_blob(layout: OciLayout, digest: str) -> Iterator[bytes]:
 
 
 def _from_registry(ref: ImageRef, platform, registry: RegistryOptions) -> BaseSource:
-    client = registry.client_for(ref)
-    manifest = client.get_manifest(ref.repository, ref.reference)
-    if manifest.media_type in INDEX_MEDIA_TYPES:
-        chosen = select_platform(json.loads(manifest.body), platform)
-        manifest = client.get_manifest(ref.repository, chosen.digest)
-    parsed = json.loads(manifest.body)
-    config = client.read_blob(ref.repository, parsed["config"]["digest"])
-    image = base_image(str(ref), manifest.digest, parsed, config)
+    return base_from_registry(ref, platform, registry.client_for(ref), str(ref))
+
+
+def base_from_registry(
+    ref: ImageRef, platform: tuple[str, str], client: RegistryClient, name: str
+) -> BaseSource:
+    """The base image ``ref`` read with ``client`` (which the BaseSource then owns and
+    closes; also on failure here). ``name`` is what the image's annotations call it."""
+    try:
+        manifest = client.get_manifest(ref.repository, ref.reference)
+        if manifest.media_type in INDEX_MEDIA_TYPES:
+            chosen = select_platform(json.loads(manifest.body), platform)
+            manifest = client.get_manifest(ref.repository, chosen.digest)
+        parsed = json.loads(manifest.body)
+        config = client.read_blob(ref.repository, parsed["config"]["digest"])
+        image = base_image(name, manifest.digest, parsed, config)
+    except BaseException:
+        client.close()
+        raise
     return BaseSource(
         image,
         lambda d: client.get_blob(ref.repository, d),
@@ -73,3 +86,27 @@ def _from_registry(ref: ImageRef, platform, registry: RegistryOptions) -> BaseSo
         repo=ref.repository,
         client=client,
     )
+
+
+def copy_base(
+    base: BaseSource,
+    sink: Sink,
+    has_blob: Callable[[str, int], bool] | None = None,
+    placed: Callable[[Descriptor, bool], None] | None = None,
+) -> None:
+    """Put the base's layers into ``sink``, each unless it is there (``has_blob``, by
+    default the sink's own check), by a cross-repository mount where the registry allows,
+    else by upload. ``placed(layer, uploaded)`` hears of each mounted or uploaded layer.
+    Only the layers: the image gets a config of its own, the base's is never referenced."""
+    if base.image is None:
+        return
+    for desc in base.image.layers:
+        if (has_blob or sink.has_blob)(desc.digest, desc.size):
+            continue
+        if base.host and sink.mount(desc.digest, base.host, base.repo or ""):
+            if placed is not None:
+                placed(desc, False)
+            continue
+        sink.put_blob(desc.digest, desc.size, lambda d=desc.digest: base.open_blob(d))
+        if placed is not None:
+            placed(desc, True)

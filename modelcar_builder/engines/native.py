@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
+from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult, fetched_bytes
 from modelcar_builder.engines.assemble import BuiltLayer, assemble_image
-from modelcar_builder.engines.base import BaseSource, load_base
+from modelcar_builder.engines.base import BaseSource, copy_base, load_base
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
 from modelcar_builder.errors import UsageError
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
@@ -27,7 +28,7 @@ from modelcar_builder.oci.layer import (
 )
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.parallel import run_parallel
-from modelcar_builder.plan import LayerPlan
+from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.progress import Progress
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
@@ -60,6 +61,10 @@ class NativeEngine:
     def preflight(self, workspace: Workspace) -> None:
         """Nothing to check: no privilege, no daemon, any filesystem."""
 
+    def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:
+        """The fetched files; with --stream nothing but small state files."""
+        return {self.name: fetched_bytes(plan), f"{self.name} --stream": 0}
+
     def build(self, request: BuildRequest) -> BuildResult:
         if request.compression not in ("none", "gzip"):
             raise UsageError(
@@ -71,7 +76,7 @@ class NativeEngine:
         sink, client = open_sink(request)
         base = load_base(request.base_image, request.platform, request.registry)
         try:
-            self._copy_base(base, sink)
+            copy_base(base, sink)
             timings["base"] = time.monotonic() - started
             state = request.workspace.state(request.plan.snapshot)
             pushed = self._push_layers(request, sink, state)
@@ -99,19 +104,6 @@ class NativeEngine:
             bytes_uploaded=sink.bytes_uploaded,
             timings=timings,
         )
-
-    # -- base -------------------------------------------------------------------------------
-
-    def _copy_base(self, base: BaseSource, sink: Sink) -> None:
-        if base.image is None:
-            return
-        # Only the layers: the image gets a config of its own, the base's is never referenced.
-        for desc in base.image.layers:
-            if sink.has_blob(desc.digest, desc.size):
-                continue
-            if base.host and sink.mount(desc.digest, base.host, base.repo or ""):
-                continue
-            sink.put_blob(desc.digest, desc.size, lambda d=desc.digest: base.open_blob(d))
 
     # -- model layers -----------------------------------------------------------------------
 

@@ -1,0 +1,88 @@
+"""What one buildah build needs, resolved once by the engine and shared by both
+builders, and the small helpers they share."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelcar_builder.auth import Credentials
+from modelcar_builder.engines import BuildRequest
+from modelcar_builder.engines.buildah.cache import BuildahCache
+from modelcar_builder.engines.buildah.failures import Remote
+from modelcar_builder.engines.buildah.runner import Buildah
+from modelcar_builder.engines.buildah.settings import BuildahSettings
+from modelcar_builder.errors import UsageError
+from modelcar_builder.oci import DOCKER_MANIFEST
+from modelcar_builder.oci import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
+from modelcar_builder.plan import Plan
+from modelcar_builder.progress import Progress
+from modelcar_builder.registry import RegistryClient
+from modelcar_builder.state import BuildState
+
+log = logging.getLogger("modelcar")
+
+MANIFEST_ACCEPT = (OCI_MANIFEST, DOCKER_MANIFEST)  # what buildah or we may have pushed
+
+
+@dataclass
+class BuildRun:
+    """Everything one build needs, resolved once."""
+
+    request: BuildRequest
+    settings: BuildahSettings
+    buildah: Buildah
+    files_dir: Path
+    context_dirs: tuple[Path, ...]
+    state: BuildState
+    timestamp: int
+    target_remote: Remote | None = None
+    base_remote: Remote | None = None
+    target_args: list[str] = field(default_factory=list)  # --authfile, TLS for the target
+    base_args: list[str] = field(default_factory=list)  # the same for pulling the base
+    client: RegistryClient | None = None  # ours, for a registry target (set with the args)
+    base_creds: Credentials | None = None  # per-layer mode: our own client loads the base
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def plan(self) -> Plan:
+        return self.request.plan
+
+    @property
+    def cache(self) -> BuildahCache:
+        return BuildahCache(self.state)
+
+    def target_client(self) -> RegistryClient:
+        """Our client for the registry target; only registry targets call this."""
+        if self.client is None:
+            raise RuntimeError(f"no registry client for {self.request.target}")
+        return self.client
+
+
+def check_request(request: BuildRequest) -> Path:
+    """The model files' directory; what buildah cannot do fails here, before any work."""
+    if request.files_dir is None:
+        raise UsageError(
+            "the buildah engine needs the model files on disk",
+            hint="drop --stream, or use --engine native --stream",
+        )
+    if request.compression not in ("gzip", "zstd", "none"):
+        raise UsageError(f"unknown compression {request.compression!r}", hint="use gzip")
+    if request.compression == "zstd":
+        log.warning(
+            "zstd layers: KServe's oci:// fetch rejects tar+zstd, and buildah may reuse gzip "
+            "blobs the registry already has; use gzip for KServe"
+        )
+    return request.files_dir
+
+
+def file_chunks(
+    path: Path, progress: Progress | None = None, chunk: int = 1 << 20
+) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while data := f.read(chunk):
+            if progress is not None:
+                progress.advance(len(data))
+            yield data
