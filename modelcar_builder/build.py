@@ -20,7 +20,8 @@ from modelcar_builder.errors import EngineUnavailable, UsageError, VerificationF
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
 from modelcar_builder.settings import RegistryOptions
-from modelcar_builder.source.download import FetchOptions, HubStreams, fetch
+from modelcar_builder.source.download import FetchOptions, fetch
+from modelcar_builder.source.stream import HubStreams
 from modelcar_builder.target import RegistryTarget, Target
 from modelcar_builder.verify import VerifyResult, verify_layout, verify_push
 from modelcar_builder.workspace import Workspace

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from modelcar_builder.auth import resolve_credentials
 from modelcar_builder.reference import ImageRef
-from modelcar_builder.registry import RegistryClient
+from modelcar_builder.registry import RegistryClient, RetryPolicy
+from modelcar_builder.registry.transport import DEFAULT_RETRY_WINDOW
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class RegistryOptions:
     token_file: str | None = None
     tls_verify: bool = True
     ca_file: str | None = None
+    retry_window: float = DEFAULT_RETRY_WINDOW  # seconds an outage mid-run is ridden out
 
     def client_for(self, ref: ImageRef) -> RegistryClient:
         """A client for ``ref``'s registry with the first credentials that apply."""
@@ -25,4 +27,10 @@ class RegistryOptions:
             authfile=self.authfile,
             token_file=self.token_file,
         )
-        return RegistryClient(ref.api_host, creds, tls_verify=self.tls_verify, ca_file=self.ca_file)
+        return RegistryClient(
+            ref.api_host,
+            creds,
+            tls_verify=self.tls_verify,
+            ca_file=self.ca_file,
+            retry=RetryPolicy(window=self.retry_window),
+        )

@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import tarfile
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from modelcar_builder.registry import (
     RetryPolicy,
 )
 from modelcar_builder.verify import verify_push
+from tests.support.ports import free_port
 from tests.support.registry import (
     BaseImage,
     RegistryInstance,
@@ -38,7 +40,7 @@ from tests.support.registry import (
 )
 
 MiB = 1024 * 1024
-FAST_RETRY = RetryPolicy(attempts=4, initial=0.05, maximum=0.2)
+FAST_RETRY = RetryPolicy(attempts=4, initial=0.05, maximum=0.2, window=1.0)
 LABELS = {"org.opencontainers.image.source": "https://huggingface.co/org/tiny"}
 
 
@@ -457,3 +459,34 @@ def test_base_image_fixture(base_image: BaseImage) -> None:
     assert not config["config"].get("Entrypoint") and not config["config"].get("Cmd")
     assert (base_image.oci_dir / "index.json").is_file()
     assert base_image.oci_ref.endswith(":latest")
+
+
+def test_a_registry_restart_mid_push_is_ridden_out(registry: RegistryInstance) -> None:
+    """A rolling update takes the registry away for 30-60 s. Once it has answered, the
+    client keeps retrying for the window (here 30 s; the default is 120 s), far past
+    the 4 quick attempts that are all a registry that never answered gets."""
+    data = hashlib.sha256(b"w").digest() * (2 * MiB // 32)
+    policy = RetryPolicy(attempts=4, initial=0.05, maximum=1.0, window=30.0)
+    opened = []
+
+    def open_chunks() -> Iterator[bytes]:
+        opened.append(time.monotonic())
+        if len(opened) == 1:
+            registry.kill()  # gone mid-upload for 6 s, far longer than 4 quick attempts
+            threading.Timer(6.0, registry.start).start()
+        yield data
+
+    with client_for(registry, retry=policy) as client:
+        client.ping()
+        client.upload_blob("outage/blob", digest_of(data), len(data), open_chunks)
+        assert opened[-1] - opened[0] >= 5.5 and client.stats.retries >= 4
+        assert client.blob_size("outage/blob", digest_of(data)) == len(data)
+
+
+def test_a_registry_that_never_answered_fails_in_seconds() -> None:
+    policy = RetryPolicy(attempts=3, initial=0.05, maximum=0.2, window=120.0)
+    started = time.monotonic()
+    client = RegistryClient(f"127.0.0.1:{free_port()}", plain_http=True, retry=policy)
+    with client, pytest.raises(RegistryUnreachable):
+        client.ping()
+    assert time.monotonic() - started < 10  # attempts, not the 120 s window

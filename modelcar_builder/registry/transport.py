@@ -44,13 +44,22 @@ TLS_HINT = (
 )
 
 
+DEFAULT_RETRY_WINDOW = 120.0  # seconds: a rolling registry update takes 30-60 s
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff for connection errors and 5xx answers; each retry re-opens the stream."""
+    """Backoff for connection errors and 5xx answers; each retry re-opens the stream.
+
+    Two budgets, because two failures look alike at first: a registry that never
+    answered (a wrong host, a firewall) fails after ``attempts`` tries, in seconds; one
+    that answered earlier in this run and went away (a restart, a rolling update) is
+    retried for ``window`` seconds before the build gives up."""
 
     attempts: int = 5
     initial: float = 0.5
     maximum: float = 10.0
+    window: float = DEFAULT_RETRY_WINDOW
 
 
 @dataclass
@@ -132,6 +141,7 @@ class Transport:
         self._creds_source = creds_source
         self._secrets = set(secrets)
         self._stats_lock = threading.Lock()
+        self._answered = False  # the registry answered once: later failures are outages
 
     def close(self) -> None:
         self.session.close()
@@ -169,6 +179,8 @@ class Transport:
                 allow_redirects=True,
             )
         log.debug("%s %s -> %d", method, url_path(url), resp.status_code)
+        if resp.status_code < 500:
+            self._answered = True
         return resp
 
     def probe(self) -> tuple[str, requests.Response]:
@@ -214,8 +226,11 @@ class Transport:
 
     def retrying(self, fn: Callable[[], _T]) -> _T:
         policy = self._retry
+        stop = tenacity.stop_after_attempt(policy.attempts)
+        if self._answered:  # at least the attempts, and on until the window has passed
+            stop = stop & tenacity.stop_after_delay(policy.window)
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(policy.attempts),
+            stop=stop,
             wait=tenacity.wait_exponential(multiplier=policy.initial, max=policy.maximum),
             retry=tenacity.retry_if_exception(is_transient),
             before_sleep=self._before_retry,
@@ -226,13 +241,11 @@ class Transport:
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         self.count(retries=1)
         exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "registry %s: %s; retry %d of %d",
-            self.host,
-            self.scrub(describe(exc)),
-            state.attempt_number,
-            self._retry.attempts - 1,
-        )
+        if self._answered:
+            budget = f"retrying for up to {self._retry.window:.0f} s (it answered before)"
+        else:
+            budget = f"retry {state.attempt_number} of {self._retry.attempts - 1}"
+        log.warning("registry %s: %s; %s", self.host, self.scrub(describe(exc)), budget)
 
     @contextlib.contextmanager
     def errors(self, what: str | None = None) -> Iterator[None]:

@@ -1,6 +1,7 @@
 """Sources: where a model comes from. ``parse_source`` reads a SOURCE argument;
 ``hub.py`` and ``local.py`` turn it into a pinned Snapshot (nothing is downloaded there);
-``download.py`` brings a Hub snapshot's bytes onto the workspace, verified."""
+``download.py`` brings a Hub snapshot's bytes onto the workspace, verified; ``stream.py``
+reads them as self-checking streams for ``--stream``."""
 
 from __future__ import annotations
 

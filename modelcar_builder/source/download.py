@@ -9,17 +9,14 @@ file that fails is deleted, never used.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import requests
-import urllib3
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -54,10 +51,6 @@ if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need 
 
 log = logging.getLogger("modelcar")
 CHUNK = 1024 * 1024
-STREAM_HINT = (
-    "rerun: layers the registry already holds are not sent again (--stream keeps nothing "
-    "on disk, so an unfinished layer starts over)"
-)
 
 
 @dataclass(frozen=True)
@@ -91,7 +84,7 @@ class _Counter:
             self.value += n
 
 
-class _Transient(Exception):
+class Transient(Exception):
     """A failure worth retrying: 5xx, a cut connection, a stall."""
 
 
@@ -284,7 +277,7 @@ def _fetch_one(
     retrying = Retrying(
         stop=_stop_for(opts.attempts),
         wait=wait_exponential(multiplier=0.5, max=opts.backoff_max),
-        retry=retry_if_exception_type((_Transient, IntegrityError)),
+        retry=retry_if_exception_type((Transient, IntegrityError)),
         before_sleep=lambda rs: _log_retry(entry, rs, opts.attempts),
         reraise=True,
     )
@@ -292,7 +285,7 @@ def _fetch_one(
         for attempt in retrying:
             with attempt:
                 hashes = _download(session, url, access, entry, part, opts, shown, counter, frame)
-    except _Transient as exc:
+    except Transient as exc:
         raise DownloadFailed(
             f"downloading {entry.path} failed after {opts.attempts} attempts: {exc}"
         ) from None
@@ -367,9 +360,9 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter, 
             timeout=(opts.connect_timeout, opts.read_timeout),
         )
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise _Transient(f"{type(exc).__name__} contacting the Hub") from None
+        raise Transient(f"{type(exc).__name__} contacting the Hub") from None
     with resp:
-        _check_status(resp, entry)
+        check_status(resp, entry)
         if offset and resp.status_code != 206:
             offset = 0  # the server ignored Range: start over rather than append twice
         h = _Hashes(entry, frame)
@@ -393,9 +386,9 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter, 
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
-            raise _Transient(f"connection lost at byte {received} ({type(exc).__name__})") from None
+            raise Transient(f"connection lost at byte {received} ({type(exc).__name__})") from None
     if received != entry.size:
-        raise _Transient(f"got {received} of {entry.size} bytes")
+        raise Transient(f"got {received} of {entry.size} bytes")
     _check_digest(h, entry, part)
     return h
 
@@ -420,7 +413,7 @@ def _rehash_prefix(part: Path, offset: int, h) -> None:
             remaining -= len(block)
 
 
-def _check_status(resp: requests.Response, entry: FileEntry) -> None:
+def check_status(resp: requests.Response, entry: FileEntry) -> None:
     code = resp.status_code
     if code in (200, 206):
         return
@@ -429,146 +422,7 @@ def _check_status(resp: requests.Response, entry: FileEntry) -> None:
     if code == 404:
         raise SourceNotFound(f"{entry.path} vanished from the Hub (HTTP 404)")
     if code == 416:
-        raise _Transient("range not satisfiable")
+        raise Transient("range not satisfiable")
     if code >= 500 or code == 429:
-        raise _Transient(f"HTTP {code} from {resp.url.split('?')[0]}")
+        raise Transient(f"HTTP {code} from {resp.url.split('?')[0]}")
     raise DownloadFailed(f"unexpected HTTP {code} downloading {entry.path}")
-
-
-class HubFileStream(io.RawIOBase):
-    """One Hub file as a readable stream that checks itself: the native engine's
-    ``--stream`` mode tars it straight into an upload. The sha256 (or git blob id) is
-    checked the moment the last byte arrives, before the tar stream moves on, so a
-    corrupted file aborts its layer's upload and never reaches a manifest.
-
-    It is as robust as the disk path: a 5xx, a cut or a stall reopens the file with
-    Range at the byte reached (the upload and the hash simply continue), with the same
-    retry budget (``attempts`` per file), backoff and read timeout."""
-
-    def __init__(
-        self,
-        session: requests.Session,
-        access: HubAccess,
-        repo_id: str,
-        commit: str,
-        entry: FileEntry,
-        opts: FetchOptions,
-        progress: Progress | None = None,
-    ) -> None:
-        super().__init__()
-        self.entry = entry
-        self.progress = progress
-        self.received = 0
-        self._session, self._access, self._opts = session, access, opts
-        self._url = access.file_url(repo_id, entry.path, commit)
-        self._hash = hasher_for(entry)
-        self._resp: requests.Response | None = None
-        self._faults = 0
-        if entry.size == 0:
-            # Nothing to read: check the empty content's id now (the last byte "arrived").
-            self._check(self._hash)
-            return
-        self._connect()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        want = min(len(buffer), self.entry.size - self.received)
-        if want <= 0 or self._resp is None:
-            return 0
-        while True:
-            try:
-                data = self._resp.raw.read(want)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut or stalled
-                data, why = b"", f"connection lost ({type(exc).__name__})"
-            else:
-                why = "the body ended early"
-            if data:
-                break
-            self._resp.close()
-            self._fault(f"{why} at byte {self.received}")
-            self._connect()
-        n = len(data)
-        buffer[:n] = data
-        self._hash.update(data)
-        self.received += n
-        if self.progress is not None:
-            self.progress.advance(n)
-        if self.received == self.entry.size:
-            self._check(self._hash)
-        return n
-
-    def _connect(self) -> None:
-        """Open the body at ``self.received``: retried like a download, never from 0."""
-        while True:
-            headers = self._access.headers()
-            if self.received:
-                headers["Range"] = f"bytes={self.received}-"
-            try:
-                resp = self._session.get(
-                    self._url,
-                    headers=headers,
-                    stream=True,
-                    allow_redirects=True,
-                    timeout=(self._opts.connect_timeout, self._opts.read_timeout),
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                self._fault(f"{type(exc).__name__} contacting the Hub")
-                continue
-            try:
-                _check_status(resp, self.entry)
-            except _Transient as exc:
-                resp.close()
-                self._fault(str(exc))
-                continue
-            if self.received and resp.status_code != 206:
-                resp.close()
-                raise DownloadFailed(
-                    f"the Hub ignored the Range request resuming {self.entry.path}",
-                    hint=STREAM_HINT,
-                )
-            self._resp = resp
-            return
-
-    def _fault(self, why: str) -> None:
-        """Spend one try of the file's budget, wait (exponential backoff), or give up."""
-        self._faults += 1
-        if self._faults >= self._opts.attempts:
-            raise DownloadFailed(
-                f"streaming {self.entry.path} failed after {self._opts.attempts} attempts: {why}",
-                hint=STREAM_HINT,
-            )
-        wait = min(self._opts.backoff_max, 0.5 * 2 ** (self._faults - 1))
-        log.warning(
-            "%s: %s; resuming at byte %d in %.1f s (attempt %d of %d)",
-            self.entry.path, why, self.received, wait, self._faults + 1, self._opts.attempts,
-        )  # fmt: skip
-        time.sleep(wait)
-
-    def _check(self, h) -> None:
-        if h.hexdigest() != expected_id(self.entry):
-            kind = "sha256" if self.entry.sha256 else "git blob id"
-            raise IntegrityError(f"{self.entry.path}: {kind} mismatch while streaming")
-
-    def close(self) -> None:
-        if self._resp is not None:
-            self._resp.close()
-        super().close()
-
-
-class HubStreams:
-    """Opens Hub files of one pinned commit as self-checking streams (``--stream``),
-    over one shared HTTP session. The pipeline hands it to the engine."""
-
-    def __init__(self, access: HubAccess, repo_id: str, commit: str, opts: FetchOptions) -> None:
-        self.access, self.repo_id, self.commit, self.opts = access, repo_id, commit, opts
-        self.session = requests.Session()
-
-    def __call__(self, entry: FileEntry, progress: Progress | None) -> HubFileStream:
-        return HubFileStream(
-            self.session, self.access, self.repo_id, self.commit, entry, self.opts, progress
-        )
-
-    def close(self) -> None:
-        self.session.close()
