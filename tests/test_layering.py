@@ -1,0 +1,78 @@
+"""The one-way house, checked: every import in the package points down the flow
+CLI -> commands -> run (build) -> pipeline/report -> engines -> stages (context, verify,
+sources) -> infrastructure (registry, workspace, state, settings) -> vocabulary (oci,
+plan, references) -> errors. A module may import its own rank or below, never above."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parent.parent / "modelcar_builder"
+
+RANKS = [  # (rank, module prefixes); the longest matching prefix decides
+    (9, ("cli", "__main__")),
+    (8, ("commands",)),
+    (7, ("build",)),
+    (6, ("pipeline", "report", "preflight")),
+    (5, ("engines",)),
+    (4, ("context", "verify", "source", "shards")),
+    (3, ("registry", "settings", "workspace", "state")),
+    (2, ("oci", "auth", "reference", "target", "plan", "selection", "progress", "parallel")),
+    (1, ("snapshot", "units", "errors", "")),
+]
+
+
+def rank(module: str) -> int:
+    best = (-1, 0)
+    for r, prefixes in RANKS:
+        for p in prefixes:
+            if module == p or module.startswith(p + ".") or p == "":
+                best = max(best, (len(p), r))
+    return best[1]
+
+
+def imports() -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        module = ".".join(p for p in parts if p != "__init__")
+        found = out.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name == "modelcar_builder" or name.startswith("modelcar_builder."):
+                    found.add(name.removeprefix("modelcar_builder").lstrip("."))
+    return out
+
+
+def test_every_import_points_down_the_flow():
+    upward = [
+        f"{m} (rank {rank(m)}) imports {t} (rank {rank(t)})"
+        for m, targets in imports().items()
+        for t in targets
+        if rank(t) > rank(m)
+    ]
+    assert not upward, "\n".join(sorted(upward))
+
+
+def test_every_module_has_a_rank_and_engines_never_reach_for_the_hub():
+    graph = imports()
+    assert all(rank(m) > 1 or m.startswith(("snapshot", "units", "errors")) or m == ""
+               for m in graph), [m for m in graph if rank(m) == 1]  # fmt: skip
+    to_sources = [(m, t) for m, ts in graph.items() if m.startswith("engines")
+                  for t in ts if t.startswith("source")]  # fmt: skip
+    assert not to_sources
+
+
+def test_no_module_is_over_500_lines():
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 520
+    }
+    assert not long
