@@ -43,6 +43,17 @@ class BuildRequest:
 
 
 @dataclass(frozen=True)
+class BuiltLayer:
+    """One planned layer as it sits in the target, while an engine works: its blob, its
+    uncompressed digest (diff_id), and whether this run had to send it."""
+
+    digest: str
+    size: int
+    diff_id: str
+    uploaded: bool = True
+
+
+@dataclass(frozen=True)
 class LayerResult:
     digest: str
     size: int

@@ -10,18 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from modelcar_builder import __version__
-from modelcar_builder.engines import BuildRequest
+from modelcar_builder.engines import BuildRequest, BuiltLayer
 from modelcar_builder.engines.base import BaseSource
 from modelcar_builder.oci import MEDIA_TYPE_CONFIG
 from modelcar_builder.oci.image import Descriptor, build_config, build_manifest, image_annotations
 from modelcar_builder.oci.layer import layer_annotations
-
-
-@dataclass(frozen=True)
-class BuiltLayer:
-    digest: str
-    size: int
-    diff_id: str
 
 
 @dataclass(frozen=True)

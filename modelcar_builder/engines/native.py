@@ -11,10 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult, fetched_bytes
-from modelcar_builder.engines.assemble import BuiltLayer, assemble_image
+from modelcar_builder.engines import (
+    BuildRequest,
+    BuildResult,
+    BuiltLayer,
+    LayerResult,
+    fetched_bytes,
+)
+from modelcar_builder.engines.assemble import assemble_image
 from modelcar_builder.engines.base import BaseSource, copy_base, load_base
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
 from modelcar_builder.errors import UsageError
@@ -36,14 +41,6 @@ from modelcar_builder.target import LayoutTarget
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
-
-
-@dataclass(frozen=True)
-class _Pushed:
-    digest: str
-    size: int
-    diff_id: str
-    uploaded: bool
 
 
 def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
@@ -107,7 +104,9 @@ class NativeEngine:
 
     # -- model layers -----------------------------------------------------------------------
 
-    def _push_layers(self, request: BuildRequest, sink: Sink, state: BuildState) -> list[_Pushed]:
+    def _push_layers(
+        self, request: BuildRequest, sink: Sink, state: BuildState
+    ) -> list[BuiltLayer]:
         total = sum(_tar_for(request, layer).size for layer in request.plan.layers)
         progress = Progress("push", total)
         try:
@@ -121,12 +120,12 @@ class NativeEngine:
             state.save()
         return results
 
-    def _push_one(self, request, sink, layer: LayerPlan, state, progress) -> _Pushed:
+    def _push_one(self, request, sink, layer: LayerPlan, state, progress) -> BuiltLayer:
         key = layer_key(layer, request.compression, request.files_dir)
         cached = state.layer(key)
         if cached and sink.has_blob(cached.digest, cached.size):
             log.info("%s already in the target (%s)", layer.name, cached.digest[:19])
-            return _Pushed(cached.digest, cached.size, cached.diff_id, uploaded=False)
+            return BuiltLayer(cached.digest, cached.size, cached.diff_id, uploaded=False)
         tar = _tar_for(request, layer)
         open_entry = _stream_opener(request, progress) if request.files_dir is None else None
 
@@ -145,22 +144,21 @@ class NativeEngine:
                 sink.put_resumable(digest, tar.size, tar.chunks_from, request.chunk_size)
             else:
                 sink.put_blob(digest, tar.size, tar_chunks)
-            pushed = _Pushed(digest, tar.size, digest, uploaded=True)
+            pushed = BuiltLayer(digest, tar.size, digest, uploaded=True)
         else:
             # Digest unknown until the last byte (gzip, or bytes still arriving from the
             # Hub): one streaming upload that hashes as it goes.
             plain = DigestingIterator(tar_chunks())
             body = gzip_chunks(plain) if request.compression == "gzip" else plain
             digest, size = sink.put_stream(body)
-            pushed = _Pushed(digest, size, plain.digest, uploaded=True)
+            pushed = BuiltLayer(digest, size, plain.digest, uploaded=True)
         state.remember_layer(key, LayerRecord(pushed.digest, pushed.size, pushed.diff_id))
         return pushed
 
     # -- config and manifest ------------------------------------------------------------------
 
     def _push_manifest(self, request, sink: Sink, base: BaseSource, pushed) -> tuple[str, str]:
-        built = [BuiltLayer(p.digest, p.size, p.diff_id) for p in pushed]
-        docs = assemble_image(request, base, built, layer_media_type(request.compression))
+        docs = assemble_image(request, base, pushed, layer_media_type(request.compression))
         if not sink.has_blob(docs.config_digest, len(docs.config)):
             sink.put_blob(docs.config_digest, len(docs.config), lambda: [docs.config])
         digest = sink.put_manifest(docs.manifest, MEDIA_TYPE_MANIFEST, request.target.tag)

@@ -20,11 +20,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from modelcar_builder.engines import BuildResult, LayerResult
-from modelcar_builder.engines.assemble import BuiltLayer, assemble_image
+from modelcar_builder.engines import BuildResult, BuiltLayer, LayerResult
+from modelcar_builder.engines.assemble import assemble_image
 from modelcar_builder.engines.base import BaseSource, base_from_registry, copy_base, load_base
 from modelcar_builder.engines.buildah.cache import per_layer_key
 from modelcar_builder.engines.buildah.failures import BUILD_HINT
@@ -50,16 +50,6 @@ log = logging.getLogger("modelcar")
 _BUILD_ERRORS = (ModelcarError, OSError, ValueError)
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """One planned layer as it sits in the target."""
-
-    digest: str
-    size: int
-    diff_id: str
-    uploaded: bool
-
-
 class _Upload:
     """One layer blob on its way to the registry in a daemon thread, while the main
     thread builds the next layer; the builder keeps at most one. The thread deletes the
@@ -68,7 +58,7 @@ class _Upload:
     daemon thread, not concurrent.futures: an interrupt leaves at once (no exit join)."""
 
     def __init__(
-        self, index: int, key: str, layer: _Layer, work: Callable[[], bool], name: str
+        self, index: int, key: str, layer: BuiltLayer, work: Callable[[], bool], name: str
     ) -> None:
         self.index, self.key, self.layer = index, key, layer
         self.sent = False
@@ -111,7 +101,7 @@ class PerLayerBuilder:
         self.uploaded = 0  # layer bytes sent (base and model; not config or manifest)
         self._clean = False
         self._pending: _Upload | None = None  # the one upload in flight (overlap)
-        self._out: list[_Layer | None] = []
+        self._out: list[BuiltLayer | None] = []
 
     def build(self) -> BuildResult:
         t0 = time.monotonic()
@@ -228,7 +218,7 @@ class PerLayerBuilder:
             self.run.files_dir, layer, self.request.compression, self.run.timestamp
         )
 
-    def _layers(self, sink: LayoutSink | RegistrySink) -> list[_Layer]:
+    def _layers(self, sink: LayoutSink | RegistrySink) -> list[BuiltLayer]:
         overlap = isinstance(sink, RegistrySink) and overlaps(self.request, self.run.settings)
         self._out = [None] * len(self.run.plan.layers)
         try:
@@ -249,7 +239,7 @@ class PerLayerBuilder:
 
     def _layer(
         self, index: int, layer: LayerPlan, sink: LayoutSink | RegistrySink, overlap: bool
-    ) -> _Layer | None:
+    ) -> BuiltLayer | None:
         """The layer as it sits in the target, or None while its upload is in flight."""
         key = self._key(layer)
         cached = self.cache.layer(key)
@@ -257,7 +247,7 @@ class PerLayerBuilder:
             self._settle()  # the client has one user at a time
             if self._have(sink, cached.digest, cached.size):
                 log.info("buildah: %s cached (%s)", layer.name, cached.digest[:19])
-                return _Layer(cached.digest, cached.size, cached.diff_id, uploaded=False)
+                return BuiltLayer(cached.digest, cached.size, cached.diff_id, uploaded=False)
         elif self._pending is not None and self._pending.done:
             self._settle()  # a failed upload stops the builds here
         self._clean_storage()
@@ -275,7 +265,7 @@ class PerLayerBuilder:
                     finally:
                         shutil.rmtree(tmp, ignore_errors=True)
 
-                built = _Layer(digest, size, diff_id, uploaded=True)
+                built = BuiltLayer(digest, size, diff_id, uploaded=True)
                 self._pending = _Upload(index, key, built, work, layer.name)
                 handed = True
                 return None
@@ -283,7 +273,7 @@ class PerLayerBuilder:
         finally:
             if not handed:
                 shutil.rmtree(tmp, ignore_errors=True)
-        return self._record(key, _Layer(digest, size, diff_id, sent))
+        return self._record(key, BuiltLayer(digest, size, diff_id, sent))
 
     def _send(
         self,
@@ -320,7 +310,7 @@ class PerLayerBuilder:
             pending.key, replace(pending.layer, uploaded=pending.sent)
         )
 
-    def _record(self, key: str, built: _Layer) -> _Layer:
+    def _record(self, key: str, built: BuiltLayer) -> BuiltLayer:
         """A layer the target now has: its cache entry is written only now."""
         self._note(built.digest)
         if built.uploaded:
@@ -393,12 +383,11 @@ class PerLayerBuilder:
     # -- config and manifest ------------------------------------------------------------------
 
     def _put_manifest(
-        self, base: BaseSource, sink: LayoutSink | RegistrySink, layers: Sequence[_Layer]
+        self, base: BaseSource, sink: LayoutSink | RegistrySink, layers: Sequence[BuiltLayer]
     ) -> tuple[str, str]:
         """Config and manifest exactly as the native engine writes them."""
         request = self.request
-        built = [BuiltLayer(x.digest, x.size, x.diff_id) for x in layers]
-        docs = assemble_image(request, base, built, self.media_type)
+        docs = assemble_image(request, base, layers, self.media_type)
         config_digest, body, digest = docs.config_digest, docs.manifest, docs.manifest_digest
         if not sink.has_blob(config_digest, len(docs.config)):
             sink.put_blob(config_digest, len(docs.config), lambda: [docs.config])
