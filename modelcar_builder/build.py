@@ -10,18 +10,26 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from modelcar_builder.engines import DEFAULT_CREATED, BuildRequest, BuildResult, Engine
-from modelcar_builder.errors import EngineUnavailable, UsageError, VerificationFailed
+from modelcar_builder.errors import (
+    EngineUnavailable,
+    ModelcarError,
+    UsageError,
+    VerificationFailed,
+)
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
+from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.settings import RegistryOptions
-from modelcar_builder.source.download import FetchOptions, fetch
+from modelcar_builder.source.download import FetchOptions, FetchResult, fetch
 from modelcar_builder.source.stream import HubStreams
+from modelcar_builder.state import BuildState
 from modelcar_builder.target import RegistryTarget, Target
 from modelcar_builder.verify import VerifyResult, verify_layout, verify_push
 from modelcar_builder.workspace import Workspace
@@ -109,10 +117,17 @@ def run_build(
             raise UsageError("--stream needs a Hub source", hint="drop --stream")
         streams = HubStreams(resolved.access, plan.snapshot.location, plan.snapshot.commit,
                              fetch_opts)  # fmt: skip
-    else:
+    elif not engine.pushes_while_fetching:
         fetched = fetch(plan, workspace, resolved.access, fetch_opts)
         files_dir, downloaded = fetched.files_dir, fetched.downloaded_bytes
     timings["fetch"] = time.monotonic() - t0
+    background = None
+    state = workspace.state(plan.snapshot)
+    if not settings.stream and engine.pushes_while_fetching:
+        # Overlap: a layer is pushed as soon as its own files are verified, while the
+        # rest still download. The manifest still waits for every layer.
+        background = BackgroundFetch(plan, workspace, resolved.access, fetch_opts, state)
+        files_dir = workspace.files_dir(plan.snapshot)
 
     request = BuildRequest(
         plan=plan,
@@ -128,13 +143,22 @@ def run_build(
         upload=settings.upload,
         chunk_size=settings.chunk_size,
         created=created_timestamp(),
+        state=state,
+        ready=background.wait if background else None,
     )
     t1 = time.monotonic()
     try:
         result = engine.build(request)
+    except ModelcarError:
+        if background is not None:
+            background.raise_failure()  # the download's own error explains more
+        raise
     finally:
         if streams is not None:
             streams.close()
+    if background is not None:
+        downloaded = background.result().downloaded_bytes
+        timings["fetch"] = background.seconds
     timings["build_push"] = time.monotonic() - t1
 
     t2 = time.monotonic()
@@ -146,6 +170,69 @@ def run_build(
     return BuildOutcome(
         result, verified, image_url(target, result.manifest_digest), downloaded, timings
     )
+
+
+class BackgroundFetch:
+    """The download, run in a thread while an engine pushes; the engine waits per layer.
+
+    A failed download wakes every waiter with its error, so the build stops with the
+    download's own message (exit code and hint) rather than a secondary one."""
+
+    def __init__(self, plan: Plan, workspace: Workspace, access, opts: FetchOptions,
+                 state: BuildState) -> None:  # fmt: skip
+        self._verified: set[str] = set()
+        self._cond = threading.Condition()
+        self._outcome: FetchResult | ModelcarError | None = None
+        self._started = time.monotonic()
+        self.seconds = 0.0
+        self._thread = threading.Thread(
+            target=self._run, args=(plan, workspace, access, opts, state), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, plan, workspace, access, opts, state) -> None:
+        try:
+            outcome: FetchResult | ModelcarError = fetch(
+                plan, workspace, access, opts, state=state, on_verified=self._verified_one
+            )
+        except ModelcarError as exc:
+            outcome = exc
+        except OSError as exc:  # disk full, permissions: surfaced like any I/O error
+            outcome = ModelcarError(f"download failed: {exc}", hint="rerun with --debug")
+        with self._cond:
+            self._outcome = outcome
+            self.seconds = time.monotonic() - self._started
+            self._cond.notify_all()
+
+    def _verified_one(self, path: str) -> None:
+        with self._cond:
+            self._verified.add(path)
+            self._cond.notify_all()
+
+    def wait(self, layer: LayerPlan) -> None:
+        """Return once every file of ``layer`` is verified; raise if the download failed."""
+        wanted = {f.path for f in layer.files}
+        with self._cond:
+            while not wanted <= self._verified:
+                if isinstance(self._outcome, ModelcarError):
+                    raise self._outcome
+                if self._outcome is not None:
+                    missing = ", ".join(sorted(wanted - self._verified))
+                    raise ModelcarError(f"the download ended without {missing}")
+                self._cond.wait()
+
+    def raise_failure(self) -> None:
+        with self._cond:
+            if isinstance(self._outcome, ModelcarError):
+                raise self._outcome
+
+    def result(self) -> FetchResult:
+        self._thread.join()
+        if isinstance(self._outcome, ModelcarError):
+            raise self._outcome
+        if self._outcome is None:
+            raise ModelcarError("the download thread ended without a result")
+        return self._outcome
 
 
 def verify_target(

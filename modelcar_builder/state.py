@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,12 @@ def layer_key(layer: LayerPlan, compression: str, files_dir: Path | None = None)
 
 
 class BuildState:
-    """The record for one snapshot. Not thread-safe: callers that share it across
-    download threads hold their own lock around changes and ``save``."""
+    """The record for one snapshot. Thread-safe: the download and an engine that pushes
+    while it runs share one instance (two would overwrite each other's records)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.RLock()
         self.verified: dict[str, str] = {}  # path -> the sha256 / git blob id it matched
         self.layers: dict[str, LayerRecord] = {}  # layer_key -> what was built
         self._engines: dict[str, dict[str, Any]] = {}  # engine name -> its own cache
@@ -70,10 +72,12 @@ class BuildState:
 
     def mark_verified(self, path: str, content_id: str | None) -> None:
         if content_id is not None:
-            self.verified[path] = content_id
+            with self._lock:
+                self.verified[path] = content_id
 
     def forget(self, path: str) -> None:
-        self.verified.pop(path, None)
+        with self._lock:
+            self.verified.pop(path, None)
 
     # -- layers -------------------------------------------------------------------------
 
@@ -81,15 +85,21 @@ class BuildState:
         return self.layers.get(key)
 
     def remember_layer(self, key: str, record: LayerRecord) -> None:
-        self.layers[key] = record
+        with self._lock:
+            self.layers[key] = record
 
     def engine_cache(self, engine: str) -> dict[str, Any]:
         """An engine's private cache; the engine owns its schema (JSON-able values)."""
-        return self._engines.setdefault(engine, {})
+        with self._lock:
+            return self._engines.setdefault(engine, {})
 
     # -- reading and writing --------------------------------------------------------------
 
     def save(self) -> None:
+        with self._lock:
+            self._save()
+
+    def _save(self) -> None:
         doc = {
             "version": STATE_VERSION,
             "verified": dict(sorted(self.verified.items())),

@@ -489,3 +489,46 @@ def test_stream_gives_up_with_a_true_hint(hub_repo, registry, base_image, capsys
     assert res.code == errors.DownloadFailed.exit_code, res.err
     assert "failed after 2 attempts" in res.err and "Traceback" not in res.err
     assert "partial ones resume" not in res.err and "--stream keeps nothing" in res.err
+
+
+def test_a_layer_is_pushed_while_later_shards_still_download(hub, registry, capsys, tmp_path):
+    """Overlap, proven from the servers' own records: while the Hub is still serving the
+    last shard (stalled mid-body), the registry already holds a committed model layer."""
+    files = model_files(n_shards=3, shard_size=2 * MIB)
+    hub.add_repo(REPO, files)
+    last = "model-00002-of-00003.safetensors"
+    hub.stall(REPO, last, seconds=6, after_bytes=MIB)
+    image = f"{registry.host}/models/llm:overlap"
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # the moment the registry commits a blob, how far is the Hub?
+        while not stop.is_set():
+            if registry.committed_blobs():
+                seen.append(hub.bytes_served.get((REPO, last), 0))
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    res = run(capsys, *build_args(image, tmp_path / "ws", "scratch"), "--fetch-jobs", "3")
+    stop.set()
+    watcher.join()
+    assert res.code == 0, res.err
+    assert seen and seen[0] < len(files[last]), seen  # pushed before the last byte was served
+    assert_models_match(unpack(f"docker://{image}", tmp_path / "check"), files)
+
+
+def test_a_download_failure_while_pushing_stops_the_build_with_its_own_error(
+    hub_repo, registry, capsys, tmp_path
+):
+    hub_repo.corrupt(REPO, "model-00001-of-00002.safetensors")
+    image = f"{registry.host}/models/llm:overlap-bad"
+    res = run(capsys, *build_args(image, tmp_path / "ws", "scratch"), "--attempts", "1")
+    assert res.code == errors.IntegrityError.exit_code, res.err
+    assert "sha256 mismatch" in res.err and "Traceback" not in res.err
+    with RegistryClient(registry.host, tls_verify=False) as client:
+        assert client.head_manifest("models/llm", "overlap-bad") is None  # no manifest
+    hub_repo.clear_faults()
+    again = run(capsys, *build_args(image, tmp_path / "ws", "scratch"))
+    assert again.code == 0, again.err

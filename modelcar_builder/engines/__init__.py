@@ -3,15 +3,16 @@ target, return a BuildResult. The pipeline does not care which engine ran."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from modelcar_builder.plan import Plan
+from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.progress import Progress
 from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.state import BuildState
 from modelcar_builder.target import Target
 from modelcar_builder.workspace import Workspace
 
@@ -38,6 +39,18 @@ class BuildRequest:
     platform: tuple[str, str] = ("linux", "amd64")
     created: str = DEFAULT_CREATED
     streams: StreamOpener | None = None  # for files_dir None: where the bytes come from
+    # While the download still runs (engines that can push early): the shared workspace
+    # record, and a wait that returns once every file of a layer is verified.
+    state: BuildState | None = None
+    ready: Callable[[LayerPlan], None] | None = None
+
+    def build_state(self) -> BuildState:
+        return self.state if self.state is not None else self.workspace.state(self.plan.snapshot)
+
+    def wait_for(self, layer: LayerPlan) -> None:
+        if self.ready is not None:
+            self.ready(layer)
+
     upload: str = "monolithic"  # or "chunked": PATCH chunks, resumed from the upload's Range
     chunk_size: int = 64 * 1024 * 1024
 
@@ -77,6 +90,9 @@ class BuildResult:
 
 class Engine(Protocol):
     name: str
+    # True: build() may start while the download runs; it calls request.wait_for(layer)
+    # before reading a layer's files. False: it gets every file verified up front.
+    pushes_while_fetching: bool
 
     def preflight(self, workspace: Workspace) -> None:
         """Fail before the model is downloaded when the build cannot work here."""

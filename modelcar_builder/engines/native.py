@@ -54,6 +54,7 @@ def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
 
 class NativeEngine:
     name = "native"
+    pushes_while_fetching = True  # each layer waits for its own files only
 
     def preflight(self, workspace: Workspace) -> None:
         """Nothing to check: no privilege, no daemon, any filesystem."""
@@ -75,8 +76,10 @@ class NativeEngine:
         try:
             copy_base(base, sink)
             timings["base"] = time.monotonic() - started
-            state = request.workspace.state(request.plan.snapshot)
+            state = request.build_state()
             pushed = self._push_layers(request, sink, state)
+            for layer in request.plan.layers:
+                request.wait_for(layer)  # the manifest waits until every file is verified
             timings["layers"] = time.monotonic() - started - timings["base"]
             manifest_digest, config_digest = self._push_manifest(request, sink, base, pushed)
         finally:
@@ -126,6 +129,8 @@ class NativeEngine:
         if cached and sink.has_blob(cached.digest, cached.size):
             log.info("%s already in the target (%s)", layer.name, cached.digest[:19])
             return BuiltLayer(cached.digest, cached.size, cached.diff_id, uploaded=False)
+        request.wait_for(layer)  # its files may still be downloading
+        cached = state.layer(key)  # the download may just have hashed it
         tar = _tar_for(request, layer)
         open_entry = _stream_opener(request, progress) if request.files_dir is None else None
 

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -127,19 +128,30 @@ def expected_id(entry: FileEntry) -> str | None:
 
 
 def fetch(
-    plan: Plan, workspace: Workspace, access: HubAccess | None, opts: FetchOptions
+    plan: Plan,
+    workspace: Workspace,
+    access: HubAccess | None,
+    opts: FetchOptions,
+    state: BuildState | None = None,
+    on_verified: Callable[[str], None] | None = None,
 ) -> FetchResult:
+    """Bring every file of the plan onto the workspace, verified. ``on_verified`` hears of
+    each file as soon as it is in place (an engine may start pushing its layer);
+    ``state`` shares the workspace record with that engine."""
     snapshot = plan.snapshot
+    announce = on_verified or (lambda _path: None)
     files_dir = workspace.files_dir(snapshot)
     if snapshot.kind == "local":
         _check_local(files_dir, snapshot.files)
+        for f in snapshot.files:
+            announce(f.path)
         return FetchResult(files_dir, 0, (), tuple(f.path for f in snapshot.files))
     if access is None or snapshot.commit is None:
         raise ModelcarError(
             f"{snapshot.canonical}: a Hub snapshot without access or commit",
             hint="this is a bug: please report it with the --debug output",
         )
-    state = workspace.state(snapshot)
+    state = state if state is not None else workspace.state(snapshot)
     partial_dir = workspace.partial_dir(snapshot)
 
     todo: list[FileEntry] = []
@@ -152,6 +164,8 @@ def fetch(
             todo.append(entry)
     if state.verified != recorded:
         state.save()  # files re-verified from disk (or found gone) are remembered
+    for path in reused:
+        announce(path)
 
     if not todo:
         log.info("all %d files already downloaded and verified; nothing to fetch", len(reused))
@@ -195,6 +209,7 @@ def fetch(
                 key, _frame, size = framed
                 state.remember_layer(key, LayerRecord(layer_digest, size, layer_digest))
             state.save()
+        announce(entry.path)
 
     try:
         # Largest first: with several workers the long shards start at once.

@@ -94,6 +94,7 @@ __all__ = [
 
 class BuildahEngine:
     name = ENGINE_NAME
+    pushes_while_fetching = False  # its build context links every file up front
 
     def preflight(self, workspace: Workspace) -> None:
         """Checks that need no model files, run before the download: a forced overlay
