@@ -12,7 +12,7 @@ class ModelcarError(Exception):
     """Base class. Subclasses set a distinct exit code and a default hint."""
 
     exit_code = 1
-    default_hint = ""
+    default_hint = "rerun with --debug for the details"
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -27,6 +27,7 @@ class UsageError(ModelcarError):
     """Malformed SOURCE, IMAGE or option values."""
 
     exit_code = 2
+    default_hint = "see `modelcar COMMAND --help`"
 
 
 class SourceNotFound(ModelcarError):
@@ -55,6 +56,9 @@ class UnsafeSource(ModelcarError):
     """A path that would escape /models, or a symlink leaving the source directory."""
 
     exit_code = 13
+    default_hint = (
+        'fix the source so every path stays inside it (no "..", no absolute paths, no links out)'
+    )
 
 
 class PlatformNotFound(UsageError):
@@ -71,6 +75,7 @@ class IncompleteModel(ModelcarError):
     the repo does not hold: the image would build and the model server fail at load."""
 
     exit_code = 15
+    default_hint = "pick one the base image has with --platform OS/ARCH, or another base"
     default_hint = (
         "loosen --include/--exclude so every shard is selected, or pass --allow-incomplete"
     )
@@ -136,6 +141,7 @@ class EngineUnavailable(ModelcarError):
     """The chosen build engine is not installed."""
 
     exit_code = 40
+    default_hint = "install the engine, or use --engine native (needs nothing)"
 
 
 class EnginePrivilegeError(ModelcarError):
@@ -151,6 +157,10 @@ class EnginePrivilegeError(ModelcarError):
 
 class BuildFailed(ModelcarError):
     exit_code = 42
+    default_hint = (
+        "the line above says what failed; rerun with --debug for the engine output, or "
+        "use --engine native"
+    )
 
 
 class StorageDriverUnsupported(ModelcarError):
@@ -179,10 +189,23 @@ class RegistryAuthError(ModelcarError):
     )
 
 
+class BaseImageNotFound(ModelcarError):
+    """--base-image names an image the registry does not have."""
+
+    exit_code = 17
+    default_hint = (
+        "check --base-image (REGISTRY/REPO:TAG, oci:PATH[:TAG] or scratch) and that the "
+        "credentials can pull it"
+    )
+
+
 class RegistryError(ModelcarError):
     """Any other unexpected registry answer."""
 
     exit_code = 52
+    default_hint = (
+        "the registry answered something unexpected (above); rerun with --debug to see each request"
+    )
 
 
 class VerificationFailed(ModelcarError):

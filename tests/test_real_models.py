@@ -257,3 +257,33 @@ def shard_requests(hub) -> list:
         r for r in hub.requests
         if r.path.startswith("/cdn") or ("/resolve/" in r.path and "index.json" not in r.path)
     ]  # fmt: skip
+
+
+def test_a_missing_base_image_fails_before_any_download_with_a_hint(
+    hub, registry, capsys, tmp_path
+):
+    hub.add_repo("acme/sharded", sharded_repo())
+    hub.reset_counters()
+    res = run(
+        capsys, "build", "acme/sharded", "--engine", "native", "--image",
+        f"{registry.host}/x/y:v1", "--workspace", str(tmp_path / "ws"),
+        "--base-image", f"{registry.host}/nope/base:1", "--no-tls-verify",
+    )  # fmt: skip
+    assert res.code == 17, res.err
+    lines = res.err.strip().splitlines()
+    assert lines[-2].startswith("error: base image") and "not found" in lines[-2]
+    assert lines[-1].startswith("hint: check --base-image")
+    assert not shard_requests(hub)
+
+
+def test_every_error_class_has_a_hint():
+    import inspect
+
+    from modelcar_builder import errors
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
+               if issubclass(c, errors.ModelcarError)]  # fmt: skip
+    assert len(classes) > 20
+    assert [c.__name__ for c in classes if not c.default_hint] == []
+    codes = [c.exit_code for c in classes]
+    assert all(0 < code < 256 for code in codes)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from modelcar_builder.engines.sinks import Sink
+from modelcar_builder.errors import BaseImageNotFound
 from modelcar_builder.oci import INDEX_MEDIA_TYPES
 from modelcar_builder.oci.image import BaseImage, Descriptor, base_image, select_platform
 from modelcar_builder.oci.layout import OciLayout
@@ -69,6 +70,11 @@ def base_from_registry(
     """The base image ``ref`` read with ``client`` (which the BaseSource then owns and
     closes; also on failure here). ``name`` is what the image's annotations call it."""
     try:
+        if client.head_manifest(ref.repository, ref.reference) is None:
+            raise BaseImageNotFound(
+                f"base image {name} not found: the registry {ref.registry} has no "
+                f"{ref.repository}:{ref.reference}"
+            )
         manifest = client.get_manifest(ref.repository, ref.reference)
         if manifest.media_type in INDEX_MEDIA_TYPES:
             chosen = select_platform(json.loads(manifest.body), platform)
