@@ -7,6 +7,7 @@ back from the target rather than trusting what the push reported.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -149,8 +150,9 @@ def run_build(
     t1 = time.monotonic()
     try:
         result = engine.build(request)
-    except ModelcarError:
+    except BaseException:
         if background is not None:
+            background.stop()  # no download outlives the build that wanted it
             background.raise_failure()  # the download's own error explains more
         raise
     finally:
@@ -183,8 +185,11 @@ class BackgroundFetch:
         self._verified: set[str] = set()
         self._cond = threading.Condition()
         self._outcome: FetchResult | ModelcarError | None = None
+        self._failed = False
         self._started = time.monotonic()
         self.seconds = 0.0
+        self._cancel = threading.Event()
+        opts = dataclasses.replace(opts, cancel=self._cancel)
         self._thread = threading.Thread(
             target=self._run, args=(plan, workspace, access, opts, state), daemon=True
         )
@@ -201,6 +206,8 @@ class BackgroundFetch:
             outcome = ModelcarError(f"download failed: {exc}", hint="rerun with --debug")
         with self._cond:
             self._outcome = outcome
+            # A failure of its own, not the stop() that the build's end asked for.
+            self._failed = isinstance(outcome, ModelcarError) and not self._cancel.is_set()
             self.seconds = time.monotonic() - self._started
             self._cond.notify_all()
 
@@ -221,9 +228,14 @@ class BackgroundFetch:
                     raise ModelcarError(f"the download ended without {missing}")
                 self._cond.wait()
 
+    def stop(self) -> None:
+        """Stop the workers at their next chunk and wait for them (seconds at most)."""
+        self._cancel.set()
+        self._thread.join(timeout=60)
+
     def raise_failure(self) -> None:
         with self._cond:
-            if isinstance(self._outcome, ModelcarError):
+            if self._failed and isinstance(self._outcome, ModelcarError):
                 raise self._outcome
 
     def result(self) -> FetchResult:

@@ -29,6 +29,7 @@ from modelcar_builder.errors import (
     AccessDenied,
     DownloadFailed,
     IntegrityError,
+    Interrupted,
     ModelcarError,
     SourceNotFound,
 )
@@ -63,6 +64,9 @@ class FetchOptions:
     backoff_max: float = 30.0
     progress_stream: TextIO | None = None
     progress_interval: float | None = None
+    # Set by whoever runs the download in the background and no longer needs it (the
+    # engine failed): workers stop at the next chunk; what is on disk stays for a rerun.
+    cancel: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,8 @@ def fetch(
     frames = _single_file_layers(plan)
 
     def one(entry: FileEntry) -> None:
+        if opts.cancel is not None and opts.cancel.is_set():
+            return  # the build ended: leave the file for a rerun
         part = partial_dir / f"{entry.path}.part"
         framed = frames.get(entry.path)
         try:
@@ -391,6 +397,8 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter, 
                 if not offset:
                     os.fchmod(out.fileno(), SHARED_FILE_MODE)  # ours: 0664 whatever the umask
                 for block in resp.iter_content(CHUNK):
+                    if opts.cancel is not None and opts.cancel.is_set():
+                        raise Interrupted("download stopped: the build ended")
                     out.write(block)
                     h.update(block)
                     received += len(block)
