@@ -179,10 +179,12 @@ def image_url(target: Target, digest: str) -> str:
 
 
 def write_results(outcome: BuildOutcome, target: Target, results_dir: Path) -> None:
-    """Tekton results under the names Tekton Chains reads."""
+    """Tekton results: IMAGE_URL and IMAGE_DIGEST (the names Tekton Chains reads), and
+    IMAGE_REF, the oci://…@sha256:… an InferenceService's storageUri takes."""
     if isinstance(target, RegistryTarget):
         url = f"{target.ref.registry}/{target.ref.repository}:{target.tag}"
     else:
         url = str(target)
     (results_dir / "IMAGE_URL").write_text(url)
     (results_dir / "IMAGE_DIGEST").write_text(outcome.result.manifest_digest)
+    (results_dir / "IMAGE_REF").write_text(outcome.image_url)

@@ -101,7 +101,8 @@ TEKTON_RESULTS = Path("/tekton/results")
     "--results-dir",
     type=click.Path(file_okay=False),
     envvar="MODELCAR_RESULTS_DIR",
-    help="Write IMAGE_URL and IMAGE_DIGEST here (default /tekton/results if present).",
+    help="Write the Tekton results IMAGE_URL, IMAGE_DIGEST and IMAGE_REF (oci://…@sha256) "
+    "here (default /tekton/results if present).",
 )
 @click.option(
     "--report",
