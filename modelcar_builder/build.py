@@ -67,8 +67,20 @@ def created_timestamp(env: dict[str, str] | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def default_engine() -> str:
-    return "buildah" if shutil.which("buildah") else "native"
+def default_engine(workspace: Workspace | None = None) -> str:
+    """buildah when it is installed and its probe says it can build here (UID 0 with
+    the capabilities it needs), else native; falling back is said in one line."""
+    if not shutil.which("buildah"):
+        return "native"
+    if workspace is None:
+        return "buildah"
+    from modelcar_builder.engines.buildah.probe import probe
+
+    problem = probe(workspace)
+    if problem is None:
+        return "buildah"
+    log.info("engine: native (buildah is installed but cannot run here: %s)", problem.message)
+    return "native"
 
 
 def make_engine(name: str) -> Engine:
