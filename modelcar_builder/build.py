@@ -77,8 +77,20 @@ def created_timestamp(env: dict[str, str] | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def default_engine() -> str:
-    return "buildah" if shutil.which("buildah") else "native"
+def default_engine(workspace: Workspace | None = None) -> str:
+    """buildah when it is installed and its probe says it can build here (UID 0 with
+    the capabilities it needs), else native; falling back is said in one line."""
+    if not shutil.which("buildah"):
+        return "native"
+    if workspace is None:
+        return "buildah"
+    from modelcar_builder.engines.buildah.probe import probe
+
+    problem = probe(workspace)
+    if problem is None:
+        return "buildah"
+    log.info("engine: native (buildah is installed but cannot run here: %s)", problem.message)
+    return "native"
 
 
 def make_engine(name: str) -> Engine:
@@ -279,10 +291,12 @@ def image_url(target: Target, digest: str) -> str:
 
 
 def write_results(outcome: BuildOutcome, target: Target, results_dir: Path) -> None:
-    """Tekton results under the names Tekton Chains reads."""
+    """Tekton results: IMAGE_URL and IMAGE_DIGEST (the names Tekton Chains reads), and
+    IMAGE_REF, the oci://…@sha256:… an InferenceService's storageUri takes."""
     if isinstance(target, RegistryTarget):
         url = f"{target.ref.registry}/{target.ref.repository}:{target.tag}"
     else:
         url = str(target)
     (results_dir / "IMAGE_URL").write_text(url)
     (results_dir / "IMAGE_DIGEST").write_text(outcome.result.manifest_digest)
+    (results_dir / "IMAGE_REF").write_text(outcome.image_url)

@@ -3,7 +3,8 @@
 # Idempotent: skips apt when every package is already present.
 set -euo pipefail
 APT_PACKAGES=(buildah skopeo umoci podman docker-registry busybox-static apache2-utils
-              openssl uidmap util-linux curl runc)
+              openssl uidmap util-linux curl runc
+              mmdebstrap catatonit)   # builder-image tests: offline Debian base; podman pods with a shared PID namespace
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -15,4 +16,4 @@ if ((${#missing[@]})); then
 fi
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,bench]' 2>&1 | grep -v '^WARNING' || true
-python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot"
+python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml"

@@ -76,6 +76,7 @@ def test_hub_to_registry_round_trip(hub_repo, registry, base_image, capsys, tmp_
     assert res.last_line == f"oci://{registry.host}/models/llm@{digest}"
     assert (results / "IMAGE_DIGEST").read_text() == digest
     assert (results / "IMAGE_URL").read_text() == image
+    assert (results / "IMAGE_REF").read_text() == res.last_line  # the storageUri
     commit = hub_repo.head(REPO)
     assert doc["commit"] == commit
 

@@ -17,6 +17,7 @@ from modelcar_builder.commands.options import (
     workspace_option,
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE
+from modelcar_builder.engines.buildah.probe import BUILDAH_NEEDS
 from modelcar_builder.errors import UsageError
 from modelcar_builder.pipeline import count_base_layers
 from modelcar_builder.report import build_document, dumps
@@ -40,9 +41,10 @@ TEKTON_RESULTS = Path("/tekton/results")
     "--engine",
     type=click.Choice(ENGINES),
     envvar="MODELCAR_ENGINE",
-    help="native: no daemon, no privilege; buildah: needs buildah and root (no SETFCAP "
-    "in the default per-layer mode). "
-    "Default: buildah when installed, else native.",
+    help="native: no daemon, no privilege, any UID. buildah: "
+    + BUILDAH_NEEDS
+    + ". Default: buildah when installed and its probe says it can run here, else native "
+    "(said in one line).",
 )
 @click.option(
     "--base-image",
@@ -101,7 +103,8 @@ TEKTON_RESULTS = Path("/tekton/results")
     "--results-dir",
     type=click.Path(file_okay=False),
     envvar="MODELCAR_RESULTS_DIR",
-    help="Write IMAGE_URL and IMAGE_DIGEST here (default /tekton/results if present).",
+    help="Write the Tekton results IMAGE_URL, IMAGE_DIGEST and IMAGE_REF (oci://…@sha256) "
+    "here (default /tekton/results if present).",
 )
 @click.option(
     "--report",
@@ -151,7 +154,7 @@ def build(
     resolved = src.resolve(count_base_layers(base_image, (os_, arch), registry))
     ws = open_workspace(workspace)
     settings = BuildSettings(
-        engine=engine or default_engine(),
+        engine=engine or default_engine(ws),
         base_image=base_image,
         registry=registry,
         compression=compression,

@@ -37,6 +37,7 @@ from modelcar_builder.engines.buildah.failures import (
     secret_forms,
 )
 from modelcar_builder.engines.buildah.per_layer import PerLayerBuilder
+from modelcar_builder.engines.buildah.probe import BUILDAH_NEEDS, probe
 from modelcar_builder.engines.buildah.runner import (
     Buildah,
     buildah_env,
@@ -71,6 +72,7 @@ from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 
 __all__ = [
+    "BUILDAH_NEEDS",
     "DEFAULT_MODE",
     "DEFAULT_OVERLAP",
     "ENV_MODE",
@@ -100,6 +102,9 @@ class BuildahEngine:
         """Checks that need no model files, run before the download: a forced overlay
         driver that cannot mount here fails now, not after hours of fetching."""
         settings = BuildahSettings.from_env(os.environ)
+        problem = probe(workspace)  # installed, and allowed to run here (UID, capabilities)
+        if problem is not None:
+            raise problem
         check_forced_driver(settings, make_dir(workspace.storage_dir, DIR_MODE))
 
     def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:

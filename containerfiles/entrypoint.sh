@@ -1,0 +1,33 @@
+#!/bin/sh
+# The builder image's entrypoint: a passwd entry for an arbitrary UID, then `modelcar`.
+# OpenShift (restricted-v2) runs the container as a UID the image has never heard of, in
+# group 0. Tools that look the user up (buildah: "unknown userid") need an entry: append one
+# to /etc/passwd (group-0 writable in this image) when the root fs is writable, else point
+# nss_wrapper at a copy in $TMPDIR (an emptyDir in deploy/), else go on without one (the
+# native engine does not need it).
+if ! whoami >/dev/null 2>&1; then
+  entry="modelcar:x:$(id -u):$(id -g):modelcar builder:${HOME:-/home/modelcar}:/sbin/nologin"
+  if [ -w /etc/passwd ]; then
+    echo "$entry" >>/etc/passwd
+  elif [ -f "${NSS_WRAPPER_LIB:-}" ] && dir="$(mktemp -d 2>/dev/null)"; then
+    cp /etc/passwd "$dir/passwd" && echo "$entry" >>"$dir/passwd"
+    cp /etc/group "$dir/group"
+    export LD_PRELOAD="$NSS_WRAPPER_LIB" NSS_WRAPPER_PASSWD="$dir/passwd" NSS_WRAPPER_GROUP="$dir/group"
+  fi
+fi
+# Tekton's optional workspaces (deploy/tekton): an unbound one's path is "", so these name
+# a directory only when the workspace is bound. dockerconfig: a config.json, or a
+# kubernetes.io/dockerconfigjson Secret's .dockerconfigjson; ca-bundle: a ConfigMap/Secret.
+if [ -n "${DOCKER_CONFIG:-}" ] && [ -z "${REGISTRY_AUTH_FILE:-}" ]; then
+  for f in config.json .dockerconfigjson; do
+    if [ -f "$DOCKER_CONFIG/$f" ]; then export REGISTRY_AUTH_FILE="$DOCKER_CONFIG/$f"; break; fi
+  done
+fi
+[ -n "${DOCKER_CONFIG:-}" ] || unset DOCKER_CONFIG
+if [ -n "${CA_BUNDLE_DIR:-}" ] && [ -z "${MODELCAR_CA_FILE:-}" ]; then
+  for f in ca-bundle.crt ca.crt service-ca.crt tls-ca-bundle.pem; do
+    if [ -f "$CA_BUNDLE_DIR/$f" ]; then export MODELCAR_CA_FILE="$CA_BUNDLE_DIR/$f"; break; fi
+  done
+fi
+unset CA_BUNDLE_DIR
+exec modelcar "$@"
