@@ -40,6 +40,7 @@ class BuildRequest:
     streams: StreamOpener | None = None  # for files_dir None: where the bytes come from
     upload: str = "monolithic"  # or "chunked": PATCH chunks, resumed from the upload's Range
     chunk_size: int = 64 * 1024 * 1024
+    push: bool = True  # False: `--load` of a local name; engines building locally skip the push
 
 
 @dataclass(frozen=True)
