@@ -111,7 +111,7 @@ class PodmanEngine:
             digestfile = private / "digest"
             run(
                 "push", f"--authfile={authfile}", *tls, f"--digestfile={digestfile}",
-                f"--compression-format={request.compression}", "--force-compression",
+                f"--compression-format={request.compression}",
                 name, f"docker://{request.target}",
             )  # fmt: skip
             digest = digestfile.read_text().strip()
@@ -145,9 +145,11 @@ class _Runner:
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             text = scrub(proc.stderr or proc.stdout, self.secrets)
-            lines = [ln for ln in text.splitlines() if ln.strip()]
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            errors = [ln for ln in lines if ln.lower().startswith("error")]
+            line = (errors or lines or [f"exit {proc.returncode}"])[0 if errors else -1]
             raise BuildFailed(
-                f"podman {args[0]} failed: {lines[-1] if lines else proc.returncode}",
+                f"podman {args[0]} failed: {line}",
                 hint="rerun with --debug for podman's full output",
             )
         log.debug("%s", scrub(proc.stderr, self.secrets).strip())
