@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -322,20 +323,22 @@ def _rootless_user() -> tuple[int, int] | str:
 
 
 @pytest.mark.slow
-def test_podman_engine_rootless_where_allowed(hub_repo, registry, base_image, tmp_path):
+def test_podman_engine_rootless_where_allowed(hub_repo, registry, base_image, tmp_path, request):
     """Rootless podman (user namespace; no subuid range needed for a COPY-only build):
     probed first with a tiny build as that user; skipped with the probe's reason."""
     who = _rootless_user()
     if isinstance(who, str):
         pytest.skip(f"rootless podman: {who}")
     uid, gid = who
-    home = tmp_path / "home"
+    top = Path(tempfile.mkdtemp(prefix="modelcar-rootless-"))  # pytest's tmp is 0700 root
+    request.addfinalizer(lambda: shutil.rmtree(top, ignore_errors=True))
+    top.chmod(0o755)
+    home = top / "home"
     home.mkdir()
     (home / "ctx").mkdir()
     (home / "ctx" / "Containerfile").write_text("FROM scratch\nCOPY --chown=0:0 f /models/f\n")
     (home / "ctx" / "f").write_text("x")
-    subprocess.run(["chown", "-R", f"{uid}:{gid}", str(tmp_path)], check=True)
-    tmp_path.chmod(0o755)
+    subprocess.run(["chown", "-R", f"{uid}:{gid}", str(home)], check=True)
     env = {
         "HOME": str(home),
         "PATH": os.environ["PATH"],
@@ -350,6 +353,9 @@ def test_podman_engine_rootless_where_allowed(hub_repo, registry, base_image, tm
     as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
     probe_argv = [*as_user, "podman", "build", "-q", "-t", "localhost/probe:1", str(home / "ctx")]
     probe = subprocess.run(probe_argv, env=env, capture_output=True, text=True)
+    if probe.returncode == 0:  # the user must also be able to run this very code
+        probe_argv = [*as_user, sys.executable, "-c", "import modelcar_builder, docker"]
+        probe = subprocess.run(probe_argv, env=env, capture_output=True, text=True)
     if probe.returncode != 0:
         reason = (probe.stderr.strip().splitlines() or ["?"])[-1]
         print(f"rootless podman is not possible here: {reason}")
@@ -422,9 +428,14 @@ def test_native_load_only_into_docker(hub_repo, base_image, dockerd, capsys, tmp
 def _docker_run_reads_config(host: str, image: str) -> None:
     client = docker.DockerClient(base_url=host)
     try:
-        out = client.containers.run(
-            image, ["/bin/sh", "-c", "cat /models/config.json"], network_mode="none", remove=True
+        container = client.containers.run(
+            image, ["/bin/sh", "-c", "cat /models/config.json"], network_mode="none", detach=True
         )
+        try:
+            assert container.wait(timeout=60)["StatusCode"] == 0
+            out = container.logs(stdout=True, stderr=True)
+        finally:
+            container.remove(force=True)
     finally:
         client.close()
     assert out == model_files()["config.json"]

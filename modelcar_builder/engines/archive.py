@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -65,7 +66,7 @@ def docker_archive(
         if stream.size != layer.size:
             raise BuildFailed(f"{layer.name}: {stream.size} bytes, expected {layer.size}")
         yield _pad(layer.size)
-        seen.append(known or stream.digest())
+        seen.append(known or stream.digest)
     config = config_for(seen)
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     manifest = json.dumps(
@@ -142,22 +143,24 @@ class PodmanStore:
     def load(self, chunks: Iterable[bytes]) -> None:
         argv = [self.exe, "load", "-q"]
         log.debug("running %s", " ".join(argv))
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)  # fmt: skip
-        assert proc.stdin is not None
-        try:
-            for chunk in chunks:
-                proc.stdin.write(chunk)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        _out, err = proc.communicate()
-        if proc.returncode != 0:
-            raise BuildFailed(f"podman load failed: {_last_line(err.decode(errors='replace'))}")
+        with tempfile.TemporaryFile() as err:  # a file: a chatty podman cannot block us
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=err)  # fmt: skip
+            assert proc.stdin is not None
+            try:
+                with proc.stdin:
+                    for chunk in chunks:
+                        proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass  # podman gave up: its exit status and stderr say why
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            if proc.wait() != 0:
+                err.seek(0)
+                text = err.read().decode(errors="replace")
+                raise BuildFailed(f"podman load failed: {_last_line(text)}")
 
     def inspect(self, name: str) -> dict:
         proc = subprocess.run([self.exe, "image", "inspect", name], capture_output=True, text=True)

@@ -12,6 +12,7 @@ by default); ``--no-tls-verify``/``--ca-file`` apply to our own read-back."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping
 
@@ -31,10 +32,13 @@ from modelcar_builder.engines.local import (
     resolve_base,
 )
 from modelcar_builder.errors import BuildFailed, RegistryAuthError, UsageError
+from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
+_ACCEPT = (MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST)
+_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 
 
 def auth_config(creds) -> dict[str, str] | None:
@@ -117,7 +121,7 @@ class DockerEngine:
             )  # fmt: skip
         except APIError as exc:
             raise BuildFailed(f"docker: {scrub(str(exc.explanation or exc), secrets)}") from None
-        digest = aux.get("Digest")
+        digest = aux.get("Digest") or aux.get("status_digest") or _tag_digest(request)
         if not digest:
             raise BuildFailed("docker push reported no digest", hint="rerun with --debug")
         result = pushed_result(request, self.name, digest, base.layers, before)
@@ -142,6 +146,15 @@ class DockerEngine:
             base.close()
 
 
+def _tag_digest(request: BuildRequest) -> str | None:
+    """What the tag points to right after the push, for daemons that report no digest
+    (the verification then checks that tag and digest still agree)."""
+    target = request.target
+    with request.registry.client_for(target.ref) as client:
+        info = client.head_manifest(target.repository, target.tag, accept=_ACCEPT)
+    return info.digest if info else None
+
+
 def _stream(lines: Iterable[dict], what: str, secrets) -> dict:
     """Follow a decoded progress stream; an error entry fails the build. Returns the
     last ``aux`` entry (build: the image ID; push: tag, digest, size)."""
@@ -154,8 +167,11 @@ def _stream(lines: Iterable[dict], what: str, secrets) -> dict:
                 raise RegistryAuthError(f"docker {what}: {message}")
             raise BuildFailed(f"docker {what} failed: {message}", hint="rerun with --debug")
         if "aux" in line and isinstance(line["aux"], dict):
-            aux = line["aux"]
+            aux = {**aux, **line["aux"]}
         text = line.get("stream") or line.get("status")
+        # "TAG: digest: sha256:… size: N": podman's compat service sends no aux entry.
+        if what == "push" and text and (found := _DIGEST.search(text)):
+            aux.setdefault("status_digest", found.group(1))
         if text and text.strip():
             log.debug("docker %s: %s", what, scrub(text.strip(), secrets))
     return aux
