@@ -439,3 +439,14 @@ def _docker_run_reads_config(host: str, image: str) -> None:
     finally:
         client.close()
     assert out == model_files()["config.json"]
+
+
+def test_docker_engine_without_a_daemon_fails_before_the_download(
+    hub_repo, registry, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
+    image = f"{registry.host}/models/x:v1"
+    res = run(capsys, *build_args("docker", image, tmp_path / "ws", "scratch"))
+    assert res.code == errors.EngineUnavailable.exit_code, res.err
+    assert "DOCKER_HOST" in res.err
+    assert sum(hub_repo.bytes_served.values()) == 0  # no model byte was downloaded
