@@ -36,7 +36,7 @@ from modelcar_builder.verify import VerifyResult, verify_layout, verify_push
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
-ENGINES = ("native", "buildah")
+ENGINES = ("native", "buildah", "podman", "docker")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class BuildSettings:
     platform: tuple[str, str] = ("linux", "amd64")
     upload: str = "monolithic"
     chunk_size: int = 64 * 1024 * 1024
+    load: str | None = None  # "podman" | "docker" | "auto": also leave it in a local store
+    push: bool = True  # False: --load of a local name (localhost/NAME:TAG), nothing pushed
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,30 @@ def make_engine(name: str) -> Engine:
         except ImportError:  # pragma: no cover - the module ships with the package
             raise EngineUnavailable("the buildah engine is not available") from None
         return BuildahEngine()
+    if name == "podman":
+        from modelcar_builder.engines.podman import PodmanEngine
+
+        return PodmanEngine()
+    if name == "docker":
+        from modelcar_builder.engines.docker_api import DockerEngine
+
+        return DockerEngine()
     raise UsageError(f"unknown engine {name!r}", hint=f"choose one of: {', '.join(ENGINES)}")
+
+
+def load_store(load: str, engine: str) -> str:
+    """Which local store ``--load`` fills: podman and docker build in their own; the
+    others load into podman when it is installed, else into docker."""
+    if engine in ("podman", "docker"):
+        if load not in ("auto", engine):
+            raise UsageError(
+                f"--engine {engine} builds in {engine}'s store; it cannot --load {load}",
+                hint=f"--load alone, or --engine native --load {load}",
+            )
+        return engine
+    if load == "auto":
+        return "podman" if shutil.which("podman") else "docker"
+    return load
 
 
 def run_build(
@@ -120,8 +145,19 @@ def run_build(
         raise UsageError("--stream works only with --engine native", hint="add --engine native")
     if settings.stream and plan.snapshot.kind != "hub":
         raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
+    if settings.load and settings.stream:
+        raise UsageError("--load needs the model files on disk", hint="drop --stream")
+    if not settings.push and not settings.load:
+        raise UsageError("nothing to do: no push and no --load", hint="add --load")
     engine = make_engine(settings.engine)
-    engine.preflight(workspace)  # before the download: a build that cannot work fails now
+    store = None
+    if settings.load:
+        from modelcar_builder.engines.archive import open_store
+
+        # before the download too: a missing podman or an absent daemon fails now
+        store = open_store(load_store(settings.load, settings.engine))
+    if settings.push or getattr(engine, "builds_locally", False):
+        engine.preflight(workspace)  # before the download: a build that cannot work fails now
 
     t0 = time.monotonic()
     files_dir, downloaded, streams = None, 0, None
@@ -130,13 +166,17 @@ def run_build(
             raise UsageError("--stream needs a Hub source", hint="drop --stream")
         streams = HubStreams(resolved.access, plan.snapshot.location, plan.snapshot.commit,
                              fetch_opts)  # fmt: skip
-    elif not engine.pushes_while_fetching:
+    # Overlap: an engine that can push a layer as soon as its own files are verified
+    # does so while the rest still download (the manifest still waits for every layer).
+    # --load without a push reads every file at once: it waits for the whole download.
+    overlap = engine.pushes_while_fetching and settings.push and not settings.load
+    if not settings.stream and not overlap:
         fetched = fetch(plan, workspace, resolved.access, fetch_opts)
         files_dir, downloaded = fetched.files_dir, fetched.downloaded_bytes
     timings["fetch"] = time.monotonic() - t0
     background = None
     state = workspace.state(plan.snapshot)
-    if not settings.stream and engine.pushes_while_fetching:
+    if not settings.stream and overlap:
         # Overlap: a layer is pushed as soon as its own files are verified, while the
         # rest still download. The manifest still waits for every layer.
         background = BackgroundFetch(plan, workspace, resolved.access, fetch_opts, state)
@@ -149,7 +189,7 @@ def run_build(
         target=target,
         base_image=settings.base_image,
         registry=settings.registry,
-        compression=settings.compression or ("gzip" if settings.engine == "buildah" else "none"),
+        compression=settings.compression or ("none" if settings.engine == "native" else "gzip"),
         jobs=settings.jobs,
         platform=settings.platform,
         streams=streams,
@@ -158,10 +198,10 @@ def run_build(
         created=created_timestamp(),
         state=state,
         ready=background.wait if background else None,
+        push=settings.push,
     )
-    t1 = time.monotonic()
     try:
-        result = engine.build(request)
+        result, verified = _build_and_verify(engine, request, store, timings)
     except BaseException:
         if background is not None:
             background.stop()  # no download outlives the build that wanted it
@@ -170,20 +210,47 @@ def run_build(
     finally:
         if streams is not None:
             streams.close()
+        if store is not None:
+            store.close()
     if background is not None:
         downloaded = background.result().downloaded_bytes
         timings["fetch"] = background.seconds
-    timings["build_push"] = time.monotonic() - t1
-
-    t2 = time.monotonic()
-    verified = verify_target(
-        target, result.manifest_digest, plan.snapshot.image_labels, settings.registry
-    )
-    timings["verify"] = time.monotonic() - t2
     timings["total"] = time.monotonic() - t0
-    return BuildOutcome(
-        result, verified, image_url(target, result.manifest_digest), downloaded, timings
-    )
+    url = image_url(target, result.manifest_digest) if settings.push else str(target)
+    return BuildOutcome(result, verified, url, downloaded, timings)
+
+
+def _build_and_verify(
+    engine: Engine, request: BuildRequest, store, timings: dict[str, float]
+) -> tuple[BuildResult, VerifyResult]:
+    """Build and push, then verify by digest from the target; with ``store`` (--load)
+    the image ends up in that local store too, checked there."""
+    from modelcar_builder.engines.archive import load_model
+    from modelcar_builder.engines.local import local_name
+    from modelcar_builder.verify import check_local_image
+
+    labels = request.plan.snapshot.image_labels
+    local = getattr(engine, "builds_locally", False)
+    t1 = time.monotonic()
+    if not request.push and not local:  # native/buildah, load only: no engine run at all
+        result, verified = load_model(request, store, local_name(request))
+        timings["build_push"] = time.monotonic() - t1
+        return result, verified
+    result = engine.build(request)
+    timings["build_push"] = time.monotonic() - t1
+    t2 = time.monotonic()
+    if request.push:
+        verified = verify_target(request.target, result.manifest_digest, labels, request.registry)
+    else:
+        name = local_name(request)
+        count = result.base_layers + len(result.layers)
+        verified = check_local_image(store.inspect(name), name, None, labels, count)
+    timings["verify"] = time.monotonic() - t2
+    if store is not None and request.push and not local:
+        t3 = time.monotonic()
+        load_model(request, store, local_name(request))
+        timings["load"] = time.monotonic() - t3
+    return result, verified
 
 
 class BackgroundFetch:

@@ -132,3 +132,24 @@ def verify_layout(
         total_size=sum(int(d["size"]) for d in (config_desc, *layers)),
         labels=labels,
     )
+
+
+def check_local_image(
+    inspected: Mapping,
+    name: str,
+    expected_id: str | None,
+    expected_labels: Mapping[str, str],
+    layer_count: int,
+) -> VerifyResult:
+    """``--load`` without a push: the image ``name`` in a local store (podman/docker
+    inspect: ``id``, ``config``, ``diff_ids``) is the one we made (its id is the config
+    digest, when we know it), has ``layer_count`` layers and keeps the ModelCar contract."""
+    where = f"local image {name}"
+    image_id = inspected["id"]
+    if expected_id is not None and image_id != expected_id:
+        raise VerificationFailed(f"{where} has id {image_id}, but we loaded {expected_id}")
+    diff_ids = list(inspected["diff_ids"])
+    if len(diff_ids) != layer_count:
+        raise VerificationFailed(f"{where} has {len(diff_ids)} layers, expected {layer_count}")
+    labels = _check_config({"config": inspected["config"]}, expected_labels, where)
+    return VerifyResult(image_id, "local", image_id, layer_count, 0, labels)

@@ -2,7 +2,7 @@
 # Installs everything the tool, its tests and the demo need on a fresh Debian machine.
 # Idempotent: skips apt when every package is already present.
 set -euo pipefail
-APT_PACKAGES=(buildah skopeo umoci podman docker-registry busybox-static apache2-utils
+APT_PACKAGES=(buildah skopeo umoci podman docker.io docker-registry busybox-static apache2-utils
               openssl uidmap util-linux curl runc
               mmdebstrap catatonit)   # builder-image tests: offline Debian base; podman pods with a shared PID namespace
 missing=()
@@ -16,4 +16,4 @@ if ((${#missing[@]})); then
 fi
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,bench]' 2>&1 | grep -v '^WARNING' || true
-python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml"
+python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml, docker"

@@ -62,8 +62,13 @@ def unpack(src: str, workdir: Path) -> Unpacked:
     return Unpacked(layout, bundle / "rootfs", manifest, config)
 
 
-def assert_models_match(img: Unpacked, files: dict[str, bytes]) -> None:
-    """/models holds exactly ``files``, byte for byte, 0644/0755, owned 0:0."""
+def assert_models_match(
+    img: Unpacked,
+    files: dict[str, bytes],
+    owner_names: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset({("", "")}),
+) -> None:
+    """/models holds exactly ``files``, byte for byte, 0644/0755, owned 0:0.
+    ``owner_names``: the tar header names allowed with those ids (dockerd writes root)."""
     models = img.rootfs / "models"
     found = {
         p.relative_to(models).as_posix(): p.read_bytes() for p in models.rglob("*") if p.is_file()
@@ -73,7 +78,7 @@ def assert_models_match(img: Unpacked, files: dict[str, bytes]) -> None:
         assert found[path] == data, path
     for name, member in img.model_members().items():
         assert (member.uid, member.gid) == (0, 0), name
-        assert (member.uname, member.gname) == ("", ""), name
+        assert (member.uname, member.gname) in owner_names, name
         want = 0o755 if member.isdir() else 0o644
         assert stat.S_IMODE(member.mode) == want, f"{name} {member.mode:o}"
     for p in [models, *models.rglob("*")]:

@@ -43,8 +43,21 @@ TEKTON_RESULTS = Path("/tekton/results")
     envvar="MODELCAR_ENGINE",
     help="native: no daemon, no privilege, any UID. buildah: "
     + BUILDAH_NEEDS
-    + ". Default: buildah when installed and its probe says it can run here, else native "
-    "(said in one line).",
+    + ". podman: podman build + push (workstation). docker: the Docker Engine API at "
+    "DOCKER_HOST (dockerd, or podman's service). Default: buildah when installed and its "
+    "probe says it can run here, else native (said in one line).",
+)
+@click.option(
+    "--load",
+    type=click.Choice(["auto", "podman", "docker"]),
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    envvar="MODELCAR_LOAD",
+    help="Also leave the image in a local store for podman/docker run. With a registry "
+    "--image: push, verify, and load under that name. With a short --image NAME:TAG "
+    "(no registry host, or localhost/NAME:TAG): load as localhost/NAME:TAG, push nothing. "
+    "Bare --load: the engine's own store (podman, docker), else podman when installed.",
 )
 @click.option(
     "--base-image",
@@ -119,6 +132,7 @@ def build(
     workspace,
     image,
     engine,
+    load,
     base_image,
     compression,
     stream,
@@ -134,6 +148,9 @@ def build(
     report_file,
 ):
     """Fetch, build, push and verify a ModelCar. Prints the oci:// URL KServe takes."""
+    push = True
+    if load and is_local_name(image):
+        image, push = local_name(image), False
     target = parse_target(image)
     if isinstance(target, RegistryTarget) and target.ref.digest:
         raise UsageError(
@@ -163,12 +180,15 @@ def build(
         platform=(os_, arch),
         upload=upload,
         chunk_size=chunk_size * 1024 * 1024,
+        load=load,
+        push=push,
     )
     outcome = run_build(resolved, ws, target, settings, fetch_opts)
     result = outcome.result
     uploaded = sum(1 for layer in result.layers if layer.uploaded)
     log.info(
-        "pushed %s with %s: %d model layers (%d uploaded, %d already there), %s verified",
+        "%s %s with %s: %d model layers (%d uploaded, %d already there), %s verified",
+        "pushed" if push else "loaded",
         result.target,
         result.engine,
         len(result.layers),
@@ -179,6 +199,26 @@ def build(
     if report_file:
         Path(report_file).write_text(dumps(build_document(resolved.plan, outcome)) + "\n")
     results = Path(results_dir) if results_dir else TEKTON_RESULTS
-    if results_dir or results.is_dir():
+    if push and (results_dir or results.is_dir()):
         write_results(outcome, target, results)
     click.echo(outcome.image_url)
+
+
+def is_local_name(image: str) -> bool:
+    """A name without a registry host (``NAME[:TAG]``, ``ORG/NAME[:TAG]``) or under
+    ``localhost/``: with ``--load`` it names an image in the local store only."""
+    if image.startswith(("oci:", "docker://")):
+        return False
+    first, sep, _rest = image.partition("/")
+    if not sep:
+        return True
+    if first == "localhost":
+        return True
+    return not ("." in first or ":" in first)
+
+
+def local_name(image: str) -> str:
+    """``localhost/NAME:TAG``, the form podman gives local images (docker takes it too)."""
+    name = image if image.startswith("localhost/") else f"localhost/{image}"
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last or "@" in last else f"{name}:latest"
