@@ -52,6 +52,7 @@ def auth_config(creds) -> dict[str, str] | None:
 
 class DockerEngine:
     name = "docker"
+    pushes_while_fetching = False  # its build context streams every file up front
     builds_locally = True  # the image is in the daemon's store after a build
 
     def preflight(self, workspace: Workspace) -> None:

@@ -52,6 +52,7 @@ def find_podman() -> str:
 
 class PodmanEngine:
     name = "podman"
+    pushes_while_fetching = False  # its build context links every file up front
     builds_locally = True  # the image is in podman's store after a build
 
     def preflight(self, workspace: Workspace) -> None:
