@@ -28,6 +28,7 @@ from modelcar_builder.errors import BuildFailed
 log = logging.getLogger("modelcar")
 
 PREFIX = "modelcar-secrets-"
+_FRESH = ".modelcar-secrets-new-"  # before its lock is taken: no sweep looks at it
 _LOCK = ".lock"
 MEMORY_FS = frozenset({"tmpfs", "ramfs"})
 _UNLOCKED_GRACE = 60.0  # seconds a dir may exist before its lock does (mkdtemp → flock)
@@ -118,18 +119,21 @@ def choose_parent(
 @contextlib.contextmanager
 def secret_dir(workspace: Path, env: Mapping[str, str] | None = None) -> Iterator[Path]:
     """A fresh 0700 dir for this run's authfiles (see :func:`choose_parent`), locked for
-    as long as the run lives and removed when it ends."""
+    as long as the run lives and removed when it ends. It gets its public name only once
+    locked, so a sweep by another run never takes it for a dead one's."""
     parent = choose_parent(workspace, env)
-    path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))  # mkdtemp: 0700
-    fd = -1
+    fresh = Path(tempfile.mkdtemp(prefix=_FRESH, dir=parent))  # mkdtemp: 0700
+    path, fd = fresh, -1
     try:
-        fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # fresh file: never blocks; dropped when we die
+        fd = os.open(fresh / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a new file nobody else sees: never blocks
+        path = parent / (PREFIX + fresh.name.removeprefix(_FRESH))
+        os.rename(fresh, path)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
         if fd >= 0:
-            os.close(fd)
+            os.close(fd)  # the kernel would drop the lock anyway when we die
 
 
 def sweep_stale(env: Mapping[str, str] | None = None) -> list[Path]:
@@ -139,7 +143,7 @@ def sweep_stale(env: Mapping[str, str] | None = None) -> list[Path]:
     removed = []
     for place in candidates(os.environ if env is None else env):
         with contextlib.suppress(OSError):
-            for path in sorted(place.glob(f"{PREFIX}*")):
+            for path in sorted([*place.glob(f"{PREFIX}*"), *place.glob(f"{_FRESH}*")]):
                 if _stale(path):
                     shutil.rmtree(path, ignore_errors=True)
                     if not path.exists():
@@ -155,10 +159,8 @@ def _stale(path: Path) -> bool:
             return False
         fd = os.open(path / _LOCK, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        # Killed between mkdtemp and the lock, or a run that is just starting.
-        with contextlib.suppress(OSError):
-            return time.time() - os.lstat(path).st_mtime > _UNLOCKED_GRACE
-        return False
+        # Killed between mkdtemp and the lock (no secret in it yet), or just starting.
+        return _older_than(path, _UNLOCKED_GRACE)
     except OSError:
         return False
     try:
@@ -167,4 +169,12 @@ def _stale(path: Path) -> bool:
         return False  # a live run holds it
     finally:
         os.close(fd)
-    return True
+    # A fresh dir unlocked: killed before its lock (nothing in it), or just starting.
+    return not path.name.startswith(_FRESH) or _older_than(path, _UNLOCKED_GRACE)
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - os.lstat(path).st_mtime > seconds
+    except OSError:
+        return False
