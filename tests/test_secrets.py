@@ -373,7 +373,20 @@ def wait_gone(pgid: int, timeout: float = 20) -> None:
     raise AssertionError(f"process group {pgid} still alive after SIGKILL")
 
 
+@pytest.fixture
+def unmounts(tmp_path: Path) -> Iterator[None]:
+    """A killed buildah leaves containers/storage's overlay home mounted on itself (gone
+    with a pod's mount namespace, not with a test's): unmount what is under tmp_path."""
+    yield
+    prefix = str(tmp_path.resolve()) + "/"
+    with contextlib.suppress(OSError):
+        points = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        for point in reversed([p for p in points if p.startswith(prefix)]):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
 @pytest.mark.parametrize("mode", ["per-layer", "chain"])
+@pytest.mark.usefixtures("unmounts")
 def test_kill_9_mid_push_leaves_no_secret_and_the_rerun_sweeps(
     tmp_path, hub, registry_htpasswd, base_image, stalling_proxy, mode
 ):
