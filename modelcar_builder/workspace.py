@@ -7,7 +7,8 @@ never from the umask or the volume's owner — the seed's "Permission denied" on
     partial/<slug>/<path>.part downloads in progress, resumed with HTTP Range
     context/<slug>/            build context: layer-NNN/<path> hard links + Containerfile
     state/<slug>.json          what is verified, layer digests, pushes
-    tmp/                       TMPDIR for engines (buildah's big temp copies)
+    tmp/                       TMPDIR for engines (buildah's big temp copies); holds
+                               nothing across runs: emptied when a run takes the lock
     storage/                   buildah --root / --runroot
 
 Internal directories are 0775 so another UID of the same group (OpenShift runs steps
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -32,6 +34,8 @@ from modelcar_builder.errors import InsufficientSpace, WorkspaceError
 from modelcar_builder.snapshot import Snapshot
 from modelcar_builder.state import BuildState
 from modelcar_builder.units import human
+
+log = logging.getLogger("modelcar")
 
 DIR_MODE = 0o775
 CONTENT_DIR_MODE = 0o755
@@ -126,7 +130,51 @@ class Workspace:
         with contextlib.suppress(OSError):  # read-only descriptor: the pid stays unknown
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
+        try:
+            self.sweep_tmp()
+        except BaseException:
+            os.close(fd)
+            raise
         return lambda: os.close(fd)  # closing the descriptor releases the lock
+
+    def sweep_tmp(self) -> list[str]:
+        """Empty ``tmp/`` of what earlier runs left there; call it holding the lock.
+
+        Everything in ``tmp/`` belongs to one run (our OCI layouts, cert dirs, buildah's
+        own TMPDIR files), and a run killed with SIGKILL (OOMKill, node drain) cleans
+        nothing up: a layout the size of a layer, or an authfile of an older version,
+        would stay on the volume for good. Returns the names removed (logged at info);
+        what another UID left and we may not delete is named in a warning."""
+        tmp = self.tmp_dir
+        try:
+            entries = sorted(os.scandir(tmp), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        removed: list[str] = []
+        for entry in entries:
+            size = _tree_bytes(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning(
+                    "workspace: cannot remove %s left by an earlier run: %s",
+                    entry.path,
+                    exc.strerror or type(exc).__name__,
+                )
+                continue
+            removed.append(entry.name)
+            log.info(
+                "workspace: removed %s (%s) left in %s by an earlier run",
+                entry.name,
+                human(size),
+                tmp,
+            )
+        return removed
 
     def _probe_write(self) -> None:
         fd, name = tempfile.mkstemp(prefix=".probe-", dir=self.root / "state")
@@ -181,3 +229,17 @@ class Workspace:
             raise InsufficientSpace(
                 f"{what} needs {human(needed)} more on {self.root}, only {human(free)} free"
             )
+
+
+def _tree_bytes(path: str) -> int:
+    """Bytes a file or directory tree occupies (for the log line; errors count 0)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        total += st.st_blocks * 512
+        if stat.S_ISDIR(st.st_mode):
+            for root, dirs, files in os.walk(path):
+                for name in dirs + files:
+                    with contextlib.suppress(OSError):
+                        total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total

@@ -6,8 +6,10 @@ Two modes, ``MODELCAR_BUILDAH_MODE``: ``per-layer`` (default, :mod:`.per_layer`:
 layer committed alone, sent by our client; a few copies of the largest layer on disk) and
 ``chain`` (:mod:`.chain`: image on image, the last commit straight to the target; always
 used for zstd). Buildah's storage and temp files live in the workspace (:mod:`.storage`
-picks the driver); credentials reach it only in a 0600 authfile; its errors become one
-line with every secret scrubbed (:mod:`.failures`). How it was measured: BENCHMARKS.md.
+picks the driver); credentials reach it only in a 0600 authfile, only in the chain mode,
+in memory-backed storage (:mod:`.secretdir`), and its environment is an allowlist
+(:func:`.runner.buildah_env`: no HF_TOKEN); its errors become one line with every
+secret scrubbed (:mod:`.failures`). How it was measured: BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from modelcar_builder.context import prepare_context
 from modelcar_builder.engines import BuildRequest, BuildResult, fetched_bytes
 from modelcar_builder.engines.buildah.chain import ChainBuilder
 from modelcar_builder.engines.buildah.credentials import (
+    buildah_pulls_base,
+    buildah_pushes,
     cert_dir,
     connect_base,
     connect_target,
@@ -44,6 +48,7 @@ from modelcar_builder.engines.buildah.runner import (
     epoch_seconds,
     find_buildah,
 )
+from modelcar_builder.engines.buildah.secretdir import secret_dir, sweep_stale
 from modelcar_builder.engines.buildah.session import BuildRun, check_request
 from modelcar_builder.engines.buildah.settings import (
     DEFAULT_MODE,
@@ -147,11 +152,15 @@ class BuildahEngine:
             state=workspace.state(request.plan.snapshot),
             timestamp=epoch_seconds(request.created),
         )
+        sweep_stale()  # authfiles a killed run left in memory-backed storage
         with scrubbed(secrets), contextlib.ExitStack() as stack:
             certs = stack.enter_context(cert_dir(request.registry.ca_file, workspace.tmp_dir))
             tls = tls_args(request.registry.tls_verify, certs)
-            connect_target(run, target_creds, tls, stack)
-            connect_base(run, base_creds, tls, stack)
+            # Authfiles only where buildah itself talks to a registry (the chain mode).
+            needed = buildah_pushes(run) or buildah_pulls_base(run)
+            where = stack.enter_context(secret_dir(workspace.root)) if needed else None
+            connect_target(run, target_creds, tls, stack, where)
+            connect_base(run, base_creds, tls, stack, where)
             run.base_creds = base_creds
             builder = PerLayerBuilder(run) if settings.mode == "per-layer" else ChainBuilder(run)
             result = builder.build()

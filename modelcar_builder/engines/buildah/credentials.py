@@ -1,5 +1,7 @@
 """Credentials and TLS for buildah and for our own registry client: resolved once,
-handed to buildah only in a 0600 authfile (never argv), CAs as a cert dir."""
+handed to buildah only in a 0600 authfile (never argv), written only when buildah talks
+to that registry (the chain mode) and only in memory-backed storage
+(:mod:`.secretdir`, never the workspace); CAs as a cert dir."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from modelcar_builder.auth import Credentials, private_authfile, resolve_credent
 from modelcar_builder.engines import BuildRequest
 from modelcar_builder.engines.buildah.failures import Remote
 from modelcar_builder.engines.buildah.session import BuildRun
+from modelcar_builder.engines.buildah.settings import via_layout
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.target import RegistryTarget, parse_target
 
@@ -78,23 +81,51 @@ def tls_args(tls_verify: bool, certs: Path | None) -> list[str]:
     return args
 
 
+def buildah_pushes(run: BuildRun) -> bool:
+    """Whether buildah itself writes to the registry target: only the chain mode's last
+    commit (or zstd push); with ``compression none`` it commits to a layout we upload."""
+    return (
+        run.settings.mode == "chain"
+        and isinstance(run.request.target, RegistryTarget)
+        and not via_layout(run.request)
+    )
+
+
+def buildah_pulls_base(run: BuildRun) -> bool:
+    """Whether buildah itself pulls the base: only in the chain mode, from a registry
+    (per-layer: our own client reads the base, with the credentials in memory)."""
+    base = run.request.base_image
+    target = parse_target(base) if base != "scratch" else None
+    return run.settings.mode == "chain" and isinstance(target, RegistryTarget)
+
+
 def connect_target(
-    run: BuildRun, creds: Credentials | None, tls: list[str], stack: contextlib.ExitStack
+    run: BuildRun,
+    creds: Credentials | None,
+    tls: list[str],
+    stack: contextlib.ExitStack,
+    secrets: Path | None,
 ) -> None:
+    """Our client for a registry target (pinged: auth and TLS fail here), and buildah's
+    arguments for it: an authfile in ``secrets`` only when buildah pushes."""
     target = run.request.target
     if not isinstance(target, RegistryTarget):
         return
     host = target.ref.registry
     run.target_remote = Remote(host, creds.source if creds else None)
-    tmp = run.request.workspace.tmp_dir
-    authfile = stack.enter_context(private_authfile(host, creds, directory=tmp))
-    run.target_args = [f"--authfile={authfile}", *tls]
+    run.target_args = [*tls]
+    if buildah_pushes(run):
+        run.target_args.insert(0, f"--authfile={_authfile(host, creds, stack, secrets)}")
     client = run.client = stack.enter_context(target_client(run.request))
     client.ping()  # auth and TLS fail here, before any model byte is copied
 
 
 def connect_base(
-    run: BuildRun, creds: Credentials | None, tls: list[str], stack: contextlib.ExitStack
+    run: BuildRun,
+    creds: Credentials | None,
+    tls: list[str],
+    stack: contextlib.ExitStack,
+    secrets: Path | None,
 ) -> None:
     base = run.request.base_image
     target = parse_target(base) if base != "scratch" else None
@@ -102,6 +133,16 @@ def connect_base(
         return  # scratch, or an oci: layout on disk
     host = target.ref.registry
     run.base_remote = Remote(host, creds.source if creds else None)
-    tmp = run.request.workspace.tmp_dir
-    authfile = stack.enter_context(private_authfile(host, creds, directory=tmp))
-    run.base_args = [f"--authfile={authfile}", *tls]
+    run.base_args = [*tls]
+    if buildah_pulls_base(run):
+        run.base_args.insert(0, f"--authfile={_authfile(host, creds, stack, secrets)}")
+
+
+def _authfile(
+    host: str, creds: Credentials | None, stack: contextlib.ExitStack, secrets: Path | None
+) -> Path:
+    """A 0600 authfile in the run's secret dir (memory-backed, :mod:`.secretdir`); an
+    empty one without credentials, so buildah reads no config file of its own."""
+    if secrets is None:
+        raise RuntimeError("buildah needs an authfile but the run has no secret dir")
+    return stack.enter_context(private_authfile(host, creds, directory=secrets))

@@ -1,5 +1,6 @@
-"""Running buildah: finding it, its environment (TMPDIR and private state on the
-workspace), and one subprocess per command whose failure becomes one scrubbed line."""
+"""Running buildah: finding it, its environment (an allowlist: TMPDIR and private state
+on the workspace, no secrets), and one subprocess per command whose failure becomes one
+scrubbed line."""
 
 from __future__ import annotations
 
@@ -84,26 +85,75 @@ def find_buildah(env: Mapping[str, str]) -> str:
     return exe
 
 
-def buildah_env(workspace_tmp: Path, state_dir: Path, settings: BuildahSettings) -> dict[str, str]:
-    """TMPDIR (big temp copies) and, with private state, XDG dirs on the workspace."""
-    env = {k: v for k, v in os.environ.items() if k not in ("BUILDAH_ISOLATION", "BUILDAH_LAYERS")}
+# What buildah may inherit from our environment; everything else (HF_TOKEN, MODELCAR_*,
+# REGISTRY_AUTH_FILE, the caller's BUILDAH_* / STORAGE_* / XDG_*) stays with us.
+INHERITED = frozenset(
+    {
+        "PATH",  # helpers it runs (newuidmap, mount helpers)
+        "HOME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        # Proxies: its registry connections must take the same route as ours.
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "all_proxy",
+        # Trust anchors (paths, not secrets): a pod's custom CA bundle for the registry.
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        # Where containers' own config lives (paths): registries.conf mirrors, storage.conf.
+        "CONTAINERS_CONF",
+        "CONTAINERS_REGISTRIES_CONF",
+        "CONTAINERS_STORAGE_CONF",
+    }
+)
+INHERITED_PREFIXES = ("LC_",)
+# Without private state buildah keeps the caller's own XDG dirs (rootless runtime dir).
+_CALLER_XDG = ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR")
+
+
+def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``environ`` a buildah child may see (:data:`INHERITED`)."""
+    return {k: v for k, v in environ.items() if k in INHERITED or k.startswith(INHERITED_PREFIXES)}
+
+
+def buildah_env(
+    workspace_tmp: Path,
+    state_dir: Path,
+    settings: BuildahSettings,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """An allowlist, not a copy: buildah gets what it needs to run (:data:`INHERITED`) and
+    what we set: TMPDIR (big temp copies) and, with private state, XDG dirs on the
+    workspace and containers' rootless markers. No HF_TOKEN, no ``MODELCAR_*`` (token
+    files, passwords), no REGISTRY_AUTH_FILE: registry credentials reach buildah only by
+    ``--authfile``, and only in the chain mode."""
+    environ = os.environ if environ is None else environ
+    env = inherited_env(environ)
     env["TMPDIR"] = str(workspace_tmp)
-    if settings.private_state:
-        for sub in ("data", "config", "run"):
-            make_dir(state_dir / sub, 0o700)
-        env["XDG_DATA_HOME"] = str(state_dir / "data")
-        env["XDG_CONFIG_HOME"] = str(state_dir / "config")
-        env["XDG_RUNTIME_DIR"] = str(state_dir / "run")
-        mounts = settings.storage_driver == "overlay" and has_cap_sys_admin()
-        if os.geteuid() == 0 and not mounts:
-            # Not with overlay: either marker makes containers/storage think it is
-            # rootless, overlay then mounts with ``userxattr`` and buildah 1.28 exports the
-            # kernel's ``user.overlay.origin`` xattr (an inode file handle) into every layer
-            # that touches /models, so digests stop being reproducible (measured). With
-            # CAP_SYS_ADMIN buildah does not re-exec anyway; the blob-info cache then
-            # stays in /var/lib/containers/cache.
-            env["_CONTAINERS_USERNS_CONFIGURED"] = "done"
-            env["_CONTAINERS_ROOTLESS_UID"] = _ROOTLESS_MARKER_UID
+    if not settings.private_state:
+        env.update({k: environ[k] for k in _CALLER_XDG if k in environ})
+        return env
+    for sub in ("data", "config", "run"):
+        make_dir(state_dir / sub, 0o700)
+    env["XDG_DATA_HOME"] = str(state_dir / "data")
+    env["XDG_CONFIG_HOME"] = str(state_dir / "config")
+    env["XDG_RUNTIME_DIR"] = str(state_dir / "run")
+    mounts = settings.storage_driver == "overlay" and has_cap_sys_admin()
+    if os.geteuid() == 0 and not mounts:
+        # Not with overlay: either marker makes containers/storage think it is
+        # rootless, overlay then mounts with ``userxattr`` and buildah 1.28 exports the
+        # kernel's ``user.overlay.origin`` xattr (an inode file handle) into every layer
+        # that touches /models, so digests stop being reproducible (measured). With
+        # CAP_SYS_ADMIN buildah does not re-exec anyway; the blob-info cache then
+        # stays in /var/lib/containers/cache.
+        env["_CONTAINERS_USERNS_CONFIGURED"] = "done"
+        env["_CONTAINERS_ROOTLESS_UID"] = _ROOTLESS_MARKER_UID
     return env
 
 
