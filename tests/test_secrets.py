@@ -26,7 +26,8 @@ import pytest
 from modelcar_builder.engines import RegistryOptions
 from modelcar_builder.engines.buildah import BuildahEngine, BuildahSettings
 from modelcar_builder.engines.buildah.runner import buildah_env
-from modelcar_builder.engines.buildah.secretdir import (
+from modelcar_builder.engines.buildah.settings import ENV_MODE
+from modelcar_builder.engines.secretdir import (
     PREFIX,
     choose_parent,
     memory_backed,
@@ -34,7 +35,6 @@ from modelcar_builder.engines.buildah.secretdir import (
     secret_dir,
     sweep_stale,
 )
-from modelcar_builder.engines.buildah.settings import ENV_MODE
 from modelcar_builder.workspace import Workspace
 from tests.test_engine_buildah import make_model, request_for, token_file
 
@@ -97,7 +97,7 @@ def test_without_tmpfs_a_private_dir_outside_the_workspace(tmp_path, monkeypatch
 HOLDER = """
 import sys, time
 from pathlib import Path
-from modelcar_builder.engines.buildah.secretdir import secret_dir
+from modelcar_builder.engines.secretdir import secret_dir
 with secret_dir(Path(sys.argv[1])) as d:
     (d / "auth.json").write_text("secret")
     print(d, flush=True)

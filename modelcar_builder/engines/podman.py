@@ -34,6 +34,7 @@ from modelcar_builder.engines.local import (
     require_files,
     resolve_base,
 )
+from modelcar_builder.engines.secretdir import secret_dir, sweep_stale
 from modelcar_builder.errors import BuildFailed, EngineUnavailable, UsageError
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import Workspace
@@ -79,8 +80,12 @@ class PodmanEngine:
         tmp = request.workspace.tmp_dir
         name = local_name(request)
         timings: dict[str, float] = {}
+        sweep_stale()  # authfiles a killed run left in memory-backed storage
         with scrubbed(secrets), contextlib.ExitStack() as stack:
             private = Path(tempfile.mkdtemp(prefix="modelcar-podman-", dir=tmp))
+            # Authfiles live in memory-backed storage that dies with the pod, never on
+            # the workspace volume (a SIGKILL would leave them on the PVC).
+            secrets_dir = stack.enter_context(secret_dir(request.workspace.root))
             stack.callback(shutil.rmtree, private, ignore_errors=True)
             certs = stack.enter_context(cert_dir(request.registry.ca_file, tmp))
             tls = tls_args(request.registry.tls_verify, certs)
@@ -91,7 +96,7 @@ class PodmanEngine:
             base_auth: list[str] = []
             if base.registry is not None:
                 host = base.registry.ref.registry
-                authfile = stack.enter_context(private_authfile(host, base_creds, tmp))
+                authfile = stack.enter_context(private_authfile(host, base_creds, secrets_dir))
                 base_auth = [f"--authfile={authfile}", *tls]
             context = prepare_context(request.plan, files_dir, request.workspace, base.from_ref)
             iidfile = private / "iid"
@@ -108,7 +113,7 @@ class PodmanEngine:
                 )
             before = previous_blobs(request)
             host = request.target.ref.registry  # type: ignore[union-attr]
-            authfile = stack.enter_context(private_authfile(host, target_creds, tmp))
+            authfile = stack.enter_context(private_authfile(host, target_creds, secrets_dir))
             digestfile = private / "digest"
             run(
                 "push", f"--authfile={authfile}", *tls, f"--digestfile={digestfile}",

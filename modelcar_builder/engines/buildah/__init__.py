@@ -48,7 +48,6 @@ from modelcar_builder.engines.buildah.runner import (
     epoch_seconds,
     find_buildah,
 )
-from modelcar_builder.engines.buildah.secretdir import secret_dir, sweep_stale
 from modelcar_builder.engines.buildah.session import BuildRun, check_request
 from modelcar_builder.engines.buildah.settings import (
     DEFAULT_MODE,
@@ -73,6 +72,7 @@ from modelcar_builder.engines.buildah.storage import (
     overlay_verdict,
     storage_needed,
 )
+from modelcar_builder.engines.secretdir import secret_dir, sweep_stale
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 
