@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from modelcar_builder.engines import DEFAULT_CREATED, BuildRequest, BuildResult, Engine
+from modelcar_builder.engines import BuildRequest, BuildResult, Engine
 from modelcar_builder.errors import (
     EngineUnavailable,
     ModelcarError,
@@ -27,7 +25,7 @@ from modelcar_builder.errors import (
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
 from modelcar_builder.plan import LayerPlan, Plan
-from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.settings import RegistryOptions, created_timestamp
 from modelcar_builder.source.download import FetchOptions, FetchResult, fetch
 from modelcar_builder.source.stream import HubStreams
 from modelcar_builder.state import BuildState
@@ -61,22 +59,6 @@ class BuildOutcome:
     image_url: str  # oci://registry/repo@sha256:... (KServe storageUri) or oci:PATH@sha256
     downloaded_bytes: int
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def created_timestamp(env: dict[str, str] | None = None) -> str:
-    """The image's `created`: SOURCE_DATE_EPOCH when set (reproducible-builds.org), else
-    the epoch. Never "now": that would give every build a new digest and re-push."""
-    env = os.environ if env is None else env
-    raw = env.get("SOURCE_DATE_EPOCH", "")
-    if not raw:
-        return DEFAULT_CREATED
-    try:
-        moment = datetime.fromtimestamp(int(raw), tz=UTC)
-    except (ValueError, OverflowError, OSError):
-        raise UsageError(
-            f"SOURCE_DATE_EPOCH={raw!r} is not a Unix timestamp", hint="e.g. 1700000000"
-        ) from None
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def default_engine(workspace: Workspace | None = None) -> str:

@@ -1,11 +1,17 @@
-"""How to talk to registries: the user's credential and TLS choices, and the one place
+"""Settings that are not command-line options, in one place: the only reader of the
+environment beyond click's own option variables (MODELCAR_BUILDAH_*, SOURCE_DATE_EPOCH),
+and how to talk to registries: the user's credential and TLS choices and the one place
 that turns them into a connected client (twine keeps `settings` apart the same way)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from modelcar_builder.auth import resolve_credentials
+from modelcar_builder.errors import UsageError
 from modelcar_builder.reference import ImageRef
 from modelcar_builder.registry import RegistryClient, RetryPolicy
 from modelcar_builder.registry.transport import DEFAULT_RETRY_WINDOW
@@ -34,3 +40,72 @@ class RegistryOptions:
             ca_file=self.ca_file,
             retry=RetryPolicy(window=self.retry_window),
         )
+
+
+# -- the buildah engine's settings (environment only: they tune one engine) ------------------
+
+ENGINE_NAME = "buildah"
+ENV_STORAGE_DRIVER = "MODELCAR_BUILDAH_STORAGE_DRIVER"
+ENV_ISOLATION = "MODELCAR_BUILDAH_ISOLATION"
+ENV_PRIVATE_STATE = "MODELCAR_BUILDAH_PRIVATE_STATE"
+ENV_MODE = "MODELCAR_BUILDAH_MODE"
+ENV_OVERLAP = "MODELCAR_BUILDAH_OVERLAP"
+DEFAULT_OVERLAP = True  # per-layer mode: upload layer i while layer i+1 is built (measured)
+MODES = ("per-layer", "chain")
+DEFAULT_MODE = "per-layer"
+
+
+@dataclass(frozen=True)
+class BuildahSettings:
+    storage_driver: str = "auto"  # auto: overlay where it can mount, else vfs
+    isolation: str = "chroot"
+    private_state: bool = True
+    mode: str = DEFAULT_MODE  # per-layer: one container per layer; chain: from/copy/commit
+    overlap: bool = DEFAULT_OVERLAP  # per-layer, registry target: one upload in flight
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> BuildahSettings:
+        private = env.get(ENV_PRIVATE_STATE, "1").strip().lower() not in ("0", "false", "no")
+        overlap = env.get(ENV_OVERLAP, "").strip().lower()
+        if overlap not in ("", "0", "1", "true", "false", "yes", "no"):
+            raise UsageError(f"{ENV_OVERLAP}={overlap!r} is not a switch", hint="use 0 or 1")
+        mode = env.get(ENV_MODE, "").strip().lower() or DEFAULT_MODE
+        if mode not in MODES:
+            raise UsageError(f"{ENV_MODE}={mode!r} is not a mode", hint=f"use {' or '.join(MODES)}")
+        return cls(
+            storage_driver=env.get(ENV_STORAGE_DRIVER, "").strip() or "auto",
+            isolation=env.get(ENV_ISOLATION, "").strip() or "chroot",
+            private_state=private,
+            mode=mode,
+            overlap=overlap in ("1", "true", "yes") if overlap else DEFAULT_OVERLAP,
+        )
+
+
+# What `modelcar build --help` lists under its options: settings read from the environment.
+ENVIRONMENT = {
+    ENV_MODE: "buildah: per-layer (default) or chain",
+    ENV_OVERLAP: "buildah per-layer: 1 (default) uploads a layer while the next builds",
+    ENV_STORAGE_DRIVER: "buildah: auto (overlay where it mounts, else vfs), overlay or vfs",
+    ENV_ISOLATION: "buildah: chroot (default)",
+    ENV_PRIVATE_STATE: "buildah: 1 (default) keeps its blob-info cache on the workspace",
+    "SOURCE_DATE_EPOCH": "the image's created time (default: the epoch, for stable digests)",
+    "HF_TOKEN, HF_ENDPOINT": "the Hub token and address",
+    "REGISTRY_AUTH_FILE": "registry credentials (containers auth.json)",
+}
+DEFAULT_CREATED = "1970-01-01T00:00:00Z"  # fixed: the same model gives the same digest
+
+
+def created_timestamp(env: Mapping[str, str] | None = None) -> str:
+    """The image's `created`: SOURCE_DATE_EPOCH when set (reproducible-builds.org), else
+    the epoch. Never "now": that would give every build a new digest and re-push."""
+    env = os.environ if env is None else env
+    raw = env.get("SOURCE_DATE_EPOCH", "")
+    if not raw:
+        return DEFAULT_CREATED
+    try:
+        moment = datetime.fromtimestamp(int(raw), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH={raw!r} is not a Unix timestamp", hint="e.g. 1700000000"
+        ) from None
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -202,3 +202,13 @@ def test_bad_image_references_fail_before_reading_the_source(tmp_path, capsys):
         assert res.code == errors.UsageError.exit_code, res.err
         assert res.err.startswith(f"error: invalid image reference '{image}'")
         assert "\nhint: " in res.err
+
+
+def test_build_help_names_every_environment_setting(capsys):
+    from modelcar_builder.settings import ENVIRONMENT
+
+    res = run(capsys, "build", "--help")
+    assert res.code == 0
+    for name in ENVIRONMENT:
+        assert name in res.out, name
+    assert "MODELCAR_BUILDAH_MODE" in res.out and "[env var: MODELCAR_IMAGE" in res.out

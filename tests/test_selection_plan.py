@@ -156,7 +156,7 @@ def test_progress_redraws_one_line_on_a_tty():
 
 
 def test_created_timestamp_is_fixed_unless_source_date_epoch():
-    from modelcar_builder.build import created_timestamp
+    from modelcar_builder.settings import created_timestamp
 
     assert created_timestamp({}) == "1970-01-01T00:00:00Z"
     assert created_timestamp({"SOURCE_DATE_EPOCH": "1700000000"}) == "2023-11-14T22:13:20Z"

@@ -21,13 +21,19 @@ from modelcar_builder.engines.buildah.probe import BUILDAH_NEEDS
 from modelcar_builder.errors import UsageError
 from modelcar_builder.pipeline import count_base_layers
 from modelcar_builder.report import build_document, dumps
+from modelcar_builder.settings import ENVIRONMENT
 from modelcar_builder.target import RegistryTarget, parse_target
 
 log = logging.getLogger("modelcar")
 TEKTON_RESULTS = Path("/tekton/results")
 
 
-@click.command()
+ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
+    f"  {name}: {what}" for name, what in ENVIRONMENT.items()
+)
+
+
+@click.command(epilog=ENV_HELP)
 @source_options
 @workspace_option
 @fetch_options

@@ -10,13 +10,11 @@ from typing import BinaryIO, Protocol
 
 from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.progress import Progress
-from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.settings import DEFAULT_CREATED, RegistryOptions
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.state import BuildState
 from modelcar_builder.target import Target
 from modelcar_builder.workspace import Workspace
-
-DEFAULT_CREATED = "1970-01-01T00:00:00Z"  # fixed: the same model gives the same digest
 
 
 class StreamOpener(Protocol):

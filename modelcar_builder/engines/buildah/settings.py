@@ -1,53 +1,26 @@
-"""How the buildah engine is configured (environment variables) and which mode a
-request runs in."""
+"""Which mode a buildah request runs in. Its settings (the MODELCAR_BUILDAH_* variables)
+are read in ``modelcar_builder.settings``, the one reader of the environment."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 from modelcar_builder.engines import BuildRequest
-from modelcar_builder.errors import UsageError
+from modelcar_builder.settings import (  # noqa: F401  # re-exported: the engine's names
+    DEFAULT_MODE,
+    DEFAULT_OVERLAP,
+    ENGINE_NAME,
+    ENV_ISOLATION,
+    ENV_MODE,
+    ENV_OVERLAP,
+    ENV_PRIVATE_STATE,
+    ENV_STORAGE_DRIVER,
+    MODES,
+    BuildahSettings,
+)
 from modelcar_builder.target import RegistryTarget
 
 log = logging.getLogger("modelcar")
-
-ENGINE_NAME = "buildah"
-ENV_STORAGE_DRIVER = "MODELCAR_BUILDAH_STORAGE_DRIVER"
-ENV_ISOLATION = "MODELCAR_BUILDAH_ISOLATION"
-ENV_PRIVATE_STATE = "MODELCAR_BUILDAH_PRIVATE_STATE"
-ENV_MODE = "MODELCAR_BUILDAH_MODE"
-ENV_OVERLAP = "MODELCAR_BUILDAH_OVERLAP"
-DEFAULT_OVERLAP = True  # per-layer mode: upload layer i while layer i+1 is built (measured)
-MODES = ("per-layer", "chain")
-DEFAULT_MODE = "per-layer"
-
-
-@dataclass(frozen=True)
-class BuildahSettings:
-    storage_driver: str = "auto"  # auto: overlay where it can mount, else vfs
-    isolation: str = "chroot"
-    private_state: bool = True
-    mode: str = DEFAULT_MODE  # per-layer: one container per layer; chain: from/copy/commit
-    overlap: bool = DEFAULT_OVERLAP  # per-layer, registry target: one upload in flight
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> BuildahSettings:
-        private = env.get(ENV_PRIVATE_STATE, "1").strip().lower() not in ("0", "false", "no")
-        overlap = env.get(ENV_OVERLAP, "").strip().lower()
-        if overlap not in ("", "0", "1", "true", "false", "yes", "no"):
-            raise UsageError(f"{ENV_OVERLAP}={overlap!r} is not a switch", hint="use 0 or 1")
-        mode = env.get(ENV_MODE, "").strip().lower() or DEFAULT_MODE
-        if mode not in MODES:
-            raise UsageError(f"{ENV_MODE}={mode!r} is not a mode", hint=f"use {' or '.join(MODES)}")
-        return cls(
-            storage_driver=env.get(ENV_STORAGE_DRIVER, "").strip() or "auto",
-            isolation=env.get(ENV_ISOLATION, "").strip() or "chroot",
-            private_state=private,
-            mode=mode,
-            overlap=overlap in ("1", "true", "yes") if overlap else DEFAULT_OVERLAP,
-        )
 
 
 def effective_mode(request: BuildRequest, mode: str) -> str:
