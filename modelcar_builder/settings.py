@@ -88,6 +88,8 @@ ENVIRONMENT = {
     ENV_STORAGE_DRIVER: "buildah: auto (overlay where it mounts, else vfs), overlay or vfs",
     ENV_ISOLATION: "buildah: chroot (default)",
     ENV_PRIVATE_STATE: "buildah: 1 (default) keeps its blob-info cache on the workspace",
+    "MODELCAR_REGISTRY_RETRY_WINDOW": "seconds a registry that answered before may be away "
+    "(a restart) before the build gives up (default 120)",
     "SOURCE_DATE_EPOCH": "the image's created time (default: the epoch, for stable digests)",
     "HF_TOKEN, HF_ENDPOINT": "the Hub token and address",
     "REGISTRY_AUTH_FILE": "registry credentials (containers auth.json)",
@@ -109,3 +111,20 @@ def created_timestamp(env: Mapping[str, str] | None = None) -> str:
             f"SOURCE_DATE_EPOCH={raw!r} is not a Unix timestamp", hint="e.g. 1700000000"
         ) from None
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def registry_retry_window(env: Mapping[str, str] | None = None) -> float:
+    env = os.environ if env is None else env
+    raw = env.get("MODELCAR_REGISTRY_RETRY_WINDOW", "").strip()
+    if not raw:
+        return DEFAULT_RETRY_WINDOW
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise UsageError(
+            f"MODELCAR_REGISTRY_RETRY_WINDOW={raw!r} is not a number of seconds",
+            hint="e.g. 120 (0: give up after the first few quick retries)",
+        )
+    return value

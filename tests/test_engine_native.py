@@ -533,3 +533,21 @@ def test_a_download_failure_while_pushing_stops_the_build_with_its_own_error(
     hub_repo.clear_faults()
     again = run(capsys, *build_args(image, tmp_path / "ws", "scratch"))
     assert again.code == 0, again.err
+
+
+def test_stream_sends_a_layer_again_when_the_registry_drops_it(
+    hub, registry, cutting_proxy, capsys, tmp_path
+):
+    """--stream keeps nothing on disk, so a layer the registry dropped mid-upload is read
+    from the Hub again and sent again, within the same run."""
+    files = model_files(n_shards=2, shard_size=4 * MIB)
+    hub.add_repo(REPO, files)
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    image = f"{proxy.host}/models/llm:stream-cut"
+    proxy.cut_after(3 * MIB, down_for=1.0)  # mid-way through the first shard's layer
+    res = run(capsys, *build_args(image, tmp_path / "ws", "scratch"), "--stream",
+              "--jobs", "1")  # fmt: skip
+    assert res.code == 0, res.err
+    assert "the registry dropped the upload" in res.err and "sending the layer again" in res.err
+    img = unpack(f"docker://{registry.host}/models/llm:stream-cut", tmp_path / "check")
+    assert_models_match(img, files)

@@ -14,7 +14,7 @@ from modelcar_builder.errors import UsageError
 from modelcar_builder.pipeline import Resolved, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS
 from modelcar_builder.selection import Selection
-from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.settings import RegistryOptions, registry_retry_window
 from modelcar_builder.source.download import FetchOptions
 from modelcar_builder.workspace import Workspace
 
@@ -235,4 +235,5 @@ def registry_settings(
         token_file=registry_token_file,
         tls_verify=tls_verify,
         ca_file=ca_file or default_ca,
+        retry_window=registry_retry_window(),
     )

@@ -22,7 +22,12 @@ from modelcar_builder.engines import (
 from modelcar_builder.engines.assemble import assemble_image
 from modelcar_builder.engines.base import BaseSource, copy_base, load_base
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
-from modelcar_builder.errors import UsageError
+from modelcar_builder.errors import (
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnreachable,
+    UsageError,
+)
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.layer import (
     DigestingIterator,
@@ -41,6 +46,7 @@ from modelcar_builder.target import LayoutTarget
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
+LAYER_RESTARTS = 3  # a streamed layer the registry dropped is sent again this many times
 
 
 def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
@@ -153,10 +159,7 @@ class NativeEngine:
         else:
             # Digest unknown until the last byte (gzip, or bytes still arriving from the
             # Hub): one streaming upload that hashes as it goes.
-            plain = DigestingIterator(tar_chunks())
-            body = gzip_chunks(plain) if request.compression == "gzip" else plain
-            digest, size = sink.put_stream(body)
-            pushed = BuiltLayer(digest, size, plain.digest, uploaded=True)
+            pushed = _stream_layer(request, sink, layer, tar_chunks)
         state.remember_layer(key, LayerRecord(pushed.digest, pushed.size, pushed.diff_id))
         return pushed
 
@@ -168,6 +171,29 @@ class NativeEngine:
             sink.put_blob(docs.config_digest, len(docs.config), lambda: [docs.config])
         digest = sink.put_manifest(docs.manifest, MEDIA_TYPE_MANIFEST, request.target.tag)
         return digest, docs.config_digest
+
+
+def _stream_layer(request: BuildRequest, sink: Sink, layer: LayerPlan, tar_chunks) -> BuiltLayer:
+    """One streaming upload; a registry that drops it mid-layer (a cut, a restart, a 5xx)
+    gets the layer again from its first byte: a stream cannot be replayed or resumed
+    where the registry lost it. The Hub side keeps its own retries (source/stream.py)."""
+    for attempt in range(1, LAYER_RESTARTS + 1):
+        plain = DigestingIterator(tar_chunks())
+        body = gzip_chunks(plain) if request.compression == "gzip" else plain
+        try:
+            digest, size = sink.put_stream(body)
+        except (RegistryUnreachable, RegistryError) as exc:
+            if attempt == LAYER_RESTARTS or isinstance(exc, RegistryAuthError):
+                raise
+            wait = min(30.0, 2.0**attempt)  # a restarting registry needs a moment
+            log.warning(
+                "%s: the registry dropped the upload (%s); sending the layer again in "
+                "%.0f s (attempt %d of %d)", layer.name, exc, wait, attempt + 1, LAYER_RESTARTS,
+            )  # fmt: skip
+            time.sleep(wait)
+            continue
+        return BuiltLayer(digest, size, plain.digest, uploaded=True)
+    raise RegistryError(f"{layer.name}: upload failed")  # unreachable: the loop returns
 
 
 def _tar_for(request: BuildRequest, layer: LayerPlan) -> TarLayer:
