@@ -425,7 +425,7 @@ def check_registry(target: RegistryTarget, registry: RegistryOptions) -> CheckRe
             client.check_push(ref.repository)
             creds = client.creds.source if client.creds else "no credentials (anonymous)"
     except RegistryUnreachable as exc:
-        return _fail("registry", RegistryUnreachable(f"{exc.message} ({cas})", hint=exc.hint))
+        return _fail("registry", RegistryUnreachable(f"{exc.message}; {cas}", hint=exc.hint))
     except ModelcarError as exc:
         return _fail("registry", exc)
     tls = "plain HTTP, no TLS" if base.startswith("http://") else cas
