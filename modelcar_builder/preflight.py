@@ -477,8 +477,8 @@ def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]
                 f"needs {human(need)} more ({fresh}{done}); a fresh volume needs at least "
                 f"{human(total)}",
             ))  # fmt: skip
-    tmp = Path(request.env.get("TMPDIR") or tempfile.gettempdir())
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # also when no temp dir is usable (read-only root)
+        tmp = Path(request.env.get("TMPDIR") or tempfile.gettempdir())
         if _device(tmp) not in devices:
             free = shutil.disk_usage(tmp).free
             msg = f"TMPDIR {tmp}: {human(free)} free (engines keep big temp files on the workspace)"

@@ -195,8 +195,8 @@ def test_healthy_setup_passes_in_seconds_and_moves_nothing(
     image = f"{registry.host}/models/llm:ok"
     mark = registry.mark()
     started = time.monotonic()
-    res = run(capsys, *args("doctor", image, tmp_path / "ws", "--no-tls-verify",
-                            "--results-dir", str(tmp_path / "results"), base=base_image.ref))  # fmt: skip
+    extra = ("--no-tls-verify", "--results-dir", str(tmp_path / "results"))
+    res = run(capsys, *args("doctor", image, tmp_path / "ws", *extra, base=base_image.ref))
     elapsed = time.monotonic() - started
     assert res.code == 0, res.out + res.err
     assert elapsed < 15  # seconds, on a loaded 2-core machine

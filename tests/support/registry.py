@@ -254,9 +254,7 @@ class TokenServer:
             "nbf": now - 1,
             "iat": now,
             "jti": uuid.uuid4().hex,
-            "access": [
-                _access(s, self._allowed.get(account)) for s in scopes if s.count(":") >= 2
-            ],
+            "access": [_access(s, self._allowed.get(account)) for s in scopes if s.count(":") >= 2],
         }
         header = {"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}
         signing_input = ".".join(_b64url(json.dumps(p).encode()) for p in (header, claims))
