@@ -1,12 +1,9 @@
 """Everything a build can check before the first model byte moves, as typed results.
 
 `modelcar doctor` runs every check and prints them; `modelcar build` runs the ones its
-own start has not done yet (hub and base image are read there anyway) right before the
-download and fails with the first FAIL's own error, exit code and hint. No check moves
-model bytes: Hub metadata, the base image's manifest, one registry upload started and
-cancelled, statvfs and a probe file. Secrets never reach a message: the Hub token and
-the registry credentials are named by their source only.
-"""
+start has not done (hub, base image) before the download and fails with the first FAIL's
+own error. No model byte moves: Hub metadata, the base's manifest, one registry upload
+started and cancelled, statvfs, a probe file. Secrets are named by their source only."""
 
 from __future__ import annotations
 
@@ -69,12 +66,8 @@ class CheckResult:
         }
 
 
-def _pass(check: str, message: str) -> CheckResult:
-    return CheckResult(check, "PASS", message)
-
-
-def _info(check: str, message: str) -> CheckResult:
-    return CheckResult(check, "INFO", message)
+def _pass(check: str, message: str, status: Status = "PASS") -> CheckResult:
+    return CheckResult(check, status, message)
 
 
 def _warn(check: str, message: str, fix: str) -> CheckResult:
@@ -133,6 +126,8 @@ class Request:
     results_dir: str | None = None
     report_file: str | None = None
     env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
+    # build.make_engine, handed in: the run (build.py) sits above the checks
+    make_engine: Callable[[str], Any] | None = field(default=None, repr=False)
 
     def registry(self, target: Target | None) -> RegistryOptions:
         host = target.ref.api_host if isinstance(target, RegistryTarget) else None
@@ -205,7 +200,7 @@ def identity(env: Mapping[str, str]) -> list[CheckResult]:
         if SA_TOKEN_PATH.is_file()
         else "no service-account token"
     )
-    return [_info("identity", who), _info("identity", f"{pod}; {token}")]
+    return [_pass("identity", who, "INFO"), _pass("identity", f"{pod}; {token}", "INFO")]
 
 
 def parse_platform(text: str) -> tuple[str, str]:
@@ -366,8 +361,6 @@ def _writable(directory: Path, file: Path | None, create: bool) -> str | None:
 
 def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> CheckResult:
     """The engine's own probe (`Engine.preflight`), and the privileges it needs."""
-    from modelcar_builder.build import make_engine
-
     name = request.engine
     try:
         if request.stream and name != "native":
@@ -379,7 +372,9 @@ def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> 
                 f"--compression {request.compression} is not supported by the native engine",
                 hint="use none (default, fastest) or gzip; KServe cannot read zstd layers",
             )
-        engine = make_engine(name)
+        if request.make_engine is None:
+            raise UsageError(f"no engine factory to check --engine {name}")
+        engine = request.make_engine(name)
         if name == "buildah":
             return _buildah_verdict(request, ws, engine)
         engine.preflight(ws)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from modelcar_builder.build import default_engine
+from modelcar_builder.build import default_engine, make_engine
 from modelcar_builder.errors import UsageError
 from modelcar_builder.pipeline import Resolved, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS
@@ -275,6 +275,7 @@ def preflight_request(params: Mapping[str, Any], engine: str | None = None) -> R
         compression=params.get("compression"),
         results_dir=params.get("results_dir"),
         report_file=params.get("report_file"),
+        make_engine=make_engine,
     )
 
 
