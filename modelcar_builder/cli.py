@@ -14,6 +14,7 @@ import click
 
 from modelcar_builder import __version__
 from modelcar_builder.commands.build import build
+from modelcar_builder.commands.doctor import doctor
 from modelcar_builder.commands.fetch import fetch_cmd, prepare
 from modelcar_builder.commands.plan import plan
 from modelcar_builder.commands.verify import verify
@@ -39,8 +40,8 @@ class _StderrHandler(logging.StreamHandler):
 
 
 EXIT_CODES = """Exit codes (README.md lists each): 0 ok; 1 unexpected I/O; 2 usage;
-10-17 source, selection, plan and base image; 20-21 download; 30-31 workspace; 40-43 engine;
-50-52 registry; 60 verification; 130 interrupted (rerun to continue)."""
+10-17 source, selection, plan and base image; 20-21 download; 30-32 workspace and
+outputs; 40-43 engine; 50-52 registry; 60 verification; 130 interrupted (rerun to continue)."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
@@ -56,7 +57,7 @@ def cli(debug: bool, quiet: bool) -> None:
     log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
 
 
-for command in (plan, fetch_cmd, prepare, build, verify):
+for command in (plan, fetch_cmd, prepare, build, doctor, verify):
     cli.add_command(command)
     for param in command.params:
         if isinstance(param, click.Option) and param.envvar:

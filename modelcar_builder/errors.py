@@ -137,6 +137,17 @@ class InsufficientSpace(ModelcarError):
     )
 
 
+class OutputNotWritable(ModelcarError):
+    """``--results-dir`` or ``--report`` (or an ``oci:`` layout target) cannot be written:
+    checked before the download, so a verified push never ends in a lost result."""
+
+    exit_code = 32
+    default_hint = (
+        "point --results-dir / --report at a writable place (a missing directory is "
+        "created when its parent is writable)"
+    )
+
+
 class EngineUnavailable(ModelcarError):
     """The chosen build engine is not installed."""
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from modelcar_builder.auth import resolve_credentials
+from modelcar_builder.auth import default_ca_file, resolve_credentials
 from modelcar_builder.errors import UsageError
 from modelcar_builder.reference import ImageRef
 from modelcar_builder.registry import RegistryClient, RetryPolicy
@@ -24,6 +24,26 @@ class RegistryOptions:
     tls_verify: bool = True
     ca_file: str | None = None
     retry_window: float = DEFAULT_RETRY_WINDOW  # seconds an outage mid-run is ridden out
+
+    @classmethod
+    def for_host(
+        cls,
+        authfile: str | None,
+        token_file: str | None,
+        tls_verify: bool,
+        ca_file: str | None,
+        host: str | None,
+    ) -> RegistryOptions:
+        """The options for a registry ``host``; in a pod the service CA is the default
+        CA of in-cluster registries only (default_ca_file knows which)."""
+        default_ca = default_ca_file(host=host) if tls_verify and host else None
+        return cls(
+            authfile,
+            token_file,
+            tls_verify,
+            ca_file or default_ca,
+            retry_window=registry_retry_window(),
+        )
 
     def client_for(self, ref: ImageRef) -> RegistryClient:
         """A client for ``ref``'s registry with the first credentials that apply."""

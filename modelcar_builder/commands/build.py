@@ -9,8 +9,10 @@ import click
 
 from modelcar_builder.build import ENGINES, BuildSettings, default_engine, run_build, write_results
 from modelcar_builder.commands.options import (
+    check_before_download,
     fetch_options,
     open_workspace,
+    preflight_option,
     registry_options,
     registry_settings,
     source_options,
@@ -132,6 +134,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     envvar="MODELCAR_REPORT",
     help="Write a JSON report here.",
 )
+@preflight_option
 def build(
     src,
     fetch_opts,
@@ -176,6 +179,7 @@ def build(
     # The base image's depth counts against --max-layers: read it before the Hub plan.
     resolved = src.resolve(count_base_layers(base_image, (os_, arch), registry))
     ws = open_workspace(workspace)
+    check_before_download(resolved, ws)  # what `modelcar doctor` checks, before any download
     settings = BuildSettings(
         engine=engine or default_engine(ws),
         base_image=base_image,

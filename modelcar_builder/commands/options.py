@@ -4,19 +4,25 @@ shows which), packed into values: SourceArgs, FetchOptions, RegistryOptions."""
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import click
 
-from modelcar_builder.auth import default_ca_file
+from modelcar_builder.build import default_engine, make_engine
 from modelcar_builder.errors import UsageError
 from modelcar_builder.pipeline import Resolved, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS
+from modelcar_builder.preflight import ENV_NO_PREFLIGHT, Request, before_download
 from modelcar_builder.selection import Selection
-from modelcar_builder.settings import RegistryOptions, registry_retry_window
+from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.source.download import FetchOptions
 from modelcar_builder.workspace import Workspace
+
+log = logging.getLogger("modelcar")
 
 
 def source_options(fn):
@@ -228,12 +234,69 @@ def registry_options(fn):
 def registry_settings(
     authfile, registry_token_file, tls_verify, ca_file, host: str | None
 ) -> RegistryOptions:
-    # In a pod, the service CA signs in-cluster registries only (default_ca_file knows).
-    default_ca = default_ca_file(host=host) if tls_verify and host else None
-    return RegistryOptions(
-        authfile=authfile,
-        token_file=registry_token_file,
-        tls_verify=tls_verify,
-        ca_file=ca_file or default_ca,
-        retry_window=registry_retry_window(),
+    return RegistryOptions.for_host(authfile, registry_token_file, tls_verify, ca_file, host)
+
+
+def preflight_option(fn):
+    """``--no-preflight`` (MODELCAR_NO_PREFLIGHT): skip the checks `build` runs before the
+    download. Kept out of the command's arguments: it lands in ``ctx.meta``."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        ctx.meta[_NO_PREFLIGHT] = value
+        return value
+
+    return click.option(
+        "--no-preflight",
+        is_flag=True,
+        envvar=ENV_NO_PREFLIGHT,
+        expose_value=False,
+        callback=remember,
+        help="Skip the checks run before the download (what `modelcar doctor` reports).",
+    )(fn)
+
+
+_NO_PREFLIGHT = "modelcar.no_preflight"
+
+
+def preflight_request(params: Mapping[str, Any], engine: str | None = None) -> Request:
+    """The preflight's view of a `build` command line (its click parameters by name)."""
+    return Request(
+        image=params["image"],
+        workspace=Path(params["workspace"]),
+        engine=engine or params.get("engine") or default_engine(),
+        base_image=params["base_image"],
+        platform=params.get("platform") or "linux/amd64",
+        authfile=params.get("authfile"),
+        token_file=params.get("registry_token_file"),
+        tls_verify=params.get("tls_verify", True),
+        ca_file=params.get("ca_file"),
+        max_layers=params.get("max_layers") or DEFAULT_MAX_LAYERS,
+        stream=bool(params.get("stream")),
+        compression=params.get("compression"),
+        results_dir=params.get("results_dir"),
+        report_file=params.get("report_file"),
+        make_engine=make_engine,
     )
+
+
+def source_args(params: Mapping[str, Any]) -> SourceArgs:
+    return SourceArgs(**{name: params[name] for name in SOURCE_FIELDS})
+
+
+def check_before_download(resolved: Resolved, ws: Workspace) -> None:
+    """`build`: run the preflight on this command's own options, unless --no-preflight;
+    WARN lines are logged, the first FAIL is raised (its own exit code and hint)."""
+    ctx = click.get_current_context()
+    if ctx.meta.get(_NO_PREFLIGHT):
+        log.info("preflight skipped (--no-preflight)")
+        return
+    report = before_download(preflight_request(ctx.params), resolved, ws)
+    for check in report.checks:
+        if check.status == "WARN":
+            log.warning("preflight %s: %s (fix: %s)", check.check, check.message, check.fix)
+        else:
+            log.debug("preflight %s %s: %s", check.status, check.check, check.message)
+    for check in report.failures[1:]:
+        log.error("preflight %s: %s", check.check, check.message)
+    report.raise_first()
+    log.info("preflight: %d checks passed in %.1f s", len(report.checks), report.seconds)

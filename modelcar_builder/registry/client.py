@@ -115,6 +115,27 @@ class RegistryClient:
         with self._http.errors():
             self._auth.send_checked("GET", "/v2/", (), ok=(200,))
 
+    @property
+    def base_url(self) -> str:
+        """``https://host`` or ``http://host``: the scheme the registry answered on."""
+        with self._http.errors():
+            return self._auth.base_url()
+
+    def check_push(self, repo: str) -> None:
+        """Prove the credentials may push to ``repo`` without writing a byte: start a
+        blob upload (POST, push scope) and cancel it (DELETE its Location). A registry
+        that lets these credentials pull but not push refuses the POST."""
+        scopes = push(repo)
+        try:
+            with self._http.errors(what=f"a test upload to {repo}"):
+                resp = self._auth.send_checked(
+                    "POST", f"/v2/{repo}/blobs/uploads/", scopes, ok=(202,)
+                )
+        except RegistryAuthError:
+            what = f"refused to let these credentials push to {repo}"
+            raise self._http.auth_error(what) from None
+        self._uploads.cancel(resp, scopes)
+
     def blob_size(self, repo: str, digest: str) -> int | None:
         """Size of the blob if the repository has it, else None (HEAD)."""
         with self._http.errors():

@@ -23,6 +23,7 @@ import hmac
 import json
 import re
 import socket
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Mapping
@@ -333,6 +334,13 @@ class _Server(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
+        # A client that gives up on a kept-alive connection (the tool closing a failed
+        # stream) resets it: normal, and no traceback on the test's stderr.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     def drop_connections(self) -> None:
         # Keep-alive connections would otherwise pin handler threads after the fixture ends.

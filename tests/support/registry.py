@@ -173,6 +173,7 @@ class TokenServer:
     def __init__(self, pki: Pki, users: dict[str, str], lifetime: int = 60) -> None:
         self._pki = pki
         self._users = dict(users)
+        self._allowed: dict[str, tuple[str, ...]] = {}  # user -> actions; absent: all
         self.lifetime = lifetime
         self.expires_in: int | None = None
         self.issued: list[IssuedToken] = []
@@ -191,6 +192,12 @@ class TokenServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def add_user(self, username: str, password: str, actions: tuple[str, ...] = ("pull",)) -> None:
+        """Another account, whose tokens grant at most ``actions`` (default: pull only, a
+        read-only robot account); the registry then refuses its pushes."""
+        self._users[username] = password
+        self._allowed[username] = actions
 
     def set_lifetime(self, lifetime: int, expires_in: int | None = None) -> None:
         self.lifetime, self.expires_in = lifetime, expires_in
@@ -247,7 +254,7 @@ class TokenServer:
             "nbf": now - 1,
             "iat": now,
             "jti": uuid.uuid4().hex,
-            "access": [_access(s) for s in scopes if s.count(":") >= 2],
+            "access": [_access(s, self._allowed.get(account)) for s in scopes if s.count(":") >= 2],
         }
         header = {"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}
         signing_input = ".".join(_b64url(json.dumps(p).encode()) for p in (header, claims))
@@ -267,11 +274,13 @@ class TokenServer:
         req.wfile.write(data)
 
 
-def _access(scope: str) -> dict[str, object]:
-    """``repository:org/name:pull,push`` → the claim entry; grants what was asked."""
+def _access(scope: str, allowed: tuple[str, ...] | None = None) -> dict[str, object]:
+    """``repository:org/name:pull,push`` → the claim entry; grants what was asked, or of
+    it only the ``allowed`` actions."""
     kind, rest = scope.split(":", 1)
     name, _, actions = rest.rpartition(":")
-    return {"type": kind, "name": name, "actions": [a for a in actions.split(",") if a]}
+    wanted = [a for a in actions.split(",") if a and (allowed is None or a in allowed)]
+    return {"type": kind, "name": name, "actions": wanted}
 
 
 # -- registry process -----------------------------------------------------------------------

@@ -1,0 +1,514 @@
+"""Everything a build can check before the first model byte moves, as typed results.
+
+`modelcar doctor` runs every check and prints them; `modelcar build` runs the ones its
+start has not done (hub, base image) before the download and fails with the first FAIL's
+own error. No model byte moves: Hub metadata, the base's manifest, one registry upload
+started and cancelled, statvfs, a probe file. Secrets are named by their source only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import certifi
+
+from modelcar_builder.auth import SA_DIR, SA_TOKEN_PATH
+from modelcar_builder.errors import (
+    InsufficientSpace,
+    ModelcarError,
+    OutputNotWritable,
+    RegistryUnreachable,
+    SourceNotFound,
+    TooManyLayers,
+    UsageError,
+)
+from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed
+from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
+from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.target import LayoutTarget, RegistryTarget, Target, parse_target
+from modelcar_builder.units import human
+from modelcar_builder.workspace import Workspace, make_dir
+
+Status = Literal["PASS", "WARN", "FAIL", "INFO"]
+TEKTON_RESULTS = Path("/tekton/results")
+TMPDIR_LOW = 64 * 1024 * 1024  # less free in TMPDIR than this is worth a warning
+ENV_NO_PREFLIGHT = "MODELCAR_NO_PREFLIGHT"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the verdict. A FAIL carries the error `build` raises for it."""
+
+    check: str  # identity, image, base, source, workspace, outputs, engine, registry, disk
+    status: Status
+    message: str
+    fix: str = ""
+    error: ModelcarError | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def exit_code(self) -> int:
+        return self.error.exit_code if self.error is not None else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "status": self.status,
+            "message": self.message,
+            "fix": self.fix,
+            "exit_code": self.exit_code,
+        }
+
+
+def _pass(check: str, message: str, status: Status = "PASS") -> CheckResult:
+    return CheckResult(check, status, message)
+
+
+def _warn(check: str, message: str, fix: str) -> CheckResult:
+    return CheckResult(check, "WARN", message, fix)
+
+
+def _fail(check: str, error: ModelcarError) -> CheckResult:
+    return CheckResult(check, "FAIL", error.message, error.hint, error)
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: tuple[CheckResult, ...]
+    seconds: float
+
+    @property
+    def failures(self) -> tuple[CheckResult, ...]:
+        return tuple(c for c in self.checks if c.status == "FAIL")
+
+    @property
+    def exit_code(self) -> int:
+        """The first FAIL's exit code (README's table), 0 when nothing failed."""
+        return self.failures[0].exit_code if self.failures else 0
+
+    def raise_first(self) -> None:
+        if self.failures and self.failures[0].error is not None:
+            raise self.failures[0].error
+
+    def as_dict(self) -> dict[str, Any]:
+        counts = {s: sum(1 for c in self.checks if c.status == s) for s in ("PASS", "WARN", "FAIL")}
+        return {
+            "ok": not self.failures,
+            "exit_code": self.exit_code,
+            "seconds": round(self.seconds, 3),
+            "counts": counts,
+            "checks": [c.as_dict() for c in self.checks],
+        }
+
+
+@dataclass(frozen=True)
+class Request:
+    """What `build` was asked to do, as far as the checks care (the build's options)."""
+
+    image: str
+    workspace: Path
+    engine: str
+    base_image: str
+    platform: str = "linux/amd64"
+    authfile: str | None = None
+    token_file: str | None = None
+    tls_verify: bool = True
+    ca_file: str | None = None
+    max_layers: int = DEFAULT_MAX_LAYERS
+    stream: bool = False
+    compression: str | None = None
+    results_dir: str | None = None
+    report_file: str | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
+    # build.make_engine, handed in: the run (build.py) sits above the checks
+    make_engine: Callable[[str], Any] | None = field(default=None, repr=False)
+
+    def registry(self, target: Target | None) -> RegistryOptions:
+        host = target.ref.api_host if isinstance(target, RegistryTarget) else None
+        return RegistryOptions.for_host(
+            self.authfile, self.token_file, self.tls_verify, self.ca_file, host
+        )
+
+
+# -- the two runs ----------------------------------------------------------------------------
+
+
+def diagnose(request: Request, resolve: Callable[[int], Resolved]) -> Report:
+    """`modelcar doctor`: every check, each one run even when an earlier one failed
+    (a check that needs what a failed one would have given is left out).
+    ``resolve(base_layers)`` plans the source (Hub metadata only)."""
+    started = time.monotonic()
+    out = identity(request.env)
+    image, target = check_image(request)
+    out.append(image)
+    registry = request.registry(target)
+    base_layers = None
+    if target is not None:
+        base, base_layers = check_base(request, registry)
+        out.append(base)
+    source, resolved = check_source(resolve, base_layers)
+    out.append(source)
+    workspace, ws = check_workspace(request.workspace)
+    out.append(workspace)
+    out += check_outputs(request, target, create=False)
+    if ws is not None:
+        out.append(check_engine(request, ws, resolved))
+    if isinstance(target, RegistryTarget):
+        out.append(check_registry(target, registry))
+    if resolved is not None and ws is not None:
+        out += check_disk(request, resolved.plan, ws)
+    return Report(tuple(out), time.monotonic() - started)
+
+
+def before_download(request: Request, resolved: Resolved, ws: Workspace) -> Report:
+    """`modelcar build`: what its start has not checked yet (target, base image and
+    source are parsed and read there). Creates a missing --results-dir / report dir."""
+    started = time.monotonic()
+    target = parse_target(request.image)
+    out = [check_workspace(ws.root)[0]]
+    out += check_outputs(request, target, create=True)
+    out.append(check_engine(request, ws, resolved))
+    if isinstance(target, RegistryTarget):
+        out.append(check_registry(target, request.registry(target)))
+    out += check_disk(request, resolved.plan, ws)
+    return Report(tuple(out), time.monotonic() - started)
+
+
+# -- the checks ------------------------------------------------------------------------------
+
+
+def identity(env: Mapping[str, str]) -> list[CheckResult]:
+    """Who we run as and where: what an SCC or securityContext decided."""
+    groups = ",".join(str(g) for g in sorted(set(os.getgroups()))) or "none"
+    who = f"uid {os.getuid()} gid {os.getgid()} (groups {groups})"
+    if os.geteuid() == 0:
+        who += ", root"
+    reasons = []
+    if env.get("KUBERNETES_SERVICE_HOST"):
+        reasons.append("KUBERNETES_SERVICE_HOST is set")
+    if SA_DIR.is_dir():
+        reasons.append(f"{SA_DIR} is mounted")
+    pod = f"in a pod ({'; '.join(reasons)})" if reasons else "not in a pod"
+    token = (
+        f"service-account token present ({SA_TOKEN_PATH})"
+        if SA_TOKEN_PATH.is_file()
+        else "no service-account token"
+    )
+    return [_pass("identity", who, "INFO"), _pass("identity", f"{pod}; {token}", "INFO")]
+
+
+def parse_platform(text: str) -> tuple[str, str]:
+    os_, _, arch = text.partition("/")
+    if not os_ or not arch:
+        raise UsageError(f"bad --platform {text!r}", hint="write OS/ARCH, e.g. linux/amd64")
+    return os_, arch
+
+
+def check_image(request: Request) -> tuple[CheckResult, Target | None]:
+    """The image reference and the platform parse, as `build` parses them."""
+    try:
+        parse_platform(request.platform)
+        target = parse_target(request.image)
+        if isinstance(target, RegistryTarget) and target.ref.digest:
+            raise UsageError(
+                f"--image {request.image} names a digest; a push needs a tag",
+                hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
+            )
+    except ModelcarError as exc:
+        return _fail("image", exc), None
+    if isinstance(target, RegistryTarget):
+        ref = target.ref
+        where = f"registry {ref.registry}, repository {ref.repository}, tag {target.tag}"
+    else:
+        where = f"OCI layout {target.path}, tag {target.tag}"
+    return _pass("image", f"{request.image} is a valid reference ({where})"), target
+
+
+def check_base(request: Request, registry: RegistryOptions) -> tuple[CheckResult, int | None]:
+    """The base image exists and its layers leave room in --max-layers."""
+    name = request.base_image
+    try:
+        layers = count_base_layers(name, parse_platform(request.platform), registry)
+    except ModelcarError as exc:
+        return _fail("base", exc), None
+    if layers >= request.max_layers:  # the exact fit is the plan's (source check)
+        error = TooManyLayers(
+            f"the base image {name} has {layers} layers: --max-layers {request.max_layers} "
+            "leaves no room for the model"
+        )
+        return _fail("base", error), layers
+    room = f"leaves {request.max_layers - layers} of --max-layers {request.max_layers}"
+    if name == "scratch":
+        fix = "use a base image with sh, ln and sleep (the default ubi-micro, or busybox)"
+        return _warn("base", "scratch: no sh/ln/sleep, KServe's modelcar sidecar cannot "
+                     f"start it (fine for oci:// fetch mode); {room}", fix), 0  # fmt: skip
+    return _pass("base", f"{name} exists, {layers} layer(s), {room} for the model"), layers
+
+
+def check_source(
+    resolve: Callable[[int], Resolved], base_layers: int | None
+) -> tuple[CheckResult, Resolved | None]:
+    """Hub: reachable, repo and revision exist, a gated or private repo readable with the
+    token given (named by its source). Local: every selected file readable."""
+    try:
+        resolved = resolve(1 if base_layers is None else base_layers)
+    except ModelcarError as exc:
+        return _fail("source", exc), None
+    plan = resolved.plan
+    snap = plan.snapshot
+    size = f"{len(snap.files)} files, {human(plan.total_bytes)}"
+    layers = (
+        f"{len(plan.layers)} model layers + {plan.base_layers} base = {plan.total_layers} "
+        f"of --max-layers {plan.max_layers}"
+    )
+    if snap.kind == "hub":
+        source = resolved.access.token_source if resolved.access else "none"
+        token = "anonymously (no token)" if source == "none" else f"with the token from {source}"
+        return _pass(
+            "source",
+            f"hf://{snap.location}@{snap.revision or 'main'} -> commit {snap.commit}, "
+            f"{size}, readable {token}; {layers}",
+        ), resolved
+    root = Path(snap.location)
+    unreadable = [f.path for f in snap.files if not os.access(root / f.path, os.R_OK)]
+    if unreadable:
+        error = SourceNotFound(
+            f"{len(unreadable)} of {len(snap.files)} files in {snap.location} are not readable "
+            f"by uid {os.getuid()} (first: {unreadable[0]})",
+            hint="make the model files readable by this UID or its group",
+        )
+        return _fail("source", error), None
+    return _pass("source", f"{snap.location}: {size}, all readable; {layers}"), resolved
+
+
+def check_workspace(path: Path) -> tuple[CheckResult, Workspace | None]:
+    """Writable by this UID/GID (the layout is created, as `build` does); noexec noted."""
+    try:
+        ws = Workspace(path).ensure()
+    except ModelcarError as exc:
+        return _fail("workspace", exc), None
+    note = ""
+    with contextlib.suppress(OSError):
+        if os.statvfs(ws.root).f_flag & os.ST_NOEXEC:
+            note = "; mounted noexec: harmless, nothing is ever executed from it"
+    who = f"uid {os.getuid()} gid {os.getgid()}"
+    return _pass("workspace", f"{ws.root} is writable by {who}{note}"), ws
+
+
+def check_outputs(request: Request, target: Target | None, create: bool) -> list[CheckResult]:
+    """--results-dir, --report and an oci: layout target can be written. A missing
+    directory passes when it can be created (``create``: create it now)."""
+    wanted: list[tuple[str, Path, Path | None]] = []
+    if request.results_dir:
+        wanted.append(("--results-dir", Path(request.results_dir), None))
+    elif TEKTON_RESULTS.is_dir():
+        wanted.append(("Tekton results", TEKTON_RESULTS, None))
+    if request.report_file:
+        report = Path(request.report_file)
+        wanted.append(("--report", report.parent, report))
+    if isinstance(target, LayoutTarget):
+        wanted.append(("OCI layout", target.path, None))
+    if not wanted:
+        return [_pass("outputs", "no --results-dir or --report; the oci:// URL goes to stdout")]
+    out = []
+    for label, directory, file in wanted:
+        what = f"{label} {file or directory}"
+        existed = directory.exists()
+        make = create and label != "OCI layout"  # the layout code makes its own directory
+        error = _writable(directory, file, make)
+        if error is not None:
+            out.append(_fail("outputs", OutputNotWritable(f"{what}: {error}")))
+        elif existed:
+            out.append(_pass("outputs", f"{what} is writable"))
+        else:
+            done = "created" if make else "does not exist yet; build creates it"
+            out.append(_pass("outputs", f"{what}: {directory} {done}, writable"))
+    return out
+
+
+def _writable(directory: Path, file: Path | None, create: bool) -> str | None:
+    """None when ``file`` (or a new file) can be written in ``directory``, else why not."""
+    if not directory.exists():
+        ancestor = directory
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            return f"{directory} does not exist and {ancestor} is not writable by uid {os.getuid()}"
+        if not create:
+            return None  # build creates it
+        try:
+            make_dir(directory, 0o755)
+        except OSError as exc:
+            return f"cannot create {directory}: {exc.strerror}"
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    if file is not None and file.exists():
+        return None if os.access(file, os.W_OK) else f"{file} is not writable"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".modelcar-probe-", dir=directory)
+    except OSError as exc:
+        return f"{directory} is not writable by uid {os.getuid()}: {exc.strerror}"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> CheckResult:
+    """The engine's own probe (`Engine.preflight`), and the privileges it needs."""
+    name = request.engine
+    try:
+        if request.stream and name != "native":
+            raise UsageError("--stream works only with --engine native", hint="add --engine native")
+        if request.stream and resolved is not None and resolved.plan.snapshot.kind != "hub":
+            raise UsageError("--stream needs a Hub source", hint="drop --stream for directories")
+        if name == "native" and request.compression not in (None, "none", "gzip"):
+            raise UsageError(
+                f"--compression {request.compression} is not supported by the native engine",
+                hint="use none (default, fastest) or gzip; KServe cannot read zstd layers",
+            )
+        if request.make_engine is None:
+            raise UsageError(f"no engine factory to check --engine {name}")
+        engine = request.make_engine(name)
+        if name == "buildah":
+            return _buildah_verdict(request, ws, engine)
+        engine.preflight(ws)
+    except ModelcarError as exc:
+        return _fail("engine", exc)
+    if name == "native":
+        return _pass("engine", "native: no daemon, no capability, no root needed; "
+                     "a read-only root filesystem and the restricted SCC are fine")  # fmt: skip
+    return _pass("engine", f"{name}: its preflight passed")
+
+
+def _buildah_verdict(request: Request, ws: Workspace, engine: Any) -> CheckResult:
+    from modelcar_builder.engines.buildah.runner import find_buildah
+    from modelcar_builder.engines.buildah.settings import BuildahSettings
+
+    settings = BuildahSettings.from_env(request.env)
+    exe = find_buildah(request.env)
+    engine.preflight(ws)  # a forced overlay driver is mounted for real here
+    what = f"buildah {exe}, {settings.mode} mode, {settings.storage_driver} storage"
+    if os.geteuid() != 0:
+        return _warn(
+            "engine",
+            f"{what}, uid {os.geteuid()}: buildah runs rootless and needs a user namespace "
+            "(SETFCAP and /etc/subuid; OpenShift: the pipelines-scc SCC)",
+            "run the step as root (securityContext runAsUser: 0; OpenShift: anyuid SCC) or "
+            "use --engine native, which needs no privilege",
+        )
+    needs = "as root it needs no SETFCAP (securityContext runAsUser: 0; OpenShift: the anyuid SCC)"
+    if settings.storage_driver == "overlay":
+        needs += "; overlay mounts: SYS_ADMIN (OpenShift: the privileged SCC), probe passed"
+    return _pass("engine", f"{what}: {needs}")
+
+
+def check_registry(target: RegistryTarget, registry: RegistryOptions) -> CheckResult:
+    """Reachable, TLS trusted (naming the CA), credentials accepted for a push: a blob
+    upload is started and cancelled, so a pull-only credential fails here."""
+    ref = target.ref
+    cas = _trusted_cas(registry)
+    try:
+        with registry.client_for(ref) as client:
+            client.ping()
+            base = client.base_url
+            client.check_push(ref.repository)
+            creds = client.creds.source if client.creds else "no credentials (anonymous)"
+    except RegistryUnreachable as exc:
+        return _fail("registry", RegistryUnreachable(f"{exc.message}; {cas}", hint=exc.hint))
+    except ModelcarError as exc:
+        return _fail("registry", exc)
+    tls = "plain HTTP, no TLS" if base.startswith("http://") else cas
+    return _pass("registry", f"{base} reachable, {tls}; {creds} may push to {ref.repository}")
+
+
+def _trusted_cas(registry: RegistryOptions) -> str:
+    if not registry.tls_verify:
+        return "TLS not verified (--no-tls-verify)"
+    if registry.ca_file:
+        return f"TLS trusted with CA {registry.ca_file}"
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    return f"TLS checked against the system bundle {bundle or certifi.where()} (no --ca-file)"
+
+
+def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]:
+    """Free space where the bytes will go (workspace, buildah's storage root on it, and
+    TMPDIR) against what the chosen engine needs for this model (`Engine.disk_needed`),
+    minus what an earlier run already downloaded."""
+    needed = disk_needed(plan, request.env)
+    label = _engine_label(request, needed)
+    total = needed.get(label, 0)
+    model = 0 if request.stream or plan.snapshot.kind != "hub" else plan.total_bytes
+    scratch = max(0, total - model)
+    present = _already_fetched(plan, ws) if model else 0
+    wants = [(ws.root, max(0, model - present))]
+    wants.append((ws.storage_dir if request.engine == "buildah" else ws.root, scratch))
+    out = []
+    devices: dict[int, tuple[Path, int]] = {}
+    for path, n in wants:
+        dev = _device(path)
+        first, sum_ = devices.get(dev, (path, 0))
+        devices[dev] = (first, sum_ + n)
+    fresh = f"{human(model)} model + {human(scratch)} {label} peak = {human(total)}"
+    for path, need in devices.values():
+        usage = shutil.disk_usage(path)
+        must = usage.total - usage.free + need  # what is used now, plus what is to come
+        if need > usage.free:
+            error = InsufficientSpace(
+                f"{label} needs {human(need)} more on {path} ({fresh}), only "
+                f"{human(usage.free)} free of {human(usage.total)}: the volume must be at "
+                f"least {human(must)}"
+            )
+            out.append(_fail("disk", error))
+        else:
+            done = f"; {human(present)} already downloaded" if present else ""
+            out.append(_pass(
+                "disk", f"{path}: {human(usage.free)} free of {human(usage.total)}, {label} "
+                f"needs {human(need)} more ({fresh}{done}); a fresh volume needs at least "
+                f"{human(total)}",
+            ))  # fmt: skip
+    with contextlib.suppress(OSError):  # also when no temp dir is usable (read-only root)
+        tmp = Path(request.env.get("TMPDIR") or tempfile.gettempdir())
+        if _device(tmp) not in devices:
+            free = shutil.disk_usage(tmp).free
+            msg = f"TMPDIR {tmp}: {human(free)} free (engines keep big temp files on the workspace)"
+            if free < TMPDIR_LOW:
+                out.append(_warn("disk", msg, "give TMPDIR (e.g. an emptyDir) some room"))
+            else:
+                out.append(_pass("disk", msg))
+    return out
+
+
+def _engine_label(request: Request, needed: Mapping[str, int]) -> str:
+    if request.engine == "native":
+        return "native --stream" if request.stream else "native"
+    labels = [k for k in needed if k == request.engine or k.startswith(f"{request.engine} ")]
+    if labels:
+        return labels[0]
+    return max(needed, key=lambda k: needed[k])  # an engine that does not say: the worst
+
+
+def _device(path: Path) -> int:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path.stat().st_dev
+
+
+def _already_fetched(plan: Plan, ws: Workspace) -> int:
+    """Model bytes an earlier run left in the workspace (files and partial downloads)."""
+    snap = plan.snapshot
+    files, partial = ws.files_dir(snap), ws.partial_dir(snap)
+    have = 0
+    for entry in snap.files:
+        with contextlib.suppress(OSError):
+            if (files / entry.path).stat().st_size == entry.size:
+                have += entry.size
+                continue
+        with contextlib.suppress(OSError):
+            have += min(entry.size, (partial / f"{entry.path}.part").stat().st_size)
+    return have
