@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from modelcar_builder.errors import AccessDenied, IntegrityError
 from modelcar_builder.snapshot import FileEntry
@@ -384,27 +385,34 @@ class SegmentedDownload:
                 raise Transient(f"the body ended early at byte {pos}")
 
     def _receive(self, i: int, resp: requests.Response, pos: int, end: int) -> int:
+        """Write the body at ``pos`` in blocks of about CHUNK. What arrived before a cut is
+        written too (read1 never holds bytes back), so the segment resumes right there."""
+        buf = bytearray()
         try:
-            for block in resp.iter_content(CHUNK):
-                if self.stop.is_set():
+            while pos + len(buf) < end and not self.stop.is_set():
+                block = resp.raw.read1(CHUNK)
+                if not block:
                     break
-                block = memoryview(block)[: end - pos]
-                while block:
-                    n = os.pwrite(self.fd, block, pos)
-                    block, pos = block[n:], pos + n
-                    self.counter.add(n)
-                with self.cond:
-                    self.state.reached[i] = pos
-                    self.cond.notify_all()
-                self.water.reached(pos, i + 1)
-                if pos >= end:
-                    break
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as exc:
+                buf += block
+                if len(buf) >= CHUNK:
+                    pos = self._write(i, buf, pos, end)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            pos = self._write(i, buf, pos, end)
             raise Transient(f"connection lost at byte {pos} ({type(exc).__name__})") from None
+        return self._write(i, buf, pos, end)
+
+    def _write(self, i: int, buf: bytearray, pos: int, end: int) -> int:
+        view = memoryview(buf)[: end - pos]  # never past the segment
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            view, pos = view[n:], pos + n
+            self.counter.add(n)
+        del view
+        buf.clear()
+        with self.cond:
+            self.state.reached[i] = pos
+            self.cond.notify_all()
+        self.water.reached(pos, i + 1)
         return pos
 
     def _resolve_again(self, generation: int, status: int) -> None:
