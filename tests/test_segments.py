@@ -198,3 +198,22 @@ def test_rate_cap_of_the_hub_imitation(hub):
     with requests.get(hub.resolve_url(REPO, BIG), timeout=30) as resp:
         assert resp.content == big_bytes(MIB)
     assert time.monotonic() - t0 >= 0.2  # 1 MiB at 4 MiB/s (a small burst allowed)
+
+
+def test_layer_digest_comes_from_the_segmented_pass(repo, tmp_path):
+    from modelcar_builder.oci.layer import LayerEntry, TarLayer
+    from modelcar_builder.pipeline import resolve
+    from modelcar_builder.selection import Selection
+    from modelcar_builder.source.download import FetchOptions, fetch
+    from modelcar_builder.workspace import Workspace
+
+    resolved = resolve(REPO, Selection(), threshold=MIB)
+    ws = tmp_path / "ws"
+    repo.cut(REPO, BIG, after_bytes=SEG + 7)  # and across a resumed attempt
+    result = fetch(resolved.plan, Workspace(ws).ensure(), resolved.access,
+                   FetchOptions(segment_size=SEG, connections=6))  # fmt: skip
+    assert len(cdn_ranges(repo)) > 2
+    cached = json.loads(next((ws / "state").glob("*.json")).read_text())["layers"]
+    path = result.files_dir / BIG
+    truth = TarLayer([LayerEntry(BIG, path.stat().st_size, path)]).digest()
+    assert truth in [v["digest"] for v in cached.values()]

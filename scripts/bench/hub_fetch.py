@@ -74,11 +74,16 @@ def serve_hub_repos(spec: str) -> None:
     hub = HubSim(connection_rate=params["cap"]).start()
     rng = random.Random(7)
     for repo in (ONE_FILE, SHARDED):
-        files = {path: rng.randbytes(n) for path, n in repo_files(repo, params["size"]).items()}
+        files = {path: _random(rng, n) for path, n in repo_files(repo, params["size"]).items()}
         hub.add_repo(repo, files)
     print(json.dumps({"endpoint": hub.endpoint}), flush=True)
     sys.stdin.read()
     hub.stop()
+
+
+def _random(rng: random.Random, n: int) -> bytes:
+    block = 64 * MIB  # randbytes takes at most 256 MiB at once
+    return b"".join(rng.randbytes(min(block, n - i)) for i in range(0, n, block))
 
 
 class CappedHub:
