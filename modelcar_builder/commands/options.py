@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -161,6 +162,15 @@ def fetch_options(fn):
             help="Files downloaded in parallel.",
         ),
         click.option(
+            "--connections",
+            type=click.IntRange(1, 256),
+            default=FetchOptions.connections,
+            show_default=True,
+            envvar="MODELCAR_CONNECTIONS",
+            help="HTTP connections to the Hub, all files together: a large file is "
+            "fetched as several Range segments at once.",
+        ),
+        click.option(
             "--attempts",
             type=click.IntRange(1, 100),
             default=FetchOptions.attempts,
@@ -183,18 +193,26 @@ def fetch_options(fn):
     ]
 
     @functools.wraps(fn)
-    def packed(fetch_jobs, attempts, read_timeout, progress_interval, **kwargs):
+    def packed(fetch_jobs, connections, attempts, read_timeout, progress_interval, **kwargs):
         opts = FetchOptions(
             jobs=fetch_jobs,
             attempts=attempts,
             read_timeout=read_timeout,
             progress_interval=progress_interval,
+            connections=connections,
+            segment_size=_segment_size(),
         )
         return fn(fetch_opts=opts, **kwargs)
 
     for d in reversed(decorators):
         packed = d(packed)
     return packed
+
+
+def _segment_size() -> int:
+    """Range segment size: internal tuning (tests use small ones), not an option."""
+    value = os.environ.get("MODELCAR_SEGMENT_SIZE", "")
+    return int(value) if value.isdigit() and int(value) > 0 else FetchOptions.segment_size
 
 
 def registry_options(fn):

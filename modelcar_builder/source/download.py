@@ -8,14 +8,13 @@ file that fails is deleted, never used.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import requests
 from tenacity import (
@@ -26,7 +25,6 @@ from tenacity import (
 )
 
 from modelcar_builder.errors import (
-    AccessDenied,
     DownloadFailed,
     IntegrityError,
     Interrupted,
@@ -38,6 +36,20 @@ from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import Plan
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.source import segments
+from modelcar_builder.source.transfer import (
+    CHUNK,
+    ConnectionBudget,
+    Counter,
+    FetchOptions,
+    Hashes,
+    HighWater,
+    Transient,
+    check_status,
+    expected_id,
+    hasher_for,
+    wait_rate_limit,
+)
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.units import human
 from modelcar_builder.workspace import (
@@ -52,21 +64,7 @@ if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need 
     from modelcar_builder.source.hub import HubAccess
 
 log = logging.getLogger("modelcar")
-CHUNK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class FetchOptions:
-    attempts: int = 5
-    jobs: int = 4  # files downloaded in parallel
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    backoff_max: float = 30.0
-    progress_stream: TextIO | None = None
-    progress_interval: float | None = None
-    # Set by whoever runs the download in the background and no longer needs it (the
-    # engine failed): workers stop at the next chunk; what is on disk stays for a rerun.
-    cancel: threading.Event | None = None
+__all__ = ["CHUNK", "FetchOptions", "FetchResult", "Transient", "check_status", "fetch"]
 
 
 @dataclass(frozen=True)
@@ -75,60 +73,6 @@ class FetchResult:
     downloaded_bytes: int
     fetched: tuple[str, ...]
     reused: tuple[str, ...]
-
-
-class _Counter:
-    """Bytes received, summed across download threads."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self._lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.value += n
-
-
-class Transient(Exception):
-    """A failure worth retrying: 5xx, a cut connection, a stall."""
-
-
-def hasher_for(entry: FileEntry):
-    """sha256 for LFS files; for git-stored files the blob id, sha1('blob N\\0' + bytes)."""
-    if entry.sha256:
-        return hashlib.sha256()
-    h = hashlib.sha1()
-    h.update(b"blob %d\x00" % entry.size)
-    return h
-
-
-class _Hashes:
-    """The file's own hash (to verify it) and, for a file that is a layer of its own, the
-    uncompressed layer digest (prefix + bytes + suffix), both from one pass over the
-    bytes: the native engine then never reads the model again just to hash it."""
-
-    def __init__(self, entry: FileEntry, frame: tuple[bytes, bytes] | None) -> None:
-        self.file = hasher_for(entry)
-        self.frame = frame
-        self.layer = hashlib.sha256(frame[0]) if frame else None
-
-    def update(self, block: bytes) -> None:
-        self.file.update(block)
-        if self.layer is not None:
-            self.layer.update(block)
-
-    def hexdigest(self) -> str:
-        return self.file.hexdigest()
-
-    def layer_digest(self) -> str | None:
-        if self.layer is None or self.frame is None:
-            return None
-        self.layer.update(self.frame[1])
-        return "sha256:" + self.layer.hexdigest()
-
-
-def expected_id(entry: FileEntry) -> str | None:
-    return entry.sha256 or entry.blob_id
 
 
 def fetch(
@@ -175,7 +119,7 @@ def fetch(
         log.info("all %d files already downloaded and verified; nothing to fetch", len(reused))
         return FetchResult(files_dir, 0, (), tuple(reused))
 
-    have = sum(_part_size(partial_dir / f"{e.path}.part") for e in todo)
+    have = sum(segments.partial_bytes(partial_dir / f"{e.path}.part", e.size) for e in todo)
     need = sum(e.size for e in todo) - have
     workspace.require_space(need, f"downloading {len(todo)} files")
     log.info(
@@ -186,22 +130,24 @@ def fetch(
         len(reused),
     )
     progress = Progress("fetch", need, stream=opts.progress_stream, interval=opts.progress_interval)
-    session = requests.Session()
-    downloaded = _Counter()
+    session = _session(opts)
+    budget = ConnectionBudget(opts.connections)
+    downloaded = Counter()
     failures: list[ModelcarError] = []
     lock = threading.Lock()
     frames = _single_file_layers(plan)
 
     def one(entry: FileEntry) -> None:
-        if opts.cancel is not None and opts.cancel.is_set():
+        if opts.cancelled():
             return  # the build ended: leave the file for a rerun
         part = partial_dir / f"{entry.path}.part"
         framed = frames.get(entry.path)
+        budget.acquire()  # every file in flight holds a connection; large ones take more
         try:
             layer_digest = _fetch_one(
                 session, access, snapshot.location, snapshot.commit, entry, part,
                 files_dir / entry.path, opts, progress, downloaded,
-                framed[1] if framed else None,
+                framed[1] if framed else None, budget,
             )  # fmt: skip
         except (DownloadFailed, IntegrityError) as exc:
             # Keep going: every other file that verifies is kept for the rerun.
@@ -209,6 +155,8 @@ def fetch(
             with lock:
                 failures.append(exc)
             return
+        finally:
+            budget.release()
         with lock:
             state.mark_verified(entry.path, expected_id(entry))
             if framed and layer_digest:
@@ -232,9 +180,20 @@ def fetch(
     return FetchResult(files_dir, downloaded.value, tuple(e.path for e in todo), tuple(reused))
 
 
+def _session(opts: FetchOptions) -> requests.Session:
+    """One HTTP session for the run, its pool as large as the connection budget (the
+    default 10 per host would drop and reopen connections to the CDN)."""
+    session = requests.Session()
+    size = max(opts.connections, opts.jobs) + 2
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def _single_file_layers(plan: Plan) -> dict[str, tuple[str, tuple[bytes, bytes], int]]:
     """path -> (layer cache key, tar frame, layer size) for every layer of one file: its
-    uncompressed layer digest is computed during the download (see _Hashes)."""
+    uncompressed layer digest is computed during the download (see Hashes)."""
     out = {}
     for layer in plan.layers:
         if len(layer.files) != 1:
@@ -289,12 +248,14 @@ def _digest_file(path: Path, entry: FileEntry) -> str:
 
 
 def _fetch_one(
-    session, access, repo_id, commit, entry, part, final, opts, progress, counter, frame=None
-) -> str | None:
+    session, access, repo_id, commit, entry, part, final, opts, progress, counter, frame=None,
+    budget: ConnectionBudget | None = None,
+) -> str | None:  # fmt: skip
     """Download, verify and move one file into place; returns its layer digest when
     ``frame`` (the file's one-file tar layer around it) is given."""
     url = access.file_url(repo_id, entry.path, commit)
-    shown = _HighWater(progress, _part_size(part))
+    shown = HighWater(progress, _part_size(part))
+    budget = budget or ConnectionBudget(opts.connections)
     retrying = Retrying(
         stop=_stop_for(opts.attempts),
         wait=wait_exponential(multiplier=0.5, max=opts.backoff_max),
@@ -305,7 +266,9 @@ def _fetch_one(
     try:
         for attempt in retrying:
             with attempt:
-                hashes = _download(session, url, access, entry, part, opts, shown, counter, frame)
+                hashes = _download(
+                    session, url, access, entry, part, opts, shown, counter, frame, budget
+                )
     except Transient as exc:
         raise DownloadFailed(
             f"downloading {entry.path} failed after {opts.attempts} attempts: {exc}"
@@ -314,20 +277,6 @@ def _fetch_one(
     os.chmod(part, FILE_MODE)
     os.replace(part, final)
     return hashes.layer_digest()
-
-
-class _HighWater:
-    """Progress for one file that never counts a byte twice: bytes fetched again after a
-    failed check or an ignored Range were already shown once, so a bar cannot pass 100 %."""
-
-    def __init__(self, progress: Progress, start: int) -> None:
-        self.progress = progress
-        self.mark = start
-
-    def reached(self, offset: int) -> None:
-        if offset > self.mark:
-            self.progress.advance(offset - self.mark)
-            self.mark = offset
 
 
 def _stop_for(attempts: int):
@@ -353,7 +302,17 @@ def _log_retry(entry: FileEntry, state: RetryCallState, attempts: int) -> None:
     )  # fmt: skip
 
 
-def _download(session, url, access, entry, part: Path, opts, progress, counter, frame) -> _Hashes:
+def _download(
+    session, url, access, entry, part: Path, opts, progress, counter, frame, budget
+) -> Hashes:
+    if segments.wanted(entry, part, opts):
+        try:
+            return segments.SegmentedDownload(
+                session, url, access, entry, part, opts, progress, counter, frame, budget
+            ).run()
+        except segments.NoRanges as exc:
+            log.warning("%s: %s; downloading it over one connection", entry.path, exc)
+            segments.discard(part)
     make_dir(part.parent)
     offset = _part_size(part)
     if offset > entry.size:
@@ -365,28 +324,33 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter, 
         # empty file its .part (a crash-free first run never created one).
         part.touch(mode=FILE_MODE, exist_ok=True)
         take_over(part)  # it gets chmod-ed and renamed next: it must be ours
-        h = _Hashes(entry, frame)
+        h = Hashes(entry, frame)
         _rehash_prefix(part, offset, h)
         _check_digest(h, entry, part)
         return h
     headers = access.headers()
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    try:
-        resp = session.get(
-            url,
-            headers=headers,
-            stream=True,
-            allow_redirects=True,
-            timeout=(opts.connect_timeout, opts.read_timeout),
-        )
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+    while True:
+        try:
+            resp = session.get(
+                url,
+                headers=headers,
+                stream=True,
+                allow_redirects=True,
+                timeout=(opts.connect_timeout, opts.read_timeout),
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+        if resp.status_code != 429:
+            break
+        resp.close()
+        wait_rate_limit(resp, entry.path, None)  # not a fault: no attempt spent
     with resp:
         check_status(resp, entry)
         if offset and resp.status_code != 206:
             offset = 0  # the server ignored Range: start over rather than append twice
-        h = _Hashes(entry, frame)
+        h = Hashes(entry, frame)
         mode = "ab" if offset else "wb"
         if offset:
             take_over(part)  # another UID of the group may have started it
@@ -397,7 +361,7 @@ def _download(session, url, access, entry, part: Path, opts, progress, counter, 
                 if not offset:
                     os.fchmod(out.fileno(), SHARED_FILE_MODE)  # ours: 0664 whatever the umask
                 for block in resp.iter_content(CHUNK):
-                    if opts.cancel is not None and opts.cancel.is_set():
+                    if opts.cancelled():
                         raise Interrupted("download stopped: the build ended")
                     out.write(block)
                     h.update(block)
@@ -434,18 +398,3 @@ def _rehash_prefix(part: Path, offset: int, h) -> None:
                 break
             h.update(block)
             remaining -= len(block)
-
-
-def check_status(resp: requests.Response, entry: FileEntry) -> None:
-    code = resp.status_code
-    if code in (200, 206):
-        return
-    if code in (401, 403):
-        raise AccessDenied(f"the Hub refused the download of {entry.path} (HTTP {code})")
-    if code == 404:
-        raise SourceNotFound(f"{entry.path} vanished from the Hub (HTTP 404)")
-    if code == 416:
-        raise Transient("range not satisfiable")
-    if code >= 500 or code == 429:
-        raise Transient(f"HTTP {code} from {resp.url.split('?')[0]}")
-    raise DownloadFailed(f"unexpected HTTP {code} downloading {entry.path}")

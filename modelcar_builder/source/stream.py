@@ -1,5 +1,6 @@
 """A Hub file as a self-checking stream, for ``--stream`` (Hub -> tar -> registry, with
-no disk for the model): resumed with Range on faults, checked on its last byte."""
+no disk for the model): resumed with Range on faults, checked on its last byte. Each file
+is read over one connection: the disk path's parallel Range segments are not used here."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from modelcar_builder.source.download import (
     expected_id,
     hasher_for,
 )
+from modelcar_builder.source.transfer import wait_rate_limit
 
 if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
     from modelcar_builder.source.hub import HubAccess
@@ -112,6 +114,10 @@ class HubFileStream(io.RawIOBase):
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 self._fault(f"{type(exc).__name__} contacting the Hub")
+                continue
+            if resp.status_code == 429:
+                resp.close()
+                wait_rate_limit(resp, self.entry.path, None)  # not a fault: no try spent
                 continue
             try:
                 check_status(resp, self.entry)

@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 
 from .charts import write_charts
-from .common import CONTENDERS, NATIVE
+from .common import CONTENDERS, GIB, MB, NATIVE
+from .hub_fetch import hub_section, run_hub_section, splice_section
 from .model import Model
 from .native_profile import ProfileRow, run_profile
 from .options import Options, ensure_python_packages, parse_args
@@ -28,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(opts, workdir.resolve())
     try:
+        if opts.hub_only:
+            hub_phase(opts, workdir.resolve())
+            print(f"bench: wrote 'From the Hub' into {opts.out}", file=sys.stderr)
+            return 0
         model, profile = run_phases(bench, opts)
+        hub_lines = hub_phase(opts, workdir.resolve(), write=False)
     finally:
         if not opts.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -45,8 +51,19 @@ def main(argv: list[str] | None = None) -> int:
         opts, machine_info(), model, summaries, bench.results, profile, charts, bench.notes,
         minutes,
     )  # fmt: skip
+    splice_section(opts.out, hub_lines)
     print(f"bench: wrote {opts.out} in {minutes:.1f} min", file=sys.stderr)
     return 0
+
+
+def hub_phase(opts: Options, workdir: Path, write: bool = True) -> list[str]:
+    """The "From the Hub" section (Hub -> workspace alone), spliced into the report."""
+    size, cap = int(opts.hub_gib * GIB), opts.hub_cap_mbs * MB
+    runs = run_hub_section(workdir, size, cap, opts.hub_rounds, opts.quick)
+    lines = hub_section(runs, size, cap, opts.hub_rounds)
+    if write:
+        splice_section(opts.out, lines)
+    return lines
 
 
 def run_phases(bench: Bench, opts: Options) -> tuple[Model, list[ProfileRow]]:

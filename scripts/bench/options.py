@@ -32,6 +32,10 @@ class Options:
     keep: bool
     quiet_wait: float
     argv: tuple[str, ...]
+    hub_gib: float = 1.0
+    hub_cap_mbs: float = 40.0
+    hub_rounds: int = 2
+    hub_only: bool = False
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -58,14 +62,28 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument(
         "--quiet-wait", type=float, default=30.0, help="max s to wait for an idle machine per run"
     )
+    p.add_argument("--hub-gib", type=float, default=1.0, help="each repo of 'From the Hub'")
+    p.add_argument("--hub-cap-mbs", type=float, default=40.0, help="Hub per-connection cap")
+    p.add_argument("--hub-rounds", type=int, default=2, help="rounds of 'From the Hub'")
+    p.add_argument(
+        "--hub-only", action="store_true", help="only 'From the Hub', spliced into --out"
+    )
     p.add_argument("--serve-hub", type=Path, help=argparse.SUPPRESS)  # internal: Hub child
+    p.add_argument("--serve-hub-repos", help=argparse.SUPPRESS)  # internal: capped Hub child
     a = p.parse_args(argv)
     if a.serve_hub:
         serve_hub(a.serve_hub)
         sys.exit(0)
+    if a.serve_hub_repos:
+        from .hub_fetch import serve_hub_repos
+
+        serve_hub_repos(a.serve_hub_repos)
+        sys.exit(0)
     size, rounds, scaling = a.size_gib, a.rounds, _floats(a.scaling)
+    hub_gib, hub_rounds = a.hub_gib, max(1, a.hub_rounds)
     if a.quick:
         size, rounds, scaling = 1 / 64, 1, (1 / 128, 1 / 64)
+        hub_gib, hub_rounds = 1 / 64, 1
     wanted = tuple(c.strip() for c in a.contenders.split(",") if c.strip())
     unknown = [c for c in wanted if c not in CONTENDERS]
     if unknown:
@@ -87,6 +105,10 @@ def parse_args(argv: list[str]) -> Options:
         keep=a.keep,
         quiet_wait=0.0 if a.quick else a.quiet_wait,
         argv=tuple(argv),
+        hub_gib=hub_gib,
+        hub_cap_mbs=a.hub_cap_mbs,
+        hub_rounds=hub_rounds,
+        hub_only=a.hub_only,
     )
 
 

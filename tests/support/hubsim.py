@@ -25,6 +25,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from typing import NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 CHUNK = 1 << 20  # body writes of 1 MiB: big enough to be fast, small enough for fault offsets
+CAPPED_CHUNK = 1 << 18  # under a rate cap: smaller writes keep the rate smooth
 MIB = 1 << 20
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf")
 FIXED_DATE = "2024-01-01T00:00:00.000Z"  # deterministic timestamps for ModelInfo
@@ -192,6 +194,7 @@ class _Fault:
     seconds: float = 0.0
     after_bytes: int | None = None  # cut: bytes sent before closing; stall: None = before headers
     offset: int | None = None  # corrupt: file offset of the flipped byte, None = middle
+    headers: dict[str, str] = field(default_factory=dict)  # fail: extra headers (Retry-After)
 
 
 @dataclass
@@ -199,6 +202,7 @@ class _Plan:
     """The faults that one response must suffer, picked (and used up) when it is built."""
 
     fail_status: int | None = None
+    fail_headers: dict[str, str] = field(default_factory=dict)
     stall_seconds: float = 0.0
     stall_after: int | None = None
     cut_after: int | None = None
@@ -207,7 +211,7 @@ class _Plan:
 
     def apply(self, fault: _Fault) -> None:
         if fault.kind == "fail":
-            self.fail_status = fault.status
+            self.fail_status, self.fail_headers = fault.status, fault.headers
         elif fault.kind == "stall":
             self.stall_seconds, self.stall_after = fault.seconds, fault.after_bytes
         elif fault.kind == "cut":
@@ -384,7 +388,8 @@ class _Handler(BaseHTTPRequestHandler):
         if plan.stall_seconds and plan.stall_after is None:
             self.server.sim._sleep(plan.stall_seconds)
         if plan.fail_status is not None:
-            resp = _error(plan.fail_status, None, f"Simulated failure ({plan.fail_status})")
+            msg = f"Simulated failure ({plan.fail_status})"
+            resp = _error(plan.fail_status, None, msg, **plan.fail_headers)
             plan = resp.plan
         self.send_response(resp.status)
         for name, value in resp.headers.items():
@@ -395,7 +400,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_body(resp)
 
     def _send_body(self, resp: _Response) -> None:
+        sim = self.server.sim
+        sim._flight(resp.counter, +1)
+        try:
+            self._send_body_capped(resp)
+        finally:
+            sim._flight(resp.counter, -1)
+
+    def _send_body_capped(self, resp: _Response) -> None:
         body, plan, sim = resp.body, resp.plan, self.server.sim
+        buckets = sim._buckets(self)
+        piece = CHUNK if not buckets else CAPPED_CHUNK
         limit = len(body) if plan.cut_after is None else min(len(body), plan.cut_after)
         stall_at = plan.stall_after if plan.stall_seconds else None
         flip_at = None
@@ -407,7 +422,9 @@ class _Handler(BaseHTTPRequestHandler):
             if stall_at is not None and sent >= stall_at:
                 sim._sleep(plan.stall_seconds)
                 stall_at = None
-            end = min(limit, sent + CHUNK)
+            end = min(limit, sent + piece)
+            for bucket in buckets:
+                bucket.take(end - sent, sim._sleep)
             if stall_at is not None and sent < stall_at < end:
                 end = stall_at
             # Count first: once the bytes are out, a test may read the counter before this
@@ -427,6 +444,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class TokenBucket:
+    """A rate cap: ``take(n)`` waits until n bytes fit under ``rate`` bytes/s. Debt-based,
+    so concurrent takers of one bucket (the link) share its rate."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = float(rate)
+        self.burst = burst if burst is not None else max(64 * 1024, self.rate / 50)
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, n: int, sleep) -> None:  # type: ignore[no-untyped-def]
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate) - n
+            self.stamp = now
+            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
+        if wait > 0:
+            sleep(wait)
 
 
 def _maybe_flip(chunk: memoryview, chunk_start: int, flip_at: int | None) -> memoryview | bytes:
@@ -449,8 +487,18 @@ class HubSim:
         tree_page_size: int = 3,
         lfs_threshold: int = MIB,
         lfs_suffixes: tuple[str, ...] = LFS_SUFFIXES,
+        connection_rate: float | None = None,
+        link_rate: float | None = None,
     ) -> None:
         self.tree_page_size = tree_page_size
+        # Rate caps in bytes/s on file bytes (token buckets): per connection and for the
+        # whole link (both servers together). None = uncapped. Change them any time.
+        self.connection_rate = connection_rate
+        self.link_rate = link_rate
+        self._link_bucket: TokenBucket | None = None
+        # File bodies being sent right now, and the most at once, per (repo, path).
+        self.in_flight: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.peak_in_flight: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.lfs_threshold = lfs_threshold
         self.lfs_suffixes = lfs_suffixes
         self.tokens: set[str] = set()
@@ -607,10 +655,17 @@ class HubSim:
         self._add_fault(repo_id, path, fault)
 
     def fail(
-        self, repo_id: str, path_or_route: str, status: int = 503, times: int | None = 1
+        self,
+        repo_id: str,
+        path_or_route: str,
+        status: int = 503,
+        times: int | None = 1,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Answer `status` instead. Target a file path or a ROUTE_* name (e.g. "@info")."""
-        self._add_fault(repo_id, path_or_route, _Fault("fail", times, status=status))
+        """Answer `status` instead. Target a file path or a ROUTE_* name (e.g. "@info").
+        `headers` go with the answer, e.g. {"Retry-After": "1"} for a 429."""
+        fault = _Fault("fail", times, status=status, headers=dict(headers or {}))
+        self._add_fault(repo_id, path_or_route, fault)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -641,6 +696,31 @@ class HubSim:
         with self._lock:
             self.bytes_served.clear()
             self.requests.clear()
+            self.peak_in_flight.clear()
+
+    def _flight(self, key: tuple[str, str] | None, delta: int) -> None:
+        if key is None:
+            return
+        with self._lock:
+            self.in_flight[key] += delta
+            self.peak_in_flight[key] = max(self.peak_in_flight[key], self.in_flight[key])
+
+    def _buckets(self, handler: object) -> list[TokenBucket]:
+        """The caps a body is sent under: its connection's bucket (kept on the handler,
+        which serves one connection) and the link's."""
+        out = []
+        if self.connection_rate:
+            bucket = getattr(handler, "_bucket", None)
+            if bucket is None or bucket.rate != self.connection_rate:
+                bucket = TokenBucket(self.connection_rate)
+                handler._bucket = bucket  # type: ignore[attr-defined]
+            out.append(bucket)
+        if self.link_rate:
+            with self._lock:
+                if self._link_bucket is None or self._link_bucket.rate != self.link_rate:
+                    self._link_bucket = TokenBucket(self.link_rate)
+                out.append(self._link_bucket)
+        return out
 
     def _record(self, record: RequestRecord) -> None:
         with self._lock:

@@ -1,0 +1,446 @@
+"""One large Hub file over several connections at once.
+
+The file's URL is resolved once (HEAD /resolve/, the 302 to the CDN is not followed but
+kept), then Range segments are requested from the redirect target in parallel and written
+in place with os.pwrite into the same ``.part`` file. Each segment's progress is kept in
+a small JSON beside it (``<file>.part.segments``), saved about once a second, so a rerun
+resumes each segment where it stopped. The record is written after the bytes it counts,
+so a killed process never claims bytes it did not write; bytes lost in a machine crash
+are caught by the sha256.
+
+The sha256 (and the one-file layer digest) is computed in one sequential pass on the
+file's own thread, which follows the contiguous written prefix and reads it back while it
+is still in the page cache: no second read from disk in the common case.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+
+from modelcar_builder.errors import AccessDenied, IntegrityError, Interrupted
+from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.source.transfer import (
+    CHUNK,
+    ConnectionBudget,
+    Counter,
+    FetchOptions,
+    Hashes,
+    HighWater,
+    Transient,
+    check_status,
+    expected_id,
+    wait_rate_limit,
+)
+from modelcar_builder.workspace import SHARED_FILE_MODE, make_dir, take_over
+
+log = logging.getLogger("modelcar")
+HASH_BLOCK = 8 * CHUNK
+SAVE_EVERY = 1.0  # seconds between saves of the segment record
+MAX_RESOLVES = 4  # per attempt: an expired CDN URL is resolved again, a few times at most
+
+
+class NoRanges(Exception):
+    """The server ignored a Range request: the file goes over one connection instead."""
+
+
+def record_path(part: Path) -> Path:
+    return part.with_name(part.name + ".segments")
+
+
+def wanted(entry: FileEntry, part: Path, opts: FetchOptions) -> bool:
+    """Large files go over several connections; a file already begun that way goes on so."""
+    if record_path(part).exists():
+        return True
+    return opts.connections > 1 and entry.size >= 2 * opts.segment_size
+
+
+def discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    record_path(part).unlink(missing_ok=True)
+
+
+def partial_bytes(part: Path, size: int) -> int:
+    """Bytes of ``part`` already downloaded: its segment record's count, else its length."""
+    segs = Segments.load(record_path(part), size)
+    if segs is not None:
+        return segs.done()
+    try:
+        return min(part.stat().st_size, size)
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass
+class Segments:
+    """Segment i is bytes [i * segment, min(size, (i + 1) * segment)); ``reached[i]`` is the
+    file offset up to which it is written."""
+
+    size: int
+    segment: int
+    reached: list[int]
+
+    @classmethod
+    def fresh(cls, size: int, segment: int, prefix: int = 0) -> Segments:
+        """Segments for a file of which the first ``prefix`` bytes are already written."""
+        n = max(1, -(-size // segment))
+        bounds = [(i * segment, min(size, (i + 1) * segment)) for i in range(n)]
+        return cls(size, segment, [min(max(start, prefix), end) for start, end in bounds])
+
+    @classmethod
+    def load(cls, path: Path, size: int) -> Segments | None:
+        try:
+            data = json.loads(path.read_text())
+            segs = cls(int(data["size"]), int(data["segment"]), [int(r) for r in data["reached"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        n = -(-segs.size // segs.segment) if segs.segment > 0 else -1
+        if segs.size != size or len(segs.reached) != max(1, n):
+            return None
+        for i, r in enumerate(segs.reached):
+            start, end = segs.bounds(i)
+            if not start <= r <= end:
+                return None
+        return segs
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        data = {"size": self.size, "segment": self.segment, "reached": self.reached}
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SHARED_FILE_MODE)
+        try:
+            os.fchmod(fd, SHARED_FILE_MODE)
+            os.write(fd, json.dumps(data).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        start = i * self.segment
+        return start, min(self.size, start + self.segment)
+
+    def done(self) -> int:
+        return sum(r - self.bounds(i)[0] for i, r in enumerate(self.reached))
+
+    def prefix(self) -> int:
+        """End of the contiguous written prefix."""
+        for i, r in enumerate(self.reached):
+            if r < self.bounds(i)[1]:
+                return r
+        return self.size
+
+    def pending(self) -> list[int]:
+        return [i for i, r in enumerate(self.reached) if r < self.bounds(i)[1]]
+
+
+def resolve_target(session, url: str, access, entry: FileEntry, opts: FetchOptions, stop):
+    """Where the bytes are, asked once: HEAD /resolve/ and keep the redirect to another
+    origin (the CDN's signed URL) without following it. The real Hub counts every
+    /resolve/ against a rate budget, so segments never go through it. Returns the URL
+    and the headers it takes (no Hub token for another origin)."""
+    current, hops = url, 0
+    while True:
+        same = _origin(current) == _origin(url)
+        headers = access.headers() if same else {}
+        try:
+            resp = session.head(
+                current,
+                headers=headers,
+                allow_redirects=False,
+                timeout=(opts.connect_timeout, opts.read_timeout),
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+        with resp:
+            if resp.status_code == 429:
+                wait_rate_limit(resp, entry.path, stop)
+                continue
+            if resp.is_redirect and hops < 10:
+                hops += 1
+                current = urljoin(current, resp.headers["Location"])
+                if _origin(current) != _origin(url):
+                    return current, {}
+                continue
+            check_status(resp, entry)
+            return current, headers
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def _content_start(resp: requests.Response) -> int | None:
+    value = resp.headers.get("Content-Range", "")
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+class SegmentedDownload:
+    """One attempt at one file: workers fetch segments (one connection each, taken from
+    the shared budget while segments wait), the calling thread hashes the written prefix.
+    Any fault stops every worker; the record keeps what they wrote for the next attempt."""
+
+    def __init__(
+        self, session, url: str, access, entry: FileEntry, part: Path, opts: FetchOptions,
+        water: HighWater, counter: Counter, frame, budget: ConnectionBudget,
+    ) -> None:  # fmt: skip
+        self.session, self.url, self.access, self.entry = session, url, access, entry
+        self.part, self.opts, self.water, self.counter = part, opts, water, counter
+        self.frame, self.budget = frame, budget
+        self.record = record_path(part)
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.fault: BaseException | None = None
+        self.active = 0
+        self.busy: set[int] = set()
+        self.starting = 0  # workers started that have not taken a segment yet
+        self.resolves = 0
+        self.generation = 0
+        self.target: tuple[str, dict[str, str]] = (url, {})
+        self.state = Segments.fresh(entry.size, opts.segment_size)
+        self.fd = -1
+
+    def run(self) -> Hashes:
+        self._open()
+        try:
+            self.target = resolve_target(
+                self.session, self.url, self.access, self.entry, self.opts, self.stop
+            )
+            self.resolves = 1
+            self._start(owns_slot=False)  # the first connection is the file's own slot
+            hashes = Hashes(self.entry, self.frame)
+            hashed = self._follow(hashes)
+        finally:
+            self.stop.set()
+            with self.cond:
+                while self.active:
+                    self.cond.wait(1.0)
+                self.state.save(self.record)
+            os.close(self.fd)
+        if self.fault is not None:
+            raise self.fault
+        if hashed != self.entry.size:
+            raise Transient(f"got {hashed} of {self.entry.size} bytes")
+        if hashes.hexdigest() != expected_id(self.entry):
+            discard(self.part)
+            kind = "sha256" if self.entry.sha256 else "git blob id"
+            raise IntegrityError(
+                f"{self.entry.path}: {kind} mismatch "
+                f"(expected {expected_id(self.entry)}, got {hashes.hexdigest()})"
+            )
+        self.record.unlink(missing_ok=True)
+        return hashes
+
+    def _open(self) -> None:
+        """Load (or start) the record, then open the .part at its full size. The record
+        is saved before the file grows: a full-size .part never lacks its record."""
+        make_dir(self.part.parent)
+        size = self.entry.size
+        loaded = Segments.load(self.record, size) if self.part.exists() else None
+        if loaded is None:
+            prefix = 0
+            if self.part.exists() and not self.record.exists():
+                prefix = self.part.stat().st_size  # begun over one connection: go on from it
+                if prefix > size:
+                    self.part.unlink()
+                    prefix = 0
+            loaded = Segments.fresh(size, self.opts.segment_size, prefix)
+        self.state = loaded
+        self.state.save(self.record)
+        existed = self.part.exists()
+        if existed:
+            take_over(self.part)
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, SHARED_FILE_MODE)
+        if not existed:
+            os.fchmod(self.fd, SHARED_FILE_MODE)
+        if os.fstat(self.fd).st_size != size:
+            os.ftruncate(self.fd, size)
+        for i, r in enumerate(self.state.reached):
+            self.water.seed(i + 1, r)
+
+    # ---- the hashing pass (the file's own thread)
+
+    def _follow(self, hashes: Hashes) -> int:
+        buf = bytearray(HASH_BLOCK)
+        view = memoryview(buf)
+        hashed, saved = 0, time.monotonic()
+        while True:
+            with self.cond:
+                if self.state.prefix() <= hashed and self.active and not self.stop.is_set():
+                    self.cond.wait(0.5)
+                prefix, active, stopped = self.state.prefix(), self.active, self.stop.is_set()
+            if stopped:
+                return hashed
+            self._grow()
+            while hashed < prefix:
+                n = os.preadv(self.fd, [view[: min(HASH_BLOCK, prefix - hashed)]], hashed)
+                if n <= 0:
+                    raise Transient(f"{self.part} shrank while downloading")
+                self._hash(hashes, view[:n])
+                hashed += n
+            if time.monotonic() - saved >= SAVE_EVERY:
+                with self.cond:
+                    self.state.save(self.record)
+                saved = time.monotonic()
+            if not active:
+                return hashed
+
+    def _hash(self, hashes: Hashes, block: memoryview) -> None:
+        """Both digests of a one-file layer at once, on two cores (hashlib lets go of the
+        GIL): the file's sha256 and the layer digest are each one core's sha256 rate."""
+        if hashes.layer is None or len(block) < CHUNK:
+            hashes.update(block)
+            return
+        side = threading.Thread(target=hashes.layer.update, args=(block,))
+        side.start()
+        hashes.file.update(block)
+        side.join()
+
+    # ---- workers
+
+    def _grow(self) -> None:
+        """Another connection while a segment waits for one and the budget has one free."""
+        while not self.stop.is_set():
+            with self.cond:
+                waiting = len(self.state.pending()) - len(self.busy) - self.starting
+            if waiting <= 0 or not self.budget.try_acquire():
+                return
+            self._start(owns_slot=True)
+
+    def _start(self, owns_slot: bool) -> None:
+        with self.cond:
+            self.active += 1
+            self.starting += 1
+        name = f"segments-{self.entry.path}"
+        threading.Thread(target=self._worker, args=(owns_slot,), name=name, daemon=True).start()
+
+    def _take(self) -> int | None:
+        with self.cond:
+            for i in self.state.pending():
+                if i not in self.busy:
+                    self.busy.add(i)
+                    return i
+        return None
+
+    def _worker(self, owns_slot: bool) -> None:
+        first = True
+        try:
+            while not self.stop.is_set():
+                i = self._take()
+                if first:
+                    with self.cond:
+                        self.starting -= 1
+                    first = False
+                if i is None:
+                    return
+                try:
+                    self._segment(i)
+                finally:
+                    with self.cond:
+                        self.busy.discard(i)
+        except BaseException as exc:  # handed to the file's thread
+            with self.cond:
+                if self.fault is None:
+                    self.fault = exc
+                self.stop.set()
+        finally:
+            if owns_slot:
+                self.budget.release()
+            with self.cond:
+                if first:
+                    self.starting -= 1
+                self.active -= 1
+                self.cond.notify_all()
+
+    def _segment(self, i: int) -> None:
+        end = self.state.bounds(i)[1]
+        while not self.stop.is_set():
+            if self.opts.cancelled():
+                raise Interrupted("download stopped: the build ended")
+            with self.cond:
+                pos = self.state.reached[i]
+                url, headers = self.target
+                generation = self.generation
+            if pos >= end:
+                return
+            try:
+                resp = self.session.get(
+                    url,
+                    headers={**headers, "Range": f"bytes={pos}-{end - 1}"},
+                    stream=True,
+                    timeout=(self.opts.connect_timeout, self.opts.read_timeout),
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+            with resp:
+                if resp.status_code == 429:
+                    wait_rate_limit(resp, self.entry.path, self.stop)
+                    continue
+                if resp.status_code in (403, 410) and url != self.url:
+                    self._resolve_again(generation, resp.status_code)
+                    continue
+                check_status(resp, self.entry)
+                if resp.status_code != 206 or _content_start(resp) != pos:
+                    raise NoRanges(f"the server ignored a Range request (HTTP {resp.status_code})")
+                pos = self._receive(i, resp, pos, end)
+            if pos < end and not self.stop.is_set():
+                raise Transient(f"the body ended early at byte {pos}")
+
+    def _receive(self, i: int, resp: requests.Response, pos: int, end: int) -> int:
+        """Write the body at ``pos`` in blocks of about CHUNK. What arrived before a cut is
+        written too (read1 never holds bytes back), so the segment resumes right there."""
+        buf = bytearray()
+        try:
+            while pos + len(buf) < end and not self.stop.is_set() and not self.opts.cancelled():
+                block = resp.raw.read1(CHUNK)
+                if not block:
+                    break
+                buf += block
+                if len(buf) >= CHUNK:
+                    pos = self._write(i, buf, pos, end)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            pos = self._write(i, buf, pos, end)
+            raise Transient(f"connection lost at byte {pos} ({type(exc).__name__})") from None
+        return self._write(i, buf, pos, end)
+
+    def _write(self, i: int, buf: bytearray, pos: int, end: int) -> int:
+        view = memoryview(buf)[: end - pos]  # never past the segment
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            view, pos = view[n:], pos + n
+            self.counter.add(n)
+        del view
+        buf.clear()
+        with self.cond:
+            self.state.reached[i] = pos
+            self.cond.notify_all()
+        self.water.reached(pos, i + 1)
+        return pos
+
+    def _resolve_again(self, generation: int, status: int) -> None:
+        """The signed CDN URL expired (403/410): ask /resolve/ again, once for all workers."""
+        with self.cond:
+            if generation != self.generation:
+                return  # another worker already did
+            self.resolves += 1
+            if self.resolves > MAX_RESOLVES:
+                raise AccessDenied(
+                    f"the Hub's download URL for {self.entry.path} keeps failing (HTTP {status})"
+                )
+            log.info("%s: download URL refused (HTTP %d); resolving it again", self.entry.path,
+                     status)  # fmt: skip
+            self.target = resolve_target(
+                self.session, self.url, self.access, self.entry, self.opts, self.stop
+            )
+            self.generation += 1

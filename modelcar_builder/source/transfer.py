@@ -1,0 +1,194 @@
+"""What the Hub downloads share, whatever the number of connections: options, the
+retryable failure, status and rate-limit handling, the file hashes, progress that never
+counts a byte twice, and the connection budget."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+import requests
+
+from modelcar_builder.errors import AccessDenied, DownloadFailed, SourceNotFound
+from modelcar_builder.progress import Progress
+from modelcar_builder.snapshot import FileEntry
+
+log = logging.getLogger("modelcar")
+CHUNK = 1024 * 1024
+SEGMENT_SIZE = 64 * CHUNK  # a file of at least two segments is fetched over several connections
+DEFAULT_CONNECTIONS = 16
+RATE_LIMIT_DEFAULT_WAIT = 5.0  # a 429 that does not say how long
+RATE_LIMIT_MAX_WAIT = 600.0
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    attempts: int = 5
+    jobs: int = 4  # files downloaded in parallel
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    backoff_max: float = 30.0
+    progress_stream: TextIO | None = None
+    progress_interval: float | None = None
+    connections: int = DEFAULT_CONNECTIONS  # HTTP connections to the Hub, all files together
+    segment_size: int = SEGMENT_SIZE  # Range segment of a multi-connection download
+    # Set by whoever runs the download in the background and no longer needs it (the
+    # engine failed): workers stop at the next chunk; what is on disk stays for a rerun.
+    cancel: threading.Event | None = None
+
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+
+class Transient(Exception):
+    """A failure worth retrying: 5xx, a cut connection, a stall."""
+
+
+def hasher_for(entry: FileEntry):
+    """sha256 for LFS files; for git-stored files the blob id, sha1('blob N\\0' + bytes)."""
+    if entry.sha256:
+        return hashlib.sha256()
+    h = hashlib.sha1()
+    h.update(b"blob %d\x00" % entry.size)
+    return h
+
+
+def expected_id(entry: FileEntry) -> str | None:
+    return entry.sha256 or entry.blob_id
+
+
+class Hashes:
+    """The file's own hash (to verify it) and, for a file that is a layer of its own, the
+    uncompressed layer digest (prefix + bytes + suffix), both from one pass over the
+    bytes: the native engine then never reads the model again just to hash it."""
+
+    def __init__(self, entry: FileEntry, frame: tuple[bytes, bytes] | None) -> None:
+        self.file = hasher_for(entry)
+        self.frame = frame
+        self.layer = hashlib.sha256(frame[0]) if frame else None
+
+    def update(self, block) -> None:
+        self.file.update(block)
+        if self.layer is not None:
+            self.layer.update(block)
+
+    def hexdigest(self) -> str:
+        return self.file.hexdigest()
+
+    def layer_digest(self) -> str | None:
+        if self.layer is None or self.frame is None:
+            return None
+        self.layer.update(self.frame[1])
+        return "sha256:" + self.layer.hexdigest()
+
+
+class HighWater:
+    """Progress for one file that never counts a byte twice: bytes fetched again after a
+    failed check or an ignored Range were already shown once, so a bar cannot pass 100 %.
+    One mark per segment (key); the single-connection path uses key 0."""
+
+    def __init__(self, progress: Progress, start: int = 0) -> None:
+        self.progress = progress
+        self.marks: dict[int, int] = {0: start}
+        self._lock = threading.Lock()
+
+    def seed(self, key: int, offset: int) -> None:
+        """Where segment ``key`` already was when the run started (not to be shown)."""
+        with self._lock:
+            self.marks.setdefault(key, offset)
+
+    def reached(self, offset: int, key: int = 0) -> None:
+        with self._lock:
+            mark = self.marks.setdefault(key, offset)
+            if offset > mark:
+                self.progress.advance(offset - mark)
+                self.marks[key] = offset
+
+
+class Counter:
+    """Bytes received, summed across download threads."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
+
+
+class ConnectionBudget:
+    """The connections to the Hub all downloads share (``--connections``): every file in
+    flight holds one, a multi-connection download takes more while any are free."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, total)
+        self._sem = threading.BoundedSemaphore(self.total)
+
+    def acquire(self) -> None:
+        self._sem.acquire()
+
+    def try_acquire(self) -> bool:
+        return self._sem.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._sem.release()
+
+
+def check_status(resp: requests.Response, entry: FileEntry) -> None:
+    code = resp.status_code
+    if code in (200, 206):
+        return
+    if code in (401, 403):
+        raise AccessDenied(f"the Hub refused the download of {entry.path} (HTTP {code})")
+    if code == 404:
+        raise SourceNotFound(f"{entry.path} vanished from the Hub (HTTP 404)")
+    if code == 416:
+        raise Transient("range not satisfiable")
+    if code >= 500 or code == 429:
+        raise Transient(f"HTTP {code} from {resp.url.split('?')[0]}")
+    raise DownloadFailed(f"unexpected HTTP {code} downloading {entry.path}")
+
+
+_RATELIMIT_T = re.compile(r"(?:^|[;,\s])t=(\d+(?:\.\d+)?)")
+
+
+def rate_limit_wait(resp: requests.Response, now: float | None = None) -> float:
+    """Seconds a 429 asks to wait: Retry-After (seconds or an HTTP date), else the
+    RateLimit header's t= (the Hub sends ``RateLimit: "resolvers";r=0;t=42``) or
+    RateLimit-Reset; a default when none says."""
+    headers = resp.headers
+    wait: float | None = None
+    value = headers.get("Retry-After", "").strip()
+    if value:
+        try:
+            wait = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value).timestamp()
+                wait = when - (time.time() if now is None else now)
+            except (TypeError, ValueError):
+                wait = None
+    if wait is None and (m := _RATELIMIT_T.search(headers.get("RateLimit", ""))):
+        wait = float(m.group(1))
+    if wait is None and headers.get("RateLimit-Reset", "").strip().isdigit():
+        wait = float(headers["RateLimit-Reset"])
+    if wait is None:
+        wait = RATE_LIMIT_DEFAULT_WAIT
+    return min(max(wait, 0.0), RATE_LIMIT_MAX_WAIT)
+
+
+def wait_rate_limit(resp: requests.Response, what: str, stop: threading.Event | None) -> None:
+    """Wait as a 429 says, saying so: a rate limit is not a fault, it spends no attempt."""
+    wait = rate_limit_wait(resp)
+    log.warning("%s: the Hub is rate limiting (HTTP 429); waiting %.0f s as it asks", what, wait)
+    if stop is not None:
+        stop.wait(wait)
+    else:
+        time.sleep(wait)
