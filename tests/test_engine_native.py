@@ -122,9 +122,15 @@ def test_rebuild_same_digest_uploads_nothing(hub_repo, registry, base_image, cap
     doc = json.loads(report.read_text())
     assert doc["bytes_uploaded"] == 0 and doc["bytes_downloaded"] == 0
     assert not any(layer["uploaded"] for layer in doc["layers"])
-    # A fresh workspace on another machine gives the same digest too.
-    other = run(capsys, *build_args(image, tmp_path / "ws2", base_image.ref))
+    # A fresh workspace on another machine gives the same digest too, and counts no
+    # layer as uploaded: the registry had every blob.
+    mark = registry.mark()
+    other = run(capsys, *build_args(image, tmp_path / "ws2", base_image.ref),
+                "--report", str(report))  # fmt: skip
     assert other.last_line == first.last_line
+    assert registry.upload_requests(since=mark) == []
+    assert not any(layer["uploaded"] for layer in json.loads(report.read_text())["layers"])
+    assert "(0 uploaded" in other.err
 
 
 def test_to_oci_layout_with_layout_base(hub_repo, base_image, capsys, tmp_path):

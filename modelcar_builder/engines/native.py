@@ -149,13 +149,14 @@ class NativeEngine:
         if request.compression == "none" and request.files_dir is not None:
             # Known size, digest by one read pass: a monolithic PUT works on every registry.
             digest = cached.digest if cached else tar.digest()
-            if sink.has_blob(digest, tar.size):
-                pass
+            there = sink.has_blob(digest, tar.size)  # e.g. pushed from another workspace
+            if there:
+                log.info("%s already in the target (%s)", layer.name, digest[:19])
             elif request.upload == "chunked":
                 sink.put_resumable(digest, tar.size, tar.chunks_from, request.chunk_size)
             else:
                 sink.put_blob(digest, tar.size, tar_chunks)
-            pushed = BuiltLayer(digest, tar.size, digest, uploaded=True)
+            pushed = BuiltLayer(digest, tar.size, digest, uploaded=not there)
         else:
             # Digest unknown until the last byte (gzip, or bytes still arriving from the
             # Hub): one streaming upload that hashes as it goes.
