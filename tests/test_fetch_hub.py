@@ -3,11 +3,14 @@ commit pinning, selection, integrity, resume, retries, rerun, bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -388,3 +391,46 @@ def test_a_corrupt_shard_is_fetched_twice_then_named(repo, capsys, ws, monkeypat
     assert "<unknown>" not in res.err
     percents = [int(m) for m in re.findall(r"\((\d+)%\)", res.err)]
     assert percents and max(percents) <= 100
+
+
+def test_a_disk_that_fills_mid_download_is_exit_31_and_the_rerun_resumes(
+    hub, capsys, tmp_path, monkeypatch
+):
+    """The space check passed, then something else filled the volume while a shard was
+    downloading: one line naming the path (exit 31, not a traceback or 'rerun with
+    --debug'), the partial file kept, and a rerun with room finishes from where it was."""
+    need(tmpfs_mount)
+    path = "model.safetensors"
+    data = hashlib.sha256(b"enospc").digest() * (3 * MIB // 32)
+    hub.add_repo("acme/full", {"config.json": b"{}", path: data})
+    hub.stall("acme/full", path, seconds=2, after_bytes=MIB)  # the window to fill the disk
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(ws)], check=True)
+    monkeypatch.setenv("MODELCAR_ATTEMPTS", "1")
+    try:
+
+        def fill() -> None:  # another writer takes the room while the shard is stalled
+            time.sleep(0.8)
+            with open(ws / "filler", "wb") as f, contextlib.suppress(OSError):
+                f.write(b"\0" * (6 * MIB))
+
+        filler = threading.Thread(target=fill)
+        filler.start()
+        res = run(capsys, "fetch", "acme/full", "--workspace", str(ws))
+        filler.join()
+        assert res.code == errors.InsufficientSpace.exit_code, res.err
+        lines = res.err.strip().splitlines()
+        assert lines[-2].startswith("error: the volume holding ") and str(ws) in lines[-2]
+        assert "model.safetensors needs" in lines[-2] and "more" in lines[-2]
+        assert "Traceback" not in res.err
+        parts = list((ws / "partial").rglob("*.part"))
+        assert parts and parts[0].stat().st_size >= MIB  # kept for the resume
+        (ws / "filler").unlink()
+        hub.clear_faults()
+        hub.reset_counters()
+        again = run(capsys, "fetch", "acme/full", "--workspace", str(ws))
+        assert again.code == 0, again.err
+        assert hub.bytes_served[("acme/full", path)] < len(data)  # resumed, not restarted
+    finally:
+        subprocess.run(["umount", str(ws)], check=True)

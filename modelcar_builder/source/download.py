@@ -8,6 +8,7 @@ file that fails is deleted, never used.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -46,6 +47,7 @@ from modelcar_builder.source.transfer import (
     HighWater,
     Transient,
     check_status,
+    disk_full,
     expected_id,
     hasher_for,
     wait_rate_limit,
@@ -368,6 +370,12 @@ def _download(
                     received += len(block)
                     counter.add(len(block))
                     progress.reached(received)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise disk_full(part, entry, received) from None
+            if not isinstance(exc, requests.RequestException):
+                raise
+            raise Transient(f"connection lost at byte {received} ({type(exc).__name__})") from None
         except (
             requests.ConnectionError,
             requests.Timeout,

@@ -15,6 +15,7 @@ is still in the page cache: no second read from disk in the common case.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from modelcar_builder.source.transfer import (
     HighWater,
     Transient,
     check_status,
+    disk_full,
     expected_id,
     wait_rate_limit,
 )
@@ -417,7 +419,12 @@ class SegmentedDownload:
     def _write(self, i: int, buf: bytearray, pos: int, end: int) -> int:
         view = memoryview(buf)[: end - pos]  # never past the segment
         while view:
-            n = os.pwrite(self.fd, view, pos)
+            try:
+                n = os.pwrite(self.fd, view, pos)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise disk_full(self.part, self.entry, pos) from None
+                raise
             view, pos = view[n:], pos + n
             self.counter.add(n)
         del view

@@ -11,13 +11,15 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import requests
 
-from modelcar_builder.errors import AccessDenied, DownloadFailed, SourceNotFound
+from modelcar_builder.errors import AccessDenied, DownloadFailed, InsufficientSpace, SourceNotFound
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.units import human
 
 log = logging.getLogger("modelcar")
 CHUNK = 1024 * 1024
@@ -192,3 +194,13 @@ def wait_rate_limit(resp: requests.Response, what: str, stop: threading.Event | 
         stop.wait(wait)
     else:
         time.sleep(wait)
+
+
+def disk_full(part: Path, entry: FileEntry, reached: int) -> InsufficientSpace:
+    """ENOSPC while writing a download: the path, and how much more this file needs."""
+    return InsufficientSpace(
+        f"the volume holding {part.parent} is full: {entry.path} needs "
+        f"{human(entry.size - reached)} more",
+        hint="free or enlarge the volume (`modelcar plan` says what the model needs), then "
+        "rerun: the partial file is kept and resumed",
+    )
