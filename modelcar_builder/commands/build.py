@@ -179,9 +179,10 @@ def build(
     # The base image's depth counts against --max-layers: read it before the Hub plan.
     resolved = src.resolve(count_base_layers(base_image, (os_, arch), registry))
     ws = open_workspace(workspace)
-    check_before_download(resolved, ws)  # what `modelcar doctor` checks, before any download
+    engine = engine or default_engine(ws)  # probed once: buildah only where it can run
+    check_before_download(resolved, ws, engine)  # what `modelcar doctor` checks
     settings = BuildSettings(
-        engine=engine or default_engine(ws),
+        engine=engine,
         base_image=base_image,
         registry=registry,
         compression=compression,

@@ -281,7 +281,7 @@ def preflight_request(params: Mapping[str, Any], engine: str | None = None) -> R
     return Request(
         image=params["image"],
         workspace=Path(params["workspace"]),
-        engine=engine or params.get("engine") or default_engine(),
+        engine=engine or params.get("engine") or _default_engine(Path(params["workspace"])),
         base_image=params["base_image"],
         platform=params.get("platform") or "linux/amd64",
         authfile=params.get("authfile"),
@@ -297,18 +297,24 @@ def preflight_request(params: Mapping[str, Any], engine: str | None = None) -> R
     )
 
 
+def _default_engine(workspace: Path) -> str:
+    """What `build` would pick: buildah only where its probe runs (on the workspace,
+    when it exists yet)."""
+    return default_engine(Workspace(workspace) if workspace.is_dir() else None)
+
+
 def source_args(params: Mapping[str, Any]) -> SourceArgs:
     return SourceArgs(**{name: params[name] for name in SOURCE_FIELDS})
 
 
-def check_before_download(resolved: Resolved, ws: Workspace) -> None:
+def check_before_download(resolved: Resolved, ws: Workspace, engine: str) -> None:
     """`build`: run the preflight on this command's own options, unless --no-preflight;
     WARN lines are logged, the first FAIL is raised (its own exit code and hint)."""
     ctx = click.get_current_context()
     if ctx.meta.get(_NO_PREFLIGHT):
         log.info("preflight skipped (--no-preflight)")
         return
-    report = before_download(preflight_request(ctx.params), resolved, ws)
+    report = before_download(preflight_request(ctx.params, engine), resolved, ws)
     for check in report.checks:
         if check.status == "WARN":
             log.warning("preflight %s: %s (fix: %s)", check.check, check.message, check.fix)
