@@ -121,6 +121,7 @@ class Request:
     tls_verify: bool = True
     ca_file: str | None = None
     max_layers: int = DEFAULT_MAX_LAYERS
+    push: bool = True  # False: --load of a local name only, no registry involved
     stream: bool = False
     compression: str | None = None
     results_dir: str | None = None
@@ -159,7 +160,7 @@ def diagnose(request: Request, resolve: Callable[[int], Resolved]) -> Report:
     out += check_outputs(request, target, create=False)
     if ws is not None:
         out.append(check_engine(request, ws, resolved))
-    if isinstance(target, RegistryTarget):
+    if request.push and isinstance(target, RegistryTarget):
         out.append(check_registry(target, registry))
     if resolved is not None and ws is not None:
         out += check_disk(request, resolved.plan, ws)
@@ -174,7 +175,7 @@ def before_download(request: Request, resolved: Resolved, ws: Workspace) -> Repo
     out = [check_workspace(ws.root)[0]]
     out += check_outputs(request, target, create=True)
     out.append(check_engine(request, ws, resolved))
-    if isinstance(target, RegistryTarget):
+    if request.push and isinstance(target, RegistryTarget):
         out.append(check_registry(target, request.registry(target)))
     out += check_disk(request, resolved.plan, ws)
     return Report(tuple(out), time.monotonic() - started)

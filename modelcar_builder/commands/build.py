@@ -11,6 +11,8 @@ from modelcar_builder.build import ENGINES, BuildSettings, default_engine, run_b
 from modelcar_builder.commands.options import (
     check_before_download,
     fetch_options,
+    is_local_name,
+    local_name,
     open_workspace,
     preflight_option,
     registry_options,
@@ -213,23 +215,3 @@ def build(
     if push and (results_dir or results.is_dir()):
         write_results(outcome, target, results)
     click.echo(outcome.image_url)
-
-
-def is_local_name(image: str) -> bool:
-    """A name without a registry host (``NAME[:TAG]``, ``ORG/NAME[:TAG]``) or under
-    ``localhost/``: with ``--load`` it names an image in the local store only."""
-    if image.startswith(("oci:", "docker://")):
-        return False
-    first, sep, _rest = image.partition("/")
-    if not sep:
-        return True
-    if first == "localhost":
-        return True
-    return not ("." in first or ":" in first)
-
-
-def local_name(image: str) -> str:
-    """``localhost/NAME:TAG``, the form podman gives local images (docker takes it too)."""
-    name = image if image.startswith("localhost/") else f"localhost/{image}"
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last or "@" in last else f"{name}:latest"

@@ -278,8 +278,12 @@ _NO_PREFLIGHT = "modelcar.no_preflight"
 
 def preflight_request(params: Mapping[str, Any], engine: str | None = None) -> Request:
     """The preflight's view of a `build` command line (its click parameters by name)."""
+    image, push = params["image"], True
+    if params.get("load") and is_local_name(image):  # load-only: no registry to check
+        image, push = local_name(image), False
     return Request(
-        image=params["image"],
+        image=image,
+        push=push,
         workspace=Path(params["workspace"]),
         engine=engine or params.get("engine") or _default_engine(Path(params["workspace"])),
         base_image=params["base_image"],
@@ -324,3 +328,23 @@ def check_before_download(resolved: Resolved, ws: Workspace, engine: str) -> Non
         log.error("preflight %s: %s", check.check, check.message)
     report.raise_first()
     log.info("preflight: %d checks passed in %.1f s", len(report.checks), report.seconds)
+
+
+def is_local_name(image: str) -> bool:
+    """A name without a registry host (``NAME[:TAG]``, ``ORG/NAME[:TAG]``) or under
+    ``localhost/``: with ``--load`` it names an image in the local store only."""
+    if image.startswith(("oci:", "docker://")):
+        return False
+    first, sep, _rest = image.partition("/")
+    if not sep:
+        return True
+    if first == "localhost":
+        return True
+    return not ("." in first or ":" in first)
+
+
+def local_name(image: str) -> str:
+    """``localhost/NAME:TAG``, the form podman gives local images (docker takes it too)."""
+    name = image if image.startswith("localhost/") else f"localhost/{image}"
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last or "@" in last else f"{name}:latest"
