@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .common import MB, MIB, REPO_ROOT
 from .measurement import Sampler
-from .services import stop_process
+from .services import HubServer
 
 ONE_FILE = "bench/one-file"
 SHARDED = "bench/sharded"
@@ -86,32 +86,13 @@ def _random(rng: random.Random, n: int) -> bytes:
     return b"".join(rng.randbytes(min(block, n - i)) for i in range(0, n, block))
 
 
-class CappedHub:
-    def __init__(self, size: int, cap: float) -> None:
-        spec = json.dumps({"size": size, "cap": cap})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", __package__, "--serve-hub-repos", spec],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            stop_process(self.proc)
-            raise RuntimeError("the Hub imitation did not start")
-        self.endpoint: str = json.loads(line)["endpoint"]
-
-    def stop(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        stop_process(self.proc)
+def capped_hub(size: int, cap: float) -> HubServer:
+    """The one-file and sharded repos behind a per-connection rate cap, in a child."""
+    return HubServer("--serve-hub-repos", json.dumps({"size": size, "cap": cap}))
 
 
 def run_hub_section(workdir: Path, size: int, cap: float, rounds: int, quick: bool) -> list[HubRun]:
-    hub = CappedHub(size, cap)
+    hub = capped_hub(size, cap)
     runs: list[HubRun] = []
     try:
         for r in range(rounds):
@@ -134,7 +115,7 @@ def run_hub_section(workdir: Path, size: int, cap: float, rounds: int, quick: bo
     return runs
 
 
-def measure(hub: CappedHub, repo: str, name: str, total: int, run_dir: Path, quick: bool):
+def measure(hub: HubServer, repo: str, name: str, total: int, run_dir: Path, quick: bool):
     run_dir.mkdir(parents=True, exist_ok=True)
     drop = ("MODELCAR_", "HF_TOKEN", "HF_HOME")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}

@@ -150,7 +150,7 @@ class Bench:
     def main_rounds(self, model: Model) -> None:
         names = list(self.opts.contenders)
         if STREAM in names and self.stream_allowed(model.total_bytes):
-            self.hub = HubServer(model)
+            self.hub = HubServer("--serve-hub", str(model.root))
         elif STREAM in names:
             self.notes.append(
                 f"`{STREAM}` skipped at {model.total_bytes / GIB:.3g} GiB: the Hub imitation "

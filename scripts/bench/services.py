@@ -17,7 +17,6 @@ from tests.support.ports import free_port
 
 from .common import HUB_REPO, REPO_ROOT
 from .measurement import proc_cpu_seconds, tree_bytes
-from .model import Model
 
 HTTP_SECRET = "modelcar-bench-http-secret"  # fixed, as the issue asks (resumable uploads)
 
@@ -100,10 +99,11 @@ class HubServer:
     """The Hub imitation (tests/support/hubsim.py) in a child process, so its GIL, CPU and
     memory stay out of both the sampler's way and the contender's process tree."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, *mode: str) -> None:
+        """``mode``: the hidden CLI mode of scripts.bench the child runs (and its
+        argument), e.g. ``--serve-hub DIR``; it prints the endpoint, then serves."""
         self.proc = subprocess.Popen(
-            # The same CLI (scripts.bench) in its hidden --serve-hub mode.
-            [sys.executable, "-m", __package__, "--serve-hub", str(model.root)],
+            [sys.executable, "-m", __package__, *mode],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=REPO_ROOT,
