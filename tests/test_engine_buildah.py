@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +67,7 @@ from tests.features import (
 )
 from tests.imagecheck import assert_models_match, unpack
 from tests.support.hubsim import EDGE_FILES
+from tests.support.procwatch import ProcPoller
 
 pytestmark = pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah not installed")
 
@@ -163,40 +163,26 @@ def layer_members(data: bytes) -> list[tuple[tarfile.TarInfo, bytes | None]]:
     return out
 
 
-class CmdlineWatcher:
+class CmdlineWatcher(ProcPoller):
     """Reads every /proc/*/cmdline while a build runs: a secret on any child's argv
     would be world-readable there."""
 
     def __init__(self, secret: str) -> None:
+        super().__init__()
         self.secret = secret.encode()
         self.seen: list[str] = []
         self.subcommands: set[str] = set()  # buildah subcommands seen running
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def __enter__(self) -> CmdlineWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    cmdline = (entry / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                argv = cmdline.decode(errors="replace").split("\0")
-                if argv and argv[0].endswith("buildah"):
-                    self.subcommands.update(a for a in argv[1:] if not a.startswith("-"))
-                if self.secret in cmdline:
-                    self.seen.append(cmdline.decode(errors="replace"))
-            self._stop.wait(0.005)
+    def visit(self, proc: Path) -> None:
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            return
+        argv = cmdline.decode(errors="replace").split("\0")
+        if argv and argv[0].endswith("buildah"):
+            self.subcommands.update(a for a in argv[1:] if not a.startswith("-"))
+        if self.secret in cmdline:
+            self.seen.append(cmdline.decode(errors="replace"))
 
 
 class LogText(logging.Handler):

@@ -36,6 +36,7 @@ from modelcar_builder.engines.secretdir import (
     sweep_stale,
 )
 from modelcar_builder.workspace import Workspace
+from tests.support.procwatch import ProcPoller
 from tests.test_engine_buildah import make_model, request_for, token_file
 
 REPO_ROOT = Path(__file__).parent.parent
@@ -200,45 +201,34 @@ def descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-class ChildWatcher:
+class ChildWatcher(ProcPoller):
     """Polls /proc while a build runs: the environment and argv of every buildah process
     this test's build started."""
 
+    interval = 0.002
+
     def __init__(self) -> None:
+        super().__init__()
         self.environs: list[dict[str, str]] = []
         self.argvs: list[list[str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._seen: set[int] = set()
 
-    def __enter__(self) -> ChildWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _poll(self) -> None:
-        seen: set[int] = set()
-        while not self._stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit() or int(entry.name) in seen:
-                    continue
-                try:
-                    argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-                    if not argv[0].endswith("buildah"):
-                        continue
-                    if not descends_from(int(entry.name), os.getpid()):
-                        continue
-                    raw = (entry / "environ").read_bytes().decode(errors="replace")
-                except OSError:
-                    continue
-                if not raw:
-                    continue  # caught between fork and exec, or already a zombie
-                seen.add(int(entry.name))
-                self.argvs.append(argv)
-                self.environs.append(dict(v.split("=", 1) for v in raw.split("\0") if "=" in v))
-            self._stop.wait(0.002)
+    def visit(self, proc: Path) -> None:
+        pid = int(proc.name)
+        if pid in self._seen:
+            return
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if not argv[0].endswith("buildah") or not descends_from(pid, os.getpid()):
+                return
+            raw = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            return
+        if not raw:
+            return  # caught between fork and exec, or already a zombie
+        self._seen.add(pid)
+        self.argvs.append(argv)
+        self.environs.append(dict(v.split("=", 1) for v in raw.split("\0") if "=" in v))
 
 
 @pytest.mark.parametrize("mode", ["per-layer", "chain"])
