@@ -142,27 +142,24 @@ def run_build(
         engine.preflight(workspace)  # before the download: a build that cannot work fails now
 
     t0 = time.monotonic()
-    files_dir, downloaded, streams = None, 0, None
+    files_dir, downloaded, streams, background = None, 0, None, None
+    state = workspace.state(plan.snapshot)  # one record for the download and the engine
+    # Overlap: an engine that can push a layer as soon as its own files are verified
+    # does so while the rest still download (the manifest still waits for every layer).
+    # --load without a push reads every file at once: it waits for the whole download.
+    overlap = engine.pushes_while_fetching and settings.push and not settings.load
     if settings.stream:
         if resolved.access is None or plan.snapshot.commit is None:
             raise UsageError("--stream needs a Hub source", hint="drop --stream")
         streams = HubStreams(resolved.access, plan.snapshot.location, plan.snapshot.commit,
                              fetch_opts)  # fmt: skip
-    # Overlap: an engine that can push a layer as soon as its own files are verified
-    # does so while the rest still download (the manifest still waits for every layer).
-    # --load without a push reads every file at once: it waits for the whole download.
-    overlap = engine.pushes_while_fetching and settings.push and not settings.load
-    if not settings.stream and not overlap:
-        fetched = fetch(plan, workspace, resolved.access, fetch_opts)
-        files_dir, downloaded = fetched.files_dir, fetched.downloaded_bytes
-    timings["fetch"] = time.monotonic() - t0
-    background = None
-    state = workspace.state(plan.snapshot)
-    if not settings.stream and overlap:
-        # Overlap: a layer is pushed as soon as its own files are verified, while the
-        # rest still download. The manifest still waits for every layer.
+    elif overlap:
         background = BackgroundFetch(plan, workspace, resolved.access, fetch_opts, state)
         files_dir = workspace.files_dir(plan.snapshot)
+    else:
+        fetched = fetch(plan, workspace, resolved.access, fetch_opts, state=state)
+        files_dir, downloaded = fetched.files_dir, fetched.downloaded_bytes
+    timings["fetch"] = time.monotonic() - t0
 
     request = BuildRequest(
         plan=plan,

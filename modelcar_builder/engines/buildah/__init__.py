@@ -149,7 +149,7 @@ class BuildahEngine:
             buildah=buildah,
             files_dir=files_dir,
             context_dirs=context.layer_dirs,
-            state=workspace.state(request.plan.snapshot),
+            state=request.build_state(),
             timestamp=epoch_seconds(request.created),
         )
         sweep_stale()  # authfiles a killed run left in memory-backed storage
