@@ -370,18 +370,16 @@ def _download(
                     received += len(block)
                     counter.add(len(block))
                     progress.reached(received)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise disk_full(part, entry, received) from None
-            if not isinstance(exc, requests.RequestException):
-                raise
-            raise Transient(f"connection lost at byte {received} ({type(exc).__name__})") from None
         except (
             requests.ConnectionError,
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
             raise Transient(f"connection lost at byte {received} ({type(exc).__name__})") from None
+        except OSError as exc:  # after the requests errors above, which are OSErrors too
+            if exc.errno == errno.ENOSPC:
+                raise disk_full(part, entry, received) from None
+            raise
     if received != entry.size:
         raise Transient(f"got {received} of {entry.size} bytes")
     _check_digest(h, entry, part)

@@ -15,14 +15,14 @@ import urllib3
 from modelcar_builder.errors import DownloadFailed, IntegrityError
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
-from modelcar_builder.source.download import (
+from modelcar_builder.source.transfer import (
     FetchOptions,
     Transient,
     check_status,
     expected_id,
     hasher_for,
+    wait_rate_limit,
 )
-from modelcar_builder.source.transfer import wait_rate_limit
 
 if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
     from modelcar_builder.source.hub import HubAccess
