@@ -217,3 +217,57 @@ def test_layer_digest_comes_from_the_segmented_pass(repo, tmp_path):
     path = result.files_dir / BIG
     truth = TarLayer([LayerEntry(BIG, path.stat().st_size, path)]).digest()
     assert truth in [v["digest"] for v in cached.values()]
+
+
+def test_layer_0_is_downloaded_first_with_most_connections(hub, tmp_path):
+    """Plan order, proven from the Hub's own record: when the last byte of layer 0's file
+    was out, the larger file of layer 1 (which "largest first" used to start with) had
+    been served less than a third. Layer 0 held most of the connections meanwhile."""
+    from modelcar_builder.pipeline import resolve
+    from modelcar_builder.selection import Selection
+    from modelcar_builder.source.download import FetchOptions, fetch
+    from modelcar_builder.workspace import Workspace
+
+    first, second = "a-00001.safetensors", "b-00002.safetensors"
+    files = {first: big_bytes(3 * MIB), second: big_bytes(3 * MIB + SEG)}
+    hub.add_repo(REPO, files)
+    hub.connection_rate = 2 * MIB
+    resolved = resolve(REPO, Selection(), threshold=MIB)
+    assert [lay.files[0].path for lay in resolved.plan.layers] == [first, second]
+    result = fetch(resolved.plan, Workspace(tmp_path / "ws").ensure(), resolved.access,
+                   FetchOptions(segment_size=SEG, connections=6, jobs=2))  # fmt: skip
+    assert sorted(result.fetched) == [first, second]
+    then = hub.served_when_full[(REPO, first)]
+    assert then.get((REPO, second), 0) < len(files[second]) / 3, then
+    assert hub.peak_in_flight[(REPO, first)] >= 4
+
+
+def test_a_free_connection_goes_to_the_earliest_file_waiting():
+    import threading
+
+    from modelcar_builder.source.transfer import ConnectionBudget
+
+    budget = ConnectionBudget(2)
+    budget.acquire(0)
+    budget.acquire(1)
+    got: list[int] = []
+
+    def wait_for(rank: int) -> threading.Thread:
+        t = threading.Thread(target=lambda: (budget.acquire(rank), got.append(rank)))
+        t.start()
+        return t
+
+    late = wait_for(7)
+    time.sleep(0.1)
+    early = wait_for(3)
+    time.sleep(0.1)
+    assert got == [] and not budget.try_acquire(5)  # none free
+    budget.release()
+    early.join(5)
+    assert got == [3]  # rank 3 came later but is earlier in plan order
+    assert not budget.try_acquire(9)  # rank 7 still waits: a later file may not grow
+    budget.release()
+    late.join(5)
+    assert got == [3, 7]
+    budget.release()
+    assert budget.try_acquire(9)  # nobody waits: any file may take a free one

@@ -139,17 +139,24 @@ def fetch(
     lock = threading.Lock()
     frames = _single_file_layers(plan)
 
+    # Plan order (layer 0's files first), and connections go to the earliest file that
+    # wants one: layer 0 is complete early and an engine can push it while the rest
+    # download. Plan order is largest files first anyway (small files are the last layer).
+    place = {f.path: i for i, f in enumerate(f for layer in plan.layers for f in layer.files)}
+    ordered = sorted(todo, key=lambda e: place.get(e.path, len(place)))
+    rank = {e.path: i for i, e in enumerate(ordered)}
+
     def one(entry: FileEntry) -> None:
         if opts.cancelled():
             return  # the build ended: leave the file for a rerun
         part = partial_dir / f"{entry.path}.part"
         framed = frames.get(entry.path)
-        budget.acquire()  # every file in flight holds a connection; large ones take more
+        budget.acquire(rank[entry.path])  # every file in flight holds a connection
         try:
             layer_digest = _fetch_one(
                 session, access, snapshot.location, snapshot.commit, entry, part,
                 files_dir / entry.path, opts, progress, downloaded,
-                framed[1] if framed else None, budget,
+                framed[1] if framed else None, budget, rank[entry.path],
             )  # fmt: skip
         except (DownloadFailed, IntegrityError) as exc:
             # Keep going: every other file that verifies is kept for the rerun.
@@ -168,8 +175,6 @@ def fetch(
         announce(entry.path)
 
     try:
-        # Largest first: with several workers the long shards start at once.
-        ordered = sorted(todo, key=lambda e: -e.size)
         run_parallel(one, ordered, opts.jobs)
     finally:
         progress.close()
@@ -251,7 +256,7 @@ def _digest_file(path: Path, entry: FileEntry) -> str:
 
 def _fetch_one(
     session, access, repo_id, commit, entry, part, final, opts, progress, counter, frame=None,
-    budget: ConnectionBudget | None = None,
+    budget: ConnectionBudget | None = None, rank: int = 0,
 ) -> str | None:  # fmt: skip
     """Download, verify and move one file into place; returns its layer digest when
     ``frame`` (the file's one-file tar layer around it) is given."""
@@ -269,7 +274,7 @@ def _fetch_one(
         for attempt in retrying:
             with attempt:
                 hashes = _download(
-                    session, url, access, entry, part, opts, shown, counter, frame, budget
+                    session, url, access, entry, part, opts, shown, counter, frame, budget, rank
                 )
     except Transient as exc:
         raise DownloadFailed(
@@ -305,12 +310,12 @@ def _log_retry(entry: FileEntry, state: RetryCallState, attempts: int) -> None:
 
 
 def _download(
-    session, url, access, entry, part: Path, opts, progress, counter, frame, budget
+    session, url, access, entry, part: Path, opts, progress, counter, frame, budget, rank=0
 ) -> Hashes:
     if segments.wanted(entry, part, opts):
         try:
             return segments.SegmentedDownload(
-                session, url, access, entry, part, opts, progress, counter, frame, budget
+                session, url, access, entry, part, opts, progress, counter, frame, budget, rank
             ).run()
         except segments.NoRanges as exc:
             log.warning("%s: %s; downloading it over one connection", entry.path, exc)

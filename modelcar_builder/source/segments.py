@@ -32,6 +32,7 @@ from modelcar_builder.errors import AccessDenied, IntegrityError, Interrupted
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source.transfer import (
     CHUNK,
+    MIN_SEGMENT,
     ConnectionBudget,
     Counter,
     FetchOptions,
@@ -59,11 +60,20 @@ def record_path(part: Path) -> Path:
     return part.with_name(part.name + ".segments")
 
 
+def segment_for(size: int, opts: FetchOptions) -> int:
+    """The Range segment of a new download: ``segment_size``, but small enough that the
+    file has a segment for every connection (down to MIN_SEGMENT). A 256 MiB shard in
+    four 64 MiB segments could use only four of 16 connections, so every shard would be
+    downloaded at once and all would finish together, at the end."""
+    floor = min(MIN_SEGMENT, opts.segment_size)
+    return max(floor, min(opts.segment_size, -(-size // max(1, opts.connections))))
+
+
 def wanted(entry: FileEntry, part: Path, opts: FetchOptions) -> bool:
     """Large files go over several connections; a file already begun that way goes on so."""
     if record_path(part).exists():
         return True
-    return opts.connections > 1 and entry.size >= 2 * opts.segment_size
+    return opts.connections > 1 and entry.size >= 2 * segment_for(entry.size, opts)
 
 
 def discard(part: Path) -> None:
@@ -195,11 +205,11 @@ class SegmentedDownload:
 
     def __init__(
         self, session, url: str, access, entry: FileEntry, part: Path, opts: FetchOptions,
-        water: HighWater, counter: Counter, frame, budget: ConnectionBudget,
+        water: HighWater, counter: Counter, frame, budget: ConnectionBudget, rank: int = 0,
     ) -> None:  # fmt: skip
         self.session, self.url, self.access, self.entry = session, url, access, entry
         self.part, self.opts, self.water, self.counter = part, opts, water, counter
-        self.frame, self.budget = frame, budget
+        self.frame, self.budget, self.rank = frame, budget, rank  # rank: place in plan order
         self.record = record_path(part)
         self.cond = threading.Condition()
         self.stop = threading.Event()
@@ -210,11 +220,13 @@ class SegmentedDownload:
         self.resolves = 0
         self.generation = 0
         self.target: tuple[str, dict[str, str]] = (url, {})
-        self.state = Segments.fresh(entry.size, opts.segment_size)
+        self.state = Segments.fresh(entry.size, segment_for(entry.size, opts))
         self.fd = -1
 
     def run(self) -> Hashes:
         self._open()
+        # Said before resolving: a later file must not take every free connection now.
+        self.budget.want(self.rank, len(self.state.pending()) - 1)
         try:
             self.target = resolve_target(
                 self.session, self.url, self.access, self.entry, self.opts, self.stop
@@ -225,6 +237,7 @@ class SegmentedDownload:
             hashed = self._follow(hashes)
         finally:
             self.stop.set()
+            self.budget.want(self.rank, 0)
             with self.cond:
                 while self.active:
                     self.cond.wait(1.0)
@@ -257,7 +270,7 @@ class SegmentedDownload:
                 if prefix > size:
                     self.part.unlink()
                     prefix = 0
-            loaded = Segments.fresh(size, self.opts.segment_size, prefix)
+            loaded = Segments.fresh(size, segment_for(size, self.opts), prefix)
         self.state = loaded
         self.state.save(self.record)
         existed = self.part.exists()
@@ -316,7 +329,8 @@ class SegmentedDownload:
         while not self.stop.is_set():
             with self.cond:
                 waiting = len(self.state.pending()) - len(self.busy) - self.starting
-            if waiting <= 0 or not self.budget.try_acquire():
+            self.budget.want(self.rank, waiting)
+            if waiting <= 0 or not self.budget.try_acquire(self.rank):
                 return
             self._start(owns_slot=True)
 
@@ -339,6 +353,8 @@ class SegmentedDownload:
         first = True
         try:
             while not self.stop.is_set():
+                if owns_slot and not first and self.budget.preempted(self.rank):
+                    return  # between segments: an earlier file in plan order wants it
                 i = self._take()
                 if first:
                     with self.cond:

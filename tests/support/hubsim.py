@@ -429,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
                 end = stall_at
             # Count first: once the bytes are out, a test may read the counter before this
             # thread runs again. A failed write takes its count back.
-            sim._count(resp.counter, end - sent)
+            sim._count(resp.counter, end - sent, resp.file_size)
             try:
                 self.wfile.write(_maybe_flip(body[sent:end], sent, flip_at))
             except OSError:
@@ -504,6 +504,9 @@ class HubSim:
         self.tokens: set[str] = set()
         self.repos: dict[str, HubRepo] = {}
         self.bytes_served: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # The moment a file's bytes served first reached its size: every file's count then
+        # (the server's own record of which file was complete first, and how far the rest).
+        self.served_when_full: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
         self.requests: list[RequestRecord] = []
         self._faults: dict[tuple[str, str], list[_Fault]] = defaultdict(list)
         self._lock = threading.RLock()
@@ -695,6 +698,7 @@ class HubSim:
     def reset_counters(self) -> None:
         with self._lock:
             self.bytes_served.clear()
+            self.served_when_full.clear()
             self.requests.clear()
             self.peak_in_flight.clear()
 
@@ -726,10 +730,12 @@ class HubSim:
         with self._lock:
             self.requests.append(record)
 
-    def _count(self, key: tuple[str, str] | None, n: int) -> None:
+    def _count(self, key: tuple[str, str] | None, n: int, size: int | None = None) -> None:
         if key is not None:
             with self._lock:
                 self.bytes_served[key] += n
+                if size is not None and self.bytes_served[key] >= size:
+                    self.served_when_full.setdefault(key, dict(self.bytes_served))
 
     def _sleep(self, seconds: float) -> None:
         self._closing.wait(seconds)
