@@ -38,6 +38,7 @@ from modelcar_builder.plan import Plan
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source import segments
+from modelcar_builder.source.ranges import NoRanges
 from modelcar_builder.source.transfer import (
     CHUNK,
     ConnectionBudget,
@@ -50,6 +51,7 @@ from modelcar_builder.source.transfer import (
     disk_full,
     expected_id,
     hasher_for,
+    hub_session,
     wait_rate_limit,
 )
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
@@ -132,7 +134,7 @@ def fetch(
         len(reused),
     )
     progress = Progress("fetch", need, stream=opts.progress_stream, interval=opts.progress_interval)
-    session = _session(opts)
+    session = hub_session(opts)
     budget = ConnectionBudget(opts.connections)
     downloaded = Counter()
     failures: list[ModelcarError] = []
@@ -185,17 +187,6 @@ def fetch(
             first.message += f" (and {len(failures) - 1} more files failed)"
         raise first
     return FetchResult(files_dir, downloaded.value, tuple(e.path for e in todo), tuple(reused))
-
-
-def _session(opts: FetchOptions) -> requests.Session:
-    """One HTTP session for the run, its pool as large as the connection budget (the
-    default 10 per host would drop and reopen connections to the CDN)."""
-    session = requests.Session()
-    size = max(opts.connections, opts.jobs) + 2
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
 
 
 def _single_file_layers(plan: Plan) -> dict[str, tuple[str, tuple[bytes, bytes], int]]:
@@ -317,7 +308,7 @@ def _download(
             return segments.SegmentedDownload(
                 session, url, access, entry, part, opts, progress, counter, frame, budget, rank
             ).run()
-        except segments.NoRanges as exc:
+        except NoRanges as exc:
             log.warning("%s: %s; downloading it over one connection", entry.path, exc)
             segments.discard(part)
     make_dir(part.parent)

@@ -23,13 +23,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
-import requests
-import urllib3
-
-from modelcar_builder.errors import AccessDenied, IntegrityError, Interrupted
+from modelcar_builder.errors import IntegrityError, Interrupted
 from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.source.ranges import RangeSource, read_body
 from modelcar_builder.source.transfer import (
     CHUNK,
     MIN_SEGMENT,
@@ -39,21 +36,14 @@ from modelcar_builder.source.transfer import (
     Hashes,
     HighWater,
     Transient,
-    check_status,
     disk_full,
     expected_id,
-    wait_rate_limit,
 )
 from modelcar_builder.workspace import SHARED_FILE_MODE, make_dir, take_over
 
 log = logging.getLogger("modelcar")
 HASH_BLOCK = 8 * CHUNK
 SAVE_EVERY = 1.0  # seconds between saves of the segment record
-MAX_RESOLVES = 4  # per attempt: an expired CDN URL is resolved again, a few times at most
-
-
-class NoRanges(Exception):
-    """The server ignored a Range request: the file goes over one connection instead."""
 
 
 def record_path(part: Path) -> Path:
@@ -153,51 +143,6 @@ class Segments:
         return [i for i, r in enumerate(self.reached) if r < self.bounds(i)[1]]
 
 
-def resolve_target(session, url: str, access, entry: FileEntry, opts: FetchOptions, stop):
-    """Where the bytes are, asked once: HEAD /resolve/ and keep the redirect to another
-    origin (the CDN's signed URL) without following it. The real Hub counts every
-    /resolve/ against a rate budget, so segments never go through it. Returns the URL
-    and the headers it takes (no Hub token for another origin)."""
-    current, hops = url, 0
-    while True:
-        same = _origin(current) == _origin(url)
-        headers = access.headers() if same else {}
-        try:
-            resp = session.head(
-                current,
-                headers=headers,
-                allow_redirects=False,
-                timeout=(opts.connect_timeout, opts.read_timeout),
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise Transient(f"{type(exc).__name__} contacting the Hub") from None
-        with resp:
-            if resp.status_code == 429:
-                wait_rate_limit(resp, entry.path, stop)
-                continue
-            if resp.is_redirect and hops < 10:
-                hops += 1
-                current = urljoin(current, resp.headers["Location"])
-                if _origin(current) != _origin(url):
-                    return current, {}
-                continue
-            check_status(resp, entry)
-            return current, headers
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.netloc
-
-
-def _content_start(resp: requests.Response) -> int | None:
-    value = resp.headers.get("Content-Range", "")
-    try:
-        return int(value.split()[1].split("-")[0])
-    except (IndexError, ValueError):
-        return None
-
-
 class SegmentedDownload:
     """One attempt at one file: workers fetch segments (one connection each, taken from
     the shared budget while segments wait), the calling thread hashes the written prefix.
@@ -217,9 +162,7 @@ class SegmentedDownload:
         self.active = 0
         self.busy: set[int] = set()
         self.starting = 0  # workers started that have not taken a segment yet
-        self.resolves = 0
-        self.generation = 0
-        self.target: tuple[str, dict[str, str]] = (url, {})
+        self.source = RangeSource(session, url, access, entry, opts, self.stop)
         self.state = Segments.fresh(entry.size, segment_for(entry.size, opts))
         self.fd = -1
 
@@ -228,10 +171,7 @@ class SegmentedDownload:
         # Said before resolving: a later file must not take every free connection now.
         self.budget.want(self.rank, len(self.state.pending()) - 1)
         try:
-            self.target = resolve_target(
-                self.session, self.url, self.access, self.entry, self.opts, self.stop
-            )
-            self.resolves = 1
+            self.source.resolve()
             self._start(owns_slot=False)  # the first connection is the file's own slot
             hashes = Hashes(self.entry, self.frame)
             hashed = self._follow(hashes)
@@ -388,49 +328,19 @@ class SegmentedDownload:
                 raise Interrupted("download stopped: the build ended")
             with self.cond:
                 pos = self.state.reached[i]
-                url, headers = self.target
-                generation = self.generation
             if pos >= end:
                 return
-            try:
-                resp = self.session.get(
-                    url,
-                    headers={**headers, "Range": f"bytes={pos}-{end - 1}"},
-                    stream=True,
-                    timeout=(self.opts.connect_timeout, self.opts.read_timeout),
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+            resp = self.source.open(pos, end)
+            if resp is None:
+                return
             with resp:
-                if resp.status_code == 429:
-                    wait_rate_limit(resp, self.entry.path, self.stop)
-                    continue
-                if resp.status_code in (403, 410) and url != self.url:
-                    self._resolve_again(generation, resp.status_code)
-                    continue
-                check_status(resp, self.entry)
-                if resp.status_code != 206 or _content_start(resp) != pos:
-                    raise NoRanges(f"the server ignored a Range request (HTTP {resp.status_code})")
-                pos = self._receive(i, resp, pos, end)
+                pos = read_body(resp, pos, end, lambda buf, at: self._write(i, buf, at, end),
+                                self._going)  # fmt: skip
             if pos < end and not self.stop.is_set():
                 raise Transient(f"the body ended early at byte {pos}")
 
-    def _receive(self, i: int, resp: requests.Response, pos: int, end: int) -> int:
-        """Write the body at ``pos`` in blocks of about CHUNK. What arrived before a cut is
-        written too (read1 never holds bytes back), so the segment resumes right there."""
-        buf = bytearray()
-        try:
-            while pos + len(buf) < end and not self.stop.is_set() and not self.opts.cancelled():
-                block = resp.raw.read1(CHUNK)
-                if not block:
-                    break
-                buf += block
-                if len(buf) >= CHUNK:
-                    pos = self._write(i, buf, pos, end)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            pos = self._write(i, buf, pos, end)
-            raise Transient(f"connection lost at byte {pos} ({type(exc).__name__})") from None
-        return self._write(i, buf, pos, end)
+    def _going(self) -> bool:
+        return not self.stop.is_set() and not self.opts.cancelled()
 
     def _write(self, i: int, buf: bytearray, pos: int, end: int) -> int:
         view = memoryview(buf)[: end - pos]  # never past the segment
@@ -450,20 +360,3 @@ class SegmentedDownload:
             self.cond.notify_all()
         self.water.reached(pos, i + 1)
         return pos
-
-    def _resolve_again(self, generation: int, status: int) -> None:
-        """The signed CDN URL expired (403/410): ask /resolve/ again, once for all workers."""
-        with self.cond:
-            if generation != self.generation:
-                return  # another worker already did
-            self.resolves += 1
-            if self.resolves > MAX_RESOLVES:
-                raise AccessDenied(
-                    f"the Hub's download URL for {self.entry.path} keeps failing (HTTP {status})"
-                )
-            log.info("%s: download URL refused (HTTP %d); resolving it again", self.entry.path,
-                     status)  # fmt: skip
-            self.target = resolve_target(
-                self.session, self.url, self.access, self.entry, self.opts, self.stop
-            )
-            self.generation += 1

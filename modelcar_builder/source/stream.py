@@ -1,12 +1,14 @@
 """A Hub file as a self-checking stream, for ``--stream`` (Hub -> tar -> registry, with
-no disk for the model): resumed with Range on faults, checked on its last byte. Each file
-is read over one connection: the disk path's parallel Range segments are not used here."""
+no disk for the model): resumed with Range on faults, checked on its last byte. A large
+file is read ahead as parallel Range segments (``readahead.py``: at most
+min(--connections, 16) segments of 4 MiB held in memory for the whole build, 64 MiB with
+the default 16 connections); a small one, or one whose server ignores Range, over one
+connection."""
 
 from __future__ import annotations
 
 import io
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import requests
@@ -15,12 +17,17 @@ import urllib3
 from modelcar_builder.errors import DownloadFailed, IntegrityError
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.source import readahead
+from modelcar_builder.source.ranges import NoRanges
+from modelcar_builder.source.readahead import STREAM_HINT, BufferWindow, ReadAhead, spend_try
 from modelcar_builder.source.transfer import (
+    ConnectionBudget,
     FetchOptions,
     Transient,
     check_status,
     expected_id,
     hasher_for,
+    hub_session,
     wait_rate_limit,
 )
 
@@ -28,10 +35,6 @@ if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need 
     from modelcar_builder.source.hub import HubAccess
 
 log = logging.getLogger("modelcar")
-STREAM_HINT = (
-    "rerun: layers the registry already holds are not sent again (--stream keeps nothing "
-    "on disk, so an unfinished layer starts over)"
-)
 
 
 class HubFileStream(io.RawIOBase):
@@ -42,7 +45,9 @@ class HubFileStream(io.RawIOBase):
 
     It is as robust as the disk path: a 5xx, a cut or a stall reopens the file with
     Range at the byte reached (the upload and the hash simply continue), with the same
-    retry budget (``attempts`` per file), backoff and read timeout."""
+    retry budget (``attempts`` per file, per segment when read ahead), backoff and read
+    timeout. ``connections`` and ``window`` (shared by the build's streams) turn on the
+    read-ahead for large files."""
 
     def __init__(
         self,
@@ -53,6 +58,8 @@ class HubFileStream(io.RawIOBase):
         entry: FileEntry,
         opts: FetchOptions,
         progress: Progress | None = None,
+        connections: ConnectionBudget | None = None,
+        window: BufferWindow | None = None,
     ) -> None:
         super().__init__()
         self.entry = entry
@@ -63,22 +70,39 @@ class HubFileStream(io.RawIOBase):
         self._hash = hasher_for(entry)
         self._resp: requests.Response | None = None
         self._faults = 0
+        self._ahead: ReadAhead | None = None
         if entry.size == 0:
             # Nothing to read: check the empty content's id now (the last byte "arrived").
             self._check(self._hash)
             return
-        self._connect()
+        if connections is not None and window is not None and readahead.wanted(entry, opts):
+            self._ahead = ReadAhead(session, self._url, access, entry, opts, connections, window)
+        else:
+            self._connect()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
         want = min(len(buffer), self.entry.size - self.received)
-        if want <= 0 or self._resp is None:
+        if want <= 0:
+            return 0
+        target = memoryview(buffer).cast("B")[:want]
+        n = self._read_ahead(target) if self._ahead is not None else self._read_one(target)
+        self._hash.update(target[:n])
+        self.received += n
+        if self.progress is not None:
+            self.progress.advance(n)
+        if self.received == self.entry.size:
+            self._check(self._hash)
+        return n
+
+    def _read_one(self, target: memoryview) -> int:
+        if self._resp is None:
             return 0
         while True:
             try:
-                data = self._resp.raw.read(want)
+                data = self._resp.raw.read(len(target))
             except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut or stalled
                 data, why = b"", f"connection lost ({type(exc).__name__})"
             else:
@@ -88,15 +112,23 @@ class HubFileStream(io.RawIOBase):
             self._resp.close()
             self._fault(f"{why} at byte {self.received}")
             self._connect()
-        n = len(data)
-        buffer[:n] = data
-        self._hash.update(data)
-        self.received += n
-        if self.progress is not None:
-            self.progress.advance(n)
-        if self.received == self.entry.size:
-            self._check(self._hash)
-        return n
+        target[: len(data)] = data
+        return len(data)
+
+    def _read_ahead(self, target: memoryview) -> int:
+        assert self._ahead is not None
+        try:
+            return self._ahead.readinto(target)
+        except NoRanges as exc:
+            self._ahead.close()
+            self._ahead = None
+            if self.received:
+                raise DownloadFailed(
+                    f"the Hub ignored a Range request reading {self.entry.path}", hint=STREAM_HINT
+                ) from None
+            log.warning("%s: %s; streaming it over one connection", self.entry.path, exc)
+            self._connect()
+            return self._read_one(target)
 
     def _connect(self) -> None:
         """Open the body at ``self.received``: retried like a download, never from 0."""
@@ -137,17 +169,7 @@ class HubFileStream(io.RawIOBase):
     def _fault(self, why: str) -> None:
         """Spend one try of the file's budget, wait (exponential backoff), or give up."""
         self._faults += 1
-        if self._faults >= self._opts.attempts:
-            raise DownloadFailed(
-                f"streaming {self.entry.path} failed after {self._opts.attempts} attempts: {why}",
-                hint=STREAM_HINT,
-            )
-        wait = min(self._opts.backoff_max, 0.5 * 2 ** (self._faults - 1))
-        log.warning(
-            "%s: %s; resuming at byte %d in %.1f s (attempt %d of %d)",
-            self.entry.path, why, self.received, wait, self._faults + 1, self._opts.attempts,
-        )  # fmt: skip
-        time.sleep(wait)
+        spend_try(self.entry.path, why, self.received, self._faults, self._opts, None)
 
     def _check(self, h) -> None:
         if h.hexdigest() != expected_id(self.entry):
@@ -155,6 +177,8 @@ class HubFileStream(io.RawIOBase):
             raise IntegrityError(f"{self.entry.path}: {kind} mismatch while streaming")
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
         if self._resp is not None:
             self._resp.close()
         super().close()
@@ -162,16 +186,20 @@ class HubFileStream(io.RawIOBase):
 
 class HubStreams:
     """Opens Hub files of one pinned commit as self-checking streams (``--stream``),
-    over one shared HTTP session. The pipeline hands it to the engine."""
+    over one shared HTTP session, one connection budget and one read-ahead window for
+    all of them. The pipeline hands it to the engine."""
 
     def __init__(self, access: HubAccess, repo_id: str, commit: str, opts: FetchOptions) -> None:
         self.access, self.repo_id, self.commit, self.opts = access, repo_id, commit, opts
-        self.session = requests.Session()
+        self.session = hub_session(opts)
+        self.connections = ConnectionBudget(opts.connections)
+        self.window = BufferWindow(readahead.window_segments(opts))
 
     def __call__(self, entry: FileEntry, progress: Progress | None) -> HubFileStream:
         return HubFileStream(
-            self.session, self.access, self.repo_id, self.commit, entry, self.opts, progress
-        )
+            self.session, self.access, self.repo_id, self.commit, entry, self.opts, progress,
+            self.connections, self.window,
+        )  # fmt: skip
 
     def close(self) -> None:
         self.session.close()

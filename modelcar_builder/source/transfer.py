@@ -188,6 +188,17 @@ class ConnectionBudget:
             self._cond.notify_all()
 
 
+def hub_session(opts: FetchOptions) -> requests.Session:
+    """One HTTP session for the run, its pool as large as the connection budget (the
+    default 10 per host would drop and reopen connections to the CDN)."""
+    session = requests.Session()
+    size = max(opts.connections, opts.jobs) + 2
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def check_status(resp: requests.Response, entry: FileEntry) -> None:
     code = resp.status_code
     if code in (200, 206):

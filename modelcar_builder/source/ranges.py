@@ -1,0 +1,169 @@
+"""One file's HTTP Range requests, whoever keeps the bytes (the disk path's segments,
+``--stream``'s read-ahead): the /resolve/ URL resolved once to the CDN's signed URL and
+again when it expires, 429s waited out, a 206 checked to start where it was asked to,
+and the body handed on in blocks up to the byte a cut reached."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+
+from modelcar_builder.errors import AccessDenied
+from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.source.transfer import (
+    CHUNK,
+    FetchOptions,
+    Transient,
+    check_status,
+    wait_rate_limit,
+)
+
+log = logging.getLogger("modelcar")
+MAX_RESOLVES = 4  # per attempt: an expired CDN URL is resolved again, a few times at most
+
+
+class NoRanges(Exception):
+    """The server ignored a Range request: the file goes over one connection instead."""
+
+
+def resolve_target(session, url: str, access, entry: FileEntry, opts: FetchOptions, stop):
+    """Where the bytes are, asked once: HEAD /resolve/ and keep the redirect to another
+    origin (the CDN's signed URL) without following it. The real Hub counts every
+    /resolve/ against a rate budget, so segments never go through it. Returns the URL
+    and the headers it takes (no Hub token for another origin)."""
+    current, hops = url, 0
+    while True:
+        same = _origin(current) == _origin(url)
+        headers = access.headers() if same else {}
+        try:
+            resp = session.head(
+                current,
+                headers=headers,
+                allow_redirects=False,
+                timeout=(opts.connect_timeout, opts.read_timeout),
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+        with resp:
+            if resp.status_code == 429:
+                wait_rate_limit(resp, entry.path, stop)
+                continue
+            if resp.is_redirect and hops < 10:
+                hops += 1
+                current = urljoin(current, resp.headers["Location"])
+                if _origin(current) != _origin(url):
+                    return current, {}
+                continue
+            check_status(resp, entry)
+            return current, headers
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def _content_start(resp: requests.Response) -> int | None:
+    value = resp.headers.get("Content-Range", "")
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+class RangeSource:
+    """Where one file's Range requests go, shared by its workers: the target that
+    /resolve/ gave once (the CDN's signed URL), resolved again, once for all workers, when
+    it expires (403/410). A 429 is waited out as it asks, spending no try."""
+
+    def __init__(self, session, url: str, access, entry: FileEntry, opts: FetchOptions,
+                 stop: threading.Event) -> None:  # fmt: skip
+        self.session, self.url, self.access, self.entry = session, url, access, entry
+        self.opts, self.stop = opts, stop
+        self.lock = threading.Lock()
+        self.target: tuple[str, dict[str, str]] | None = None
+        self.resolves = 0
+        self.generation = 0
+
+    def open(self, pos: int, end: int) -> requests.Response | None:
+        """A 206 answer for bytes [pos, end), its body not read yet; None once stopped.
+        Raises Transient (worth a retry), NoRanges (the server ignored Range) or a
+        ModelcarError."""
+        while not self.stop.is_set():
+            with self.lock:
+                if self.target is None:
+                    self._resolve()
+                (url, headers), generation = self.target, self.generation
+            try:
+                resp = self.session.get(
+                    url,
+                    headers={**headers, "Range": f"bytes={pos}-{end - 1}"},
+                    stream=True,
+                    timeout=(self.opts.connect_timeout, self.opts.read_timeout),
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+            if resp.status_code == 429:
+                resp.close()
+                wait_rate_limit(resp, self.entry.path, self.stop)
+                continue
+            if resp.status_code in (403, 410) and url != self.url:
+                resp.close()
+                self._resolve_again(generation, resp.status_code)
+                continue
+            try:
+                check_status(resp, self.entry)
+                if resp.status_code != 206 or _content_start(resp) != pos:
+                    raise NoRanges(f"the server ignored a Range request (HTTP {resp.status_code})")
+            except BaseException:
+                resp.close()
+                raise
+            return resp
+        return None
+
+    def resolve(self) -> None:
+        with self.lock:
+            self._resolve()
+
+    def _resolve(self) -> None:
+        self.target = resolve_target(
+            self.session, self.url, self.access, self.entry, self.opts, self.stop
+        )
+        self.resolves += 1
+        self.generation += 1
+
+    def _resolve_again(self, generation: int, status: int) -> None:
+        """The signed CDN URL expired (403/410): ask /resolve/ again, once for all workers."""
+        with self.lock:
+            if generation != self.generation:
+                return  # another worker already did
+            if self.resolves >= MAX_RESOLVES:
+                raise AccessDenied(
+                    f"the Hub's download URL for {self.entry.path} keeps failing (HTTP {status})"
+                )
+            log.info("%s: download URL refused (HTTP %d); resolving it again", self.entry.path,
+                     status)  # fmt: skip
+            self._resolve()
+
+
+def read_body(resp: requests.Response, pos: int, end: int, keep, going) -> int:
+    """Hand the body on to ``keep(buf, pos) -> new pos`` (which empties ``buf``) in blocks
+    of about CHUNK while ``going()``. What arrived before a cut is handed on too (read1
+    never holds bytes back), so the range resumes right there. Returns the byte reached."""
+    buf = bytearray()
+    try:
+        while pos + len(buf) < end and going():
+            block = resp.raw.read1(CHUNK)
+            if not block:
+                break
+            buf += block
+            if len(buf) >= CHUNK:
+                pos = keep(buf, pos)
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        pos = keep(buf, pos)
+        raise Transient(f"connection lost at byte {pos} ({type(exc).__name__})") from None
+    return keep(buf, pos)

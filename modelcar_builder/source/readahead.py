@@ -1,0 +1,268 @@
+"""Segmented read-ahead for ``--stream``: one large Hub file read as several HTTP Range
+requests in flight at once, handed to the reader strictly in order (a tar stream needs
+its bytes in order).
+
+Memory is bounded: a segment's bytes live in memory from the moment a worker starts
+fetching it until the reader has read past it, and every segment buffer takes one token
+of a window shared by all the files of the build (``BufferWindow``). So the streams of one
+build together hold at most ``window_segments(opts) × stream_segment(opts)`` bytes of
+read-ahead: min(--connections, 16) segments of min(segment size, 4 MiB), that is
+64 MiB with the default 16 connections, whatever the number of layers pushed at once.
+
+Connections come from the build's shared ``ConnectionBudget``: each worker holds one
+while it runs. A worker fetches a segment, then the next one not yet taken while the
+window has room, and ends (giving its connection back) when none is left or the window
+is full; the reader starts workers again as it frees the window.
+
+Faults are per segment, as in the single-connection stream: a 5xx, a cut or a stall
+resumes THAT segment with Range at the byte it reached, ``attempts`` tries per segment
+with exponential backoff; a 429 is waited out without spending a try and an expired CDN
+URL (403/410) is resolved again (see ``ranges.RangeSource``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import requests
+
+from modelcar_builder.errors import DownloadFailed, Interrupted
+from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.source.ranges import RangeSource, read_body
+from modelcar_builder.source.transfer import CHUNK, ConnectionBudget, FetchOptions, Transient
+
+log = logging.getLogger("modelcar")
+STREAM_SEGMENT = 4 * CHUNK  # 16 of them in flight: 64 MiB, well under the 200 MB RSS target
+STREAM_WINDOW = 16  # segments held at once, all streams of a build together
+STREAM_HINT = (
+    "rerun: layers the registry already holds are not sent again (--stream keeps nothing "
+    "on disk, so an unfinished layer starts over)"
+)
+
+
+def stream_segment(opts: FetchOptions) -> int:
+    return max(1, min(opts.segment_size, STREAM_SEGMENT))
+
+
+def window_segments(opts: FetchOptions) -> int:
+    return max(1, min(opts.connections, STREAM_WINDOW))
+
+
+def wanted(entry: FileEntry, opts: FetchOptions) -> bool:
+    """The disk path's rule (segments.wanted), with the stream's segment size."""
+    return opts.connections > 1 and entry.size >= 2 * stream_segment(opts)
+
+
+def spend_try(
+    path: str, why: str, at: int, faults: int, opts: FetchOptions, stop: threading.Event | None
+) -> None:
+    """Fault number ``faults`` of one read: give up after ``attempts``, else wait the
+    exponential backoff (cut short when ``stop`` is set), saying where it resumes."""
+    if faults >= opts.attempts:
+        raise DownloadFailed(
+            f"streaming {path} failed after {opts.attempts} attempts: {why}", hint=STREAM_HINT
+        )
+    wait = min(opts.backoff_max, 0.5 * 2 ** (faults - 1))
+    log.warning("%s: %s; resuming at byte %d in %.1f s (attempt %d of %d)",
+                path, why, at, wait, faults + 1, opts.attempts)  # fmt: skip
+    if stop is not None:
+        stop.wait(wait)
+    else:
+        threading.Event().wait(wait)
+
+
+class BufferWindow:
+    """The read-ahead memory of a build: at most ``segments`` buffers at once, across all
+    files. ``held`` and ``peak`` count their bytes (``peak`` for tests and benchmarks)."""
+
+    def __init__(self, segments: int) -> None:
+        self.segments = segments
+        self.held = 0
+        self.peak = 0
+        self._sem = threading.BoundedSemaphore(segments)
+        self._lock = threading.Lock()
+
+    def try_take(self, n: int) -> bool:
+        if not self._sem.acquire(blocking=False):
+            return False
+        with self._lock:
+            self.held += n
+            self.peak = max(self.peak, self.held)
+        return True
+
+    def give_back(self, n: int) -> None:
+        with self._lock:
+            self.held -= n
+        self._sem.release()
+
+
+class ReadAhead:
+    """One file's bytes, fetched ahead in parallel segments, read in order with
+    ``readinto``. ``close`` stops the workers (an in-flight body is closed under them)
+    and joins them. A worker's failure is raised by the next ``readinto``."""
+
+    def __init__(
+        self, session: requests.Session, url: str, access, entry: FileEntry,
+        opts: FetchOptions, connections: ConnectionBudget, window: BufferWindow,
+    ) -> None:  # fmt: skip
+        self.entry, self.opts, self.connections, self.window = entry, opts, connections, window
+        self.segment = stream_segment(opts)
+        self.count = -(-entry.size // self.segment)
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.source = RangeSource(session, url, access, entry, opts, self.stop)
+        self.fault: BaseException | None = None
+        self.offset = 0  # the reader's position in the file
+        self.next = 0  # the first segment no worker has taken yet
+        self.buffers: dict[int, bytearray] = {}  # taken and not yet read past
+        self.reached: dict[int, int] = {}  # bytes of each of those received so far
+        self.responses: set[requests.Response] = set()
+        self.threads: list[threading.Thread] = []
+        self._grow()
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        start = i * self.segment
+        return start, min(self.entry.size, start + self.segment)
+
+    # ---- the reader
+
+    def readinto(self, buffer) -> int:
+        if self.offset >= self.entry.size:
+            return 0
+        i = self.offset // self.segment
+        start, end = self.bounds(i)
+        while True:
+            with self.cond:
+                if self.fault is not None:
+                    raise self.fault
+                if self.stop.is_set():
+                    raise ValueError("read from a closed stream")
+                if i in self.buffers:
+                    data, upto = self.buffers[i], start + self.reached[i]
+                    if upto > self.offset:
+                        break
+                    self.cond.wait(0.25)
+                    continue
+            self._grow()  # not taken yet: the window or the connections were full
+            with self.cond:
+                if i not in self.buffers and self.fault is None:
+                    self.cond.wait(0.25)
+        n = min(len(buffer), upto - self.offset)
+        lo = self.offset - start
+        buffer[:n] = memoryview(data)[lo : lo + n]  # below ``reached``: no worker writes there
+        self.offset += n
+        if self.offset == end:  # read past segment i: its room in the window is free
+            with self.cond:
+                del self.buffers[i], self.reached[i]
+            self.window.give_back(len(data))
+            self._grow()
+        return n
+
+    # ---- workers
+
+    def _take(self) -> int | None:
+        """The next segment, with its buffer, if the window has room for it."""
+        with self.cond:
+            if self.stop.is_set() or self.next >= self.count:
+                return None
+            start, end = self.bounds(self.next)
+            if not self.window.try_take(end - start):
+                return None
+            i, self.next = self.next, self.next + 1
+            self.buffers[i], self.reached[i] = bytearray(end - start), 0
+            return i
+
+    def _grow(self) -> None:
+        """Start a worker while a segment can be taken and a connection is free."""
+        while not self.stop.is_set():
+            if not self.connections.try_acquire():
+                return
+            i = self._take()
+            if i is None:
+                self.connections.release()
+                return
+            name = f"readahead-{self.entry.path}"
+            thread = threading.Thread(target=self._worker, args=(i,), name=name, daemon=True)
+            with self.cond:
+                self.threads = [t for t in self.threads if t.is_alive()]
+                self.threads.append(thread)
+            thread.start()
+
+    def _worker(self, i: int | None) -> None:
+        try:
+            while i is not None and not self.stop.is_set():
+                self._fetch(i)
+                i = self._take()
+        except BaseException as exc:  # handed to the reader
+            with self.cond:
+                if self.fault is None:
+                    self.fault = exc
+        finally:
+            self.connections.release()
+            with self.cond:
+                self.cond.notify_all()
+
+    def _fetch(self, i: int) -> None:
+        start, end = self.bounds(i)
+        faults = 0
+        while not self.stop.is_set():
+            if self.opts.cancelled():
+                raise Interrupted("streaming stopped: the build ended")
+            with self.cond:
+                pos = start + self.reached[i]
+            if pos >= end:
+                return
+            try:
+                resp = self.source.open(pos, end)
+                if resp is None:
+                    return
+                with self.cond:
+                    self.responses.add(resp)
+                try:
+                    with resp:
+                        keep = self._keeper(i, start, end)
+                        pos = read_body(resp, pos, end, keep, self._going)
+                finally:
+                    with self.cond:
+                        self.responses.discard(resp)
+                if pos < end and self._going():
+                    raise Transient(f"the body ended early at byte {pos}")
+            except Transient as exc:
+                if self.stop.is_set():
+                    return
+                faults += 1
+                spend_try(self.entry.path, str(exc), pos, faults, self.opts, self.stop)
+
+    def _keeper(self, i: int, start: int, end: int):
+        data = self.buffers[i]
+
+        def keep(buf: bytearray, pos: int) -> int:
+            n = min(len(buf), end - pos)  # never past the segment
+            data[pos - start : pos - start + n] = buf[:n]
+            buf.clear()
+            with self.cond:
+                self.reached[i] = pos + n - start
+                self.cond.notify_all()
+            return pos + n
+
+        return keep
+
+    def _going(self) -> bool:
+        return not self.stop.is_set() and not self.opts.cancelled()
+
+    def close(self) -> None:
+        """Stop the workers, close what they are reading, join them, free the window."""
+        self.stop.set()
+        with self.cond:
+            responses, threads = list(self.responses), list(self.threads)
+            self.cond.notify_all()
+        for resp in responses:  # a worker blocked in a read wakes up now, not at its timeout
+            resp.close()
+        for thread in threads:
+            thread.join(timeout=self.opts.connect_timeout + self.opts.read_timeout)
+        with self.cond:
+            held = [len(b) for b in self.buffers.values()]
+            self.buffers.clear()
+            self.reached.clear()
+        for n in held:
+            self.window.give_back(n)

@@ -1,0 +1,110 @@
+"""``--stream`` read-ahead against the Hub imitation over real HTTP, into a real registry:
+a large file goes as parallel Range segments (seen from the server's own counters),
+in order, within a bounded window; a cut segment resumes at the byte it reached; a
+corrupted byte in one segment fails the build before any manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import pytest
+
+from modelcar_builder import errors
+from modelcar_builder.registry import RegistryClient
+from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.source.hub import HubAccess
+from modelcar_builder.source.readahead import window_segments
+from modelcar_builder.source.stream import HubStreams
+from modelcar_builder.source.transfer import FetchOptions
+from tests.clitools import run
+from tests.imagecheck import assert_models_match, unpack
+from tests.test_engine_native import MIB, REPO, build_args, model_files
+
+SEG = 256 * 1024  # MODELCAR_SEGMENT_SIZE: the stream's segments are this small here
+BIG = "model-00000-of-00001.safetensors"
+
+
+@pytest.fixture
+def big_repo(hub, monkeypatch):
+    hub.add_repo(REPO, model_files(n_shards=1, shard_size=3 * MIB))
+    monkeypatch.setenv("MODELCAR_SEGMENT_SIZE", str(SEG))
+    return hub
+
+
+def build(capsys, tmp_path, image: str, *extra: str):
+    return run(capsys, *build_args(image, tmp_path / "ws", "scratch"), "--stream",
+               "--connections", "4", *extra)  # fmt: skip
+
+
+def test_a_large_file_streams_over_several_connections_at_once(
+    big_repo, registry, capsys, tmp_path
+):
+    big_repo.connection_rate = 4 * MIB  # a per-connection cap, as a CDN has: overlap shows
+    image = f"{registry.host}/models/llm:readahead"
+    res = build(capsys, tmp_path, image)
+    assert res.code == 0, res.err
+    assert big_repo.peak_in_flight[(REPO, BIG)] >= 2  # the server saw ranges at once
+    size = len(model_files(n_shards=1, shard_size=3 * MIB)[BIG])
+    assert big_repo.bytes_served[(REPO, BIG)] == size  # each byte once
+    img = unpack(f"docker://{image}", tmp_path / "check")
+    assert_models_match(img, model_files(n_shards=1, shard_size=3 * MIB))
+
+
+def test_a_cut_segment_resumes_at_the_byte_it_reached(big_repo, registry, capsys, tmp_path):
+    big_repo.cut(REPO, BIG, after_bytes=SEG // 2, times=2)
+    image = f"{registry.host}/models/llm:readahead-cut"
+    res = build(capsys, tmp_path, image)
+    assert res.code == 0, res.err
+    assert "resuming at byte" in res.err and "Traceback" not in res.err
+    size = len(model_files(n_shards=1, shard_size=3 * MIB)[BIG])
+    assert big_repo.bytes_served[(REPO, BIG)] < size + SEG  # resumed, not refetched
+    img = unpack(f"docker://{image}", tmp_path / "check")
+    assert_models_match(img, model_files(n_shards=1, shard_size=3 * MIB))
+
+
+def test_a_corrupted_segment_never_reaches_a_manifest(big_repo, registry, capsys, tmp_path):
+    big_repo.corrupt(REPO, BIG, offset=5 * SEG + 17)  # inside the sixth segment
+    image = f"{registry.host}/models/llm:readahead-bad"
+    res = build(capsys, tmp_path, image)
+    assert res.code == errors.IntegrityError.exit_code, res.err
+    assert "sha256 mismatch" in res.err and "Traceback" not in res.err
+    with RegistryClient(registry.host, tls_verify=False) as client:
+        assert client.head_manifest("models/llm", "readahead-bad") is None
+
+
+def readahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("readahead-")]
+
+
+def test_the_reader_never_holds_more_than_the_window(big_repo):
+    """A slow reader (a slow registry): the workers fill the window and wait; the bytes
+    held never pass window x segment, and arrive in order (the sha256 checks that)."""
+    data = model_files(n_shards=1, shard_size=3 * MIB)[BIG]
+    opts = FetchOptions(connections=3, segment_size=SEG)
+    streams = HubStreams(HubAccess(big_repo.endpoint), REPO, big_repo.head(REPO), opts)
+    entry = FileEntry(BIG, len(data), sha256=hashlib.sha256(data).hexdigest())
+    bound = window_segments(opts) * SEG
+    try:
+        got = bytearray()
+        with streams(entry, None) as stream:
+            buf = bytearray(64 * 1024)
+            while n := stream.readinto(buf):
+                got += buf[:n]
+                assert streams.window.held <= bound
+                if len(got) < MIB:
+                    time.sleep(0.01)  # slower than the Hub: the window fills up
+        assert bytes(got) == data
+        assert 2 * SEG <= streams.window.peak <= bound  # it read ahead, and no further
+        assert streams.window.held == 0
+        # Closed mid-file: the workers stop and are joined, the window is free again.
+        big_repo.connection_rate = 1 * MIB
+        start = time.monotonic()
+        stream = streams(entry, None)
+        stream.readinto(bytearray(1024))
+        stream.close()
+        assert time.monotonic() - start < 3
+        assert not readahead_threads() and streams.window.held == 0
+    finally:
+        streams.close()
