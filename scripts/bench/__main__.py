@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 def hub_phase(opts: Options, workdir: Path, write: bool = True) -> list[str]:
     """The "From the Hub" section (Hub -> workspace alone), spliced into the report."""
     size, cap = int(opts.hub_gib * GIB), opts.hub_cap_mbs * MB
-    runs = run_hub_section(workdir, size, cap, opts.hub_rounds, opts.quick)
-    lines = hub_section(runs, size, cap, opts.hub_rounds)
+    runs, overlap = run_hub_section(workdir, size, cap, opts.hub_rounds, opts.quick)
+    lines = hub_section(runs, overlap, size, cap, opts.hub_rounds)
     if write:
         splice_section(opts.out, lines)
     return lines

@@ -2,7 +2,8 @@
 per-connection rate cap (the real Hub's CDN serves one connection at some tens of MB/s)
 and no link cap. Two repos: one large file, and 8 shards plus small files. Contenders:
 ``modelcar fetch`` and ``huggingface_hub.snapshot_download`` (xet disabled), next to the
-arithmetic limit min(link, connections x cap)."""
+arithmetic limit min(link, connections x cap); and ``modelcar build`` from the Hub, with
+and without ``--stream`` (hub_build.py, which also measures the overlap uncapped)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .common import MB, MIB, REPO_ROOT
+from .hub_build import (
+    BUILD,
+    STREAM_BUILD,
+    build_cmd,
+    fetch_cmd,
+    overlap_runs,
+    overlap_section,
+    stream_target,
+    with_registry,
+)
 from .measurement import Sampler
 from .services import HubServer
 
@@ -91,31 +102,67 @@ def capped_hub(size: int, cap: float) -> HubServer:
     return HubServer("--serve-hub-repos", json.dumps({"size": size, "cap": cap}))
 
 
-def run_hub_section(workdir: Path, size: int, cap: float, rounds: int, quick: bool) -> list[HubRun]:
-    hub = capped_hub(size, cap)
+def run_hub_section(
+    workdir: Path, size: int, cap: float, rounds: int, quick: bool
+) -> tuple[list[HubRun], list[HubRun]]:
+    """The capped runs (every contender on both repos), then the uncapped overlap runs."""
     runs: list[HubRun] = []
+    names = [FETCH, SNAPSHOT, BUILD, STREAM_BUILD]
+    hub = capped_hub(size, cap)
     try:
         for r in range(rounds):
             for repo in (ONE_FILE, SHARDED):
                 total = sum(repo_files(repo, size).values())
-                order = [FETCH, SNAPSHOT] if r % 2 == 0 else [SNAPSHOT, FETCH]
-                for name in order:
-                    run_dir = workdir / "hub" / f"{r}-{repo.split('/')[1]}-{name.split()[-1]}"
-                    run = measure(hub, repo, name, total, run_dir, quick)
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    slug = name.split()[-1].strip("()-")
+                    run_dir = workdir / "hub" / f"{r}-{repo.split('/')[1]}-{slug}"
+                    run = one_run(hub, repo, name, total, run_dir, quick)
                     runs.append(run)
-                    print(
-                        f"bench: hub {repo:16s} {name:17s} {run.status} {run.wall:6.1f} s "
-                        f"{run.mb_s:6.0f} MB/s rss {run.peak_rss / MB:4.0f} MB",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    _say(run)
                     subprocess.run(["rm", "-rf", str(run_dir)], check=False)
     finally:
         hub.stop()
-    return runs
+    overlap: list[HubRun] = []
+    hub = capped_hub(size, 0)  # no cap: the overlap is about our CPU, not the link
+    total = sum(repo_files(SHARDED, size).values())
+    try:
+        for r in range(rounds):
+            run_dir = workdir / "hub" / f"overlap-{r}"
+
+            def timed(name: str, cmd: list[str], d: Path) -> HubRun:
+                return measure(hub, SHARDED, name, total, d, quick, cmd)
+
+            for run in overlap_runs(timed, run_dir):
+                overlap.append(run)
+                _say(run)
+            subprocess.run(["rm", "-rf", str(run_dir)], check=False)
+    finally:
+        hub.stop()
+    return runs, overlap
 
 
-def measure(hub: HubServer, repo: str, name: str, total: int, run_dir: Path, quick: bool):
+def one_run(hub: HubServer, repo: str, name: str, total: int, run_dir: Path, quick: bool):
+    if name not in (BUILD, STREAM_BUILD):
+        return measure(hub, repo, name, total, run_dir, quick)
+    cmd = lambda reg: build_cmd(repo, run_dir / "ws", reg, name == STREAM_BUILD)  # noqa: E731
+    return with_registry(
+        run_dir, lambda reg: measure(hub, repo, name, total, run_dir, quick, cmd(reg))
+    )
+
+
+def _say(run: HubRun) -> None:
+    print(
+        f"bench: hub {run.repo:16s} {run.contender:24s} {run.status} {run.wall:6.1f} s "
+        f"{run.mb_s:6.0f} MB/s rss {run.peak_rss / MB:4.0f} MB",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def measure(
+    hub: HubServer, repo: str, name: str, total: int, run_dir: Path, quick: bool,
+    cmd: list[str] | None = None,
+) -> HubRun:  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     drop = ("MODELCAR_", "HF_TOKEN", "HF_HOME")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
@@ -130,10 +177,9 @@ def measure(hub: HubServer, repo: str, name: str, total: int, run_dir: Path, qui
     )
     if quick:
         env["MODELCAR_SEGMENT_SIZE"] = str(MIB)  # the tiny quick files still get segments
-    if name == FETCH:
-        ws = str(run_dir / "ws")
-        cmd = [sys.executable, "-m", "modelcar_builder", "fetch", repo, "--workspace", ws]
-    else:
+    if cmd is None and name == FETCH:
+        cmd = fetch_cmd(repo, run_dir / "ws")
+    elif cmd is None:
         cmd = [sys.executable, "-c", SNAPSHOT_CODE, repo, str(run_dir / "out")]
     run = HubRun(repo, name, total)
     os.sync()
@@ -153,16 +199,20 @@ def measure(hub: HubServer, repo: str, name: str, total: int, run_dir: Path, qui
     return run
 
 
-def hub_section(runs: list[HubRun], size: int, cap: float, rounds: int) -> list[str]:
+def hub_section(
+    runs: list[HubRun], overlap: list[HubRun], size: int, cap: float, rounds: int
+) -> list[str]:
     """The Markdown section: a row per repo and contender (medians), the limit, targets."""
     limit = CONNECTIONS * cap / MB  # no link cap: connections x cap
     out = [
         "## From the Hub",
         "",
-        f"Hub -> workspace only, against the Hub imitation with a per-connection cap of "
-        f"{cap / MB:.0f} MB/s and no link cap (token buckets in tests/support/hubsim.py), "
+        "Hub -> workspace (`fetch`, `snapshot_download`) and Hub -> registry (`build`, "
+        "native, fresh workspace and registry), against the Hub imitation with a "
+        f"per-connection cap of {cap / MB:.0f} MB/s and no link cap (token buckets in "
+        "tests/support/hubsim.py), "
         f"{rounds} round(s), medians. `modelcar fetch` uses its defaults (16 connections, "
-        "64 MiB segments, sha256 and layer digest checked); `snapshot_download` is "
+        "segments of 8-64 MiB, sha256 and layer digest checked); `snapshot_download` is "
         "huggingface_hub's, xet disabled, default 8 workers. The limit is "
         f"min(link, connections x cap) = 16 x {cap / MB:.0f} = {limit:.0f} MB/s.",
         "",
@@ -171,7 +221,7 @@ def hub_section(runs: list[HubRun], size: int, cap: float, rounds: int) -> list[
     ]
     med: dict[tuple[str, str], HubRun] = {}
     for repo in (ONE_FILE, SHARDED):
-        for name in (FETCH, SNAPSHOT):
+        for name in (FETCH, SNAPSHOT, BUILD, STREAM_BUILD):
             rs = [r for r in runs if r.repo == repo and r.contender == name]
             ok = [r for r in rs if r.status == "ok"]
             if not ok:
@@ -200,6 +250,8 @@ def hub_section(runs: list[HubRun], size: int, cap: float, rounds: int) -> list[
     rss = max((m.peak_rss for (_r, n), m in med.items() if n == FETCH), default=0)
     out.append(f"| fetch peak RSS <= 200 MB with 16 connections | {rss / MB:.0f} MB | "
                f"{_yes(0 < rss <= 200 * MB)} |")  # fmt: skip
+    walls = {key: m.wall for key, m in med.items()}
+    out += stream_target(walls, (ONE_FILE, SHARDED))
     sha, load = sha256_rate(), os.getloadavg()[0]
     out += [
         "",
@@ -210,6 +262,8 @@ def hub_section(runs: list[HubRun], size: int, cap: float, rounds: int) -> list[
         "written prefix back from the page cache costs about 0.5 CPU-s per GB (measured "
         "~2 GB/s). A file that is a layer of its own gets its layer digest from the same "
         "pass, on a second thread (a second core's sha256).",
+        "",
+        *overlap_section(overlap, rounds),
     ]
     return [*out, ""]
 

@@ -1,0 +1,132 @@
+"""The end-to-end half of "From the Hub": ``modelcar build`` from the Hub on a fresh
+workspace, with ``native`` and ``native --stream``, each pushing to a loopback
+docker-registry of its own (fresh storage, so every layer is really sent).
+
+Two measurements:
+- next to ``modelcar fetch`` under the per-connection cap (the table of hub_fetch), so the
+  build's wall time reads against the download's and ``--stream`` against the disk path;
+- the overlap, without the cap: ``fetch`` alone, ``build`` after that fetch alone, and
+  ``build`` fresh, whose ideal is the larger of the first two (download and push at once).
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from .common import MB
+from .services import Registry
+
+BUILD = "modelcar build (fresh)"
+STREAM_BUILD = "modelcar build --stream"
+FETCH_ALONE = "fetch alone"
+AFTER_FETCH = "build after fetch"
+OVERLAP_REPO = "bench/sharded"
+
+
+def build_cmd(repo: str, ws: Path, registry: Registry, stream: bool) -> list[str]:
+    """A native build of ``repo`` from the Hub into ``registry``, defaults otherwise."""
+    tag = "stream" if stream else "disk"
+    cmd = [
+        sys.executable, "-m", "modelcar_builder", "build", repo,
+        "--workspace", str(ws),
+        "--image", f"{registry.host}/{repo}:{tag}",
+        "--engine", "native", "--base-image", "scratch", "--no-tls-verify",
+    ]  # fmt: skip
+    return [*cmd, "--stream"] if stream else cmd
+
+
+def fetch_cmd(repo: str, ws: Path) -> list[str]:
+    return [sys.executable, "-m", "modelcar_builder", "fetch", repo, "--workspace", str(ws)]
+
+
+def with_registry(run_dir: Path, work):
+    """Run ``work(registry)`` against a fresh loopback registry, stopped afterwards."""
+    registry = Registry.start(run_dir / "registry")
+    try:
+        return work(registry)
+    finally:
+        registry.stop()
+        subprocess.run(["rm", "-rf", str(run_dir / "registry")], check=False)
+
+
+def overlap_runs(measure, run_dir: Path) -> list:
+    """One round of the overlap: fetch alone, build after it, build fresh (disk and
+    --stream). ``measure(name, cmd, run_dir)`` runs and times one command."""
+    ws = run_dir / "ws"
+    out = [measure(FETCH_ALONE, fetch_cmd(OVERLAP_REPO, ws), run_dir / "fetch")]
+
+    def build(name: str, workspace: Path, stream: bool, slug: str):
+        cmd = lambda reg: build_cmd(OVERLAP_REPO, workspace, reg, stream)  # noqa: E731
+        return with_registry(run_dir, lambda reg: measure(name, cmd(reg), run_dir / slug))
+
+    out.append(build(AFTER_FETCH, ws, False, "after"))
+    out.append(build(BUILD, run_dir / "ws-fresh", False, "fresh"))
+    out.append(build(STREAM_BUILD, run_dir / "ws-stream", True, "stream"))
+    return out
+
+
+def overlap_section(runs: list, rounds: int) -> list[str]:
+    """The Markdown of the overlap measurement (medians), with its two targets."""
+    med: dict[str, float] = {}
+    out = [
+        "### Download and push at once (no per-connection cap)",
+        "",
+        f"`{OVERLAP_REPO}` (8 shards and small files) from the uncapped Hub imitation into a "
+        f"fresh loopback registry, {rounds} round(s), medians. The ideal for a fresh build "
+        "is the larger of `fetch` alone and `build` after that fetch: every layer pushed "
+        "while the later shards download.",
+        "",
+        "| run | wall s | MB/s | peak RSS MB | CPU s | status |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name in (FETCH_ALONE, AFTER_FETCH, BUILD, STREAM_BUILD):
+        rs = [r for r in runs if r.contender == name]
+        ok = [r for r in rs if r.status == "ok"]
+        if not ok:
+            out.append(f"| {name} | | | | | {rs[0].status if rs else 'not run'} |")
+            continue
+        wall = statistics.median(r.wall for r in ok)
+        cpu = statistics.median(r.cpu for r in ok)
+        med[name] = wall
+        rss = max(r.peak_rss for r in ok)
+        out.append(
+            f"| {name} | {wall:.2f} | {ok[0].size / MB / wall:.0f} | {rss / MB:.0f} | "
+            f"{cpu:.1f} | ok |"
+        )
+    ideal = max(med.get(FETCH_ALONE, 0.0), med.get(AFTER_FETCH, 0.0))
+    fresh, streamed = med.get(BUILD, 0.0), med.get(STREAM_BUILD, 0.0)
+    ratio = fresh / ideal if ideal else 0.0
+    total = med.get(FETCH_ALONE, 0.0) + med.get(AFTER_FETCH, 0.0)
+    speed = fresh / streamed if streamed else 0.0  # --stream's speed over the disk path's
+    out += [
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        f"| fresh build <= 1.15 x max(fetch alone, build after fetch) | {ratio:.2f} x "
+        f"({fresh:.2f} s against {ideal:.2f} s; their sum is {total:.2f} s) | "
+        f"{_yes(0 < ratio <= 1.15)} |",
+        f"| --stream >= 0.8 x the disk path's speed, end to end | {speed:.2f} x | "
+        f"{_yes(speed >= 0.8)} |",
+        "",
+    ]
+    return out
+
+
+def stream_target(capped: dict[tuple[str, str], float], repos: tuple[str, ...]) -> list[str]:
+    """--stream against the disk path under the cap, per repo: rows for the targets table."""
+    rows = []
+    for repo in repos:
+        disk, streamed = capped.get((repo, BUILD)), capped.get((repo, STREAM_BUILD))
+        speed = disk / streamed if disk and streamed else 0.0
+        rows.append(
+            f"| --stream >= 0.8 x the disk path's speed on {repo} (capped) | {speed:.2f} x | "
+            f"{_yes(speed >= 0.8)} |"
+        )
+    return rows
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
