@@ -151,19 +151,26 @@ class RangeSource:
 
 
 def read_body(resp: requests.Response, pos: int, end: int, keep, going) -> int:
-    """Hand the body on to ``keep(buf, pos) -> new pos`` (which empties ``buf``) in blocks
-    of about CHUNK while ``going()``. What arrived before a cut is handed on too (read1
-    never holds bytes back), so the range resumes right there. Returns the byte reached."""
-    buf = bytearray()
+    """Hand the body on to ``keep(block, pos) -> new pos`` (a memoryview it consumes in
+    full) in blocks of CHUNK while ``going()``. One buffer serves the whole body: growing
+    and freeing a fresh one per block cost the kernel page faults and unmaps that were a
+    fifth of the download's CPU. What arrived before a cut is handed on too (read1 never
+    holds bytes back), so the range resumes right there. Returns the byte reached."""
+    view = memoryview(bytearray(max(1, min(CHUNK, end - pos))))
+    # No decoding layer for an identity body (its queue copies every block once more).
+    plain = resp.headers.get("Content-Encoding", "identity") == "identity"
+    filled = 0
     try:
-        while pos + len(buf) < end and going():
-            block = resp.raw.read1(CHUNK)
+        while pos + filled < end and going():
+            want = min(len(view) - filled, end - pos - filled)
+            block = resp.raw.read1(want, decode_content=False) if plain else resp.raw.read1(want)
             if not block:
                 break
-            buf += block
-            if len(buf) >= CHUNK:
-                pos = keep(buf, pos)
+            view[filled : filled + len(block)] = block
+            filled += len(block)
+            if filled == len(view):
+                pos, filled = keep(view[:filled], pos), 0
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        pos = keep(buf, pos)
+        pos = keep(view[:filled], pos)
         raise Transient(f"connection lost at byte {pos} ({type(exc).__name__})") from None
-    return keep(buf, pos)
+    return keep(view[:filled], pos)

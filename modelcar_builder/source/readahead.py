@@ -236,10 +236,9 @@ class ReadAhead:
     def _keeper(self, i: int, start: int, end: int):
         data = self.buffers[i]
 
-        def keep(buf: bytearray, pos: int) -> int:
-            n = min(len(buf), end - pos)  # never past the segment
-            data[pos - start : pos - start + n] = buf[:n]
-            buf.clear()
+        def keep(block: memoryview, pos: int) -> int:
+            n = min(len(block), end - pos)  # never past the segment
+            data[pos - start : pos - start + n] = block[:n]
             with self.cond:
                 self.reached[i] = pos + n - start
                 self.cond.notify_all()

@@ -342,8 +342,8 @@ class SegmentedDownload:
     def _going(self) -> bool:
         return not self.stop.is_set() and not self.opts.cancelled()
 
-    def _write(self, i: int, buf: bytearray, pos: int, end: int) -> int:
-        view = memoryview(buf)[: end - pos]  # never past the segment
+    def _write(self, i: int, block: memoryview, pos: int, end: int) -> int:
+        view = block[: end - pos]  # never past the segment
         while view:
             try:
                 n = os.pwrite(self.fd, view, pos)
@@ -353,8 +353,6 @@ class SegmentedDownload:
                 raise
             view, pos = view[n:], pos + n
             self.counter.add(n)
-        del view
-        buf.clear()
         with self.cond:
             self.state.reached[i] = pos
             self.cond.notify_all()
