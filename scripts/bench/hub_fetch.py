@@ -58,6 +58,7 @@ class HubRun:
     size: int
     wall: float = 0.0
     peak_rss: int = 0
+    peak_disk: int = 0  # growth of the workspace (or snapshot_download's directory)
     cpu: float = 0.0
     machine_cpu: float = 0.0  # every process on the machine: ours, the Hub's, the registry's
     status: str = "ok"
@@ -130,8 +131,8 @@ def run_hub_section(
         for r in range(rounds):
             run_dir = workdir / "hub" / f"overlap-{r}"
 
-            def timed(name: str, cmd: list[str], d: Path) -> HubRun:
-                return measure(hub, SHARDED, name, total, d, quick, cmd)
+            def timed(name: str, cmd: list[str], d: Path, ws: Path) -> HubRun:
+                return measure(hub, SHARDED, name, total, d, quick, cmd, ws)
 
             for run in overlap_runs(timed, run_dir):
                 overlap.append(run)
@@ -162,7 +163,7 @@ def _say(run: HubRun) -> None:
 
 def measure(
     hub: HubServer, repo: str, name: str, total: int, run_dir: Path, quick: bool,
-    cmd: list[str] | None = None,
+    cmd: list[str] | None = None, disk: Path | None = None,
 ) -> HubRun:  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     drop = ("MODELCAR_", "HF_TOKEN", "HF_HOME")
@@ -184,7 +185,7 @@ def measure(
         cmd = [sys.executable, "-c", SNAPSHOT_CODE, repo, str(run_dir / "out")]
     run = HubRun(repo, name, total)
     os.sync()
-    sampler = Sampler([], frozenset(), {hub.proc.pid})
+    sampler = Sampler([disk or run_dir], frozenset(), {hub.proc.pid})
     sampler.start()
     busy0, t0 = machine_busy_seconds(), time.monotonic()
     with open(run_dir / "log.txt", "wb") as log:
@@ -194,6 +195,7 @@ def measure(
     run.wall, run.machine_cpu = time.monotonic() - t0, machine_busy_seconds() - busy0
     sampler.finish()
     run.peak_rss, run.cpu = sampler.peak_rss, usage.ru_utime + usage.ru_stime
+    run.peak_disk = sampler.peak_disk
     if proc.returncode != 0:
         tail = (run_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-1:]
         run.status = f"failed: {tail[0] if tail else proc.returncode}"
@@ -217,8 +219,9 @@ def hub_section(
         "huggingface_hub's, xet disabled, default 8 workers. The limit is "
         f"min(link, connections x cap) = 16 x {cap / MB:.0f} = {limit:.0f} MB/s.",
         "",
-        "| repo | contender | size MB | wall s | MB/s | x limit | peak RSS MB | CPU s | status |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| repo | contender | size MB | wall s | MB/s | x limit | peak RSS MB | peak disk MB "
+        "| CPU s | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     med: dict[tuple[str, str], HubRun] = {}
     for repo in (ONE_FILE, SHARDED):
@@ -227,16 +230,18 @@ def hub_section(
             ok = [r for r in rs if r.status == "ok"]
             if not ok:
                 status = rs[0].status if rs else "not run"
-                out.append(f"| {repo} | {name} | | | | | | | {status} |")
+                out.append(f"| {repo} | {name} | | | | | | | | {status} |")
                 continue
             wall, cpu = (statistics.median(getattr(r, k) for r in ok) for k in ("wall", "cpu"))
-            m = HubRun(repo, name, ok[0].size, wall, max(r.peak_rss for r in ok), cpu)
+            m = HubRun(repo, name, ok[0].size, wall, max(r.peak_rss for r in ok), cpu=cpu,
+                       peak_disk=max(r.peak_disk for r in ok))  # fmt: skip
             med[(repo, name)] = m
             out.append(
                 f"| {repo} | {name} | {m.size / MB:.0f} | {m.wall:.2f} | {m.mb_s:.0f} | "
-                f"{m.mb_s / limit:.2f} | {m.peak_rss / MB:.0f} | {m.cpu:.1f} | ok |"
+                f"{m.mb_s / limit:.2f} | {m.peak_rss / MB:.0f} | {m.peak_disk / MB:.0f} | "
+                f"{m.cpu:.1f} | ok |"
             )
-        out.append(f"| {repo} | limit | | | {limit:.0f} | 1.00 | | | arithmetic |")
+        out.append(f"| {repo} | limit | | | {limit:.0f} | 1.00 | | | | arithmetic |")
     out += ["", "| target | measured | met |", "|---|---|---|"]
     for repo in (ONE_FILE, SHARDED):
         f = med.get((repo, FETCH))
@@ -251,8 +256,7 @@ def hub_section(
     rss = max((m.peak_rss for (_r, n), m in med.items() if n == FETCH), default=0)
     out.append(f"| fetch peak RSS <= 200 MB with 16 connections | {rss / MB:.0f} MB | "
                f"{_yes(0 < rss <= 200 * MB)} |")  # fmt: skip
-    walls = {key: m.wall for key, m in med.items()}
-    out += stream_target(walls, (ONE_FILE, SHARDED))
+    out += stream_target(med, (ONE_FILE, SHARDED))
     sha, load = sha256_rate(), os.getloadavg()[0]
     out += [
         "",
