@@ -70,6 +70,7 @@ from modelcar_builder.engines.buildah.storage import (
     has_cap_sys_admin,
     overlay_unusable,
     overlay_verdict,
+    pending_download,
     storage_needed,
 )
 from modelcar_builder.engines.secretdir import secret_dir, sweep_stale
@@ -101,7 +102,9 @@ __all__ = [
 
 class BuildahEngine:
     name = ENGINE_NAME
-    pushes_while_fetching = False  # its build context links every file up front
+    # The per-layer mode links and commits each layer once its own files are verified,
+    # while later ones download; the chain mode waits for every file first (build()).
+    pushes_while_fetching = True
 
     def preflight(self, workspace: Workspace) -> None:
         """Checks that need no model files, run before the download: a forced overlay
@@ -129,8 +132,16 @@ class BuildahEngine:
         root = make_dir(workspace.storage_dir, DIR_MODE)
         sizes = [layer.size for layer in request.plan.layers]
         settings = replace(settings, storage_driver=choose_driver(settings, root, sizes))
-        check_space(request, settings, root / settings.storage_driver)
-        context = prepare_context(request.plan, files_dir, workspace, request.base_image)
+        per_layer = settings.mode == "per-layer"
+        if not per_layer:  # the chain links every layer up front: the whole download first
+            for layer in request.plan.layers:
+                request.wait_for(layer)
+        pending = 0 if not per_layer else pending_download(request.plan, workspace)
+        check_space(request, settings, root / settings.storage_driver, pending)
+        # per-layer: each layer's files are linked once verified (PerLayerBuilder)
+        context = prepare_context(
+            request.plan, files_dir, workspace, request.base_image, link=not per_layer
+        )
         target_creds, base_creds = resolve_for_build(request)
         secrets = secret_forms(target_creds) + secret_forms(base_creds)
         buildah = Buildah(
@@ -162,7 +173,7 @@ class BuildahEngine:
             connect_target(run, target_creds, tls, stack, where)
             connect_base(run, base_creds, tls, stack, where)
             run.base_creds = base_creds
-            builder = PerLayerBuilder(run) if settings.mode == "per-layer" else ChainBuilder(run)
+            builder = PerLayerBuilder(run) if per_layer else ChainBuilder(run)
             result = builder.build()
         result.timings["total"] = time.monotonic() - started
         return result
