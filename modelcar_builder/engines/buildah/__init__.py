@@ -7,11 +7,11 @@ layer committed alone, sent by our client; a few copies of the largest layer on 
 ``chain`` (:mod:`.chain`: image on image, the last commit straight to the target; always
 used for zstd). The per-layer mode starts while the download runs and builds each layer
 once its own files are verified; the chain waits for every file. Buildah's storage and
-temp files live in the workspace (:mod:`.storage`
-picks the driver); credentials reach it only in a 0600 authfile, only in the chain mode,
-in memory-backed storage (:mod:`.secretdir`), and its environment is an allowlist
-(:func:`.runner.buildah_env`: no HF_TOKEN); its errors become one line with every
-secret scrubbed (:mod:`.failures`). How it was measured: BENCHMARKS.md.
+temp files live in the workspace (:mod:`.storage` picks the driver); credentials reach it
+only in a 0600 authfile, only in the chain mode, in memory-backed storage
+(:mod:`.secretdir`), and its environment is an allowlist (:func:`.runner.buildah_env`: no
+HF_TOKEN); its errors become one line with every secret scrubbed (:mod:`.failures`). How
+it was measured: BENCHMARKS.md.
 """
 
 from __future__ import annotations
