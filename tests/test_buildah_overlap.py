@@ -22,6 +22,7 @@ from tests.test_engine_native import MIB, REPO, model_files
 
 SHARDS = 3
 LAST = f"model-{SHARDS - 1:05d}-of-{SHARDS:05d}.safetensors"
+STALL = 20.0  # seconds: the watcher ends it as soon as the registry commits a blob
 
 
 @pytest.fixture(autouse=True)
@@ -39,9 +40,11 @@ def build(capsys: pytest.CaptureFixture[str], image: str, ws: Path, *extra: str)
                str(MIB), "--no-tls-verify", "--fetch-jobs", str(SHARDS), *extra)  # fmt: skip
 
 
-def hub_bytes_at_first_commit(hub, registry, files: dict[str, bytes]):  # type: ignore[no-untyped-def]
+def hub_bytes_at_first_commit(hub, registry):  # type: ignore[no-untyped-def]
     """Start a watcher: the moment the registry commits its first blob, how many bytes
-    of the last shard had the Hub served? (A list holding that number once it happened.)"""
+    of the last shard had the Hub served? Then it ends the Hub's stall, so the test waits
+    for that event, not for a clock. Returns the function that stops it and gives the
+    number (an empty list when no blob was committed)."""
     seen: list[int] = []
     stop = threading.Event()
 
@@ -49,6 +52,7 @@ def hub_bytes_at_first_commit(hub, registry, files: dict[str, bytes]):  # type: 
         while not stop.is_set():
             if registry.committed_blobs():
                 seen.append(hub.bytes_served.get((REPO, LAST), 0))
+                hub.release_stalls()
                 return
             time.sleep(0.05)
 
@@ -73,9 +77,11 @@ def test_a_layer_is_committed_while_the_last_shard_still_downloads(
     monkeypatch.setenv(ENV_MODE, mode)
     files = model_files(n_shards=SHARDS, shard_size=2 * MIB)
     hub.add_repo(REPO, files)
-    hub.stall(REPO, LAST, seconds=4, after_bytes=MIB)
+    # Stalled mid-body until the registry commits a blob, or by the clock: per-layer
+    # gets STALL seconds (passing takes one layer's build), the chain a few.
+    hub.stall(REPO, LAST, seconds=STALL if mode == "per-layer" else 3.0, after_bytes=MIB)
     image = f"{registry.host}/models/llm:buildah-{mode}"
-    done = hub_bytes_at_first_commit(hub, registry, files)
+    done = hub_bytes_at_first_commit(hub, registry)
     res = build(capsys, image, tmp_path / "ws")
     seen = done()
     assert res.code == 0, res.err
@@ -105,11 +111,13 @@ def test_a_download_failure_mid_build_stops_buildah_with_its_own_error(
     no manifest, no buildah container left; the rerun sends only what was missing."""
     files = model_files(n_shards=SHARDS, shard_size=2 * MIB)
     hub.add_repo(REPO, files)
-    hub.stall(REPO, LAST, seconds=3, after_bytes=MIB)
+    hub.stall(REPO, LAST, seconds=STALL, after_bytes=MIB)  # until a layer is pushed
     hub.corrupt(REPO, LAST)
     image = f"{registry.host}/models/llm:buildah-bad"
     ws = tmp_path / "ws"
+    done = hub_bytes_at_first_commit(hub, registry)
     res = build(capsys, image, ws, "--attempts", "1")
+    done()
     assert res.code == errors.IntegrityError.exit_code, res.err
     assert "sha256 mismatch" in res.err and LAST in res.err and "Traceback" not in res.err
     first = registry.committed_blobs()
