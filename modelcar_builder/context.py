@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelcar_builder.plan import Plan
+from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.workspace import CONTENT_DIR_MODE, FILE_MODE, Workspace, make_dir
 
 log = logging.getLogger("modelcar")
@@ -49,8 +49,17 @@ def containerfile_text(plan: Plan, base_image: str) -> str:
 
 
 def prepare_context(
-    plan: Plan, files_dir: Path, workspace: Workspace, base_image: str = DEFAULT_BASE_IMAGE
+    plan: Plan,
+    files_dir: Path,
+    workspace: Workspace,
+    base_image: str = DEFAULT_BASE_IMAGE,
+    link: bool = True,
 ) -> BuildContext:
+    """The context directory, one (empty) directory per layer and the Containerfile;
+    with ``link`` every layer's files are linked in now. ``link=False`` leaves that to
+    :func:`link_layer`, one layer at a time, once that layer's files are downloaded and
+    verified (a file is moved into place when verified: a link made earlier would keep a
+    file that is no longer the one in ``files_dir``)."""
     ctx = workspace.context_dir(plan.snapshot)
     if ctx.exists():
         shutil.rmtree(ctx)  # links are cheap to redo; a stale layer dir would leak files
@@ -60,19 +69,30 @@ def prepare_context(
     for layer in plan.layers:
         layer_dir = make_dir(ctx / layer.name, CONTENT_DIR_MODE)
         layer_dirs.append(layer_dir)
-        for entry in layer.files:
-            dst = layer_dir / entry.path
-            make_dir(dst.parent, CONTENT_DIR_MODE)
-            if _link_or_copy(files_dir / entry.path, dst):
-                linked += 1
-            else:
-                copied += 1
+        if link:
+            n_linked, n_copied = link_layer(layer, files_dir, layer_dir)
+            linked, copied = linked + n_linked, copied + n_copied
     containerfile = ctx / "Containerfile"
     containerfile.write_text(containerfile_text(plan, base_image))
     os.chmod(containerfile, FILE_MODE)
-    if copied:
-        log.warning("copied %d files into the context (hard links not possible)", copied)
     return BuildContext(ctx, containerfile, tuple(layer_dirs), base_image, linked, copied)
+
+
+def link_layer(layer: LayerPlan, files_dir: Path, layer_dir: Path) -> tuple[int, int]:
+    """Hard-link one layer's files into its (empty) context directory: how many were
+    linked and how many had to be copied."""
+    linked = copied = 0
+    for entry in layer.files:
+        dst = layer_dir / entry.path
+        make_dir(dst.parent, CONTENT_DIR_MODE)
+        if _link_or_copy(files_dir / entry.path, dst):
+            linked += 1
+        else:
+            copied += 1
+    if copied:
+        log.warning("copied %d files of %s into the context (hard links not possible)",
+                    copied, layer.name)  # fmt: skip
+    return linked, copied
 
 
 def _link_or_copy(src: Path, dst: Path) -> bool:

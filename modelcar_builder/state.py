@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,14 @@ class BuildState:
             self.layers[key] = record
 
     def engine_cache(self, engine: str) -> dict[str, Any]:
-        """An engine's private cache; the engine owns its schema (JSON-able values)."""
+        """An engine's private cache; the engine owns its schema (JSON-able values) and
+        changes it only under :meth:`locked` (the download may be saving meanwhile)."""
         with self._lock:
             return self._engines.setdefault(engine, {})
+
+    def locked(self) -> AbstractContextManager[Any]:
+        """Held while an engine changes its cache: ``save`` never reads it half-changed."""
+        return self._lock
 
     # -- reading and writing --------------------------------------------------------------
 

@@ -167,8 +167,23 @@ def mounted_overlay(top: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(top / "merged")], check=False)
 
 
+@functools.cache
+def buildah_builds() -> str | None:
+    """buildah is installed and the engine's own probe (``from scratch``, ``copy``, ``rm``
+    in a throwaway store) passes with this UID and these capabilities."""
+    if shutil.which("buildah") is None:
+        return "buildah is not installed"
+    from modelcar_builder.engines.buildah.probe import probe
+    from modelcar_builder.workspace import Workspace
+
+    with _scratch() as top:
+        problem = probe(Workspace(top / "ws"))
+    return None if problem is None else problem.message
+
+
 if __name__ == "__main__":  # python3 -m tests.features: what this machine offers
     ALL = (root, setpriv_drops_caps, run_as_other_uid, tmpfs_mount, noexec_tmpfs_mount,
-           private_read_only_root, overlay_mount, overlay_refuses_upper_on_overlay)  # fmt: skip
+           private_read_only_root, overlay_mount, overlay_refuses_upper_on_overlay,
+           buildah_builds)  # fmt: skip
     for probe in ALL:
         print(f"{probe.__name__:34} {probe() or 'yes'}")

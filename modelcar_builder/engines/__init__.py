@@ -90,7 +90,9 @@ class BuildResult:
 class Engine(Protocol):
     name: str
     # True: build() may start while the download runs; it calls request.wait_for(layer)
-    # before reading a layer's files. False: it gets every file verified up front.
+    # before reading (or linking) a layer's files, and for every layer before the
+    # manifest; an engine (or mode: buildah's chain) that needs all files at once waits
+    # for every layer first. False: it gets every file verified up front.
     pushes_while_fetching: bool
 
     def preflight(self, workspace: Workspace) -> None:

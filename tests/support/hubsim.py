@@ -386,7 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, resp: _Response, head_only: bool) -> None:
         plan = resp.plan
         if plan.stall_seconds and plan.stall_after is None:
-            self.server.sim._sleep(plan.stall_seconds)
+            self.server.sim._stall(plan.stall_seconds)
         if plan.fail_status is not None:
             msg = f"Simulated failure ({plan.fail_status})"
             resp = _error(plan.fail_status, None, msg, **plan.fail_headers)
@@ -420,7 +420,7 @@ class _Handler(BaseHTTPRequestHandler):
         sent = 0
         while sent < limit:
             if stall_at is not None and sent >= stall_at:
-                sim._sleep(plan.stall_seconds)
+                sim._stall(plan.stall_seconds)
                 stall_at = None
             end = min(limit, sent + piece)
             for bucket in buckets:
@@ -511,6 +511,7 @@ class HubSim:
         self._faults: dict[tuple[str, str], list[_Fault]] = defaultdict(list)
         self._lock = threading.RLock()
         self._closing = threading.Event()
+        self._released = threading.Event()  # replaced by each release_stalls()
         self._secret = b"hubsim-cdn-signing-key"
         self._hub: _Server | None = None
         self._cdn: _Server | None = None
@@ -737,8 +738,26 @@ class HubSim:
                 if size is not None and self.bytes_served[key] >= size:
                     self.served_when_full.setdefault(key, dict(self.bytes_served))
 
+    def release_stalls(self) -> None:
+        """End every stall in progress now: a test waits for an event the servers record,
+        not for a clock (stalls that start later last their full time again)."""
+        with self._lock:
+            released, self._released = self._released, threading.Event()
+        released.set()
+
     def _sleep(self, seconds: float) -> None:
         self._closing.wait(seconds)
+
+    def _stall(self, seconds: float) -> None:
+        """A stall: ``seconds``, or until the sim stops or release_stalls() is called."""
+        with self._lock:
+            released = self._released
+        deadline = time.monotonic() + seconds
+        while not (self._closing.is_set() or released.is_set()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            released.wait(min(remaining, 0.05))
 
     # ---- hub routes
 

@@ -5,11 +5,13 @@ digest on any machine and storage driver, and the same as the native engine).
 Two modes, ``MODELCAR_BUILDAH_MODE``: ``per-layer`` (default, :mod:`.per_layer`: each
 layer committed alone, sent by our client; a few copies of the largest layer on disk) and
 ``chain`` (:mod:`.chain`: image on image, the last commit straight to the target; always
-used for zstd). Buildah's storage and temp files live in the workspace (:mod:`.storage`
-picks the driver); credentials reach it only in a 0600 authfile, only in the chain mode,
-in memory-backed storage (:mod:`.secretdir`), and its environment is an allowlist
-(:func:`.runner.buildah_env`: no HF_TOKEN); its errors become one line with every
-secret scrubbed (:mod:`.failures`). How it was measured: BENCHMARKS.md.
+used for zstd). The per-layer mode starts while the download runs and builds each layer
+once its own files are verified; the chain waits for every file. Buildah's storage and
+temp files live in the workspace (:mod:`.storage` picks the driver); credentials reach it
+only in a 0600 authfile, only in the chain mode, in memory-backed storage
+(:mod:`.secretdir`), and its environment is an allowlist (:func:`.runner.buildah_env`: no
+HF_TOKEN); its errors become one line with every secret scrubbed (:mod:`.failures`). How
+it was measured: BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from modelcar_builder.engines.buildah.storage import (
     has_cap_sys_admin,
     overlay_unusable,
     overlay_verdict,
+    pending_download,
     storage_needed,
 )
 from modelcar_builder.engines.secretdir import secret_dir, sweep_stale
@@ -101,7 +104,9 @@ __all__ = [
 
 class BuildahEngine:
     name = ENGINE_NAME
-    pushes_while_fetching = False  # its build context links every file up front
+    # The per-layer mode links and commits each layer once its own files are verified,
+    # while later ones download; the chain mode waits for every file first (build()).
+    pushes_while_fetching = True
 
     def preflight(self, workspace: Workspace) -> None:
         """Checks that need no model files, run before the download: a forced overlay
@@ -129,8 +134,16 @@ class BuildahEngine:
         root = make_dir(workspace.storage_dir, DIR_MODE)
         sizes = [layer.size for layer in request.plan.layers]
         settings = replace(settings, storage_driver=choose_driver(settings, root, sizes))
-        check_space(request, settings, root / settings.storage_driver)
-        context = prepare_context(request.plan, files_dir, workspace, request.base_image)
+        per_layer = settings.mode == "per-layer"
+        if not per_layer:  # the chain links every layer up front: the whole download first
+            for layer in request.plan.layers:
+                request.wait_for(layer)
+        pending = 0 if not per_layer else pending_download(request.plan, workspace)
+        check_space(request, settings, root / settings.storage_driver, pending)
+        # per-layer: each layer's files are linked once verified (PerLayerBuilder)
+        context = prepare_context(
+            request.plan, files_dir, workspace, request.base_image, link=not per_layer
+        )
         target_creds, base_creds = resolve_for_build(request)
         secrets = secret_forms(target_creds) + secret_forms(base_creds)
         buildah = Buildah(
@@ -162,7 +175,7 @@ class BuildahEngine:
             connect_target(run, target_creds, tls, stack, where)
             connect_base(run, base_creds, tls, stack, where)
             run.base_creds = base_creds
-            builder = PerLayerBuilder(run) if settings.mode == "per-layer" else ChainBuilder(run)
+            builder = PerLayerBuilder(run) if per_layer else ChainBuilder(run)
             result = builder.build()
         result.timings["total"] = time.monotonic() - started
         return result

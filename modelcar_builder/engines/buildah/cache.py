@@ -100,8 +100,9 @@ def _remember_repo(repos: Iterable[str], repo: str) -> list[str]:
 
 
 class BuildahCache:
-    """Typed access to the engine's section of the workspace state. Changes are written
-    by ``save`` (the whole state, atomically)."""
+    """Typed access to the engine's section of the workspace state. Changes are made
+    under the state's lock (the download may save it meanwhile: the per-layer mode builds
+    while it runs) and written by ``save`` (the whole state, atomically)."""
 
     def __init__(self, state: BuildState) -> None:
         self._state = state
@@ -120,14 +121,16 @@ class BuildahCache:
         return LayerRecord.from_json(doc) if doc else None
 
     def remember_layer(self, key: str, record: LayerRecord) -> None:
-        self._section("per_layer")[key] = record.to_json()
+        with self._state.locked():
+            self._section("per_layer")[key] = record.to_json()
 
     def repos_holding(self, digest: str) -> list[str]:
         return list(self._doc.get("blob_repos", {}).get(digest, []))
 
     def note_repo(self, digest: str, repo: str) -> None:
-        repos = self._section("blob_repos")
-        repos[digest] = _remember_repo(repos.get(digest, []), repo)
+        with self._state.locked():
+            repos = self._section("blob_repos")
+            repos[digest] = _remember_repo(repos.get(digest, []), repo)
 
     # -- chain: cache images ----------------------------------------------------------------
 
@@ -135,14 +138,16 @@ class BuildahCache:
         return self._doc.get("images", {}).get(key)
 
     def remember_image(self, key: str, image_id: str) -> None:
-        self._section("images")[key] = image_id
+        with self._state.locked():
+            self._section("images")[key] = image_id
 
     def keep_images(self, keys: Sequence[str]) -> set[str]:
         """Forget the images of every key but ``keys``; the IDs of those kept."""
-        images = self._section("images")
-        for key in [k for k in images if k not in keys]:
-            del images[key]
-        return set(images.values())
+        with self._state.locked():
+            images = self._section("images")
+            for key in [k for k in images if k not in keys]:
+                del images[key]
+            return set(images.values())
 
     # -- chain: pushed blobs and images -----------------------------------------------------
 
@@ -157,21 +162,24 @@ class BuildahCache:
     ) -> None:
         """A blob now in ``repo`` (None: an ``oci:`` layout); the repositories it was
         known in stay only while its digest is the same."""
-        record = self._section("blobs").setdefault(f"{compression}:{diff_id}", {})
-        repos = record.get("repos", []) if record.get("digest") == digest else []
-        if repo and repo not in repos:
-            repos = [*repos, repo][-_MAX_REPOS:]
-        record.update(digest=digest, size=size, repos=repos)
+        with self._state.locked():
+            record = self._section("blobs").setdefault(f"{compression}:{diff_id}", {})
+            repos = record.get("repos", []) if record.get("digest") == digest else []
+            if repo and repo not in repos:
+                repos = [*repos, repo][-_MAX_REPOS:]
+            record.update(digest=digest, size=size, repos=repos)
 
     def last_diff_id(self, last_key: str) -> str | None:
         return self._doc.get("layers", {}).get(last_key)
 
     def remember_last_diff_id(self, last_key: str, diff_id: str) -> None:
-        self._section("layers")[last_key] = diff_id
+        with self._state.locked():
+            self._section("layers")[last_key] = diff_id
 
     def pushed_image(self, result_key: str | None) -> PushedImage | None:
         doc = self._doc.get("results", {}).get(result_key) if result_key else None
         return PushedImage.from_json(doc) if doc else None
 
     def remember_pushed_image(self, result_key: str, image: PushedImage) -> None:
-        self._section("results")[result_key] = image.to_json()
+        with self._state.locked():
+            self._section("results")[result_key] = image.to_json()

@@ -8,6 +8,10 @@ to; a hard link into an ``oci:`` target), and the layout is deleted. Nothing sta
 buildah's storage, so the peak is a few copies of the largest layer on any driver. With
 overlap (registry targets) layer i is uploaded in a thread while layer i+1 is built.
 Buildah never talks to a registry here, so it never sees credentials.
+
+The download may still run (``BuildRequest.wait_for``): a layer the target lacks waits
+for its own files, then its context directory gets their hard links and it is built while
+later files download. The manifest waits for every file.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from modelcar_builder.context import link_layer
 from modelcar_builder.engines import BuildResult, BuiltLayer, LayerResult
 from modelcar_builder.engines.assemble import assemble_image
 from modelcar_builder.engines.base import BaseSource, base_from_registry, copy_base, load_base
@@ -112,6 +117,8 @@ class PerLayerBuilder:
             self.run.timings["base"] = time.monotonic() - t0
             t1 = time.monotonic()
             layers = self._layers(sink)
+            for layer in self.run.plan.layers:
+                self.request.wait_for(layer)  # the manifest waits until every file is verified
             self.run.timings["layers"] = time.monotonic() - t1
             t2 = time.monotonic()
             manifest_digest, config_digest = self._put_manifest(base, sink, layers)
@@ -250,6 +257,10 @@ class PerLayerBuilder:
                 return BuiltLayer(cached.digest, cached.size, cached.diff_id, uploaded=False)
         elif self._pending is not None and self._pending.done:
             self._settle()  # a failed upload stops the builds here
+        # Its files may still be downloading (the previous layer's upload goes on); they
+        # are linked only once verified, in place: never a .part the download moves.
+        self.request.wait_for(layer)
+        link_layer(layer, self.run.files_dir, self.run.context_dirs[index])
         self._clean_storage()
         tmp = Path(tempfile.mkdtemp(prefix="modelcar-layout-", dir=self.request.workspace.tmp_dir))
         handed = False

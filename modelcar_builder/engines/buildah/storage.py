@@ -20,7 +20,8 @@ from modelcar_builder.engines.buildah.settings import (
     via_layout,
 )
 from modelcar_builder.errors import EnginePrivilegeError, ModelcarError, StorageDriverUnsupported
-from modelcar_builder.workspace import DIR_MODE, make_dir
+from modelcar_builder.plan import Plan
+from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 
 log = logging.getLogger("modelcar")
 
@@ -196,7 +197,11 @@ def estimate_layout_peak(layer_sizes: Sequence[int], storage_driver: str) -> int
     return estimate_peak_bytes(layer_sizes, storage_driver) + sum(layer_sizes)
 
 
-def check_space(request: BuildRequest, settings: BuildahSettings, storage: Path) -> None:
+def check_space(
+    request: BuildRequest, settings: BuildahSettings, storage: Path, pending: int = 0
+) -> None:
+    """Free space for buildah's peak (less what its storage already holds), plus
+    ``pending``: what a download still running beside the build has yet to write."""
     sizes = [layer.size for layer in request.plan.layers]
     if settings.mode == "per-layer":
         estimate = estimate_per_layer_peak(sizes, overlap=overlaps(request, settings))
@@ -204,12 +209,31 @@ def check_space(request: BuildRequest, settings: BuildahSettings, storage: Path)
         estimate = estimate_layout_peak(sizes, settings.storage_driver)
     else:
         estimate = estimate_peak_bytes(sizes, settings.storage_driver)
-    needed = estimate - disk_usage(storage)
+    needed = max(0, estimate - disk_usage(storage)) + pending
     if needed > 0:
         request.workspace.require_space(
             needed,
             f"buildah ({settings.mode}, {settings.storage_driver} storage, {len(sizes)} layers)",
         )
+
+
+def pending_download(plan: Plan, workspace: Workspace) -> int:
+    """Bytes the download has yet to write for files not in place: their sizes less the
+    blocks their partial files hold already (nothing for a local source)."""
+    if plan.snapshot.kind != "hub":
+        return 0
+    files_dir = workspace.files_dir(plan.snapshot)
+    partial_dir = workspace.partial_dir(plan.snapshot)
+    pending = 0
+    for entry in plan.snapshot.files:
+        if (files_dir / entry.path).exists():
+            continue
+        try:
+            have = (partial_dir / f"{entry.path}.part").stat().st_blocks * 512
+        except OSError:
+            have = 0
+        pending += max(0, entry.size - have)
+    return pending
 
 
 def disk_usage(path: Path) -> int:
