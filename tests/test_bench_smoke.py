@@ -84,6 +84,17 @@ def test_quick_bench_writes_a_row_per_contender(tmp_path: Path) -> None:
             # e.g. "not available: ..." — allowed only where the tool is really missing
             assert not must_run(name), f"{name}: {row['status']}"
     assert "## Targets" in text and "## Machine" in text
+    # From the Hub: every contender ran on both repos, and the overlap rows have numbers.
+    hub = text.split("## From the Hub", 1)[1]
+    for repo in ("bench/one-file", "bench/sharded"):
+        for name in ("modelcar fetch", "snapshot_download", "modelcar build (fresh)",
+                     "modelcar build --stream"):  # fmt: skip
+            row = next(line for line in hub.splitlines() if line.startswith(f"| {repo} | {name} |"))
+            assert row.rstrip().endswith("| ok |"), row
+    overlap = hub.split("### Download and push at once", 1)[1]
+    for name in ("fetch alone", "build after fetch", "modelcar build (fresh)"):
+        row = next(line for line in overlap.splitlines() if line.startswith(f"| {name} |"))
+        assert row.rstrip().endswith("| ok |") and float(row.split("|")[2]) > 0, row
     assert "python3 -m scripts.bench --quick" in text
     # The chart is made, or the report says why not.
     charts = tmp_path / "benchmarks"
