@@ -193,7 +193,7 @@ class HubStreams:
         self.access, self.repo_id, self.commit, self.opts = access, repo_id, commit, opts
         self.session = hub_session(opts)
         self.connections = ConnectionBudget(opts.connections)
-        self.window = BufferWindow(readahead.window_segments(opts))
+        self.window = BufferWindow(readahead.window_segments(opts), readahead.stream_segment(opts))
 
     def __call__(self, entry: FileEntry, progress: Progress | None) -> HubFileStream:
         return HubFileStream(
