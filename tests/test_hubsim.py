@@ -192,6 +192,17 @@ def test_range_requests_answer_206(hub: HubSim, repo: str) -> None:
     assert past_end.status_code == 416
 
 
+def test_ignore_ranges_answers_200_with_the_whole_body(hub: HubSim, repo: str) -> None:
+    hub.ignore_ranges = True
+    lfs = requests.get(url(hub, "model.safetensors"), headers={"Range": "bytes=10-19"})
+    assert lfs.status_code == 200 and lfs.content == WEIGHTS
+    assert "Content-Range" not in lfs.headers
+    assert hub.requests[-1].headers["Range"] == "bytes=10-19"  # asked, and ignored
+    hub.ignore_ranges = False
+    again = requests.get(url(hub, "model.safetensors"), headers={"Range": "bytes=10-19"})
+    assert again.status_code == 206 and again.content == WEIGHTS[10:20]
+
+
 def test_large_file_concurrent_ranges(hub: HubSim) -> None:
     big = hashlib.sha256(b"seed").digest() * (100 * 1024 * 1024 // 32 + 3)  # 100 MiB + 96 bytes
     hub.add_repo("acme/big", {"weights.bin": big})

@@ -1,7 +1,9 @@
 """``--stream`` read-ahead against the Hub imitation over real HTTP, into a real registry:
 a large file goes as parallel Range segments (seen from the server's own counters),
 in order, within a bounded window; a cut segment resumes at the byte it reached; a
-corrupted byte in one segment fails the build before any manifest."""
+corrupted byte in one segment fails the build before any manifest; a 429 is waited out
+without spending a try, an expired CDN URL is resolved again once, and a server that
+ignores Range gets the file over one connection."""
 
 from __future__ import annotations
 
@@ -72,6 +74,54 @@ def test_a_corrupted_segment_never_reaches_a_manifest(big_repo, registry, capsys
     assert "sha256 mismatch" in res.err and "Traceback" not in res.err
     with RegistryClient(registry.host, tls_verify=False) as client:
         assert client.head_manifest("models/llm", "readahead-bad") is None
+
+
+def resolves(hub) -> list:
+    """Requests for BIG's /resolve/ (the CDN URL is asked for there), as in test_segments."""
+    return [r for r in hub.requests if "/resolve/" in r.path and r.path.endswith(BIG)]
+
+
+def test_a_429_on_a_segment_is_waited_out_and_spends_no_attempt(big_repo, registry, capsys,
+                                                                tmp_path):  # fmt: skip
+    big_repo.fail(REPO, BIG, status=429, times=2, headers={"Retry-After": "1"})
+    image = f"{registry.host}/models/llm:readahead-429"
+    start = time.monotonic()
+    res = build(capsys, tmp_path, image, "--attempts", "1")  # a spent attempt would fail
+    assert res.code == 0, res.err
+    assert time.monotonic() - start >= 1  # waited as it was asked
+    assert f"{BIG}: the Hub is rate limiting (HTTP 429); waiting 1 s" in res.err
+    assert "Traceback" not in res.err
+    assert "resuming at byte" not in res.err  # no try spent on it
+    cdn = [r for r in big_repo.requests if r.method == "GET" and f"filename={BIG}" in r.path]
+    assert all(r.headers.get("Range") for r in cdn)  # segments throughout, no fallback
+    img = unpack(f"docker://{image}", tmp_path / "check")
+    assert_models_match(img, model_files(n_shards=1, shard_size=3 * MIB))
+
+
+def test_an_expired_cdn_url_is_resolved_again_once_for_all_segments(big_repo, registry,
+                                                                   capsys, tmp_path):  # fmt: skip
+    big_repo.fail(REPO, BIG, status=403, times=1)  # the CDN refuses the signed URL once
+    image = f"{registry.host}/models/llm:readahead-403"
+    res = build(capsys, tmp_path, image, "--attempts", "1")
+    assert res.code == 0, res.err
+    assert [r.method for r in resolves(big_repo)] == ["HEAD", "HEAD"]  # once, then once more
+    img = unpack(f"docker://{image}", tmp_path / "check")
+    assert_models_match(img, model_files(n_shards=1, shard_size=3 * MIB))
+
+
+def test_a_server_that_ignores_range_falls_back_to_one_connection(big_repo, registry, capsys,
+                                                                  tmp_path):  # fmt: skip
+    big_repo.ignore_ranges = True  # the CDN answers every Range request with 200, whole body
+    image = f"{registry.host}/models/llm:readahead-norange"
+    res = build(capsys, tmp_path, image)
+    assert res.code == 0, res.err
+    warnings = [line for line in res.err.splitlines() if "over one connection" in line]
+    assert len(warnings) == 1 and BIG in warnings[0], res.err
+    assert "ignored a Range request" in warnings[0] and "Traceback" not in res.err
+    cdn = [r for r in big_repo.requests if r.method == "GET" and f"filename={BIG}" in r.path]
+    assert "Range" not in cdn[-1].headers  # the last one: the whole file, one connection
+    img = unpack(f"docker://{image}", tmp_path / "check")
+    assert_models_match(img, model_files(n_shards=1, shard_size=3 * MIB))
 
 
 def readahead_threads() -> list[threading.Thread]:

@@ -7,7 +7,8 @@ the CDN origin, so the client drops its Authorization header and downloads from 
 Routes, headers and error codes follow what `huggingface_hub` 2.4 parses (see
 `file_download.get_hf_file_metadata`, `utils/_http.hf_raise_for_status`, `hf_api.model_info`,
 `list_repo_tree`, `get_paths_info`, `list_repo_refs`). Faults (corrupt / cut / stall / fail) can
-be switched on per file path or per route to exercise retry, resume and verification logic.
+be switched on per file path or per route to exercise retry, resume and verification logic;
+`ignore_ranges` makes the CDN answer Range requests with a 200 and the whole body.
 
 Gating follows the real Hub: metadata of a gated repo (info, tree, paths-info, refs) is public,
 only the file bytes (`resolve`) need a granted token. Private repos need a valid token everywhere
@@ -495,6 +496,8 @@ class HubSim:
         # whole link (both servers together). None = uncapped. Change them any time.
         self.connection_rate = connection_rate
         self.link_rate = link_rate
+        # A CDN that ignores Range (allowed, RFC 9110 §14.2): 200 and the whole body.
+        self.ignore_ranges = False
         self._link_bucket: TokenBucket | None = None
         # File bodies being sent right now, and the most at once, per (repo, path).
         self.in_flight: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -1020,7 +1023,8 @@ class HubSim:
                 resp = _error(404, None, "NoSuchKey")
             else:
                 extra = {"ETag": f'"{sha256}"', "Content-Disposition": _disposition(path)}
-                resp = _bytes_response(data, headers.get("Range"), extra, (repo_id, path))
+                rng = None if self.ignore_ranges else headers.get("Range")
+                resp = _bytes_response(data, rng, extra, (repo_id, path))
                 if method == "GET" and resp.status in (200, 206):
                     self._take_faults(repo_id, [path], plan)
         resp.plan = plan
