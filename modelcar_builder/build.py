@@ -18,6 +18,7 @@ from pathlib import Path
 from modelcar_builder.engines import BuildRequest, BuildResult, Engine
 from modelcar_builder.errors import (
     EngineUnavailable,
+    Interrupted,
     ModelcarError,
     UsageError,
     VerificationFailed,
@@ -35,6 +36,7 @@ from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
 ENGINES = ("native", "buildah", "podman", "docker")
+STOP_WAIT = 2.0  # seconds a stopped download gets to finish its chunk
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def run_build(
         created=created_timestamp(),
         state=state,
         ready=background.wait if background else None,
+        give_up=background.give_up if background else None,
         push=settings.push,
     )
     try:
@@ -284,12 +287,23 @@ class BackgroundFetch:
                 if self._outcome is not None:
                     missing = ", ".join(sorted(wanted - self._verified))
                     raise ModelcarError(f"the download ended without {missing}")
+                if self._cancel.is_set():
+                    raise Interrupted("the build stopped waiting for the download")
                 self._cond.wait()
 
+    def give_up(self) -> None:
+        """The engine failed: wake every waiter now (they raise) and stop the workers at
+        their next chunk, without waiting for them."""
+        with self._cond:
+            self._cancel.set()
+            self._cond.notify_all()
+
     def stop(self) -> None:
-        """Stop the workers at their next chunk and wait for them (seconds at most)."""
-        self._cancel.set()
-        self._thread.join(timeout=60)
+        """Stop the workers at their next chunk and wait for them a little: one blocked
+        on a stalled connection would hold the exit until its read timeout. A daemon
+        thread left behind loses nothing (its partial file and record are on disk)."""
+        self.give_up()
+        self._thread.join(timeout=STOP_WAIT)
 
     def raise_failure(self) -> None:
         with self._cond:

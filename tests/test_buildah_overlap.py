@@ -132,3 +132,21 @@ def test_a_download_failure_mid_build_stops_buildah_with_its_own_error(
     resent = {b.digest for b in registry.committed_blobs(mark)}
     assert not resent & {b.digest for b in first}, "a layer of the failed run was sent again"
     assert_models_match(unpack(f"docker://{image}", tmp_path / "check"), files)
+
+
+def test_a_refused_upload_stops_buildah_before_the_download_ends(
+    hub, registry, cutting_proxy, capsys, tmp_path
+):
+    """The upload thread's failure (a 413 from a proxy in front of the registry) wakes
+    the builder waiting for the next layer's files: the build ends with the 413 while the
+    last shard is still stalled, by the Hub's own count."""
+    files = model_files(n_shards=SHARDS, shard_size=2 * MIB)
+    hub.add_repo(REPO, files)
+    second = f"model-00001-of-{SHARDS:05d}.safetensors"  # the builder waits for it
+    hub.stall(REPO, second, seconds=60, after_bytes=MIB)
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    proxy.refuse(b"PUT /v2/models/llm/blobs/uploads/", b"413 Request Entity Too Large")
+    res = build(capsys, f"{proxy.host}/models/llm:413", tmp_path / "ws")
+    assert res.code == errors.RegistryError.exit_code, res.err
+    assert "too large (HTTP 413)" in res.err and "Traceback" not in res.err, res.err
+    assert hub.bytes_served[(REPO, second)] < len(files[second])

@@ -557,3 +557,23 @@ def test_stream_sends_a_layer_again_when_the_registry_drops_it(
     assert "the registry dropped the upload" in res.err and "sending the layer again" in res.err
     img = unpack(f"docker://{registry.host}/models/llm:stream-cut", tmp_path / "check")
     assert_models_match(img, files)
+
+
+def test_a_registry_that_refuses_a_layer_fails_the_build_before_the_download_ends(
+    hub, registry, cutting_proxy, capsys, tmp_path
+):
+    """Fail in seconds: a proxy in front of the registry refuses the first layer (413,
+    nginx's body-size limit) while the last shard stalls. The build ends with the 413 and
+    its hint; the Hub's own count shows the last shard was never fully served."""
+    files = model_files(n_shards=2, shard_size=2 * MIB)
+    hub.add_repo(REPO, files)
+    last = "model-00001-of-00002.safetensors"  # layer 1: its pusher waits while layer 0 fails
+    hub.stall(REPO, last, seconds=60, after_bytes=MIB)
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    proxy.refuse(b"PUT /v2/models/llm/blobs/uploads/", b"413 Request Entity Too Large")
+    res = run(capsys, *build_args(f"{proxy.host}/models/llm:413", tmp_path / "ws", "scratch"),
+              "--fetch-jobs", "3")  # fmt: skip
+    assert res.code == errors.RegistryError.exit_code, res.err
+    assert "too large (HTTP 413)" in res.err and "proxy-body-size" in res.err, res.err
+    assert "Traceback" not in res.err and "stopped waiting" not in res.err
+    assert hub.bytes_served[(REPO, last)] < len(files[last])  # the build did not wait for it

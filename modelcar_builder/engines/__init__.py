@@ -41,6 +41,7 @@ class BuildRequest:
     # record, and a wait that returns once every file of a layer is verified.
     state: BuildState | None = None
     ready: Callable[[LayerPlan], None] | None = None
+    give_up: Callable[[], None] | None = None  # stops the download and every wait_for
 
     def build_state(self) -> BuildState:
         return self.state if self.state is not None else self.workspace.state(self.plan.snapshot)
@@ -48,6 +49,13 @@ class BuildRequest:
     def wait_for(self, layer: LayerPlan) -> None:
         if self.ready is not None:
             self.ready(layer)
+
+    def stop_waiting(self) -> None:
+        """An engine whose push failed says so at once: its other threads' wait_for
+        raise Interrupted and the download stops, so a registry that refuses layer 0
+        fails the build now, not once the rest of the model is downloaded."""
+        if self.give_up is not None:
+            self.give_up()
 
     upload: str = "monolithic"  # or "chunked": PATCH chunks, resumed from the upload's Range
     chunk_size: int = 64 * 1024 * 1024
@@ -90,6 +98,7 @@ class BuildResult:
 class Engine(Protocol):
     name: str
     # True: build() may start while the download runs; it calls request.wait_for(layer)
+    # (and request.stop_waiting() when a push fails while other layers still wait)
     # before reading (or linking) a layer's files, and for every layer before the
     # manifest; an engine (or mode: buildah's chain) that needs all files at once waits
     # for every layer first. False: it gets every file verified up front.

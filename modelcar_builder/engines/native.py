@@ -118,12 +118,22 @@ class NativeEngine:
     ) -> list[BuiltLayer]:
         total = sum(_tar_for(request, layer).size for layer in request.plan.layers)
         progress = Progress("push", total)
+        failed: list[BaseException] = []
+
+        def one(layer: LayerPlan) -> BuiltLayer:
+            try:
+                return self._push_one(request, sink, layer, state, progress)
+            except BaseException as exc:
+                failed.append(exc)  # before stop_waiting: the first failure is the cause
+                request.stop_waiting()
+                raise
+
         try:
-            results = run_parallel(
-                lambda layer: self._push_one(request, sink, layer, state, progress),
-                request.plan.layers,
-                request.jobs,
-            )
+            results = run_parallel(one, request.plan.layers, request.jobs)
+        except BaseException:
+            if failed:
+                raise failed[0] from None  # not a waiter's Interrupted that it caused
+            raise
         finally:
             progress.close()
             state.save()

@@ -215,6 +215,14 @@ class Transport:
             raise Transient(resp)
         if status == 403:
             raise self.auth_error(f"denied {method} {url_path(path)}")
+        if status == 413:  # e.g. nginx's client_max_body_size (1 MiB in ingress-nginx)
+            raise RegistryError(
+                f"registry {self.host} (or a proxy in front of it) refused {method} "
+                f"{url_path(path)}: the request body is too large (HTTP 413)",
+                hint="raise the proxy's body-size limit (ingress-nginx: the annotation "
+                'nginx.ingress.kubernetes.io/proxy-body-size: "0"), or send each layer in '
+                "smaller requests: --upload chunked --chunk-size 1 (MiB per request)",
+            )
         detail = error_detail(resp)
         raise RegistryError(
             self.scrub(

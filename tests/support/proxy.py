@@ -21,6 +21,7 @@ class CuttingProxy:
         self._down = False
         self._down_for: float | None = None
         self._request_cut: tuple[bytes, int] | None = None
+        self._refuse: tuple[bytes, bytes] | None = None  # request prefix -> raw answer
         self._conns: list[socket.socket] = []
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -43,6 +44,18 @@ class CuttingProxy:
         with self._lock:
             self._request_cut = (prefix, skip)
             self._down_for = down_for
+
+    def refuse(self, prefix: bytes, status: bytes) -> None:
+        """Answer every request starting with ``prefix`` with ``status`` (e.g.
+        b"413 Request Entity Too Large") and close, before the upstream sees it: what
+        nginx does with a body over its client_max_body_size."""
+        body = b"<html><body>" + status + b"</body></html>"
+        answer = b"HTTP/1.1 %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n" % (
+            status,
+            len(body),
+        )
+        with self._lock:
+            self._refuse = (prefix, answer + b"Connection: close\r\n\r\n" + body)
 
     def restore(self) -> None:
         with self._lock:
@@ -73,6 +86,11 @@ class CuttingProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                refused = self._refuse if counted else None
+                if refused is not None and data.startswith(refused[0]):
+                    src.sendall(refused[1])
+                    self._drop_pair(src, dst)
+                    return
                 if counted and not self._spend(data):
                     self._drop_all()
                     return
@@ -103,6 +121,11 @@ class CuttingProxy:
         if self._down_for is not None:
             threading.Timer(self._down_for, self.restore).start()
         return False
+
+    def _drop_pair(self, a: socket.socket, b: socket.socket) -> None:
+        for conn in (a, b):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def _drop_all(self) -> None:
         with self._lock:

@@ -37,7 +37,12 @@ from modelcar_builder.engines.buildah.runner import image_id
 from modelcar_builder.engines.buildah.session import MANIFEST_ACCEPT, BuildRun, file_chunks
 from modelcar_builder.engines.buildah.settings import ENGINE_NAME, overlaps
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink
-from modelcar_builder.errors import BuildFailed, ModelcarError, RegistryAuthError
+from modelcar_builder.errors import (
+    BuildFailed,
+    Interrupted,
+    ModelcarError,
+    RegistryAuthError,
+)
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.image import Descriptor
 from modelcar_builder.oci.layer import layer_media_type
@@ -63,21 +68,23 @@ class _Upload:
     daemon thread, not concurrent.futures: an interrupt leaves at once (no exit join)."""
 
     def __init__(
-        self, index: int, key: str, layer: BuiltLayer, work: Callable[[], bool], name: str
-    ) -> None:
+        self, index: int, key: str, layer: BuiltLayer, work: Callable[[], bool], name: str,
+        on_error: Callable[[], None],
+    ) -> None:  # fmt: skip
         self.index, self.key, self.layer = index, key, layer
         self.sent = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(work,), daemon=True, name=f"modelcar-upload-{name}"
+            target=self._run, args=(work, on_error), daemon=True, name=f"modelcar-upload-{name}"
         )
         self._thread.start()
 
-    def _run(self, work: Callable[[], bool]) -> None:
+    def _run(self, work: Callable[[], bool], on_error: Callable[[], None]) -> None:
         try:
             self.sent = work()
         except BaseException as exc:  # re-raised in the main thread by wait()
             self.error = exc
+            on_error()  # the main thread may be waiting for the download: wake it
 
     @property
     def done(self) -> bool:
@@ -232,12 +239,16 @@ class PerLayerBuilder:
             for index, layer in enumerate(self.run.plan.layers):
                 self._out[index] = self._layer(index, layer, sink, overlap)
             self._settle()
-        except _BUILD_ERRORS:
+        except _BUILD_ERRORS as exc:
             # A build failed beside an upload: let that upload end (its thread deletes its
-            # layout; a successful one is recorded for the rerun), then report the failure.
+            # layout; a successful one is recorded for the rerun), then report the failure;
+            # but a wait the failed upload itself cut short reports the upload's error.
             # (Not on an interrupt: that leaves at once, the daemon thread with it.)
-            with contextlib.suppress(*_BUILD_ERRORS):
+            try:
                 self._settle()
+            except _BUILD_ERRORS as upload_error:
+                if isinstance(exc, Interrupted):
+                    raise upload_error from None
             raise
         built = [x for x in self._out if x is not None]
         if len(built) != len(self._out):  # every upload was settled above
@@ -277,7 +288,9 @@ class PerLayerBuilder:
                         shutil.rmtree(tmp, ignore_errors=True)
 
                 built = BuiltLayer(digest, size, diff_id, uploaded=True)
-                self._pending = _Upload(index, key, built, work, layer.name)
+                self._pending = _Upload(
+                    index, key, built, work, layer.name, self.request.stop_waiting
+                )
                 handed = True
                 return None
             sent = self._send(sink, layer, layout, digest, size)
