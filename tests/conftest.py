@@ -20,6 +20,15 @@ pytest_plugins = [
 
 
 @pytest.fixture(autouse=True)
+def _short_registry_outage_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry that answered once is retried for 120 s by default (a rolling restart):
+    tests that leave it down on purpose would each wait that long. 5 s keeps the
+    behaviour (retried past the quick attempts) at test speed; the window itself is
+    tested with explicit RetryPolicy values in test_registry_client.py."""
+    monkeypatch.setenv("MODELCAR_REGISTRY_RETRY_WINDOW", "5")
+
+
+@pytest.fixture(autouse=True)
 def _modelcar_logger_restored():
     """Each in-process CLI run gives the "modelcar" logger a handler and stops its
     propagation; undo that after the test so caplog sees the tool's lines in later tests."""

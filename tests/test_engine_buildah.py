@@ -55,6 +55,7 @@ from modelcar_builder.pipeline import resolve
 from modelcar_builder.plan import Plan, make_plan
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.selection import Selection
+from modelcar_builder.settings import registry_retry_window
 from modelcar_builder.target import parse_target
 from modelcar_builder.workspace import Workspace
 from tests.features import (
@@ -122,7 +123,9 @@ def request_for(
         workspace=Workspace(workspace).ensure(),
         target=parse_target(target),
         base_image=base,
-        registry=registry or RegistryOptions(tls_verify=False),
+        # the outage window from the environment, as the CLI does (conftest keeps it short)
+        registry=registry
+        or RegistryOptions(tls_verify=False, retry_window=registry_retry_window()),
         compression=compression,
     )
 
