@@ -158,3 +158,31 @@ def test_the_reader_never_holds_more_than_the_window(big_repo):
         assert not readahead_threads() and streams.window.held == 0
     finally:
         streams.close()
+
+
+def test_a_worker_finds_its_segment_already_read_and_freed(big_repo, monkeypatch):
+    """The reader may read a segment to its end and free it the moment its worker hands
+    over the last block, before that worker looks at the segment again: the worker must
+    take that as done (a KeyError here once failed a --stream build under load). The
+    worker is held for a moment after each body so that the reader always gets there
+    first: the interleaving the race needs, every time."""
+    from modelcar_builder.source import readahead
+
+    real = readahead.read_body
+
+    def then_pause(*args):  # type: ignore[no-untyped-def]
+        reached = real(*args)
+        time.sleep(0.05)  # the reader, right behind, reads the segment out and frees it
+        return reached
+
+    monkeypatch.setattr(readahead, "read_body", then_pause)
+    data = model_files(n_shards=1, shard_size=3 * MIB)[BIG]
+    opts = FetchOptions(connections=4, segment_size=SEG)
+    streams = HubStreams(HubAccess(big_repo.endpoint), REPO, big_repo.head(REPO), opts)
+    entry = FileEntry(BIG, len(data), sha256=hashlib.sha256(data).hexdigest())
+    try:
+        with streams(entry, None) as stream:
+            assert stream.read() == data
+    finally:
+        streams.close()
+    assert not readahead_threads() and streams.window.held == 0

@@ -219,6 +219,12 @@ class ReadAhead:
             if self.opts.cancelled():
                 raise Interrupted("streaming stopped: the build ended")
             with self.cond:
+                # Gone: the reader has read it out and freed it (it may do so the moment
+                # the last block lands, before this thread looks again), or the stream
+                # was closed. Either way nothing is left to fetch.
+                data = self.buffers.get(i)
+                if data is None:
+                    return
                 pos = start + self.reached[i]
             if pos >= end:
                 return
@@ -230,12 +236,14 @@ class ReadAhead:
                     self.responses.add(resp)
                 try:
                     with resp:
-                        keep = self._keeper(i, start, end)
+                        keep = self._keeper(i, start, end, data)
                         pos = read_body(resp, pos, end, keep, self._going)
                 finally:
                     with self.cond:
                         self.responses.discard(resp)
-                if pos < end and self._going():
+                if pos >= end:
+                    return
+                if self._going():
                     raise Transient(f"the body ended early at byte {pos}")
             except Transient as exc:
                 if self.stop.is_set():
@@ -243,9 +251,7 @@ class ReadAhead:
                 faults += 1
                 spend_try(self.entry.path, str(exc), pos, faults, self.opts, self.stop)
 
-    def _keeper(self, i: int, start: int, end: int):
-        data = self.buffers[i]
-
+    def _keeper(self, i: int, start: int, end: int, data: bytearray):
         def keep(block: memoryview, pos: int) -> int:
             n = min(len(block), end - pos)  # never past the segment
             data[pos - start : pos - start + n] = block[:n]
