@@ -265,6 +265,9 @@ class BackgroundFetch:
             outcome = exc
         except OSError as exc:  # disk full, permissions: surfaced like any I/O error
             outcome = ModelcarError(f"download failed: {exc}", hint="rerun with --debug")
+        except Exception as exc:  # never leave the waiters without an outcome: they would hang
+            log.debug("the download thread failed", exc_info=True)
+            outcome = ModelcarError(f"download failed: {exc!r}", hint="rerun with --debug")
         with self._cond:
             self._outcome = outcome
             # A failure of its own, not the stop() that the build's end asked for.

@@ -3,6 +3,7 @@ otherwise (Tekton and Job logs are not terminals, and carriage returns garble th
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -56,12 +57,15 @@ class Progress:
         return f"{self.label}: {human(self.done)} / {human(self.total)}{pct}, {human(rate)}/s{eta}"
 
     def _emit(self, final: bool) -> None:
-        if self.tty:
-            end = "\n" if final else ""
-            self.stream.write(f"\r\x1b[K{self.line()}{end}")
-        else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
+        # Best effort: a line that cannot be written (stderr closed under a download the
+        # build has already given up on) is not worth an error of its own.
+        with contextlib.suppress(ValueError, OSError):
+            if self.tty:
+                end = "\n" if final else ""
+                self.stream.write(f"\r\x1b[K{self.line()}{end}")
+            else:
+                self.stream.write(self.line() + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         if self.done:

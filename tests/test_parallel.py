@@ -35,3 +35,34 @@ def test_first_error_is_raised_and_no_new_items_start():
 
 def test_empty_input():
     assert run_parallel(lambda x: x, [], jobs=4) == []
+
+
+def test_a_background_download_that_breaks_unexpectedly_wakes_its_waiters(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+):
+    """Whatever the download thread raises, the layers waiting for it get an error:
+    without an outcome they would wait forever (a hang, not a failure)."""
+    from modelcar_builder import build
+    from modelcar_builder.errors import ModelcarError
+    from modelcar_builder.plan import LayerPlan
+    from modelcar_builder.snapshot import FileEntry
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("not a ModelcarError")
+
+    monkeypatch.setattr(build, "fetch", broken)
+    fetch = build.BackgroundFetch(None, None, None, build.FetchOptions(), None)  # type: ignore[arg-type]
+    layer = LayerPlan(index=0, name="layer-000", files=(FileEntry("a.bin", 1),))
+    done = threading.Event()
+    caught: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            fetch.wait(layer)
+        except ModelcarError as exc:
+            caught.append(exc)
+        done.set()
+
+    threading.Thread(target=wait, daemon=True).start()
+    assert done.wait(5), "the waiter hangs"
+    assert caught and "not a ModelcarError" in caught[0].message

@@ -155,6 +155,18 @@ def test_progress_redraws_one_line_on_a_tty():
     assert "push: 4.0 MiB / 10.0 MiB (40%), 1.0 MiB/s, ETA 6s" in text
 
 
+def test_progress_to_a_closed_stream_is_silent():
+    """A download the build gave up on may still report after stderr is gone: its
+    progress line is dropped, not an error (it once killed that thread with ValueError)."""
+    out, clock = io.StringIO(), _Clock()
+    p = Progress("fetch", 10 * 1024 * 1024, stream=out, interval=1, clock=clock)
+    out.close()
+    clock.t += 2
+    p.advance(1024 * 1024)  # an interval has passed: it tries to write
+    p.close()
+    assert out.closed
+
+
 def test_created_timestamp_is_fixed_unless_source_date_epoch():
     from modelcar_builder.settings import created_timestamp
 
