@@ -143,7 +143,7 @@ def fetch(
 
     # Plan order (layer 0's files first), and connections go to the earliest file that
     # wants one: layer 0 is complete early and an engine can push it while the rest
-    # download. Plan order is largest files first anyway (small files are the last layer).
+    # download. Plan order puts the large files first anyway (small ones are the last layer).
     place = {f.path: i for i, f in enumerate(f for layer in plan.layers for f in layer.files)}
     ordered = sorted(todo, key=lambda e: place.get(e.path, len(place)))
     rank = {e.path: i for i, e in enumerate(ordered)}
