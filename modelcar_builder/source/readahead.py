@@ -22,7 +22,6 @@ URL (403/410) is resolved again (see ``ranges.RangeSource``)."""
 from __future__ import annotations
 
 import logging
-import operator as op
 import threading
 
 import requests
@@ -277,8 +276,8 @@ class ReadAhead:
             thread.join(timeout=self.opts.connect_timeout + self.opts.read_timeout)
         stuck = any(t.is_alive() for t in threads)  # may still write: not handed out again
         with self.cond:
-            held = [(b, -op.sub(*self.bounds(i))) for i, b in self.buffers.items()]
+            held = [(b, self.bounds(i)) for i, b in self.buffers.items()]
             self.buffers.clear()
             self.reached.clear()
-        for buffer, n in held:
-            self.window.give_back(None if stuck else buffer, n)
+        for buffer, (start, end) in held:
+            self.window.give_back(None if stuck else buffer, end - start)

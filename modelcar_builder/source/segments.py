@@ -152,8 +152,8 @@ class SegmentedDownload:
         self, session, url: str, access, entry: FileEntry, part: Path, opts: FetchOptions,
         water: HighWater, counter: Counter, frame, budget: ConnectionBudget, rank: int = 0,
     ) -> None:  # fmt: skip
-        self.session, self.url, self.access, self.entry = session, url, access, entry
-        self.part, self.opts, self.water, self.counter = part, opts, water, counter
+        self.entry, self.part, self.opts = entry, part, opts
+        self.water, self.counter = water, counter
         self.frame, self.budget, self.rank = frame, budget, rank  # rank: place in plan order
         self.record = record_path(part)
         self.cond = threading.Condition()
