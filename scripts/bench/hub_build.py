@@ -12,12 +12,12 @@ Two measurements:
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from .common import MB
+from .hub_runs import HubRun, median_run
 from .services import Registry
 
 BUILD = "modelcar build (fresh)"
@@ -60,11 +60,12 @@ def overlap_runs(measure, run_dir: Path) -> list:
     ws = run_dir / "ws"
     out = [measure(FETCH_ALONE, fetch_cmd(OVERLAP_REPO, ws), run_dir / "fetch", ws)]
 
-    def build(name: str, workspace: Path, stream: bool, slug: str):
-        cmd = lambda reg: build_cmd(OVERLAP_REPO, workspace, reg, stream)  # noqa: E731
-        return with_registry(
-            run_dir / slug, lambda reg: measure(name, cmd(reg), run_dir / slug, workspace)
-        )
+    def build(name: str, workspace: Path, stream: bool, slug: str) -> HubRun:
+        def pushed_to(reg: Registry) -> HubRun:
+            cmd = build_cmd(OVERLAP_REPO, workspace, reg, stream)
+            return measure(name, cmd, run_dir / slug, workspace)
+
+        return with_registry(run_dir / slug, pushed_to)
 
     out.append(build(AFTER_FETCH, ws, False, "after"))
     out.append(build(BUILD, run_dir / "ws-fresh", False, "fresh"))
@@ -72,7 +73,7 @@ def overlap_runs(measure, run_dir: Path) -> list:
     return out
 
 
-def overlap_section(runs: list, rounds: int) -> list[str]:
+def overlap_section(runs: list[HubRun], rounds: int) -> list[str]:
     """The Markdown of the overlap measurement (medians), with its two targets and the
     floor the machine's cores allow."""
     med: dict[str, float] = {}
@@ -92,18 +93,14 @@ def overlap_section(runs: list, rounds: int) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name in (FETCH_ALONE, AFTER_FETCH, BUILD, STREAM_BUILD):
-        rs = [r for r in runs if r.contender == name]
-        ok = [r for r in rs if r.status == "ok"]
-        if not ok:
-            out.append(f"| {name} | | | | | | | {rs[0].status if rs else 'not run'} |")
+        m = median_run([r for r in runs if r.contender == name])
+        if isinstance(m, str):
+            out.append(f"| {name} | | | | | | | {m} |")
             continue
-        wall, cpu, busy = (statistics.median(getattr(r, k) for r in ok)
-                           for k in ("wall", "cpu", "machine_cpu"))  # fmt: skip
-        med[name], machine[name] = wall, busy
-        rss, disk = max(r.peak_rss for r in ok), max(r.peak_disk for r in ok)
+        med[name], machine[name] = m.wall, m.machine_cpu
         out.append(
-            f"| {name} | {wall:.2f} | {ok[0].size / MB / wall:.0f} | {rss / MB:.0f} | "
-            f"{disk / MB:.0f} | {cpu:.1f} | {busy:.1f} | ok |"
+            f"| {name} | {m.wall:.2f} | {m.mb_s:.0f} | {m.peak_rss / MB:.0f} | "
+            f"{m.peak_disk / MB:.0f} | {m.cpu:.1f} | {m.machine_cpu:.1f} | ok |"
         )
     ideal = max(med.get(FETCH_ALONE, 0.0), med.get(AFTER_FETCH, 0.0))
     fresh, streamed = med.get(BUILD, 0.0), med.get(STREAM_BUILD, 0.0)

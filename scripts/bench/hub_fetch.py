@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .common import MB, MIB, REPO_ROOT
@@ -28,8 +27,9 @@ from .hub_build import (
     stream_target,
     with_registry,
 )
+from .hub_runs import HubRun, median_run
 from .measurement import Sampler, machine_busy_seconds
-from .services import HubServer
+from .services import HubServer, Registry
 
 ONE_FILE = "bench/one-file"
 SHARDED = "bench/sharded"
@@ -49,24 +49,6 @@ import sys
 from huggingface_hub import snapshot_download
 snapshot_download(sys.argv[1], local_dir=sys.argv[2])
 """
-
-
-@dataclass
-class HubRun:
-    repo: str
-    contender: str
-    size: int
-    wall: float = 0.0
-    peak_rss: int = 0
-    peak_disk: int = 0  # growth of the workspace (or snapshot_download's directory)
-    cpu: float = 0.0
-    machine_cpu: float = 0.0  # every process on the machine: ours, the Hub's, the registry's
-    hub_cpu: float = 0.0  # the Hub imitation's process alone
-    status: str = "ok"
-
-    @property
-    def mb_s(self) -> float:
-        return self.size / MB / self.wall if self.wall else 0.0
 
 
 def repo_files(repo: str, size: int) -> dict[str, int]:
@@ -147,10 +129,12 @@ def run_hub_section(
 def one_run(hub: HubServer, repo: str, name: str, total: int, run_dir: Path, quick: bool):
     if name not in (BUILD, STREAM_BUILD):
         return measure(hub, repo, name, total, run_dir, quick)
-    cmd = lambda reg: build_cmd(repo, run_dir / "ws", reg, name == STREAM_BUILD)  # noqa: E731
-    return with_registry(
-        run_dir, lambda reg: measure(hub, repo, name, total, run_dir, quick, cmd(reg))
-    )
+
+    def pushed_to(reg: Registry) -> HubRun:
+        cmd = build_cmd(repo, run_dir / "ws", reg, name == STREAM_BUILD)
+        return measure(hub, repo, name, total, run_dir, quick, cmd)
+
+    return with_registry(run_dir, pushed_to)
 
 
 def _say(run: HubRun) -> None:
@@ -228,15 +212,10 @@ def hub_section(
     med: dict[tuple[str, str], HubRun] = {}
     for repo in (ONE_FILE, SHARDED):
         for name in (FETCH, SNAPSHOT, BUILD, STREAM_BUILD):
-            rs = [r for r in runs if r.repo == repo and r.contender == name]
-            ok = [r for r in rs if r.status == "ok"]
-            if not ok:
-                status = rs[0].status if rs else "not run"
-                out.append(f"| {repo} | {name} | | | | | | | | {status} |")
+            m = median_run([r for r in runs if r.repo == repo and r.contender == name])
+            if isinstance(m, str):
+                out.append(f"| {repo} | {name} | | | | | | | | {m} |")
                 continue
-            wall, cpu = (statistics.median(getattr(r, k) for r in ok) for k in ("wall", "cpu"))
-            m = HubRun(repo, name, ok[0].size, wall, max(r.peak_rss for r in ok), cpu=cpu,
-                       peak_disk=max(r.peak_disk for r in ok))  # fmt: skip
             med[(repo, name)] = m
             out.append(
                 f"| {repo} | {name} | {m.size / MB:.0f} | {m.wall:.2f} | {m.mb_s:.0f} | "
