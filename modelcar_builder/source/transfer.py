@@ -140,7 +140,7 @@ class ConnectionBudget:
         self.total = max(1, total)
         self._free = self.total
         self._waiting: list[int] = []  # ranks blocked in acquire(), a heap
-        self._wants: dict[int, int] = {}  # rank -> segments waiting for a connection
+        self._wants: set[int] = set()  # ranks with segments waiting for a connection
         self._cond = threading.Condition()
 
     def _first_in_line(self, rank: int) -> bool:
@@ -174,10 +174,12 @@ class ConnectionBudget:
         """File ``rank`` has this many segments waiting for a connection (0: none, or
         it is done): later files leave free connections to it."""
         with self._cond:
+            if (segments > 0) == (rank in self._wants):
+                return  # no change (this runs at every block a file writes)
             if segments > 0:
-                self._wants[rank] = segments
+                self._wants.add(rank)
             else:
-                self._wants.pop(rank, None)
+                self._wants.discard(rank)
             self._cond.notify_all()
 
     def release(self) -> None:
