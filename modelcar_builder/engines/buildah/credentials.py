@@ -20,6 +20,14 @@ from modelcar_builder.registry import RegistryClient
 from modelcar_builder.target import RegistryTarget, parse_target
 
 
+def registry_base(request: BuildRequest) -> RegistryTarget | None:
+    """The base image when it lives in a registry; None for scratch or an oci: layout."""
+    if request.base_image == "scratch":
+        return None
+    target = parse_target(request.base_image)
+    return target if isinstance(target, RegistryTarget) else None
+
+
 def resolve_for_build(request: BuildRequest) -> tuple[Credentials | None, Credentials | None]:
     """Target credentials as the native engine resolves them; the base shares them when
     it lives on the same registry, else gets its own lookup (authfile, config files)."""
@@ -35,8 +43,8 @@ def resolve_for_build(request: BuildRequest) -> tuple[Credentials | None, Creden
             authfile=opts.authfile,
             token_file=opts.token_file,
         )
-    base = parse_target(request.base_image) if request.base_image != "scratch" else None
-    if not isinstance(base, RegistryTarget):
+    base = registry_base(request)
+    if base is None:
         return target_creds, None
     if base.ref.registry == target_host:
         return target_creds, target_creds
@@ -94,9 +102,7 @@ def buildah_pushes(run: BuildRun) -> bool:
 def buildah_pulls_base(run: BuildRun) -> bool:
     """Whether buildah itself pulls the base: only in the chain mode, from a registry
     (per-layer: our own client reads the base, with the credentials in memory)."""
-    base = run.request.base_image
-    target = parse_target(base) if base != "scratch" else None
-    return run.settings.mode == "chain" and isinstance(target, RegistryTarget)
+    return run.settings.mode == "chain" and registry_base(run.request) is not None
 
 
 def connect_target(
@@ -127,9 +133,8 @@ def connect_base(
     stack: contextlib.ExitStack,
     secrets: Path | None,
 ) -> None:
-    base = run.request.base_image
-    target = parse_target(base) if base != "scratch" else None
-    if not isinstance(target, RegistryTarget):
+    target = registry_base(run.request)
+    if target is None:
         return  # scratch, or an oci: layout on disk
     host = target.ref.registry
     run.base_remote = Remote(host, creds.source if creds else None)

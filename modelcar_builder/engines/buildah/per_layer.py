@@ -32,6 +32,7 @@ from modelcar_builder.engines import BuildResult, BuiltLayer, LayerResult
 from modelcar_builder.engines.assemble import assemble_image
 from modelcar_builder.engines.base import BaseSource, base_from_registry, copy_base, load_base
 from modelcar_builder.engines.buildah.cache import per_layer_key
+from modelcar_builder.engines.buildah.credentials import registry_base
 from modelcar_builder.engines.buildah.failures import BUILD_HINT
 from modelcar_builder.engines.buildah.runner import image_id
 from modelcar_builder.engines.buildah.session import MANIFEST_ACCEPT, BuildRun, file_chunks
@@ -51,7 +52,7 @@ from modelcar_builder.plan import LayerPlan
 from modelcar_builder.progress import Progress
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import LayerRecord
-from modelcar_builder.target import LayoutTarget, RegistryTarget, parse_target
+from modelcar_builder.target import LayoutTarget, RegistryTarget
 
 log = logging.getLogger("modelcar")
 
@@ -160,8 +161,8 @@ class PerLayerBuilder:
         """The base from a registry (with the credentials the chain would give buildah),
         an OCI layout or scratch; its blobs are copied or mounted as the native engine does."""
         name = self.request.base_image
-        target = parse_target(name) if name != "scratch" else None
-        if not isinstance(target, RegistryTarget):
+        target = registry_base(self.request)
+        if target is None:
             return load_base(name, self.request.platform, self.request.registry)
         ref, opts, creds = target.ref, self.request.registry, self.run.base_creds
         client = RegistryClient(
