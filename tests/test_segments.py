@@ -257,10 +257,16 @@ def test_a_free_connection_goes_to_the_earliest_file_waiting():
         t.start()
         return t
 
+    def waiting(ranks: list[int]) -> None:  # an event, not a clock: a loaded CI is slow
+        deadline = time.monotonic() + 30
+        while sorted(budget._waiting) != ranks:
+            assert time.monotonic() < deadline, budget._waiting
+            time.sleep(0.01)
+
     late = wait_for(7)
-    time.sleep(0.1)
+    waiting([7])
     early = wait_for(3)
-    time.sleep(0.1)
+    waiting([3, 7])
     assert got == [] and not budget.try_acquire(5)  # none free
     budget.release()
     early.join(5)

@@ -63,6 +63,8 @@ class CuttingProxy:
 
     def close(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone does not
         self._listener.close()
         self._drop_all()
 
@@ -77,7 +79,11 @@ class CuttingProxy:
             if down:
                 client.close()
                 continue
-            upstream = socket.create_connection(self.upstream)
+            try:
+                upstream = socket.create_connection(self.upstream)
+            except OSError:  # the registry is down: the client sees a dropped connection
+                client.close()
+                continue
             with self._lock:
                 self._conns += [client, upstream]
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
