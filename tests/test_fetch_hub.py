@@ -403,17 +403,26 @@ def test_a_disk_that_fills_mid_download_is_exit_31_and_the_rerun_resumes(
     path = "model.safetensors"
     data = hashlib.sha256(b"enospc").digest() * (3 * MIB // 32)
     hub.add_repo("acme/full", {"config.json": b"{}", path: data})
-    hub.stall("acme/full", path, seconds=2, after_bytes=MIB)  # the window to fill the disk
+    hub.stall("acme/full", path, seconds=60, after_bytes=MIB)  # until the filler is done
     ws = tmp_path / "ws"
     ws.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(ws)], check=True)
     monkeypatch.setenv("MODELCAR_ATTEMPTS", "1")
     try:
 
-        def fill() -> None:  # another writer takes the room while the shard is stalled
-            time.sleep(0.8)
+        def fill() -> None:
+            """Another writer takes the room once the shard's first MiB is on disk (an
+            event, not a clock: a slow machine starts the download later), then the
+            stalled shard goes on and meets the full volume."""
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                parts = list((ws / "partial").rglob("*.part"))
+                if parts and parts[0].stat().st_size >= MIB:
+                    break
+                time.sleep(0.02)
             with open(ws / "filler", "wb") as f, contextlib.suppress(OSError):
                 f.write(b"\0" * (6 * MIB))
+            hub.release_stalls()
 
         filler = threading.Thread(target=fill)
         filler.start()
@@ -434,3 +443,4 @@ def test_a_disk_that_fills_mid_download_is_exit_31_and_the_rerun_resumes(
         assert hub.bytes_served[("acme/full", path)] < len(data)  # resumed, not restarted
     finally:
         subprocess.run(["umount", str(ws)], check=True)
+
