@@ -69,7 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("MODELCAR_DEBUG") not in (None, "", "0")
     # Kubernetes stops a pod with SIGTERM: unwind like Ctrl-C so state is saved and the
     # exit code says "interrupted, rerun to continue" instead of a bare kill.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        _run(args, debug)
+    finally:
+        # Run in-process (tests, an embedding program), the caller's handler comes back.
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: list[str], debug: bool) -> None:
     try:
         cli.main(args=args, prog_name="modelcar", standalone_mode=False)
     except ModelcarError as exc:
