@@ -40,6 +40,7 @@ def resolve(
     max_layers: int = DEFAULT_MAX_LAYERS,
     base_layers: int = 0,
     allow_incomplete: bool = False,
+    hub_timeout: float | None = None,
 ) -> Resolved:
     """Pin the source (a Hub revision becomes its commit), check that every shard its
     indexes name is selected, and plan the layers within the layer budget."""
@@ -50,6 +51,8 @@ def resolve(
         from modelcar_builder.source.hub import hub_access, hub_snapshot
 
         access = hub_access(hf_token_file)
+        if hub_timeout is not None:
+            access = replace(access, timeout=hub_timeout)
         snapshot = hub_snapshot(spec.location, spec.revision, selection, access)
     else:
         snapshot = local_snapshot(spec.location, selection)

@@ -444,3 +444,18 @@ def test_a_disk_that_fills_mid_download_is_exit_31_and_the_rerun_resumes(
     finally:
         subprocess.run(["umount", str(ws)], check=True)
 
+
+def test_a_hub_that_never_answers_its_metadata_call_fails_within_the_read_timeout(repo, capsys, ws):
+    """huggingface_hub's client waits forever by default: a Hub or proxy that takes the
+    connection and never answers hung a build before its first byte. --read-timeout
+    bounds the metadata call too: one line, exit 20, nothing downloaded."""
+    from tests.support.hubsim import ROUTE_INFO
+
+    repo.stall(REPO, ROUTE_INFO, seconds=60)  # silent before the headers
+    began = time.monotonic()
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws), "--read-timeout", "1")
+    assert res.code == errors.DownloadFailed.exit_code, res.err
+    assert time.monotonic() - began < 15  # the read timeout, not the stall
+    assert "cannot reach the Hub" in res.err and "Timeout" in res.err, res.err
+    assert "Traceback" not in res.err
+    assert not any(key[1].endswith(".safetensors") for key in repo.bytes_served)

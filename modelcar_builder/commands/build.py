@@ -179,7 +179,8 @@ def build(
         target.ref.api_host if isinstance(target, RegistryTarget) else None,
     )
     # The base image's depth counts against --max-layers: read it before the Hub plan.
-    resolved = src.resolve(count_base_layers(base_image, (os_, arch), registry))
+    base_layers = count_base_layers(base_image, (os_, arch), registry)
+    resolved = src.resolve(base_layers, hub_timeout=fetch_opts.read_timeout)
     ws = open_workspace(workspace)
     engine = engine or default_engine(ws)  # probed once: buildah only where it can run
     check_before_download(resolved, ws, engine)  # what `modelcar doctor` checks

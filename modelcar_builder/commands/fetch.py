@@ -27,7 +27,7 @@ log = logging.getLogger("modelcar")
 @fetch_options
 def fetch_cmd(src, fetch_opts, workspace):
     """Download and verify the model onto the workspace (resumable)."""
-    resolved = src.resolve()
+    resolved = src.resolve(hub_timeout=fetch_opts.read_timeout)
     ws = open_workspace(workspace)
     result = fetch(resolved.plan, ws, resolved.access, fetch_opts)
     log.info(
@@ -58,7 +58,7 @@ def prepare(
 ):
     """Fetch, then lay out a build context (layer dirs + Containerfile) for buildah/podman."""
     base = count_base_layers(base_image, ("linux", "amd64"), RegistryOptions(), strict=False)
-    resolved = src.resolve(base)
+    resolved = src.resolve(base, hub_timeout=fetch_opts.read_timeout)
     ws = open_workspace(workspace)
     fetched = fetch(resolved.plan, ws, resolved.access, fetch_opts)
     ctx = prepare_context(resolved.plan, fetched.files_dir, ws, base_image)

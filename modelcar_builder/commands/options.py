@@ -130,9 +130,10 @@ class SourceArgs:
     allow_incomplete: bool
     source_url: str | None
 
-    def resolve(self, base_layers: int = 1) -> Resolved:
+    def resolve(self, base_layers: int = 1, hub_timeout: float | None = None) -> Resolved:
         """``base_layers``: what the base image adds to the layer count; the default
-        base (ubi-micro) and busybox have one."""
+        base (ubi-micro) and busybox have one. ``hub_timeout``: --read-timeout, where the
+        command has it, for the Hub's metadata calls too."""
         if self.layer_threshold <= 0:
             raise UsageError("--layer-threshold must be positive", hint="e.g. 67108864 (64 MiB)")
         selection = Selection(tuple(self.include), tuple(self.exclude), self.all_files)
@@ -145,6 +146,7 @@ class SourceArgs:
             max_layers=self.max_layers,
             base_layers=base_layers,
             allow_incomplete=self.allow_incomplete,
+            hub_timeout=hub_timeout,
         )
 
 
@@ -182,7 +184,7 @@ def fetch_options(fn):
             type=click.FloatRange(0.1),
             default=FetchOptions.read_timeout,
             envvar="MODELCAR_READ_TIMEOUT",
-            help="Seconds without a byte before a download counts as stalled.",
+            help="Seconds without a byte before a download or Hub call counts as stalled.",
         ),
         click.option(
             "--progress-interval",

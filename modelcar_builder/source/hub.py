@@ -29,6 +29,7 @@ from modelcar_builder.errors import (
 )
 from modelcar_builder.selection import Selection, select_files
 from modelcar_builder.snapshot import FileEntry, Snapshot
+from modelcar_builder.source.transfer import READ_TIMEOUT
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -40,6 +41,9 @@ class HubAccess:
     endpoint: str
     token: str | None = None
     token_source: str = "none"
+    # huggingface_hub's own client waits forever by default: a Hub (or proxy) that takes
+    # the connection and never answers would hang the build before its first byte.
+    timeout: float = READ_TIMEOUT
 
     def __repr__(self) -> str:  # keep the token out of any traceback or log
         return f"HubAccess(endpoint={self.endpoint!r}, token_source={self.token_source!r})"
@@ -79,7 +83,11 @@ def hub_snapshot(
     api = HfApi(endpoint=access.endpoint, library_name="modelcar-builder")
     try:
         info = api.model_info(
-            repo_id, revision=revision, files_metadata=True, token=access.token or False
+            repo_id,
+            revision=revision,
+            files_metadata=True,
+            token=access.token or False,
+            timeout=access.timeout,
         )
     except hf_errors.GatedRepoError:
         raise AccessDenied(
@@ -124,6 +132,7 @@ def _probe_access(repo_id: str, revision: str, path: str, access: HubAccess) -> 
             access.file_url(repo_id, path, revision),
             token=access.token or False,
             endpoint=access.endpoint,
+            timeout=access.timeout,
         )
     except (hf_errors.GatedRepoError, hf_errors.HfHubHTTPError) as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -154,7 +163,7 @@ def read_small_file(access: HubAccess, repo_id: str, commit: str, entry: FileEnt
     read while planning: before any shard moves)."""
     url = access.file_url(repo_id, entry.path, commit)
     try:
-        resp = requests.get(url, headers=access.headers(), timeout=(10, 60))
+        resp = requests.get(url, headers=access.headers(), timeout=(10, access.timeout))
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise DownloadFailed(
             f"cannot read {entry.path} from the Hub: {type(exc).__name__}",

@@ -27,6 +27,7 @@ CHUNK = 1024 * 1024
 SEGMENT_SIZE = 64 * CHUNK  # a file of at least two segments is fetched over several connections
 MIN_SEGMENT = 8 * CHUNK  # smaller segments for mid-size files, so each gets every connection
 DEFAULT_CONNECTIONS = 16
+READ_TIMEOUT = 60.0  # seconds without a byte before a request is given up
 RATE_LIMIT_DEFAULT_WAIT = 5.0  # a 429 that does not say how long
 RATE_LIMIT_MAX_WAIT = 600.0
 
@@ -36,7 +37,7 @@ class FetchOptions:
     attempts: int = 5
     jobs: int = 4  # files downloaded in parallel
     connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    read_timeout: float = READ_TIMEOUT
     backoff_max: float = 30.0
     progress_stream: TextIO | None = None
     progress_interval: float | None = None
