@@ -448,14 +448,41 @@ def test_a_disk_that_fills_mid_download_is_exit_31_and_the_rerun_resumes(
 def test_a_hub_that_never_answers_its_metadata_call_fails_within_the_read_timeout(repo, capsys, ws):
     """huggingface_hub's client waits forever by default: a Hub or proxy that takes the
     connection and never answers hung a build before its first byte. --read-timeout
-    bounds the metadata call too: one line, exit 20, nothing downloaded."""
+    bounds the metadata call too; after three tries: one line, exit 20, nothing fetched."""
     from tests.support.hubsim import ROUTE_INFO
 
-    repo.stall(REPO, ROUTE_INFO, seconds=60)  # silent before the headers
+    repo.stall(REPO, ROUTE_INFO, seconds=60, times=None)  # silent before the headers
     began = time.monotonic()
     res = run(capsys, "fetch", REPO, "--workspace", str(ws), "--read-timeout", "1")
     assert res.code == errors.DownloadFailed.exit_code, res.err
-    assert time.monotonic() - began < 15  # the read timeout, not the stall
-    assert "cannot reach the Hub" in res.err and "Timeout" in res.err, res.err
-    assert "Traceback" not in res.err
+    assert time.monotonic() - began < 20  # 3 × 1 s and 1 + 2 s apart, not the stall
+    assert "cannot reach the Hub" in res.err and "ReadTimeout" in res.err, res.err
+    assert res.err.count("retrying in") == 2 and "Traceback" not in res.err
+    assert [r.path.split("?")[0] for r in repo.requests].count(f"/api/models/{REPO}") == 3
     assert not any(key[1].endswith(".safetensors") for key in repo.bytes_served)
+
+
+@pytest.mark.parametrize("fault", ["stall", "503"])
+def test_one_lost_or_failed_metadata_answer_is_retried(repo, capsys, ws, fault):
+    """A metadata answer lost once (a stalled connection) or a 503 blip does not end
+    the build: the call is tried again, with one warning line, and the fetch completes."""
+    from tests.support.hubsim import ROUTE_INFO
+
+    if fault == "stall":
+        repo.stall(REPO, ROUTE_INFO, seconds=60, times=1)
+    else:
+        repo.fail(REPO, ROUTE_INFO, status=503, times=2)
+    res = run(capsys, "fetch", REPO, "--workspace", str(ws), "--read-timeout", "1")
+    assert res.code == 0, res.err
+    expected = "ReadTimeout" if fault == "stall" else "HTTP 503"
+    assert f"failed ({expected}); retrying in" in res.err, res.err
+    files = fetched_dir(ws, repo.head(REPO))
+    assert (files / "config.json").read_bytes() == model_files()["config.json"]
+
+
+def test_a_missing_repo_is_not_retried(hub, capsys, ws):
+    """A 404 is an answer a retry cannot change: named at once, one request."""
+    res = run(capsys, "fetch", "acme/nope", "--workspace", str(ws))
+    assert res.code == errors.SourceNotFound.exit_code, res.err
+    assert "retrying" not in res.err
+    assert [r.path.split("?")[0] for r in hub.requests] == ["/api/models/acme/nope"]

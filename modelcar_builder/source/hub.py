@@ -7,6 +7,7 @@ HF_ENDPOINT once at import time, so the endpoint is read here per call and passe
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx2  # huggingface_hub's HTTP client: its transport errors surface as-is
 import requests
+import tenacity
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import build_hf_headers
@@ -32,6 +34,10 @@ from modelcar_builder.snapshot import FileEntry, Snapshot
 from modelcar_builder.source.transfer import READ_TIMEOUT
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+METADATA_ATTEMPTS = 3  # one lost or stalled answer, or a 5xx blip, must not end a build
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+log = logging.getLogger("modelcar.hub")
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,8 @@ def hub_snapshot(
     """Resolve REVISION to a commit and list that commit's files, in one metadata call."""
     api = HfApi(endpoint=access.endpoint, library_name="modelcar-builder")
     try:
-        info = api.model_info(
+        info = _retrying(repo_id)(
+            api.model_info,
             repo_id,
             revision=revision,
             files_metadata=True,
@@ -124,6 +131,42 @@ def hub_snapshot(
         files=kept,
         skipped=skipped,
     )
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx2.TransportError):  # refused, reset, timed out
+        return True
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return isinstance(exc, hf_errors.HfHubHTTPError) and status in RETRIED_STATUSES
+
+
+def _retrying(repo_id: str) -> tenacity.Retrying:
+    """huggingface_hub does not retry its metadata calls: a few tries, 1 s then 2 s apart,
+    for what is worth a retry; the answer a retry cannot change (404, 401) comes at once."""
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "the Hub's metadata call for %s failed (%s); retrying in %.0f s (try %d of %d)",
+            repo_id,
+            _describe(exc),
+            state.next_action.sleep if state.next_action else 0,
+            state.attempt_number + 1,
+            METADATA_ATTEMPTS,
+        )
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(METADATA_ATTEMPTS),
+        wait=tenacity.wait_exponential(multiplier=1, max=8),
+        retry=tenacity.retry_if_exception(_transient),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def _describe(exc: BaseException | None) -> str:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return f"HTTP {status}" if status else type(exc).__name__
 
 
 def _probe_access(repo_id: str, revision: str, path: str, access: HubAccess) -> None:
