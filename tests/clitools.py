@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from huggingface_hub import close_session
 
 from modelcar_builder.cli import main
 
@@ -28,5 +29,10 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
         code = 0
     except SystemExit as exc:
         code = int(exc.code or 0)
+    finally:
+        # A process starts with a new huggingface_hub client; so does each in-process
+        # run. A run cut off mid-request (a test's timeout) must not leave its pooled
+        # connections to a Hub imitation that is gone to the next test.
+        close_session()
     captured = capsys.readouterr()
     return Result(code, captured.out, captured.err)
