@@ -133,11 +133,16 @@ def hub_snapshot(
     )
 
 
+def _status(exc: BaseException | None) -> int | None:
+    """The HTTP status of a huggingface_hub error (None for a transport error)."""
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
 def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, httpx2.TransportError):  # refused, reset, timed out
+    """Worth another try: refused, reset or timed out (transport), or a 429/5xx."""
+    if isinstance(exc, httpx2.TransportError):
         return True
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    return isinstance(exc, hf_errors.HfHubHTTPError) and status in RETRIED_STATUSES
+    return isinstance(exc, hf_errors.HfHubHTTPError) and _status(exc) in RETRIED_STATUSES
 
 
 def _retrying(repo_id: str) -> tenacity.Retrying:
@@ -165,8 +170,7 @@ def _retrying(repo_id: str) -> tenacity.Retrying:
 
 
 def _describe(exc: BaseException | None) -> str:
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    return f"HTTP {status}" if status else type(exc).__name__
+    return f"HTTP {_status(exc)}" if _status(exc) else type(exc).__name__
 
 
 def _probe_access(repo_id: str, revision: str, path: str, access: HubAccess) -> None:
@@ -178,7 +182,7 @@ def _probe_access(repo_id: str, revision: str, path: str, access: HubAccess) -> 
             timeout=access.timeout,
         )
     except (hf_errors.GatedRepoError, hf_errors.HfHubHTTPError) as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
+        status = _status(exc)
         if isinstance(exc, hf_errors.GatedRepoError) or status in (401, 403):
             raise AccessDenied(
                 f"{repo_id} is gated and the Hub refused access (token: {access.token_source})"
@@ -193,7 +197,7 @@ def _entry(sibling) -> FileEntry:
 
 
 def _http_error(repo_id: str, access: HubAccess, exc: Exception) -> Exception:
-    status = getattr(getattr(exc, "response", None), "status_code", None)
+    status = _status(exc)
     if status in (401, 403):
         return AccessDenied(
             f"the Hub refused access to {repo_id} (HTTP {status}; token: {access.token_source})"
