@@ -212,3 +212,20 @@ def test_build_help_names_every_environment_setting(capsys):
     for name in ENVIRONMENT:
         assert name in res.out, name
     assert "MODELCAR_BUILDAH_MODE" in res.out and "[env var: MODELCAR_IMAGE" in res.out
+
+
+def test_an_in_process_run_gives_the_callers_sigterm_handler_back(capsys):
+    """main() turns SIGTERM into 'interrupted, rerun to continue' while it runs; run
+    in-process (these tests, an embedding program), the caller's own handler must be
+    back afterwards, or the caller's stop signal becomes a KeyboardInterrupt anywhere."""
+    import signal
+
+    def mine(signum, frame):  # pragma: no cover - never delivered
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert run(capsys, "--version").code == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
