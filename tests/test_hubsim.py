@@ -340,3 +340,18 @@ def test_fixture_env_and_harmless_routes(hub: HubSim) -> None:
     assert os.environ["HF_HUB_DISABLE_TELEMETRY"] == os.environ["HF_HUB_DISABLE_XET"] == "1"
     assert requests.get(f"{hub.endpoint}/api/agent-harnesses").json()["harnesses"] == {}
     assert http.client.responses[requests.get(f"{hub.endpoint}/nope").status_code] == "Not Found"
+
+
+def test_stopping_a_server_whose_loop_never_answers_is_bounded():
+    """A fixture's teardown runs after a test's timeout has fired: stopping a server whose
+    serve_forever loop is not running (stuck, or never started) must still return."""
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.support.ports import stop_server
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    began = time.monotonic()
+    stop_server(server, wait=0.5)  # server.shutdown() alone would wait forever here
+    assert time.monotonic() - began < 3
+    assert server.socket.fileno() == -1  # the listening socket is closed anyway

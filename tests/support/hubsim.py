@@ -34,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+from tests.support.ports import stop_server
+
 CHUNK = 1 << 20  # body writes of 1 MiB: big enough to be fast, small enough for fault offsets
 CAPPED_CHUNK = 1 << 18  # under a rate cap: smaller writes keep the rate smooth
 MIB = 1 << 20
@@ -538,9 +540,8 @@ class HubSim:
         self._closing.set()  # wakes stalled handlers
         for server in (self._hub, self._cdn):
             if server is not None:
-                server.shutdown()
+                stop_server(server)
                 server.drop_connections()
-                server.server_close()
         for thread in self._threads:
             thread.join(timeout=5)
 

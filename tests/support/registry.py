@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import pytest
 
 from modelcar_builder.oci.image import platform_entry
-from tests.support.ports import free_port
+from tests.support.ports import free_port, stop_server
 
 HTTP_SECRET = "modelcar-test-http-secret"  # fixed: resumable uploads survive a restart
 SA_USERNAME = "serviceaccount"
@@ -190,8 +190,7 @@ class TokenServer:
         self.realm = f"http://127.0.0.1:{self._server.server_address[1]}/token"
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        stop_server(self._server)
 
     def add_user(self, username: str, password: str, actions: tuple[str, ...] = ("pull",)) -> None:
         """Another account, whose tokens grant at most ``actions`` (default: pull only, a
