@@ -28,7 +28,7 @@ from tests.features import (
     root,
     tmpfs_mount,
 )
-from tests.support.hubsim import EDGE_FILES
+from tests.support.hubsim import EDGE_FILES, ROUTE_INFO
 
 MIB = 1 << 20
 REPO = "acme/tiny"
@@ -449,8 +449,6 @@ def test_a_hub_that_never_answers_its_metadata_call_fails_within_the_read_timeou
     """huggingface_hub's client waits forever by default: a Hub or proxy that takes the
     connection and never answers hung a build before its first byte. --read-timeout
     bounds the metadata call too; after three tries: one line, exit 20, nothing fetched."""
-    from tests.support.hubsim import ROUTE_INFO
-
     repo.stall(REPO, ROUTE_INFO, seconds=60, times=None)  # silent before the headers
     began = time.monotonic()
     res = run(capsys, "fetch", REPO, "--workspace", str(ws), "--read-timeout", "1")
@@ -466,8 +464,6 @@ def test_a_hub_that_never_answers_its_metadata_call_fails_within_the_read_timeou
 def test_one_lost_or_failed_metadata_answer_is_retried(repo, capsys, ws, fault):
     """A metadata answer lost once (a stalled connection) or a 503 blip does not end
     the build: the call is tried again, with one warning line, and the fetch completes."""
-    from tests.support.hubsim import ROUTE_INFO
-
     if fault == "stall":
         repo.stall(REPO, ROUTE_INFO, seconds=60, times=1)
     else:

@@ -170,7 +170,8 @@ def _retrying(repo_id: str) -> tenacity.Retrying:
 
 
 def _describe(exc: BaseException | None) -> str:
-    return f"HTTP {_status(exc)}" if _status(exc) else type(exc).__name__
+    status = _status(exc)
+    return f"HTTP {status}" if status else type(exc).__name__
 
 
 def _probe_access(repo_id: str, revision: str, path: str, access: HubAccess) -> None:
