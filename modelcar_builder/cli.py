@@ -62,6 +62,8 @@ for command in (plan, fetch_cmd, prepare, build, doctor, verify):
     for param in command.params:
         if isinstance(param, click.Option) and param.envvar:
             param.show_envvar = True  # every option says which MODELCAR_* sets it
+        if isinstance(param, click.Option) and param.default is not None:
+            param.show_default = True  # every default in --help, not only some
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from modelcar_builder.build import ENGINES, BuildSettings, default_engine, run_build, write_results
+from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import (
     check_before_download,
     fetch_options,
@@ -37,7 +38,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 )
 
 
-@click.command(epilog=ENV_HELP)
+@click.command(cls=GroupedCommand, epilog=ENV_HELP)
 @source_options
 @workspace_option
 @fetch_options

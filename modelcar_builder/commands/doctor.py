@@ -7,6 +7,7 @@ from __future__ import annotations
 import click
 
 from modelcar_builder.commands.build import build
+from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import preflight_request, source_args
 from modelcar_builder.preflight import Report, diagnose
 from modelcar_builder.report import dumps
@@ -35,7 +36,7 @@ def text(report: Report) -> str:
     return "\n".join(lines)
 
 
-doctor = click.Command(
+doctor = GroupedCommand(
     "doctor",
     callback=_doctor,
     params=[

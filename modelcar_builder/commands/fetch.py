@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import (
     fetch_options,
     open_workspace,
@@ -21,7 +22,7 @@ from modelcar_builder.source.download import fetch
 log = logging.getLogger("modelcar")
 
 
-@click.command(name="fetch")
+@click.command(name="fetch", cls=GroupedCommand)
 @source_options
 @workspace_option
 @fetch_options
@@ -39,7 +40,9 @@ def fetch_cmd(src, fetch_opts, workspace):
     click.echo(str(result.files_dir))
 
 
-@click.command()
+@click.command(
+    cls=GroupedCommand, short_help="Fetch, then write a build context for buildah/podman."
+)
 @source_options
 @workspace_option
 @fetch_options

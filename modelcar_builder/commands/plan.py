@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import source_options
 from modelcar_builder.pipeline import count_base_layers, disk_needed
 from modelcar_builder.report import dumps, plan_document, plan_text
@@ -13,7 +14,7 @@ from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.workspace import Workspace
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @source_options
 @click.option(
     "--workspace",

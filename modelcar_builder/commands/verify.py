@@ -5,11 +5,14 @@ from __future__ import annotations
 import click
 
 from modelcar_builder.build import image_url, verify_image
+from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import registry_options, registry_settings
 from modelcar_builder.target import RegistryTarget, parse_target
 
 
-@click.command()
+@click.command(
+    cls=GroupedCommand, short_help="Check a pushed ModelCar is what a runtime will trust."
+)
 @click.argument("image")
 @registry_options
 @click.option(
