@@ -31,6 +31,7 @@ from modelcar_builder.errors import (
 )
 from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
+from modelcar_builder.report import DOCUMENT_VERSION
 from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.target import LayoutTarget, RegistryTarget, Target, parse_target
 from modelcar_builder.units import human
@@ -99,6 +100,8 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         counts = {s: sum(1 for c in self.checks if c.status == s) for s in ("PASS", "WARN", "FAIL")}
         return {
+            "version": DOCUMENT_VERSION,
+            "document": "doctor",
             "ok": not self.failures,
             "exit_code": self.exit_code,
             "seconds": round(self.seconds, 3),

@@ -8,10 +8,17 @@ from typing import Any
 from modelcar_builder.plan import Plan
 from modelcar_builder.units import human
 
+# Every JSON document we print or write (`build --json`/`--report`, `doctor --json`,
+# `verify --json`, `plan --json`) carries it. Raised when a field changes meaning or goes
+# away; adding a field keeps it. docs/schemas/ describes this version.
+DOCUMENT_VERSION = 1
+
 
 def plan_document(plan: Plan, disk: dict[str, int]) -> dict[str, Any]:
     snap = plan.snapshot
     return {
+        "version": DOCUMENT_VERSION,
+        "document": "plan",
         "source": snap.canonical,
         "kind": snap.kind,
         "revision": snap.revision,
@@ -76,6 +83,8 @@ def build_document(plan: Plan, outcome) -> dict[str, Any]:
             layer_of[f.path] = pushed.digest
     snap = plan.snapshot
     return {
+        "version": DOCUMENT_VERSION,
+        "document": "build",
         "source": snap.canonical,
         "revision": snap.revision,
         "commit": snap.commit,

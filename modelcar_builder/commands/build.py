@@ -137,6 +137,13 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     envvar="MODELCAR_REPORT",
     help="Write a JSON report here.",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report (what --report writes) as the only thing on stdout, instead "
+    "of the oci:// URL; it holds that URL as image_url.",
+)
 @preflight_option
 def build(
     src,
@@ -158,6 +165,7 @@ def build(
     ca_file,
     results_dir,
     report_file,
+    as_json,
 ):
     """Fetch, build, push and verify a ModelCar. Prints the oci:// URL KServe takes."""
     push = True
@@ -211,9 +219,10 @@ def build(
         len(result.layers) - uploaded,
         result.manifest_digest,
     )
+    document = dumps(build_document(resolved.plan, outcome))
     if report_file:
-        Path(report_file).write_text(dumps(build_document(resolved.plan, outcome)) + "\n")
+        Path(report_file).write_text(document + "\n")
     results = Path(results_dir) if results_dir else TEKTON_RESULTS
     if push and (results_dir or results.is_dir()):
         write_results(outcome, target, results)
-    click.echo(outcome.image_url)
+    click.echo(document if as_json else outcome.image_url)

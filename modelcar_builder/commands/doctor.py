@@ -40,7 +40,7 @@ doctor = GroupedCommand(
     "doctor",
     callback=_doctor,
     params=[
-        *(p for p in build.params if p.name != "no_preflight"),
+        *(p for p in build.params if p.name not in ("no_preflight", "as_json")),
         click.Option(["--json", "as_json"], is_flag=True, help="Print the checks as JSON."),
     ],
     help="Check, in seconds and without downloading the model, everything `build` with "

@@ -18,6 +18,7 @@ from modelcar_builder.context import DEFAULT_BASE_IMAGE, prepare_context
 from modelcar_builder.pipeline import count_base_layers
 from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.source.download import fetch
+from modelcar_builder.units import human
 
 log = logging.getLogger("modelcar")
 
@@ -32,8 +33,8 @@ def fetch_cmd(src, fetch_opts, workspace):
     ws = open_workspace(workspace)
     result = fetch(resolved.plan, ws, resolved.access, fetch_opts)
     log.info(
-        "downloaded %d bytes; %d files fetched, %d reused",
-        result.downloaded_bytes,
+        "downloaded %s; %d files fetched, %d reused",
+        human(result.downloaded_bytes),
         len(result.fetched),
         len(result.reused),
     )

@@ -53,6 +53,7 @@ from modelcar_builder.progress import Progress
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import LayerRecord
 from modelcar_builder.target import LayoutTarget, RegistryTarget
+from modelcar_builder.units import human
 
 log = logging.getLogger("modelcar")
 
@@ -312,7 +313,7 @@ class PerLayerBuilder:
         in the upload thread with overlap: no builder state is written here."""
         if self._have(sink, digest, size, note=False):
             return False
-        log.info("buildah: sending %s (%d bytes)", layer.name, size)
+        log.info("buildah: sending %s (%s)", layer.name, human(size))
         if isinstance(sink, LayoutSink):
             sink.layout.copy_blob_from(layout, digest)  # a hard link where it can
         else:
