@@ -99,6 +99,31 @@ def count_base_layers(
         base.close()
 
 
+def pinned_base(name: str, registry: RegistryOptions) -> str | None:
+    """The base as a Containerfile's FROM should name it: by digest when its registry
+    answers (a tag moves, and the build that runs elsewhere must start from the base that
+    was planned). None when it cannot be read, said in one warning line: the caller keeps
+    the name as given. A digest already given, an ``oci:`` layout (its transport takes a
+    tag only) and scratch are returned as they are."""
+    from modelcar_builder.target import RegistryTarget, parse_target
+
+    target = parse_target(name) if name != "scratch" else None
+    if not isinstance(target, RegistryTarget) or target.ref.digest:
+        return name
+    ref = target.ref
+    try:
+        with registry.client_for(ref) as client:
+            digest = client.get_manifest(ref.repository, ref.reference).digest
+    except ModelcarError as exc:
+        log.warning(
+            "cannot read base image %s (%s); FROM keeps the tag, and the plan assumes 1 base layer",
+            name,
+            exc,
+        )
+        return None
+    return f"{name}@{digest}"
+
+
 def disk_needed(plan: Plan, env: Mapping[str, str] | None = None) -> dict[str, int]:
     """Extra workspace bytes each engine needs, for `plan` and the up-front space check:
     every engine answers for itself (``Engine.disk_needed``)."""

@@ -11,13 +11,15 @@ from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import (
     fetch_options,
     open_workspace,
+    registry_options,
+    registry_settings,
     source_options,
     workspace_option,
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE, prepare_context
-from modelcar_builder.pipeline import count_base_layers
-from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.pipeline import count_base_layers, pinned_base
 from modelcar_builder.source.download import fetch
+from modelcar_builder.target import RegistryTarget, parse_target
 from modelcar_builder.units import human
 
 log = logging.getLogger("modelcar")
@@ -52,20 +54,29 @@ def fetch_cmd(src, fetch_opts, workspace):
     default=DEFAULT_BASE_IMAGE,
     show_default=True,
     envvar="MODELCAR_BASE_IMAGE",
-    help="Image that provides sh, ln and sleep.",
+    help="Image that provides sh, ln and sleep; FROM names it by digest when it can be "
+    "read (else by the name given, with a warning).",
 )
+@registry_options
 def prepare(
     src,
     fetch_opts,
     workspace,
     base_image,
+    authfile,
+    registry_token_file,
+    tls_verify,
+    ca_file,
 ):
     """Fetch, then lay out a build context (layer dirs + Containerfile) for buildah/podman."""
-    base = count_base_layers(base_image, ("linux", "amd64"), RegistryOptions(), strict=False)
+    host = None if base_image == "scratch" else _registry_host(base_image)
+    registry = registry_settings(authfile, registry_token_file, tls_verify, ca_file, host)
+    pinned = pinned_base(base_image, registry)  # read once: unreadable, it is not retried
+    base = count_base_layers(pinned, ("linux", "amd64"), registry, strict=False) if pinned else 1
     resolved = src.resolve(base, hub_timeout=fetch_opts.read_timeout)
     ws = open_workspace(workspace)
     fetched = fetch(resolved.plan, ws, resolved.access, fetch_opts)
-    ctx = prepare_context(resolved.plan, fetched.files_dir, ws, base_image)
+    ctx = prepare_context(resolved.plan, fetched.files_dir, ws, pinned or base_image)
     log.info(
         "context ready: %d layers, %d files linked, %d copied",
         len(ctx.layer_dirs),
@@ -73,3 +84,8 @@ def prepare(
         ctx.copied,
     )
     click.echo(str(ctx.directory))
+
+
+def _registry_host(name: str) -> str | None:
+    target = parse_target(name)
+    return target.ref.api_host if isinstance(target, RegistryTarget) else None

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from modelcar_builder.engines.sinks import Sink
-from modelcar_builder.errors import BaseImageNotFound
+from modelcar_builder.errors import BaseImageNotFound, RegistryUnreachable
 from modelcar_builder.oci import INDEX_MEDIA_TYPES
 from modelcar_builder.oci.image import BaseImage, Descriptor, base_image, select_platform
 from modelcar_builder.oci.layout import OciLayout
@@ -61,7 +61,16 @@ def _read_layout_blob(layout: OciLayout, digest: str) -> Iterator[bytes]:
 
 
 def _from_registry(ref: ImageRef, platform, registry: RegistryOptions) -> BaseSource:
-    return base_from_registry(ref, platform, registry.client_for(ref), str(ref))
+    try:
+        return base_from_registry(ref, platform, registry.client_for(ref), str(ref))
+    except RegistryUnreachable as exc:
+        # The base is read first, before the target: offline or behind a proxy, the
+        # default base is what fails, and the way out is another base, not the target.
+        raise RegistryUnreachable(
+            f"cannot read the base image {ref}: {exc.message}",
+            hint=f"pass --base-image: a registry you can reach, oci:PATH[:TAG] for a local "
+            f"layout, or scratch (no sh: KServe's sidecar mode needs one); {exc.hint}",
+        ) from exc
 
 
 def base_from_registry(
