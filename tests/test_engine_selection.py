@@ -102,7 +102,7 @@ def test_buildah_needs_is_one_story():
     flat = " ".join(BUILDAH_NEEDS.split())
     engine = next(p for p in cli.commands["build"].params if p.name == "engine")
     assert flat in " ".join(engine.help.split())
-    for doc in ("README.md", "deploy/tekton/task-modelcar-build-buildah.yaml",
-                "deploy/openshift/scc-modelcar-buildah.yaml"):  # fmt: skip
+    for doc in ("README.md", "deploy/components/tekton/task-modelcar-build-buildah.yaml",
+                "deploy/overlays/openshift/scc-modelcar-buildah.yaml"):  # fmt: skip
         text = " ".join((ROOT / doc).read_text().replace("#", " ").split())
         assert flat in text, f"{doc} does not say: {BUILDAH_NEEDS}"
