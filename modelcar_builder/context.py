@@ -17,7 +17,7 @@ from modelcar_builder.workspace import CONTENT_DIR_MODE, FILE_MODE, Workspace, m
 
 log = logging.getLogger("modelcar")
 
-DEFAULT_BASE_IMAGE = "registry.access.redhat.com/ubi9/ubi-micro:latest"
+DEFAULT_BASE_IMAGE = "registry.access.redhat.com/ubi9/ubi-micro:9.6"
 
 
 @dataclass(frozen=True)

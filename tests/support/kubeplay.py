@@ -1,7 +1,7 @@
 """Run a Tekton step or a Job's pod template the way the cluster would, with
-``podman kube play``: the manifest's own image reference replaced by the locally built
-builder image, and everything else taken from the manifest as written (command, args, env,
-securityContext, computeResources, volumes).
+``podman kube play``: everything taken from the manifest as written (image, command, args,
+env, securityContext, computeResources, volumes); the tests render the manifests from an
+overlay whose images point at the builder image they built and pushed.
 
 What the cluster would add is added here, as OpenShift does it:
 - the pod ``securityContext`` restricted-v2 injects (``runAsUser`` from the namespace
@@ -12,6 +12,10 @@ What the cluster would add is added here, as OpenShift does it:
 - Tekton's substitutions: ``$(params.x)`` (given or default; ``[*]`` expands an array),
   ``$(workspaces.x.path)`` (``""`` for an optional workspace left unbound) and
   ``$(results.x.path)``;
+- a step that references a StepAction (``ref: {name: ...}``) resolved as Tekton's
+  resolveStepRef does: the StepAction's image, command, args, env, workingDir,
+  volumeMounts and securityContext, its ``$(params.x)`` replaced by the step's params
+  (themselves substituted with the Task's) or the StepAction's defaults;
 - an ``optional`` secretKeyRef whose Secret does not exist is dropped, as the kubelet does.
 
 The pod joins the host network only to reach the test registry on 127.0.0.1 (a pod on a
@@ -50,12 +54,13 @@ class StepPod:
 
     task: dict[str, Any]
     step_name: str
-    image: str
+    image: str | None = None  # None: the step's own image (substituted)
     params: dict[str, str | list[str]] = field(default_factory=dict)
     workspaces: dict[str, Path] = field(default_factory=dict)  # bound ones, host dirs
     results_dir: Path | None = None
     sa_token: Path | None = None
     run_as: tuple[int, int] | None = (1000680000, 0)  # restricted-v2's injected UID:GID
+    step_actions: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name
 
     def substitute(self, text: str) -> str | list[str]:
         """Tekton's variable substitution for one string; an array param alone in the
@@ -93,10 +98,64 @@ class StepPod:
         assert "default" in declared[name], f"param {name} has no default and was not given"
         return declared[name]["default"]
 
-    def pod(self, name: str) -> dict[str, Any]:
+    def resolve_step(self) -> dict[str, Any]:
+        """The step as written, or, for a ``ref``, merged with its StepAction."""
         spec = self.task["spec"]
         step = copy.deepcopy(next(s for s in spec["steps"] if s["name"] == self.step_name))
-        container: dict[str, Any] = {"name": step["name"], "image": self.image,
+        if "ref" not in step:
+            return step
+        action = self.step_actions[step["ref"]["name"]]["spec"]
+        declared = {p["name"]: p for p in action.get("params", [])}
+        given = {p["name"]: p["value"] for p in step.get("params", [])}
+        assert set(given) <= set(declared), (
+            f"step params not in the StepAction: {set(given) - set(declared)}"
+        )
+        values = {}
+        for name, p in declared.items():
+            assert name in given or "default" in p, f"StepAction param {name} not given"
+            values[name] = given.get(name, p.get("default"))
+
+        def sub(text: str) -> str | list[str]:
+            whole = re.fullmatch(r"\$\(params\.([A-Za-z0-9_\-]+)\[\*\]\)", text)
+            if whole:
+                value = values[whole.group(1)]
+                assert isinstance(value, list), text
+                return list(value)
+
+            def one(m: re.Match[str]) -> str:
+                assert m.group(1) in values, f"StepAction param {m.group(1)} not declared"
+                value = values[m.group(1)]
+                assert isinstance(value, str), f"array param {m.group(1)} used as a string"
+                return value
+
+            return re.sub(r"\$\(params\.([A-Za-z0-9_\-]+)\)", one, text)
+
+        def walk(node: Any) -> Any:
+            if isinstance(node, str):
+                return sub(node)
+            if isinstance(node, list):
+                return (
+                    _flatten(walk(v) for v in node)
+                    if all(isinstance(v, str) for v in node)
+                    else [walk(v) for v in node]
+                )
+            if isinstance(node, dict):
+                return {k: walk(v) for k, v in node.items()}
+            return node
+
+        resolved = {k: v for k, v in step.items() if k not in ("ref", "params")}
+        for key in ("image", "command", "args", "script", "workingDir", "env", "volumeMounts",
+                    "securityContext"):  # fmt: skip
+            if key in action:
+                resolved[key] = walk(copy.deepcopy(action[key]))
+        return resolved
+
+    def pod(self, name: str) -> dict[str, Any]:
+        spec = self.task["spec"]
+        step = self.resolve_step()
+        image = self.image or self.substitute(step["image"])
+        assert isinstance(image, str)
+        container: dict[str, Any] = {"name": step["name"], "image": image,
                                      "imagePullPolicy": "Never"}  # fmt: skip
         for key in ("command", "args"):
             if key in step:
@@ -109,12 +168,15 @@ class StepPod:
                 ref = item["valueFrom"].get("secretKeyRef", {})
                 assert ref.get("optional"), f"env {item['name']} needs a Secret this test lacks"
                 continue  # optional Secret absent: the kubelet leaves the variable unset
-            env.append({"name": item["name"], "value": self.substitute(item["value"])})
+            value = self.substitute(item["value"])
+            assert isinstance(value, str), item
+            env.append({"name": item["name"], "value": value})
         container["env"] = env
         if "computeResources" in step:
             container["resources"] = step["computeResources"]
         container["securityContext"] = step.get("securityContext", {})
-        mounts = [dict(m) for m in step.get("volumeMounts", [])]
+        mounts = [{k: self.substitute(v) if isinstance(v, str) else v for k, v in m.items()}
+                  for m in step.get("volumeMounts", [])]  # fmt: skip
         volumes = [copy.deepcopy(v) for v in spec.get("volumes", [])]
         for ws, host in self.workspaces.items():
             mounts.append({"name": f"ws-{ws}", "mountPath": f"{WORKSPACE_ROOT}/{ws}"})

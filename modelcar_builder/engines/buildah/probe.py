@@ -21,8 +21,8 @@ from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 BUILDAH_NEEDS = (
     "buildah must run as UID 0 with the capabilities SYS_CHROOT and DAC_OVERRIDE (its "
     "copier chroots into each layer; no SETFCAP, no SYS_ADMIN, no user namespace); on "
-    "OpenShift that takes an SCC allowing them (deploy/overlays/openshift/scc-modelcar-buildah.yaml), "
-    "not restricted-v2"
+    "OpenShift that takes an SCC allowing them "
+    "(deploy/overlays/openshift/scc-modelcar-buildah.yaml), not restricted-v2"
 )
 PROBE_HINT = (
     f"{BUILDAH_NEEDS}: securityContext runAsUser: 0, capabilities add [SYS_CHROOT, "
