@@ -25,7 +25,7 @@ from modelcar_builder.context import DEFAULT_BASE_IMAGE
 from modelcar_builder.engines.buildah import settings as buildah_settings
 from scripts.freeze_constraints import closure
 from tests.support.kubeplay import StepPod
-from tests.support.schemas import tekton_errors
+from tests.support.schemas import inferenceservice_errors, tekton_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -596,3 +596,116 @@ def test_constraints_pin_exactly_the_runtime_closure():
     text = (ROOT / "containerfiles" / "constraints.txt").read_text()
     pinned = dict(line.split("==") for line in text.splitlines() if "==" in line)
     assert set(pinned) == set(closure())
+
+
+# -- the serve step -------------------------------------------------------------------------------
+
+
+def _serve_step() -> tuple[dict, dict]:
+    pipe = next(d for d in rendered("openshift") if d["kind"] == "Pipeline")
+    task = next(t for t in pipe["spec"]["tasks"] if t["name"] == "deploy")
+    return task, task["taskSpec"]["steps"][0]
+
+
+def _run_serve_script(
+    script: str, env: dict[str, str], stdin: str = ""
+) -> subprocess.CompletedProcess:
+    return subprocess.run(["/bin/sh", "-c", script], input=stdin, capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"], **env}, timeout=30)  # fmt: skip
+
+
+def _serve_env(**values: str) -> dict[str, str]:
+    """The step's env as Tekton sets it from the Pipeline's defaults and these values."""
+    pipe = next(d for d in rendered("openshift") if d["kind"] == "Pipeline")
+    defaults = {p["name"]: p.get("default") for p in pipe["spec"]["params"]}
+    task, step = _serve_step()
+    given = {p["name"]: p["value"] for p in task["params"]}
+    out = {}
+    for item in step["env"]:
+        ((kind, name),) = re.findall(r"\$\((params)\.([a-z-]+)\)", item["value"]) or [(None, None)]
+        if kind is None:
+            out[item["name"]] = item["value"]
+            continue
+        if name in values:
+            out[item["name"]] = values[name]
+            continue
+        value = given.get(name)
+        (pipe_param,) = re.findall(r"\$\(params\.([a-z-]+)\)", value) if value else [name]
+        out[item["name"]] = defaults.get(pipe_param) or {"dry-run": "false"}.get(name, "")
+    return out
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"runtime": "vllm-runtime", "gpu-count": "2", "deployment-mode": "Serverless",
+         "cpu": "4", "memory": "48Gi"},
+    ],
+    ids=["defaults", "runtime-gpu-serverless"],
+)  # fmt: skip
+def test_serve_step_writes_an_inferenceservice_kserves_crd_accepts(values):
+    """The step's own script, run by sh in its dry-run mode (nothing is applied), writes
+    the InferenceService; KServe's CRD schema (v1beta1, vendored) accepts it."""
+    _, step = _serve_step()
+    uri = "oci://registry.example:5000/ns/tiny@sha256:" + "ab" * 32
+    env = _serve_env(**values, **{"storage-uri": uri, "model-name": "tiny", "dry-run": "true"})
+    run = _run_serve_script(step["script"], env)
+    assert run.returncode == 0, run.stderr
+    isvc = yaml.safe_load(run.stdout)
+    assert inferenceservice_errors(isvc) == []
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["storageUri"] == uri
+    mode = isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+    assert mode == values.get("deployment-mode", "RawDeployment")
+    resources = model["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+    if "gpu-count" in values:
+        assert model["runtime"] == "vllm-runtime"
+        assert resources["limits"]["nvidia.com/gpu"] == "2"
+        assert resources["requests"]["nvidia.com/gpu"] == "2"
+    else:
+        assert "runtime" not in model and "nvidia.com/gpu" not in resources["limits"]
+
+
+def test_the_kserve_schema_rejects_a_broken_inferenceservice():
+    model = {"modelFormat": {"name": "hf"}, "storageUri": "oci://r/x", "storageURI": "typo"}
+    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "x"}, "spec": {"predictor": {"model": model}}}  # fmt: skip
+    assert inferenceservice_errors(isvc)
+
+
+def _storage_initializer(**changes) -> str:
+    """KServe's own ConfigMap (tests/data/kserve/inferenceservice-config.yaml), its
+    storageInitializer JSON with these keys changed."""
+    import json
+
+    config = yaml.safe_load((ROOT / "tests/data/kserve/inferenceservice-config.yaml").read_text())
+    value = json.loads(config["data"]["storageInitializer"])
+    value.update(changes)
+    return json.dumps(value, indent=4)
+
+
+@pytest.mark.parametrize(
+    ("changes", "enabled"),
+    [
+        ({}, True),  # upstream's default turns modelcars on
+        ({"enableModelcar": False}, False),
+        ({"enableModelcar": False, "enableOciModelSupport": True}, True),
+        ({"enableModelcar": False, "enableOciModelSupport": True, "ociModelMode": "native"}, False),
+    ],
+)
+def test_serve_step_checks_that_kserve_has_modelcars_enabled(changes, enabled):
+    """The step's check (its script up to "--- main ---", run by sh) on KServe's own
+    ConfigMap; off, the hint names the exact change. Not run here: the kubectl call that
+    reads the ConfigMap from a cluster (no cluster in this suite)."""
+    _, step = _serve_step()
+    functions = step["script"].split("# --- main ---", 1)[0]
+    env = _serve_env(**{"storage-uri": "oci://r/x@sha256:" + "0" * 63 + "1", "model-name": "x"})
+    check = functions + "\nif modelcar_enabled; then echo on; else modelcar_hint; echo off; fi"
+    run = _run_serve_script(check, env, _storage_initializer(**changes))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == ("on" if enabled else "off")
+    if not enabled:
+        assert '"enableModelcar": true' in run.stderr
+        assert "inferenceservice-config (namespace kserve)" in run.stderr
