@@ -435,7 +435,7 @@ def _trusted_cas(registry: RegistryOptions) -> str:
     if not registry.tls_verify:
         return "TLS not verified (--no-tls-verify)"
     if registry.ca_file:
-        return f"TLS trusted with CA {registry.ca_file}"
+        return f"TLS trusted with CA {registry.ca_source or registry.ca_file}"
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     return f"TLS checked against the system bundle {bundle or certifi.where()} (no --ca-file)"
 

@@ -5,10 +5,13 @@ that turns them into a connected client (twine keeps `settings` apart the same w
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from modelcar_builder.auth import default_ca_file, resolve_credentials
 from modelcar_builder.errors import UsageError
@@ -24,6 +27,7 @@ class RegistryOptions:
     tls_verify: bool = True
     ca_file: str | None = None
     retry_window: float = DEFAULT_RETRY_WINDOW  # seconds an outage mid-run is ridden out
+    ca_source: str | None = None  # where ca_file came from, for doctor (None: --ca-file)
 
     @classmethod
     def for_host(
@@ -35,14 +39,19 @@ class RegistryOptions:
         host: str | None,
     ) -> RegistryOptions:
         """The options for a registry ``host``; in a pod the service CA is the default
-        CA of in-cluster registries only (default_ca_file knows which)."""
+        CA of in-cluster registries only (default_ca_file knows which); then OpenSSL's
+        SSL_CERT_FILE / SSL_CERT_DIR (env_ca_bundle)."""
         default_ca = default_ca_file(host=host) if tls_verify and host else None
+        source = None
+        if ca_file is None and default_ca is None and tls_verify:
+            default_ca, source = env_ca_bundle(os.environ) or (None, None)
         return cls(
             authfile,
             token_file,
             tls_verify,
             ca_file or default_ca,
             retry_window=registry_retry_window(),
+            ca_source=source,
         )
 
     def client_for(self, ref: ImageRef) -> RegistryClient:
@@ -60,6 +69,54 @@ class RegistryOptions:
             ca_file=self.ca_file,
             retry=RetryPolicy(window=self.retry_window),
         )
+
+
+def env_ca_bundle(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The CAs OpenSSL's variables name, as one file requests and buildah can take, and
+    what they were; None when neither is set.
+
+    requests ignores SSL_CERT_FILE and SSL_CERT_DIR (it trusts certifi's bundle), so a
+    registry behind a CA given that way (OpenShift Pipelines injects the cluster's trusted
+    CA bundle as SSL_CERT_DIR=/tekton-custom-certs:...) failed to verify. SSL_CERT_FILE
+    replaces the default bundle, as in OpenSSL; every certificate file in each
+    SSL_CERT_DIR directory (':'-separated; read as Go does, no c_rehash names needed) is
+    added to it. The result is written once per content under the temp dir."""
+    cert_file = env.get("SSL_CERT_FILE") or ""
+    dirs = [d for d in (env.get("SSL_CERT_DIR") or "").split(":") if d]
+    if not cert_file and not dirs:
+        return None
+    if cert_file and not dirs:
+        return (cert_file, f"SSL_CERT_FILE {cert_file}") if Path(cert_file).is_file() else None
+    import certifi
+
+    base = Path(cert_file) if cert_file and Path(cert_file).is_file() else Path(certifi.where())
+    parts, found = [base.read_bytes()], 0
+    for d in dirs:
+        directory = Path(d)
+        if not directory.is_dir():
+            continue
+        for f in sorted(directory.iterdir()):
+            try:
+                data = f.read_bytes() if f.is_file() else b""
+            except OSError:
+                continue
+            if b"-----BEGIN CERTIFICATE-----" in data:
+                parts.append(data)
+                found += 1
+    if not found:
+        return (str(base), f"SSL_CERT_FILE {cert_file}") if cert_file else None
+    bundle = b"\n".join(parts)
+    path = (
+        Path(tempfile.gettempdir()) / f"modelcar-ca-{hashlib.sha256(bundle).hexdigest()[:16]}.pem"
+    )
+    if not path.is_file():
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(bundle)
+        partial.replace(path)
+    what = (
+        f"SSL_CERT_DIR {':'.join(dirs)} ({found} file{'s' if found != 1 else ''} added to {base})"
+    )
+    return str(path), what
 
 
 # -- the buildah engine's settings (environment only: they tune one engine) ------------------

@@ -11,6 +11,11 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.pop("HF_TOKEN", None)
+# The tool trusts the CAs OpenSSL's variables name (settings.env_ca_bundle); a machine's
+# own (this image sets both to Debian's bundle) would change what every TLS test trusts.
+# tests/test_trust.py sets them where it means to.
+os.environ.pop("SSL_CERT_FILE", None)
+os.environ.pop("SSL_CERT_DIR", None)
 
 pytest_plugins = [
     "tests.support.hub_fixtures",
