@@ -1,18 +1,18 @@
 #!/bin/sh
 # The builder image's entrypoint: a passwd entry for an arbitrary UID, then `modelcar`.
 # OpenShift (restricted-v2) runs the container as a UID the image has never heard of, in
-# group 0. Tools that look the user up (buildah: "unknown userid") need an entry: append one
-# to /etc/passwd (group-0 writable in this image) when the root fs is writable, else point
-# nss_wrapper at a copy in $TMPDIR (an emptyDir in deploy/), else go on without one (the
-# native engine does not need it).
+# group 0. Tools that look the user up (buildah: "unknown userid") need an entry: point
+# nss_wrapper at a copy of /etc/passwd with one in $TMPDIR (an emptyDir in deploy/), or, on
+# a base without nss_wrapper (where the image leaves /etc/passwd group-writable), append
+# one; else go on without one (the native engine does not need it).
 if ! whoami >/dev/null 2>&1; then
   entry="modelcar:x:$(id -u):$(id -g):modelcar builder:${HOME:-/home/modelcar}:/sbin/nologin"
-  if [ -w /etc/passwd ]; then
-    echo "$entry" >>/etc/passwd
-  elif [ -f "${NSS_WRAPPER_LIB:-}" ] && dir="$(mktemp -d 2>/dev/null)"; then
+  if [ -f "${NSS_WRAPPER_LIB:-}" ] && dir="$(mktemp -d 2>/dev/null)"; then
     cp /etc/passwd "$dir/passwd" && echo "$entry" >>"$dir/passwd"
     cp /etc/group "$dir/group"
     export LD_PRELOAD="$NSS_WRAPPER_LIB" NSS_WRAPPER_PASSWD="$dir/passwd" NSS_WRAPPER_GROUP="$dir/group"
+  elif [ -w /etc/passwd ]; then
+    echo "$entry" >>/etc/passwd
   fi
 fi
 # Tekton's optional workspaces (deploy/tekton): an unbound one's path is "", so these name
@@ -30,4 +30,24 @@ if [ -n "${CA_BUNDLE_DIR:-}" ] && [ -z "${MODELCAR_CA_FILE:-}" ]; then
   done
 fi
 unset CA_BUNDLE_DIR
-exec modelcar "$@"
+# A Tekton param left at its "" default: the Hub's own URL, not an empty one.
+[ -n "${HF_ENDPOINT:-}" ] || unset HF_ENDPOINT
+# In a Tekton step (MODELCAR_RESULTS_DIR set), a successful build also writes Chains'
+# input-artifact result (the Hub repo at the commit built) from its report; modelcar runs
+# as a child then, with TERM and INT passed on. Anywhere else modelcar replaces this shell.
+if [ "${1:-}" != build ] || [ -z "${MODELCAR_RESULTS_DIR:-}" ] || [ -z "${MODELCAR_REPORT:-}" ]; then
+  exec modelcar "$@"
+fi
+modelcar "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM
+trap 'kill -INT "$child" 2>/dev/null' INT
+while :; do
+  wait "$child"; code=$?
+  kill -0 "$child" 2>/dev/null || break   # wait returned for a signal, not the exit
+done
+if [ "$code" = 0 ]; then
+  python3_bin="$(dirname "$(command -v modelcar)")/python3"
+  "$python3_bin" -m modelcar_builder.chains "$MODELCAR_REPORT" "$MODELCAR_RESULTS_DIR" || code=$?
+fi
+exit "$code"
