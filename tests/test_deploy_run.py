@@ -1,7 +1,10 @@
-"""Proven by running it: the builder image built from containerfiles/Containerfile (on a
-Debian root fs made offline with mmdebstrap), then each Tekton step and the Job's pod
-template run as the cluster would run them (``podman kube play``, tests/support/kubeplay),
-pushing to the loopback registry; then the pushed ModelCar run the way KServe runs it.
+"""Proven by running it, as shipped: scripts/builder-image.sh builds the builder image from
+containerfiles/Containerfile (on a Debian root fs made offline with mmdebstrap, itself
+served by the loopback registry), pushes it there and pins its digest into a copy of
+deploy/; each overlay of that copy is rendered with `kubectl kustomize`, and the Tekton
+steps and the Job's pod template *from the rendered overlay* run as the cluster would run
+them (``podman kube play``, tests/support/kubeplay), pushing to the loopback registry; then
+the pushed ModelCar runs the way KServe runs it.
 
 Slow (minutes on first run: the Debian tar and the wheels are cached in
 ~/.cache/modelcar-builder/ afterwards). Skips, saying why, only when mmdebstrap cannot
@@ -10,16 +13,20 @@ reach the Debian mirror or pip the package index."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from tests.support import builder_image
 from tests.support.kubeplay import StepPod, play, pod_manifest
-from tests.support.podman import make_podman, podman_available
+from tests.support.podman import Podman, make_podman, podman_available
 from tests.support.registry import sa_like_token
 
 pytestmark = pytest.mark.slow
@@ -28,14 +35,50 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "modelcar_builder" / "examples" / "tiny-model"
 OPENSHIFT_UID = 1000680000  # what restricted-v2 assigns: a UID with no passwd entry, group 0
 VOLUME_OWNER = 4242  # the PVC belongs to someone else; group 0 may write (setgid dir)
+OVERLAYS = ("openshift", "kubernetes", "kubernetes-indexed", "tekton")
+MANIFEST_TYPES = ", ".join((
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+))  # fmt: skip
 
 
-def _load(path: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all((ROOT / path).read_text()) if d]
+@dataclass
+class Builder:
+    podman: Podman
+    image: str  # REGISTRY/REPO@sha256:..., pinned by the script, pulled into podman
+    rendered: dict[str, list[dict]]  # overlay -> its objects, from the pinned copy
+    build: builder_image.ScriptBuild
+    base: str  # the Debian base's reference in the loopback registry
+
+    def objects(self, overlay: str, kind: str) -> list[dict]:
+        return [d for d in self.rendered[overlay] if d["kind"] == kind]
+
+    def task(self, name: str) -> dict:
+        return next(d for d in self.objects("openshift", "Task") if d["metadata"]["name"] == name)
+
+    def step_actions(self) -> dict[str, dict]:
+        return {d["metadata"]["name"]: d for d in self.objects("openshift", "StepAction")}
+
+
+def registry_digest(host: str, repo: str, reference: str) -> str:
+    """The manifest digest the registry itself answers with (Docker-Content-Digest)."""
+    resp = requests.head(f"http://{host}/v2/{repo}/manifests/{reference}",
+                         headers={"Accept": MANIFEST_TYPES}, timeout=30)  # fmt: skip
+    resp.raise_for_status()
+    return resp.headers["Docker-Content-Digest"]
+
+
+def kustomize(directory: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (scripts/install-deps.sh installs it)")
+    out = subprocess.run([kubectl, "kustomize", str(directory)], check=True,
+                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    return [d for d in yaml.safe_load_all(out) if d]
 
 
 @pytest.fixture(scope="module")
-def builder(tmp_path_factory):
+def builder(tmp_path_factory, session_registry):
     why = podman_available()
     if why:
         pytest.skip(why)
@@ -49,11 +92,66 @@ def builder(tmp_path_factory):
         pytest.skip(wheels)
     podman = make_podman(tmp_path_factory.mktemp("podman"))
     try:
-        base = builder_image.import_base(podman, tar)
-        image = builder_image.build_builder_image(podman, base, wheels)
-        yield podman, image
+        local_base = builder_image.import_base(podman, tar)
+        base = builder_image.push_base(podman, local_base, session_registry.host)
+        checkout = builder_image.copy_checkout(tmp_path_factory.mktemp("checkout"))
+        target = f"{session_registry.host}/modelcar/builder:test"
+        build = builder_image.build_with_script(podman, base, wheels, target, checkout)
+        podman.pull(build.image)  # the pods run it with imagePullPolicy Never
+        rendered = {o: kustomize(checkout / "deploy" / "overlays" / o) for o in OVERLAYS}
+        yield Builder(podman, build.image, rendered, build, base)
     finally:
         podman.close()
+
+
+def test_builder_image_script_pins_the_pushed_digest_into_every_overlay(builder, session_registry):
+    """scripts/builder-image.sh against the loopback registry: the digest it pins is the one
+    the registry serves, every overlay renders it wherever the builder image goes, and no
+    placeholder or committed default is left."""
+    repo, digest = builder.image.split("@")
+    assert repo == f"{session_registry.host}/modelcar/builder"
+    assert digest == registry_digest(session_registry.host, "modelcar/builder", "test")
+    images = set()
+    for overlay, docs in builder.rendered.items():
+        text = yaml.safe_dump_all(docs)
+        assert "quay.io/modelcar" not in text and "sha256:" + "0" * 64 not in text, overlay
+        for doc in docs:
+            if doc["kind"] == "Job":
+                images |= {c["image"] for c in doc["spec"]["template"]["spec"]["containers"]}
+            if doc["kind"] in ("StepAction", "Task", "Pipeline"):
+                param = next(p for p in doc["spec"]["params"] if p["name"] == "builder-image")
+                images.add(param["default"])
+    assert images == {builder.image}
+    # the checkout it ran in was a copy: the worktree's deploy/ still names the release tag
+    pinned = (builder.build.checkout / "deploy/components/images/kustomization.yaml").read_text()
+    assert f"digest: {digest}" in pinned
+    assert digest not in (ROOT / "deploy/components/images/kustomization.yaml").read_text()
+
+
+def test_builder_image_labels_base_digest_and_file_modes(builder, session_registry):
+    """The Containerfile as built by the script: full OCI labels, the base's digest as its
+    registry serves it, /etc/passwd not group-writable (nss_wrapper covers arbitrary UIDs),
+    and no package manager run on a base that has everything (the build is offline)."""
+    podman = builder.podman
+    labels = json.loads(podman.run("image", "inspect", "--format", "{{json .Labels}}",
+                                   builder.image).stdout)  # fmt: skip
+    base_repo, base_tag = builder.base.rsplit(":", 1)
+    base_digest = registry_digest(session_registry.host, base_repo.split("/", 1)[1], base_tag)
+    prefix = "org.opencontainers.image."
+    assert labels[prefix + "base.digest"] == base_digest
+    assert labels[prefix + "base.name"] == builder.base
+    assert labels[prefix + "source"] == labels[prefix + "url"] == "https://example.invalid/modelcar"
+    assert labels[prefix + "version"] == "0.1.0" and labels[prefix + "created"]
+    for key in ("title", "description", "licenses", "revision"):
+        assert labels[prefix + key], key
+    # the RUN line's own text is echoed in STEP n/m; its output would start a line
+    assert "\nmodelcar-builder: installing" not in builder.build.log
+    assert "modelcar-builder: installing $need" in builder.build.log  # the check ran
+    script = "stat -c %a /etc/passwd; ls -l /usr/local/lib/libnss_wrapper.so"
+    run = podman.run("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh",
+                     builder.image, "-c", script)  # fmt: skip
+    mode, lib = run.stdout.splitlines()
+    assert mode == "644" and "libnss_wrapper.so ->" in lib
 
 
 def _volume(path: Path, model: bool = True) -> Path:
@@ -99,43 +197,51 @@ def _check_results(results: Path, registry_host: str, repo: str, tag: str) -> st
     return digest
 
 
-def _run_task(builder, tmp_path, session_registry, base_image, task_file, repo, run_as):
-    podman, image = builder
-    task = _load(task_file)[0]
+def _run_task(builder, tmp_path, session_registry, base_image, task_name, repo, run_as,
+              params=None):  # fmt: skip
+    podman = builder.podman
+    task = builder.task(task_name)
     volume = _volume(tmp_path / "pvc")
     results = _results_dir(tmp_path / "results")
     step = StepPod(
         task=task,
         step_name="build",
-        image=image,
         params={
             "source": "models/tiny",
             "image": f"{session_registry.host}/{repo}:v1",
             "base-image": base_image.ref,
             "tls-verify": "false",
             "source-date-epoch": "1700000000",
+            **(params or {}),
         },
         workspaces={"source": volume},
         results_dir=results,
         sa_token=_sa_token(tmp_path / "token"),
         run_as=run_as,
+        step_actions=builder.step_actions(),
     )
-    run = play(podman, step.pod(repo.replace("/", "-")), tmp_path)
+    pod = step.pod(repo.replace("/", "-"))
+    assert pod["spec"]["containers"][0]["image"] == builder.image  # the overlay's, pinned
+    run = play(podman, pod, tmp_path)
     assert run.exit_code == 0, run.logs
     digest = _check_results(results, session_registry.host, repo, "v1")
     assert (volume / "modelcar" / "report.json").is_file()
-    return run, digest
+    return run, digest, results
 
 
 def test_native_task_runs_as_arbitrary_uid_read_only_no_capabilities(
     builder, tmp_path, session_registry, base_image
 ):
-    task = _load("deploy/tekton/task-modelcar-build.yaml")[0]
-    sc = task["spec"]["steps"][0]["securityContext"]
+    """The Task modelcar-build from the rendered openshift overlay: its step is the
+    StepAction modelcar-build (no capability, read-only root, any UID)."""
+    task = builder.task("modelcar-build")
+    assert task["spec"]["steps"][0]["ref"] == {"name": "modelcar-build"}
+    sc = builder.step_actions()["modelcar-build"]["spec"]["securityContext"]
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["readOnlyRootFilesystem"] is True
-    run, digest = _run_task(builder, tmp_path, session_registry, base_image,
-                            "deploy/tekton/task-modelcar-build.yaml", "tekton/native",
-                            (OPENSHIFT_UID, 0))  # fmt: skip
+    run, digest, results = _run_task(builder, tmp_path, session_registry, base_image,
+                                     "modelcar-build", "tekton/native",
+                                     (OPENSHIFT_UID, 0))  # fmt: skip
+    assert not (results / "MODEL_SOURCE_ARTIFACT_INPUTS").exists()  # a directory source
     assert "oci://" in run.logs
     ref = f"{session_registry.host}/tekton/native@{digest}"
     _kserve_contract(builder, tmp_path, ref, base_image.ref)
@@ -149,7 +255,7 @@ def _kserve_contract(
     """KServe's modelcar mode for real: the init check, then the sidecar's /proc link in a
     pod with a shared PID namespace and an emptyDir at /mnt, read by another container
     with the same UID, every file's sha256 checked."""
-    podman, _ = builder
+    podman = builder.podman
     podman.pull(ref)
     podman.pull(reader_image)
     sc = {"runAsUser": OPENSHIFT_UID, "runAsGroup": 0, "runAsNonRoot": True}
@@ -197,26 +303,27 @@ def _kserve_contract(
 def test_buildah_task_runs_with_exactly_the_capabilities_it_declares(
     builder, tmp_path, session_registry, base_image
 ):
-    task = _load("deploy/tekton/task-modelcar-build-buildah.yaml")[0]
+    task = builder.task("modelcar-build-buildah")
     sc = task["spec"]["steps"][0]["securityContext"]
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["SYS_CHROOT", "DAC_OVERRIDE"]}
-    run, digest = _run_task(builder, tmp_path, session_registry, base_image,
-                            "deploy/tekton/task-modelcar-build-buildah.yaml", "tekton/buildah",
-                            None)  # fmt: skip
+    run, digest, _ = _run_task(builder, tmp_path, session_registry, base_image,
+                               "modelcar-build-buildah", "tekton/buildah", None)  # fmt: skip
     assert "with buildah" in run.logs, run.logs
     _kserve_contract(builder, tmp_path, f"{session_registry.host}/tekton/buildah@{digest}",
                      base_image.ref)  # fmt: skip
 
 
 def test_job_pod_template_runs_as_openshift_would(builder, tmp_path, session_registry, base_image):
-    """The Job's pod template as written; only what points at the cluster is pointed at the
-    test instead (source, image, base, plain-HTTP registry; the PVC is a hostPath)."""
-    podman, image = builder
-    job = _load("deploy/kubernetes/job-modelcar-build.yaml")[0]
+    """The Job's pod template as the openshift overlay renders it (its image the pinned
+    builder); only what points at the cluster is pointed at the test instead (source,
+    image, base, plain-HTTP registry; the PVC is a hostPath)."""
+    podman = builder.podman
+    (job,) = builder.objects("openshift", "Job")
     spec = job["spec"]["template"]["spec"]
     volume = _volume(tmp_path / "pvc")
     target = f"{session_registry.host}/job/tiny:v1"
-    container = dict(spec["containers"][0], image=image, imagePullPolicy="Never")
+    assert spec["containers"][0]["image"] == builder.image
+    container = dict(spec["containers"][0], imagePullPolicy="Never")
     local = {"MODELCAR_SOURCE": "/work/models/tiny", "MODELCAR_IMAGE": target,
              "MODELCAR_BASE_IMAGE": base_image.ref, "MODELCAR_TLS_VERIFY": "false"}  # fmt: skip
     env = [e for e in container["env"] if e["name"] not in local and "valueFrom" not in e]

@@ -6,7 +6,10 @@
 2. a wheelhouse with the exact versions of containerfiles/constraints.txt (pip download,
    cached the same way, keyed by the constraints file);
 3. ``podman build --network none`` of the Containerfile with ``PIP_ARGS="--no-index
-   --find-links /wheels"`` and the wheelhouse mounted read-only at /wheels.
+   --find-links /wheels"`` and the wheelhouse mounted read-only at /wheels: directly
+   (build_builder_image), or as a user would, with scripts/builder-image.sh run from a copy
+   of the checkout against the loopback registry (build_with_script), which pushes the
+   image, reads its digest back and pins it in the copy's deploy/.
 
 Each step returns a reason string instead of raising when the outside world (mirror,
 package index) cannot be reached, so the tests skip saying why instead of failing."""
@@ -19,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.podman import Podman
@@ -117,3 +121,53 @@ def build_builder_image(podman: Podman, base_ref: str, wheels: Path) -> str:
         "-t", IMAGE_NAME, str(ROOT),
     )  # fmt: skip
     return IMAGE_NAME
+
+
+# What scripts/builder-image.sh needs of a checkout (the build context and deploy/).
+CHECKOUT = ("scripts/builder-image.sh", "containerfiles", "modelcar_builder", "pyproject.toml",
+            "README.md", ".containerignore", "deploy")  # fmt: skip
+
+
+@dataclass
+class ScriptBuild:
+    checkout: Path  # the copy whose deploy/ the script pinned
+    image: str  # REGISTRY/REPO@sha256:..., as the script printed it
+    log: str  # everything the script and the build printed
+
+
+def copy_checkout(dest: Path) -> Path:
+    for rel in CHECKOUT:
+        src = ROOT / rel
+        if src.is_dir():
+            shutil.copytree(src, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def push_base(podman: Podman, base_ref: str, registry_host: str) -> str:
+    """The imported Debian base, pushed to the loopback registry (the script reads a
+    base's digest from its registry)."""
+    ref = f"{registry_host}/base/debian:{SUITE}"
+    podman.run("push", "-q", "--tls-verify=false", base_ref, f"docker://{ref}")
+    return ref
+
+
+def build_with_script(podman: Podman, base_in_registry: str, wheels: Path, target: str,
+                      checkout: Path) -> ScriptBuild:  # fmt: skip
+    """scripts/builder-image.sh as a user runs it, offline, into the given checkout copy."""
+    env = dict(
+        podman.env, ENGINE="podman", ENGINE_ARGS=" ".join(podman.argv()[1:])
+    )  # --root, --runroot, --storage-driver
+    proc = subprocess.run(
+        [str(checkout / "scripts" / "builder-image.sh"), "--base-image", base_in_registry,
+         "--tls-verify=false", "--network", "none",
+         "--build-arg", "PIP_ARGS=--no-index --find-links /wheels",
+         "--volume", f"{wheels}:/wheels:ro", "--source-url", "https://example.invalid/modelcar",
+         target],
+        cwd=checkout, env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    return ScriptBuild(checkout, proc.stdout.strip().splitlines()[-1], log)
