@@ -343,3 +343,52 @@ def test_job_pod_template_runs_as_openshift_would(builder, tmp_path, session_reg
     assert last.startswith(f"oci://{session_registry.host}/job/tiny@sha256:"), run.logs
     assert (volume / "modelcar" / "report.json").is_file()
     _kserve_contract(builder, tmp_path, last.removeprefix("oci://"), base_image.ref)
+
+
+def test_native_task_from_the_hub_gives_chains_its_input_artifact(
+    builder, hub, tmp_path, session_registry, base_image
+):
+    """A Hub source through the Task's params (hf-endpoint: the Hub imitation on the
+    host network): the step writes MODEL_SOURCE_ARTIFACT_INPUTS, the repo at the commit
+    built, beside IMAGE_URL/IMAGE_DIGEST."""
+    files = {p.relative_to(TINY).as_posix(): p.read_bytes() for p in TINY.rglob("*") if p.is_file()}
+    hub.add_repo("acme/tiny", files)
+    _, digest, results = _run_task(builder, tmp_path, session_registry, base_image,
+                                   "modelcar-build", "tekton/hub", (OPENSHIFT_UID, 0),
+                                   {"source": "hf://acme/tiny@main",
+                                    "hf-endpoint": hub.endpoint})  # fmt: skip
+    artifact = json.loads((results / "MODEL_SOURCE_ARTIFACT_INPUTS").read_text())
+    assert artifact == {
+        "uri": f"{hub.endpoint}/acme/tiny",
+        "digest": f"sha1:{hub.head('acme/tiny')}",
+    }
+    assert digest == registry_digest(session_registry.host, "tekton/hub", "v1")
+
+
+def test_kubernetes_overlay_job_runs_as_its_image_user_with_its_fsgroup(
+    builder, tmp_path, session_registry, base_image
+):
+    """The kubernetes overlay's Job (fsGroup added, no runAsUser: the image's USER 1001),
+    run with its pod securityContext as rendered."""
+    (job,) = builder.objects("kubernetes", "Job")
+    spec = job["spec"]["template"]["spec"]
+    assert spec["securityContext"]["fsGroup"] == 1001
+    volume = _volume(tmp_path / "pvc")
+    target = f"{session_registry.host}/job/k8s:v1"
+    container = dict(spec["containers"][0], imagePullPolicy="Never")
+    assert container["image"] == builder.image
+    local = {"MODELCAR_SOURCE": "/work/models/tiny", "MODELCAR_IMAGE": target,
+             "MODELCAR_BASE_IMAGE": base_image.ref, "MODELCAR_TLS_VERIFY": "false"}  # fmt: skip
+    env = [e for e in container["env"] if e["name"] not in local and "valueFrom" not in e]
+    container["env"] = env + [{"name": k, "value": v} for k, v in local.items()]
+    volumes = [
+        {"name": "work", "hostPath": {"path": str(volume), "type": "Directory"}}
+        if v["name"] == "work" else v
+        for v in spec["volumes"]
+    ]  # fmt: skip
+    run = play(builder.podman, pod_manifest("job-k8s", [container], volumes,
+                                            spec["securityContext"]), tmp_path)  # fmt: skip
+    assert run.exit_code == 0, run.logs
+    urls = [line for line in run.logs.splitlines() if line.startswith("oci://")]
+    digest = registry_digest(session_registry.host, "job/k8s", "v1")
+    assert urls == [f"oci://{session_registry.host}/job/k8s@{digest}"], run.logs
