@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from tests.support import builder_image
 from tests.support.kubeplay import StepPod, play, pod_manifest
 from tests.support.podman import Podman, make_podman, podman_available
 from tests.support.registry import sa_like_token
+from tests.test_engine_workstation import dockerd  # noqa: F401 (the private dockerd fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -392,3 +394,101 @@ def test_kubernetes_overlay_job_runs_as_its_image_user_with_its_fsgroup(
     urls = [line for line in run.logs.splitlines() if line.startswith("oci://")]
     digest = registry_digest(session_registry.host, "job/k8s", "v1")
     assert urls == [f"oci://{session_registry.host}/job/k8s@{digest}"], run.logs
+
+
+# -- the workstation one-liners (README "Workstation"), run as written ----------------------
+
+
+def _readme_one_liner(tool: str) -> tuple[str, str]:
+    """README's `mkdir` line and its `TOOL run ...` command (continuation lines joined)."""
+    section = (ROOT / "README.md").read_text().split("### Workstation", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    lines = [" ".join(line.split()) for line in block.splitlines() if line.strip()]
+    (mkdir,) = [line for line in lines if line.startswith("mkdir")]
+    (command,) = [line for line in lines if line.startswith(f"{tool} run ")]
+    return mkdir, command
+
+
+def _as_test(command: str, tool_prefix: str, image: str, target: str, base: str) -> str:
+    """The README command with only its placeholders swapped (each must be there) and what
+    reaching a plain-HTTP loopback registry takes."""
+    swaps = {
+        "quay.io/YOU/modelcar-builder:0.1.0": image,
+        "hf://ORG/NAME@REV": "models/tiny",
+        "--image quay.io/YOU/model:v1": f"--image {target} --no-tls-verify --base-image {base}",
+    }
+    for old, new in swaps.items():
+        assert command.count(old) == 1, f"README one-liner lost {old!r}: {command}"
+        command = command.replace(old, new)
+    _, rest = command.split(" run ", 1)
+    return f"{tool_prefix} run --network host {rest}"
+
+
+def _workstation_dir(tmp_path: Path) -> dict[str, str]:
+    """An ordinary host directory (made by README's own mkdir, umask 022, owned by whoever
+    runs the test) holding the model, and the auth files the one-liners mount."""
+    xdg = tmp_path / "xdg"
+    (xdg / "containers").mkdir(parents=True)
+    (xdg / "containers" / "auth.json").write_text('{"auths": {}}')
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    (home / ".docker" / "config.json").write_text('{"auths": {}}')
+    return {"XDG_RUNTIME_DIR": str(xdg), "HOME": str(home)}
+
+
+def _run_one_liner(tmp_path: Path, mkdir: str, command: str, env: dict[str, str]):
+    subprocess.run(["bash", "-c", f"umask 022; {mkdir}"], cwd=tmp_path, check=True)
+    work = tmp_path / "work"
+    assert work.stat().st_mode & 0o777 == 0o755 and work.stat().st_uid == os.getuid()
+    shutil.copytree(TINY, work / "models" / "tiny")
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    return work, proc
+
+
+def test_workstation_podman_one_liner_runs_as_written(builder, tmp_path, session_registry,
+                                                      base_image):  # fmt: skip
+    mkdir, command = _readme_one_liner("podman")
+    target = f"{session_registry.host}/workstation/podman:v1"
+    line = _as_test(command, shlex.join(builder.podman.argv()), builder.image, target,
+                    base_image.ref)  # fmt: skip
+    env = dict(builder.podman.env, **_workstation_dir(tmp_path))
+    work, proc = _run_one_liner(tmp_path, mkdir, line, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    digest = registry_digest(session_registry.host, "workstation/podman", "v1")
+    assert (
+        proc.stdout.strip().splitlines()[-1]
+        == f"oci://{session_registry.host}/workstation/podman@{digest}"
+    )
+    assert (work / "modelcar-work").is_dir()
+    assert (work / "modelcar-work").stat().st_uid == os.getuid()  # the files stay yours
+
+
+def test_workstation_docker_one_liner_runs_as_written(
+    builder,
+    dockerd,  # noqa: F811 (the fixture imported above)
+    tmp_path,
+    session_registry,
+    base_image,
+):
+    if shutil.which("docker") is None:
+        pytest.skip("the docker CLI is not installed (Debian docker.io, scripts/install-deps.sh)")
+    mkdir, command = _readme_one_liner("docker")
+    tagged = f"{session_registry.host}/modelcar/builder:test"  # what the script built
+    archive = tmp_path / "builder.tar"
+    builder.podman.run("save", "--format", "docker-archive", "-o", str(archive), tagged)
+    denv = dict(os.environ, DOCKER_HOST=dockerd)
+    subprocess.run(["docker", "load", "-q", "-i", str(archive)], env=denv, check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    archive.unlink()
+    target = f"{session_registry.host}/workstation/docker:v1"
+    line = _as_test(command, "docker", tagged, target, base_image.ref)
+    env = dict(denv, **_workstation_dir(tmp_path))
+    work, proc = _run_one_liner(tmp_path, mkdir, line, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    digest = registry_digest(session_registry.host, "workstation/docker", "v1")
+    assert (
+        proc.stdout.strip().splitlines()[-1]
+        == f"oci://{session_registry.host}/workstation/docker@{digest}"
+    )
+    assert (work / "modelcar-work").stat().st_uid == os.getuid()
