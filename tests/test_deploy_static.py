@@ -709,3 +709,45 @@ def test_serve_step_checks_that_kserve_has_modelcars_enabled(changes, enabled):
     if not enabled:
         assert '"enableModelcar": true' in run.stderr
         assert "inferenceservice-config (namespace kserve)" in run.stderr
+
+
+# -- README ----------------------------------------------------------------------------------------
+
+
+def _readme_heredocs() -> list[dict]:
+    text = (ROOT / "README.md").read_text()
+    docs = []
+    for body in re.findall(r"<<'EOF2'\n(.*?)\nEOF2\n", text, flags=re.S):
+        docs += [d for d in yaml.safe_load_all(body) if d]
+    return docs
+
+
+def test_readme_has_a_section_per_place_with_commands():
+    text = (ROOT / "README.md").read_text()
+    for place, command in (("### Tekton on OpenShift", "oc apply -k deploy/overlays/openshift"),
+                           ("### Tekton upstream", "kubectl apply -k deploy/overlays/tekton"),
+                           ("### Job", "kubectl apply -k deploy/overlays/kubernetes"),
+                           ("### Workstation", "podman run --rm --user 0")):  # fmt: skip
+        section = text.split(place + "\n", 1)[1].split("\n### ", 1)[0]
+        assert command in section, place
+    assert "../shared" not in text
+
+
+def test_readme_pipelinerun_and_overlay_match_what_they_name(tmp_path):
+    """The PipelineRun the README pastes validates against Tekton's schema and names only
+    the Pipeline's params and workspaces; its own-namespace overlay renders."""
+    docs = _readme_heredocs()
+    run = next(d for d in docs if d.get("kind") == "PipelineRun")
+    assert tekton_errors(run) == []
+    pipe = next(d for _, d in _of_kind("Pipeline") if d["metadata"]["name"] == "modelcar-deploy")
+    assert {p["name"] for p in run["spec"]["params"]} <= {p["name"] for p in pipe["spec"]["params"]}
+    declared = {w["name"] for w in pipe["spec"]["workspaces"]}
+    assert {w["name"] for w in run["spec"]["workspaces"]} <= declared
+    overlay = next(d for d in docs if d.get("kind") == "Kustomization")
+    mine = tmp_path / "my-overlay"
+    mine.mkdir()
+    resources = [
+        _relative(DEPLOY / r.removeprefix("../deploy/"), mine) for r in overlay["resources"]
+    ]
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump(dict(overlay, resources=resources)))
+    assert {d["metadata"].get("namespace") for d in kustomize(mine)} >= {"team-a"}
