@@ -492,3 +492,40 @@ def test_workstation_docker_one_liner_runs_as_written(
         == f"oci://{session_registry.host}/workstation/docker@{digest}"
     )
     assert (work / "modelcar-work").stat().st_uid == os.getuid()
+
+
+def test_indexed_job_builds_the_line_of_its_index(builder, tmp_path, session_registry,
+                                                  base_image):  # fmt: skip
+    """The kubernetes-indexed overlay's pod template, its shell as written: index 1 takes
+    line 2 of the list and puts the pod's namespace in for @NAMESPACE@. What Kubernetes
+    adds is added: JOB_COMPLETION_INDEX, NAMESPACE (the fieldRef), the ConfigMap volume (a
+    directory with the list here)."""
+    (job,) = builder.objects("kubernetes-indexed", "Job")
+    (config,) = builder.objects("kubernetes-indexed", "ConfigMap")
+    assert "@NAMESPACE@" in config["data"]["list"]
+    spec = job["spec"]["template"]["spec"]
+    volume = _volume(tmp_path / "pvc")
+    models = tmp_path / "models-list"
+    models.mkdir()
+    host = session_registry.host
+    (models / "list").write_text(f"/work/nothing {host}/wrong/line:v1\n"
+                                 f"/work/models/tiny {host}/@NAMESPACE@/indexed:v1\n")  # fmt: skip
+    container = dict(spec["containers"][0], imagePullPolicy="Never")
+    assert container["image"] == builder.image
+    given = {"JOB_COMPLETION_INDEX": "1", "NAMESPACE": "team-a",
+             "MODELCAR_BASE_IMAGE": base_image.ref, "MODELCAR_TLS_VERIFY": "false"}  # fmt: skip
+    env = [e for e in container["env"] if "valueFrom" not in e]
+    container["env"] = env + [{"name": k, "value": v} for k, v in given.items()]
+    hostpaths = {"work": volume, "models": models}
+    volumes = [
+        {"name": v["name"], "hostPath": {"path": str(hostpaths[v["name"]]), "type": "Directory"}}
+        if v["name"] in hostpaths else v
+        for v in spec["volumes"]
+    ]  # fmt: skip
+    pod_sc = dict(spec["securityContext"], runAsUser=OPENSHIFT_UID, runAsGroup=0)
+    pod_sc.pop("fsGroup", None)
+    run = play(builder.podman, pod_manifest("job-indexed", [container], volumes, pod_sc), tmp_path)
+    assert run.exit_code == 0, run.logs
+    digest = registry_digest(host, "team-a/indexed", "v1")
+    assert f"oci://{host}/team-a/indexed@{digest}" in run.logs.splitlines()
+    assert (volume / "model-1" / "report.json").is_file()

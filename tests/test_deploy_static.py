@@ -30,8 +30,8 @@ from tests.support.schemas import inferenceservice_errors, tekton_errors
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("openshift", "kubernetes", "kubernetes-indexed", "tekton")
-# The oldest Kubernetes this supports, and the newest kubernetes-validate (1.37.0) knows.
-K8S_VERSIONS = ("1.28", "1.37")
+# From the oldest Kubernetes this supports to the newest kubernetes-validate (1.37.0) knows.
+K8S_VERSIONS = tuple(f"1.{minor}" for minor in range(28, 38))
 BUILDER = "quay.io/modelcar/modelcar-builder"
 CORE_GROUPS = ("v1", "batch/v1", "apps/v1", "rbac.authorization.k8s.io/v1")
 _TEKTON_REF = re.compile(
