@@ -529,3 +529,45 @@ def test_indexed_job_builds_the_line_of_its_index(builder, tmp_path, session_reg
     digest = registry_digest(host, "team-a/indexed", "v1")
     assert f"oci://{host}/team-a/indexed@{digest}" in run.logs.splitlines()
     assert (volume / "model-1" / "report.json").is_file()
+
+
+def test_native_task_trusts_the_bundle_openshift_pipelines_injects(
+    builder, tmp_path, session_registry_tls
+):
+    """A registry behind a CA the system does not know, TLS verified, no ca-bundle
+    workspace and no ca-file: the pod gets what OpenShift Pipelines adds to every step, the
+    cluster's trusted bundle at /tekton-custom-certs/ca-bundle.crt and SSL_CERT_DIR naming
+    it, and the build trusts it."""
+    reg = session_registry_tls
+    certs = tmp_path / "tekton-custom-certs"
+    certs.mkdir()
+    shutil.copyfile(reg.ca_file, certs / "ca-bundle.crt")
+    certs.chmod(0o755)
+    (certs / "ca-bundle.crt").chmod(0o644)
+    volume = _volume(tmp_path / "pvc")
+    results = _results_dir(tmp_path / "results")
+    step = StepPod(
+        task=builder.task("modelcar-build"),
+        step_name="build",
+        params={"source": "models/tiny", "image": f"{reg.host}/tekton/tls:v1",
+                "base-image": "scratch", "source-date-epoch": "1700000000"},  # TLS: the push
+        workspaces={"source": volume},
+        results_dir=results,
+        sa_token=_sa_token(tmp_path / "token"),
+        step_actions=builder.step_actions(),
+    )  # fmt: skip
+    pod = step.pod("tekton-tls")
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MODELCAR_TLS_VERIFY"] == "true" and env["MODELCAR_CA_FILE"] == ""
+    assert env["CA_BUNDLE_DIR"] == ""  # the ca-bundle workspace is not bound
+    cert_dirs = "/tekton-custom-certs:/etc/ssl/certs:/etc/pki/tls/certs"
+    container["env"].append({"name": "SSL_CERT_DIR", "value": cert_dirs})
+    mount = {"name": "custom-certs", "mountPath": "/tekton-custom-certs", "readOnly": True}
+    container["volumeMounts"].append(mount)
+    certs_dir = {"path": str(certs), "type": "Directory"}
+    pod["spec"]["volumes"].append({"name": "custom-certs", "hostPath": certs_dir})
+    run = play(builder.podman, pod, tmp_path)
+    assert run.exit_code == 0, run.logs
+    digest = (results / "IMAGE_DIGEST").read_text()
+    assert (results / "IMAGE_REF").read_text() == f"oci://{reg.host}/tekton/tls@{digest}"
