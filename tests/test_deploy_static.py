@@ -711,7 +711,7 @@ def test_serve_step_checks_that_kserve_has_modelcars_enabled(changes, enabled):
         assert "inferenceservice-config (namespace kserve)" in run.stderr
 
 
-# -- README ----------------------------------------------------------------------------------------
+# -- README ---------------------------------------------------------------------------------------
 
 
 def _readme_heredocs() -> list[dict]:
@@ -751,3 +751,46 @@ def test_readme_pipelinerun_and_overlay_match_what_they_name(tmp_path):
     ]
     (mine / "kustomization.yaml").write_text(yaml.safe_dump(dict(overlay, resources=resources)))
     assert {d["metadata"].get("namespace") for d in kustomize(mine)} >= {"team-a"}
+
+
+# -- the StepAction -----------------------------------------------------------------------------
+
+
+def test_stepaction_follows_tektons_rules_and_the_task_gives_it_what_it_needs():
+    """Tekton's StepAction rules (pkg/apis/pipeline/v1beta1/stepaction_validation.go): it
+    references its own params only (no workspaces: the Task passes paths as params), each
+    volumeMount name is exactly one param reference, an array param only alone; the Task's
+    step gives every param without a default and no other."""
+    action = _step_actions()["modelcar-build"]
+    spec = action["spec"]
+    declared = {p["name"]: p for p in spec["params"]}
+    arrays = {n for n, p in declared.items() if p.get("type") == "array"}
+    for text in _strings({k: v for k, v in spec.items() if k != "params"}):
+        for ref in re.findall(r"\$\(([^)]*)\)", text):
+            assert ref.startswith("params."), f"StepAction references $({ref})"
+            name = ref.removeprefix("params.").removesuffix("[*]")
+            assert name in declared, name
+            if name in arrays:
+                assert text == f"$(params.{name}[*])", text
+    for mount in spec["volumeMounts"]:
+        assert re.fullmatch(r"\$\(params\.[a-z-]+\)", mount["name"]), mount
+    for _, task in _of_kind("Task"):
+        for step in task["spec"]["steps"]:
+            if step.get("ref", {}).get("name") != "modelcar-build":
+                continue
+            given = {p["name"] for p in step["params"]}
+            assert given <= set(declared), given - set(declared)
+            assert {n for n, p in declared.items() if "default" not in p} <= given
+            assert not {"image", "command", "args", "script", "env", "volumeMounts"} & set(step)
+
+
+def test_pipelineruns_leave_room_for_every_build_try():
+    """A PipelineRun's timeout covers the build task's timeout times its tries."""
+    pipe = next(d for _, d in _of_kind("Pipeline") if d["metadata"]["name"] == "modelcar-deploy")
+    build = next(t for t in pipe["spec"]["tasks"] if t["name"] == "build")
+    needed = int(build["timeout"].removesuffix("h")) * (1 + build["retries"])
+    runs = [d for _, d in _of_kind("PipelineRun") if "pipelineRef" in d["spec"]]
+    runs += [d for d in _readme_heredocs() if d.get("kind") == "PipelineRun"]
+    assert len(runs) == 2
+    for run in runs:
+        assert int(run["spec"]["timeouts"]["pipeline"].removesuffix("h")) > needed
