@@ -36,7 +36,8 @@ ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
 ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
-# CNCF ModelPack (modelpack/model-spec, docs/annotations.md): "the file path of the layer".
+# CNCF ModelPack, "the file path of the layer":
+# github.com/modelpack/model-spec/blob/main/docs/annotations.md
 ANNOTATION_FILEPATH = "org.cncf.model.filepath"
 # Ours. The sha256 is the bare hex the Hub shows as the LFS oid (not "sha256:<hex>"), so it
 # can be compared with the Hub's page directly; the layer digest already is a digest.
