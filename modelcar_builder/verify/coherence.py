@@ -127,6 +127,9 @@ def coherent_image(
     media_type, config_desc, layer_descs = descriptors(doc, header_type, where)
     _check_config_blob(config_bytes, config_desc, media_type, where)
     config = parse_json(config_bytes, f"{where}: the config")
+    # First: a config from another image also breaks the layer checks below, but this
+    # names the cause.
+    _check_provenance(doc.get("annotations") or {}, _labels(config), where)
     diff_ids = (config.get("rootfs") or {}).get("diff_ids")
     if not isinstance(diff_ids, list):
         raise VerificationFailed(f"{where}: the config has no rootfs.diff_ids")
@@ -142,7 +145,6 @@ def coherent_image(
     )  # fmt: skip
     same = _check_layers(layers, where)
     labels = check_runtime_config(config, expected_labels, where)
-    _check_provenance(doc.get("annotations") or {}, labels, where)
     checks = (
         f"manifest {media_type} and config {config_desc['mediaType']} (sha256 and size)",
         f"{len(layers)} layers = {len(diff_ids)} rootfs.diff_ids, every layer media type known",
@@ -203,6 +205,10 @@ def check_runtime_config(config: dict, expected: Mapping[str, str], where: str) 
         if labels[key] != value:
             raise VerificationFailed(f"{where} has label {key}={labels[key]!r}, expected {value!r}")
     return dict(labels)
+
+
+def _labels(config: dict) -> dict[str, str]:
+    return dict((config.get("config") or {}).get("Labels") or {})
 
 
 def _check_provenance(
