@@ -33,7 +33,7 @@ class SeenFile:
     layer: int
     size: int
     sha256: str
-    blob_id: str
+    blob_id: str | None  # computed only where the expected set holds a git id
 
 
 @dataclass
@@ -82,23 +82,25 @@ class _Chunks(io.RawIOBase):
         return n
 
     def drain(self) -> None:
-        while self.readinto(bytearray(CHUNK)):
-            pass
+        _drain(self)
 
 
 class _Hashing(io.RawIOBase):
-    """Hashes what is read through it: a layer's uncompressed tar, for its diff_id."""
+    """Hashes what is read through it: a compressed layer's unpacked tar, for its diff_id.
+    An uncompressed layer's tar is its blob, already hashed: ``digest`` False skips that."""
 
-    def __init__(self, inner: io.IOBase) -> None:
+    def __init__(self, inner: io.IOBase, digest: bool = True) -> None:
         self._inner = inner
         self.sha256 = hashlib.sha256()
+        self._digest = digest
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, target) -> int:  # type: ignore[override]
         data = self._inner.read(len(target))
-        self.sha256.update(data)
+        if self._digest:
+            self.sha256.update(data)
         target[: len(data)] = data
         return len(data)
 
@@ -107,7 +109,11 @@ def deep_check(
     layers: tuple[Layer, ...], open_blob: OpenBlob, expected: Expected | str, jobs: int, where: str
 ) -> DeepResult:
     """Read every layer (``jobs`` at once) and compare /models with ``expected``."""
-    reads = run_parallel(lambda layer: _read_layer(layer, open_blob, len(layers), where),
+    git = frozenset(
+        p for p, f in (expected.files.items() if isinstance(expected, Expected) else ())
+        if f.blob_id and not f.sha256
+    )  # fmt: skip
+    reads = run_parallel(lambda layer: _read_layer(layer, open_blob, len(layers), git, where),
                          list(layers), jobs)  # fmt: skip
     checked = unhashed = 0
     if isinstance(expected, Expected):
@@ -131,7 +137,9 @@ def hash_blob(digest: str, open_blob: OpenBlob, what: str) -> int:
     return raw.count
 
 
-def _read_layer(layer: Layer, open_blob: OpenBlob, total: int, where: str) -> LayerRead:
+def _read_layer(
+    layer: Layer, open_blob: OpenBlob, total: int, git: frozenset[str], where: str
+) -> LayerRead:
     name = f"{where}: {layer.name(total)}"
     raw = _Chunks(open_blob(layer.digest))
     out = LayerRead(layer)
@@ -139,7 +147,7 @@ def _read_layer(layer: Layer, open_blob: OpenBlob, total: int, where: str) -> La
         unpacked = _unpacked(raw, layer)
         if unpacked is not None:
             if layer.is_model:
-                out.files = _walk_tar(unpacked, layer.number, name)
+                out.files = _walk_tar(unpacked, layer.number, git, name)
             _drain(unpacked)
     except RegistryError:  # the client's own digest check, at the blob's end
         _drain_checked(raw, layer.digest, name)
@@ -164,7 +172,7 @@ def _read_layer(layer: Layer, open_blob: OpenBlob, total: int, where: str) -> La
 def _unpacked(raw: _Chunks, layer: Layer) -> _Hashing | None:
     """The layer's tar stream, hashed as read; None when we cannot unpack it (zstd)."""
     if layer.compression == "none":
-        return _Hashing(io.BufferedReader(raw, CHUNK))
+        return _Hashing(io.BufferedReader(raw, CHUNK), digest=False)
     if layer.compression == "gzip":
         return _Hashing(gzip.GzipFile(fileobj=io.BufferedReader(raw, CHUNK)))
     return None
@@ -189,7 +197,7 @@ def _drain_checked(raw: _Chunks, digest: str, name: str) -> None:
         raise VerificationFailed(f"{name}: the blob's bytes hash to {got}, not its digest")
 
 
-def _walk_tar(stream: io.RawIOBase, number: int, name: str) -> list[SeenFile]:
+def _walk_tar(stream: io.RawIOBase, number: int, git: frozenset[str], name: str) -> list[SeenFile]:
     seen: list[SeenFile] = []
     with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
         for member in tar:
@@ -200,19 +208,25 @@ def _walk_tar(stream: io.RawIOBase, number: int, name: str) -> list[SeenFile]:
                 raise VerificationFailed(f"{name}: {path} is not a regular file or directory")
             if not path.startswith(ROOT):
                 raise VerificationFailed(f"{name}: {path} lies outside /models")
-            seen.append(_hash_member(tar, member, path.removeprefix(ROOT), number))
+            rel = path.removeprefix(ROOT)
+            seen.append(_hash_member(tar, member, rel, number, rel in git))
     return seen
 
 
-def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, number: int) -> SeenFile:
+def _hash_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, number: int, git: bool
+) -> SeenFile:
     sha256 = hashlib.sha256()
-    sha1 = hashlib.sha1(b"blob %d\0" % member.size)  # the git blob id the Hub gives small files
+    # The git blob id the Hub gives non-LFS files; a second hash of every byte otherwise.
+    sha1 = hashlib.sha1(b"blob %d\0" % member.size) if git else None
     reader = tar.extractfile(member)
     assert reader is not None  # a regular file always has one
     while piece := reader.read(CHUNK):
         sha256.update(piece)
-        sha1.update(piece)
-    return SeenFile(path, number, member.size, sha256.hexdigest(), sha1.hexdigest())
+        if sha1 is not None:
+            sha1.update(piece)
+    blob_id = sha1.hexdigest() if sha1 is not None else None
+    return SeenFile(path, number, member.size, sha256.hexdigest(), blob_id)
 
 
 def _compare(reads: list[LayerRead], expected: Expected, where: str) -> tuple[int, int]:
