@@ -3,7 +3,8 @@
 
     python3 -m scripts.bench.verify_deep --size-gib 1 --out BENCHMARKS.md
 
-Writes (or replaces) the "## verify" section of ``--out``; the rest is left as it is.
+Writes (or replaces) the "## verify" section of ``--out``; the rest is left as it is, and
+``python3 -m scripts.bench`` keeps this section when it rewrites the file.
 """
 
 from __future__ import annotations
@@ -114,6 +115,17 @@ def _section(rows: list[dict], total: int, a: argparse.Namespace) -> list[str]:
 
 def _rate(read: int, wall: float) -> str:
     return f"{read / MB / wall:.0f}" if read >= MB else "—"
+
+
+def current_section(path: Path) -> list[str]:
+    """The "## verify" section ``path`` holds now (empty if none): the main benchmark
+    rewrites the whole file and puts this back, as this script is run on its own."""
+    text = path.read_text() if path.exists() else ""
+    _, sep, rest = text.partition(HEADING + "\n")
+    if not sep:
+        return []
+    after = rest.find("\n## ")
+    return [HEADING, *(rest[:after] if after >= 0 else rest).splitlines()]
 
 
 def splice(path: Path, lines: list[str]) -> None:
