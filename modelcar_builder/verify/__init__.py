@@ -9,12 +9,14 @@ labels asked for). With ``deep`` every blob is read and its bytes proved (deep.p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from modelcar_builder.errors import ImageNotFound, RegistryError, VerificationFailed
 from modelcar_builder.oci import ANNOTATION_REVISION, DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
+from modelcar_builder.oci.image import Descriptor
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.verify.coherence import (
@@ -163,13 +165,13 @@ def verify_layout(
     image = coherent_image(doc, desc.media_type, config, expected_labels, where)
     deep_result = None
     if deep is not None:
-        open_blob = lambda digest: _file_pieces(layout, digest)  # noqa: E731
+        open_blob = functools.partial(_file_pieces, layout)
         expected = expected_files(deep, image.labels)
         deep_result = deep_check(image.layers, open_blob, expected, deep.jobs, where)
     return _result(expected_digest, image, len(body) + len(config), deep_result)
 
 
-def resolve_layout(layout: OciLayout, tag: str | None):
+def resolve_layout(layout: OciLayout, tag: str | None) -> Descriptor:
     """The index entry for ``tag``; ImageNotFound when the layout or the tag is not there."""
     try:
         return layout.resolve(tag)

@@ -130,13 +130,6 @@ def deep_check(
     )
 
 
-def hash_blob(digest: str, open_blob: OpenBlob, what: str) -> int:
-    """Hash one blob (the config, when it is all there is); returns the bytes read."""
-    raw = _Chunks(open_blob(digest))
-    _drain_checked(raw, digest, what)
-    return raw.count
-
-
 def _read_layer(
     layer: Layer, open_blob: OpenBlob, total: int, git: frozenset[str], where: str
 ) -> LayerRead:
