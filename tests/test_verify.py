@@ -228,6 +228,10 @@ def test_deep_against_a_report_and_the_hub_selection(hub_repo, registry, capsys,
     doc = json.loads(report.read_text())
     cases = {
         "has other content": lambda files: files[0].update(sha256="0" * 64, blob_id=None),
+        # A git blob id (what the Hub gives non-LFS files) is checked where no sha256 is.
+        "config.json in layer 3 has other content": lambda files: next(
+            f for f in files if f["path"] == "config.json"
+        ).update(sha256=None, blob_id="0" * 40),
         "is not expected": lambda files: files.pop(),
         "is missing from the image": lambda files: files.append(
             {"path": "extra.bin", "size": 1, "sha256": "0" * 64}

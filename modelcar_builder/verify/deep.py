@@ -143,13 +143,13 @@ def _read_layer(
                 out.files = _walk_tar(unpacked, layer.number, git, name)
             _drain(unpacked)
     except RegistryError:  # the client's own digest check, at the blob's end
-        _drain_checked(raw, layer.digest, name)
+        _drain_checked(raw, layer, name)
         raise
     except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
         # A damaged blob usually breaks the gzip or tar stream first: say which it was.
-        _drain_checked(raw, layer.digest, name)
+        _drain_checked(raw, layer, name)
         raise VerificationFailed(f"{name}: cannot unpack it ({exc})") from None
-    _drain_checked(raw, layer.digest, name)
+    _drain_checked(raw, layer, name)
     out.bytes_read = raw.count
     if unpacked is not None and layer.compression != "none":
         got = f"sha256:{unpacked.sha256.hexdigest()}"
@@ -177,16 +177,17 @@ def _drain(stream: io.RawIOBase) -> None:
         pass
 
 
-def _drain_checked(raw: _Chunks, digest: str, name: str) -> None:
+def _drain_checked(raw: _Chunks, layer: Layer, name: str) -> None:
     """Read to the end and compare the blob's sha256 with its digest. The registry client
-    checks it too and raises RegistryError at the end: the mismatch is ours to name."""
+    checks it too and raises RegistryError at the end: the mismatch is ours to name. An
+    error before the last byte (a cut connection) is no mismatch: it goes up as it is."""
     try:
         raw.drain()
     except RegistryError:
-        if f"sha256:{raw.sha256.hexdigest()}" == digest:
+        if raw.count != layer.size or f"sha256:{raw.sha256.hexdigest()}" == layer.digest:
             raise
     got = f"sha256:{raw.sha256.hexdigest()}"
-    if got != digest:
+    if got != layer.digest:
         raise VerificationFailed(f"{name}: the blob's bytes hash to {got}, not its digest")
 
 
