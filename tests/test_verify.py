@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -14,12 +16,15 @@ import requests
 
 from modelcar_builder import errors
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
+from modelcar_builder.registry import RegistryClient
+from modelcar_builder.verify import DeepOptions, verify_push
 from tests.clitools import Result, run
 from tests.support.registry import RegistryInstance
 
 pytestmark = pytest.mark.slow
 
 KIB = 1024
+MIB = 1024 * KIB
 REPO = "acme/tiny"
 IMAGE_REPO = "models/tiny"
 FAILED = errors.VerificationFailed.exit_code
@@ -270,3 +275,33 @@ def test_an_oci_layout_gets_the_same_checks(hub_repo, capsys, tmp_path):
     res = verify(capsys, f"oci:{out}:v1", "--deep")
     assert res.code == FAILED
     assert f"layer 1 of 3 ({layer['digest']}): the blob's bytes hash to" in res.err
+
+
+def test_deep_holds_no_blob_in_memory(registry, capsys, tmp_path):
+    """A 48 MiB gzip layer is read, unpacked and its file hashed in pieces: the peak of
+    Python allocations stays far under the layer's size."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(os.urandom(48 * MIB))
+    report = tmp_path / "report.json"
+    image = f"{registry.host}/{IMAGE_REPO}:big"
+    res = run(
+        capsys,
+        "build", str(model), "--engine", "native", "--image", image, "--workspace",
+        str(tmp_path / "ws"), "--base-image", "scratch", "--compression", "gzip",
+        "--no-tls-verify", "--report", str(report),
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    digest = res.last_line.rsplit("@", 1)[1]
+    with RegistryClient(registry.host, tls_verify=False) as client:
+        tracemalloc.start()
+        try:
+            result = verify_push(client, IMAGE_REPO, "big", digest, {}, DeepOptions(report))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    deep = result.deep
+    assert deep is not None and deep.bytes_read > 48 * MIB  # one layer holds both files
+    assert (deep.diff_ids_checked, deep.files_checked + deep.files_unhashed) == (1, 2)
+    assert peak < 16 * MIB, f"peak {peak / MIB:.1f} MiB"
