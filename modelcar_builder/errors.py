@@ -226,6 +226,14 @@ class VerificationFailed(ModelcarError):
     default_hint = "rerun the build; if it repeats, the registry is rewriting the image"
 
 
+class ImageNotFound(ModelcarError):
+    """The tag, digest or layout entry to verify does not exist: nothing was there to check,
+    which a pipeline must tell apart from an image that is there and wrong (60)."""
+
+    exit_code = 61
+    default_hint = "check the tag and repository (or the oci: layout path and tag); push first"
+
+
 class Interrupted(ModelcarError):
     exit_code = 130
     default_hint = "rerun the same command to continue where it stopped"
