@@ -125,7 +125,8 @@ def verify_document(verified: VerifyResult, url: str) -> dict[str, Any]:
     """`verify --json`: what was checked, with the counts, as one document."""
     deep = verified.deep
     return {
-        "version": 1,
+        "version": DOCUMENT_VERSION,
+        "document": "verify",
         "image": url,
         "digest": verified.digest,
         "media_type": verified.media_type,
