@@ -9,6 +9,9 @@ import click
 
 from modelcar_builder.build import ENGINES, BuildSettings, default_engine, run_build, write_results
 from modelcar_builder.commands.options import (
+    CHUNK_SIZE,
+    JOBS,
+    Number,
     check_before_download,
     fetch_options,
     is_local_name,
@@ -91,7 +94,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 )
 @click.option(
     "--jobs",
-    type=click.IntRange(1, 16),
+    type=Number(JOBS),
     default=2,
     show_default=True,
     envvar="MODELCAR_JOBS",
@@ -115,7 +118,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 )
 @click.option(
     "--chunk-size",
-    type=click.IntRange(1, 4096),
+    type=Number(CHUNK_SIZE),
     default=64,
     show_default=True,
     envvar="MODELCAR_CHUNK_SIZE",
