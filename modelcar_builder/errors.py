@@ -52,6 +52,16 @@ class AccessDenied(ModelcarError):
     )
 
 
+class MalformedToken(AccessDenied):
+    """A token no server could accept: non-ASCII, or whitespace or control characters
+    inside it (a pasted second line). Named by its source, never shown."""
+
+    default_hint = (
+        "a token is one line of printable ASCII: rewrite it with only the token "
+        "(one trailing newline is fine)"
+    )
+
+
 class UnsafeSource(ModelcarError):
     """A path that would escape /models, or a symlink leaving the source directory."""
 

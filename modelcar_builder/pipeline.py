@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelcar_builder.auth import check_token
 from modelcar_builder.errors import EmptySelection, ModelcarError
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan, make_plan
 from modelcar_builder.selection import Selection
@@ -51,6 +52,8 @@ def resolve(
         from modelcar_builder.source.hub import hub_access, hub_snapshot
 
         access = hub_access(hf_token_file)
+        if access.token:  # before any request: a bad one would fail as "cannot reach"
+            check_token(access.token, access.token_source)
         if hub_timeout is not None:
             access = replace(access, timeout=hub_timeout)
         snapshot = hub_snapshot(spec.location, spec.revision, selection, access)

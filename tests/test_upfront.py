@@ -118,3 +118,78 @@ def test_tls_verify_false_pushes_to_a_self_signed_registry(registry_tls, capsys,
     res = run(capsys, "verify", "--tls-verify=false", image)
     assert res.code == 0, res.err
     assert res.last_line == pushed
+
+
+# -- tokens: one line of printable ASCII, named by their source, never shown -----------------
+
+HF_SECRET = "hf_upfrontSecretToken0123456789"
+REPO = "acme/upfront"
+
+
+@pytest.fixture
+def hub_repo(hub):
+    hub.tokens.add(HF_SECRET)
+    hub.add_repo(REPO, {"config.json": b"{}", "model.safetensors": b"\0" * 4096})
+    hub.add_repo("acme/private", {"config.json": b"{}"}, private=True)
+    return hub
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        HF_SECRET[:6] + "\u00e9" + HF_SECRET[6:],
+        HF_SECRET + "\n" + HF_SECRET,
+        HF_SECRET[:12] + " " + HF_SECRET[12:],
+    ],
+    ids=["non-ascii", "two-lines", "space"],
+)
+@pytest.mark.parametrize("where", ["HF_TOKEN", "--hf-token-file"])
+def test_a_malformed_hub_token_is_refused_before_any_request(
+    hub_repo, capsys, tmp_path, monkeypatch, token, where
+):
+    """Even for a public repo (the token is sent anyway): once a UnicodeEncodeError
+    traceback, or "cannot reach the Hub" for a second line."""
+    cmd = ["plan", f"hf://{REPO}@main"]
+    if where == "HF_TOKEN":
+        monkeypatch.setenv("HF_TOKEN", token)
+        source = "HF_TOKEN"
+    else:
+        path = tmp_path / "hf-token"
+        path.write_text(token + "\n", encoding="utf-8")
+        cmd += ["--hf-token-file", str(path)]
+        source = f"--hf-token-file {path}"
+    res = run(capsys, *cmd)
+    assert_refused(res, errors.AccessDenied.exit_code)
+    assert f"error: the token from {source} is malformed" in res.err
+    for part in token.split():
+        assert part not in res.out + res.err
+    assert hub_repo.requests == []
+
+
+def test_a_token_file_with_one_trailing_newline_is_fine(hub_repo, capsys, tmp_path):
+    path = tmp_path / "hf-token"
+    path.write_text(HF_SECRET + "\n")
+    res = run(capsys, "plan", "hf://acme/private@main", "--hf-token-file", str(path))
+    assert res.code == 0, res.err
+    assert "config.json" in res.out
+
+
+@pytest.mark.slow
+def test_a_two_line_registry_token_file_is_refused_before_the_download(
+    hub_repo, registry_htpasswd, capsys, tmp_path
+):
+    token = tmp_path / "token"
+    token.write_text(f"{registry_htpasswd.password}\nsecond-line\n")
+    image = f"{registry_htpasswd.host}/models/tiny:1"
+    for command in ("build", "doctor"):
+        res = run(capsys, command, f"hf://{REPO}@main", "--engine", "native",
+                  "--base-image", "scratch", "--image", image, "--no-tls-verify",
+                  "--workspace", str(tmp_path / "ws"),
+                  "--registry-token-file", str(token))  # fmt: skip
+        assert_refused(res, errors.MalformedToken.exit_code)
+        assert f"error: the token from token file {token} is malformed" in res.err
+        assert registry_htpasswd.password not in res.out + res.err
+        assert "second-line" not in res.out + res.err
+        assert not [r for r in hub_repo.requests if "/resolve/" in r.path]
+    assert "FAIL  registry" in res.out  # doctor's verdict
+    assert registry_htpasswd.upload_requests() == []
