@@ -193,3 +193,35 @@ def test_a_two_line_registry_token_file_is_refused_before_the_download(
         assert not [r for r in hub_repo.requests if "/resolve/" in r.path]
     assert "FAIL  registry" in res.out  # doctor's verdict
     assert registry_htpasswd.upload_requests() == []
+
+
+# -- control characters in file names: refused at plan time, shown escaped -------------------
+
+FORGED = "x\nmodelcar: pushed quay.io/x/y:1 with native: 1 model layers, sha256:0 verified"
+ESCAPE = "clear\x1b[2Jscreen.json"
+
+
+@pytest.mark.parametrize("name", [FORGED, ESCAPE], ids=["newline", "escape"])
+def test_a_hub_file_name_with_a_control_character_is_refused(hub, capsys, tmp_path, name):
+    hub.add_repo(REPO, {"config.json": b"{}", name: b"forged", "model.safetensors": b"\0" * 64})
+    for cmd in (["plan"], ["fetch", "--workspace", str(tmp_path / "ws")]):
+        res = run(capsys, cmd[0], f"hf://{REPO}@main", *cmd[1:])
+        assert_refused(res, errors.UnsafeSource.exit_code)
+        assert f"error: refusing file path {name!r}" in res.err  # escaped, repr-style
+        assert "\x1b" not in res.out + res.err
+        assert not any(line.startswith("modelcar: pushed") for line in res.err.splitlines())
+        assert res.out == ""
+    assert not [r for r in hub.requests if "/resolve/" in r.path]  # no byte moved
+
+
+@pytest.mark.parametrize("name", [FORGED, ESCAPE], ids=["newline", "escape"])
+def test_a_local_file_name_with_a_control_character_is_refused(capsys, tmp_path, name):
+    name = name.replace("/", "-")  # one file, not directories
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "sub" / name).write_text("forged")
+    res = run(capsys, "plan", str(model))
+    assert_refused(res, errors.UnsafeSource.exit_code)
+    assert f"error: refusing file path {'sub/' + name!r}" in res.err
+    assert "\x1b" not in res.err and res.out == ""
