@@ -225,3 +225,28 @@ def test_a_local_file_name_with_a_control_character_is_refused(capsys, tmp_path,
     assert_refused(res, errors.UnsafeSource.exit_code)
     assert f"error: refusing file path {'sub/' + name!r}" in res.err
     assert "\x1b" not in res.err and res.out == ""
+
+
+# -- an oci: layout that cannot be created: a real mkdir, not os.access ----------------------
+
+
+@pytest.mark.slow
+def test_an_oci_layout_that_cannot_be_created_fails_before_the_download(hub_repo, capsys, tmp_path):
+    """Root passes os.access on /proc; the mkdir there fails (ENOENT). Once the whole
+    model was downloaded first and the run ended in exit 1."""
+    cmd = [f"hf://{REPO}@main", "--engine", "native", "--base-image", "scratch",
+           "--image", "oci:/proc/modelcar-x:v1", "--workspace", str(tmp_path / "ws")]  # fmt: skip
+    res = run(capsys, "build", *cmd)
+    assert_refused(res, errors.OutputNotWritable.exit_code)
+    assert "error: OCI layout /proc/modelcar-x: cannot create /proc/modelcar-x" in res.err
+    assert not [r for r in hub_repo.requests if "/resolve/" in r.path]
+
+    res = run(capsys, "doctor", *cmd)
+    assert_refused(res, errors.OutputNotWritable.exit_code)
+    assert "FAIL  outputs" in res.out
+
+    # A layout whose parents are missing but can be made passes, and the probe is gone.
+    cmd[cmd.index("oci:/proc/modelcar-x:v1")] = f"oci:{tmp_path / 'new' / 'dir' / 'out'}:v1"
+    res = run(capsys, "doctor", *cmd)
+    assert res.code == 0, res.out + res.err
+    assert "build creates it" in res.out and not (tmp_path / "new").exists()
