@@ -47,7 +47,7 @@ class BuildSettings:
     compression: str | None = None  # None: the engine's default
     jobs: int = 2
     stream: bool = False
-    platform: tuple[str, str] = ("linux", "amd64")
+    platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]
     upload: str = "monolithic"
     chunk_size: int = 64 * 1024 * 1024
     load: str | None = None  # "podman" | "docker" | "auto": also leave it in a local store

@@ -74,6 +74,8 @@ class UnsafeSource(ModelcarError):
 class PlatformNotFound(UsageError):
     """The base image has no variant for the requested platform."""
 
+    default_hint = "pick one the base image has with --platform OS/ARCH, or another base"
+
 
 class EmptySelection(ModelcarError):
     exit_code = 14
@@ -85,7 +87,6 @@ class IncompleteModel(ModelcarError):
     the repo does not hold: the image would build and the model server fail at load."""
 
     exit_code = 15
-    default_hint = "pick one the base image has with --platform OS/ARCH, or another base"
     default_hint = (
         "loosen --include/--exclude so every shard is selected, or pass --allow-incomplete"
     )

@@ -78,7 +78,7 @@ def _read(snapshot: Snapshot, access: HubAccess | None, entry: FileEntry) -> byt
 
 
 def count_base_layers(
-    name: str, platform: tuple[str, str], registry: RegistryOptions, strict: bool = True
+    name: str, platform: tuple[str, ...], registry: RegistryOptions, strict: bool = True
 ) -> int:
     """How many layers the base image brings, read from its manifest (no blob moves).
 

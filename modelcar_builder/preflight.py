@@ -29,6 +29,7 @@ from modelcar_builder.errors import (
     TooManyLayers,
     UsageError,
 )
+from modelcar_builder.oci.image import parse_platform
 from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.settings import RegistryOptions
@@ -202,13 +203,6 @@ def identity(env: Mapping[str, str]) -> list[CheckResult]:
         else "no service-account token"
     )
     return [_pass("identity", who, "INFO"), _pass("identity", f"{pod}; {token}", "INFO")]
-
-
-def parse_platform(text: str) -> tuple[str, str]:
-    os_, _, arch = text.partition("/")
-    if not os_ or not arch:
-        raise UsageError(f"bad --platform {text!r}", hint="write OS/ARCH, e.g. linux/amd64")
-    return os_, arch
 
 
 def check_image(request: Request) -> tuple[CheckResult, Target | None]:

@@ -250,3 +250,57 @@ def test_an_oci_layout_that_cannot_be_created_fails_before_the_download(hub_repo
     res = run(capsys, "doctor", *cmd)
     assert res.code == 0, res.out + res.err
     assert "build creates it" in res.out and not (tmp_path / "new").exists()
+
+
+# -- the base image's platform: read from its config before the Hub, FAIL in doctor ---------
+
+
+@pytest.mark.slow
+def test_a_base_of_another_platform_fails_before_the_hub_and_the_push(
+    hub_repo, registry, base_image, capsys, tmp_path
+):
+    """The busybox base is linux/amd64 (one manifest, no index). Once the mismatch was
+    found after the whole model was pushed."""
+    image = f"{registry.host}/models/tiny:arm"
+    cmd = [f"hf://{REPO}@main", "--engine", "native", "--image", image, "--no-tls-verify",
+           "--workspace", str(tmp_path / "ws"), "--platform", "linux/arm64"]  # fmt: skip
+    for base in (base_image.ref, base_image.oci_ref):  # registry and layout bases alike
+        mark, base_mark = registry.mark(), base_image.registry.mark()
+        asked = len(hub_repo.requests)
+        res = run(capsys, "build", *cmd, "--base-image", base)
+        assert_refused(res, errors.PlatformNotFound.exit_code)
+        assert f"error: base image {base} is linux/amd64, not linux/arm64" in res.err
+        assert "hint: pass --platform linux/amd64" in res.err
+        assert len(hub_repo.requests) == asked  # the Hub was not even asked for metadata
+        assert registry.upload_requests(since=mark) == []
+        # of the base, its config at most (a registry base): its one layer was not read
+        blobs = base_image.registry.requests(since=base_mark, path_contains="/blobs/")
+        assert len(blobs) <= 1, blobs
+
+        res = run(capsys, "doctor", *cmd, "--base-image", base)
+        assert_refused(res, errors.PlatformNotFound.exit_code)
+        assert "FAIL  base" in res.out and "is linux/amd64, not linux/arm64" in res.out
+    assert not [r for r in hub_repo.requests if "/resolve/" in r.path]  # doctor: metadata only
+
+    res = run(capsys, "doctor", *cmd[:-1], "linux/amd64", "--base-image", base_image.ref)
+    assert res.code == 0, res.out + res.err  # the same base for its own platform passes
+
+
+@pytest.mark.parametrize(
+    ("platform", "words"),
+    [("linux/amd64,linux/arm64", "multi-arch images are not supported yet"),
+     ("linux", "bad --platform"), ("linux//amd64", "bad --platform")],
+)  # fmt: skip
+def test_a_platform_list_or_a_malformed_platform_is_refused(
+    hub_repo, capsys, tmp_path, platform, words
+):
+    cmd = [f"hf://{REPO}@main", "--engine", "native", "--base-image", "scratch",
+           "--image", f"oci:{tmp_path / 'out'}:v1", "--workspace", str(tmp_path / "ws"),
+           "--platform", platform]  # fmt: skip
+    res = run(capsys, "build", *cmd)
+    assert_refused(res, errors.UsageError.exit_code)
+    assert words in res.err
+    assert hub_repo.requests == []  # refused before the Hub is asked anything
+    res = run(capsys, "doctor", *cmd)
+    assert_refused(res, errors.UsageError.exit_code)
+    assert "FAIL  image" in res.out
