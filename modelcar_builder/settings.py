@@ -114,9 +114,9 @@ ENVIRONMENT = {
     ENV_ISOLATION: "buildah: chroot (default)",
     ENV_PRIVATE_STATE: "buildah: 1 (default) keeps its blob-info cache on the workspace",
     ENV_RETRY_WINDOW: "seconds a registry that answered before may be away "
-    "(a restart) before the build gives up (default 120)",
+    "(a restart) before the build gives up (default 120, 0..86400)",
     ENV_SEGMENT_SIZE: "bytes per Range segment of a multi-connection download (default "
-    "64 MiB; --stream reads ahead min(this, 4 MiB))",
+    "64 MiB, 65536..1073741824; --stream reads ahead min(this, 4 MiB))",
     "SOURCE_DATE_EPOCH": "the image's created time (default: the epoch, for stable digests)",
     "HF_TOKEN, HF_ENDPOINT": "the Hub token and address",
     "REGISTRY_AUTH_FILE": "registry credentials (containers auth.json)",
