@@ -157,6 +157,9 @@ class Bounds:
         what = "an integer" if self.kind is int else "a number"
         return f"{what} from {_plain(self.low)} to {_plain(self.high)}"
 
+    def span(self) -> str:
+        return f"{_plain(self.low)}..{_plain(self.high)}"
+
 
 def _plain(n: float) -> str:
     return str(int(n)) if float(n).is_integer() else str(n)

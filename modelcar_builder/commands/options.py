@@ -43,8 +43,7 @@ class Number(click.ParamType):
         return check_number(value, _spelling(param, ctx), self.bounds)
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        low, high = self.bounds.describe().split(" from ", 1)[1].split(" to ")
-        return f"{'INTEGER' if self.bounds.kind is int else 'FLOAT'} {low}..{high}"
+        return f"{'INTEGER' if self.bounds.kind is int else 'FLOAT'} {self.bounds.span()}"
 
 
 def _spelling(param: click.Parameter | None, ctx: click.Context | None) -> str:
