@@ -143,6 +143,7 @@ def run_build(
     if settings.push or getattr(engine, "builds_locally", False):
         engine.preflight(workspace)  # before the download: a build that cannot work fails now
 
+    created = created_timestamp()  # a bad SOURCE_DATE_EPOCH fails before the download
     t0 = time.monotonic()
     files_dir, downloaded, streams, background = None, 0, None, None
     state = workspace.state(plan.snapshot)  # one record for the download and the engine
@@ -176,7 +177,7 @@ def run_build(
         streams=streams,
         upload=settings.upload,
         chunk_size=settings.chunk_size,
-        created=created_timestamp(),
+        created=created,
         state=state,
         ready=background.wait if background else None,
         give_up=background.give_up if background else None,

@@ -32,7 +32,7 @@ from modelcar_builder.errors import (
 from modelcar_builder.oci.image import parse_platform
 from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
-from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.settings import RegistryOptions, created_timestamp
 from modelcar_builder.target import LayoutTarget, RegistryTarget, Target, parse_target
 from modelcar_builder.units import human
 from modelcar_builder.workspace import Workspace, make_dir
@@ -209,6 +209,7 @@ def check_image(request: Request) -> tuple[CheckResult, Target | None]:
     """The image reference and the platform parse, as `build` parses them."""
     try:
         parse_platform(request.platform)
+        created_timestamp(request.env)  # the image's `created`: SOURCE_DATE_EPOCH
         target = parse_target(request.image)
         if isinstance(target, RegistryTarget) and target.ref.digest:
             raise UsageError(

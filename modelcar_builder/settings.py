@@ -127,17 +127,10 @@ DEFAULT_CREATED = "1970-01-01T00:00:00Z"  # fixed: the same model gives the same
 def created_timestamp(env: Mapping[str, str] | None = None) -> str:
     """The image's `created`: SOURCE_DATE_EPOCH when set (reproducible-builds.org), else
     the epoch. Never "now": that would give every build a new digest and re-push."""
-    env = os.environ if env is None else env
-    raw = env.get("SOURCE_DATE_EPOCH", "")
-    if not raw:
+    seconds = env_number("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH, -1, env)
+    if seconds < 0:  # unset
         return DEFAULT_CREATED
-    try:
-        moment = datetime.fromtimestamp(int(raw), tz=UTC)
-    except (ValueError, OverflowError, OSError):
-        raise UsageError(
-            f"SOURCE_DATE_EPOCH={raw!r} is not a Unix timestamp", hint="e.g. 1700000000"
-        ) from None
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(int(seconds), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- numbers: one rule for every numeric option and tuning variable ------------------------
@@ -192,6 +185,7 @@ def env_number(
     return default if not raw else check_number(raw, name, bounds)
 
 
+SOURCE_DATE_EPOCH = Bounds(int, 0, 253402300799, "1700000000")  # up to 9999-12-31
 RETRY_WINDOW = Bounds(float, 0, 86400, "120")  # 0: give up after the first quick retries
 
 

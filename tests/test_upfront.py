@@ -304,3 +304,21 @@ def test_a_platform_list_or_a_malformed_platform_is_refused(
     res = run(capsys, "doctor", *cmd)
     assert_refused(res, errors.UsageError.exit_code)
     assert "FAIL  image" in res.out
+
+
+@pytest.mark.parametrize("value", ["1e309", "-5", "soon"])
+def test_a_bad_source_date_epoch_fails_before_the_download(
+    hub_repo, capsys, tmp_path, monkeypatch, value
+):
+    """Read when the image config is made, once after the whole download."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    out, ws = tmp_path / "out", tmp_path / "ws"
+    cmd = [f"hf://{REPO}@main", "--engine", "native", "--base-image", "scratch",
+           "--image", f"oci:{out}:v1", "--workspace", str(ws)]  # fmt: skip
+    res = run(capsys, "build", *cmd)
+    assert_refused(res, errors.UsageError.exit_code)
+    assert "error: SOURCE_DATE_EPOCH must be an integer from 0 to" in res.err
+    assert hub_repo.requests == []  # refused before the Hub is asked anything
+    res = run(capsys, "doctor", *cmd)
+    assert_refused(res, errors.UsageError.exit_code)
+    assert "FAIL  image" in res.out

@@ -29,7 +29,7 @@ from modelcar_builder.errors import UsageError
 from modelcar_builder.oci.image import parse_platform
 from modelcar_builder.pipeline import count_base_layers
 from modelcar_builder.report import build_document, dumps
-from modelcar_builder.settings import ENVIRONMENT
+from modelcar_builder.settings import ENVIRONMENT, created_timestamp
 from modelcar_builder.target import RegistryTarget, parse_target
 
 log = logging.getLogger("modelcar")
@@ -173,6 +173,7 @@ def build(
             hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
         )
     wanted = parse_platform(platform)  # the rule `doctor` applies too
+    created_timestamp()  # a bad SOURCE_DATE_EPOCH fails now, not after the download
     registry = registry_settings(
         authfile,
         registry_token_file,
