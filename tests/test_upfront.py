@@ -165,6 +165,16 @@ def test_a_malformed_hub_token_is_refused_before_any_request(
         assert part not in res.out + res.err
     assert hub_repo.requests == []
 
+    cmd[0] = "doctor"
+    out, ws = tmp_path / "out", tmp_path / "ws"
+    res = run(capsys, *cmd, "--engine", "native", "--base-image", "scratch",
+              "--image", f"oci:{out}:v1", "--workspace", str(ws))  # fmt: skip
+    assert_refused(res, errors.AccessDenied.exit_code)
+    assert "FAIL  source" in res.out and f"the token from {source} is malformed" in res.out
+    for part in token.split():
+        assert part not in res.out + res.err
+    assert hub_repo.requests == []
+
 
 def test_a_token_file_with_one_trailing_newline_is_fine(hub_repo, capsys, tmp_path):
     path = tmp_path / "hf-token"
