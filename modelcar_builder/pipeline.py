@@ -90,7 +90,8 @@ def count_base_layers(
     from modelcar_builder.engines.base import load_base
 
     try:
-        base = load_base(name, platform, registry)
+        # plan and prepare (not strict) have no --platform: they only count its layers
+        base = load_base(name, platform, registry, check_platform=strict)
     except ModelcarError as exc:
         if strict:
             raise

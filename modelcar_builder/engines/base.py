@@ -45,7 +45,11 @@ def _no_blobs(digest: str) -> Iterator[bytes]:
     raise AssertionError(f"scratch has no blob {digest}")
 
 
-def load_base(name: str, platform: tuple[str, ...], registry: RegistryOptions) -> BaseSource:
+def load_base(
+    name: str, platform: tuple[str, ...], registry: RegistryOptions, check_platform: bool = True
+) -> BaseSource:
+    """The base image for ``platform``; with ``check_platform`` its config must say that
+    platform too (read already: a mismatch fails before any layer moves)."""
     if name == "scratch":
         log.warning(
             "base image 'scratch': the image has no sh/ln/sleep, so KServe's modelcar "
@@ -56,11 +60,13 @@ def load_base(name: str, platform: tuple[str, ...], registry: RegistryOptions) -
     if isinstance(target, LayoutTarget):
         layout = OciLayout(target.path)
         image = layout.read_image(target.tag, platform=platform, name=name)
-        require_platform(image.config, platform, name)
+        if check_platform:
+            require_platform(image.config, platform, name)
         return BaseSource(image, lambda digest: _read_layout_blob(layout, digest))
     base = _from_registry(target.ref, platform, registry)
-    try:  # the config is read already: a base of another platform fails before any layer
-        require_platform(base.image.config if base.image else {}, platform, name)
+    try:
+        if check_platform and base.image is not None:
+            require_platform(base.image.config, platform, name)
     except BaseException:
         base.close()
         raise
