@@ -53,7 +53,7 @@ class BuildSettings:
     compression: str | None = None  # None: the engine's default
     jobs: int = 2
     stream: bool = False
-    platform: tuple[str, str] = ("linux", "amd64")
+    platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]
     upload: str = "monolithic"
     chunk_size: int = 64 * 1024 * 1024
     load: str | None = None  # "podman" | "docker" | "auto": also leave it in a local store
@@ -149,6 +149,7 @@ def run_build(
     if settings.push or getattr(engine, "builds_locally", False):
         engine.preflight(workspace)  # before the download: a build that cannot work fails now
 
+    created = created_timestamp()  # a bad SOURCE_DATE_EPOCH fails before the download
     t0 = time.monotonic()
     files_dir, downloaded, streams, background = None, 0, None, None
     state = workspace.state(plan.snapshot)  # one record for the download and the engine
@@ -182,7 +183,7 @@ def run_build(
         streams=streams,
         upload=settings.upload,
         chunk_size=settings.chunk_size,
-        created=created_timestamp(),
+        created=created,
         state=state,
         ready=background.wait if background else None,
         give_up=background.give_up if background else None,
