@@ -11,9 +11,10 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import requests
 
@@ -220,7 +221,14 @@ def check_status(resp: requests.Response, entry: FileEntry) -> None:
 _RATELIMIT_T = re.compile(r"(?:^|[;,\s])t=(\d+(?:\.\d+)?)")
 
 
-def rate_limit_wait(resp: requests.Response, now: float | None = None) -> float:
+class _Answer(Protocol):
+    """What the rate-limit parser reads: a requests or an httpx (huggingface_hub) response."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def rate_limit_wait(resp: _Answer, now: float | None = None) -> float:
     """Seconds a 429 asks to wait: Retry-After (seconds or an HTTP date), else the
     RateLimit header's t= (the Hub sends ``RateLimit: "resolvers";r=0;t=42``) or
     RateLimit-Reset; a default when none says."""
