@@ -176,6 +176,7 @@ def run_build(
         streams=streams,
         upload=settings.upload,
         chunk_size=settings.chunk_size,
+        progress_interval=fetch_opts.progress_interval,
         created=created_timestamp(),
         state=state,
         ready=background.wait if background else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -39,13 +40,17 @@ class Progress:
         self.clock = clock
         self.start = clock()
         self.last = self.start
+        self._lock = threading.Lock()
 
     def advance(self, n: int) -> None:
-        self.done += n
-        now = self.clock()
-        if now - self.last >= self.interval:
-            self.last = now
-            self._emit(final=False)
+        # Layers push in parallel threads: one lock so no count is lost and no two
+        # lines interleave.
+        with self._lock:
+            self.done += n
+            now = self.clock()
+            if now - self.last >= self.interval:
+                self.last = now
+                self._emit(final=False)
 
     def line(self) -> str:
         elapsed = max(self.clock() - self.start, 1e-6)

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -326,6 +327,52 @@ def test_interrupted_push_resends_only_unfinished_layers(
     second = {b.digest for b in registry.committed_blobs(since=mark)}
     assert second and not (first & second)  # nothing finished was sent again
     img = unpack(f"docker://{registry.host}/models/llm:cut", tmp_path / "check")
+    assert_models_match(img, files)
+
+
+CHUNKED = ("--upload", "chunked", "--chunk-size", "1")
+UPLOADS = b"/v2/models/llm/blobs/uploads/"
+# Where a push can be when the registry dies: (extra args, the request the kill lands in,
+# how many such requests go by first, bytes of it the registry sees before the kill). The
+# first upload POST is build's own push-permission check; the shard layer (2 MiB) goes first.
+RESTART_PHASES = {
+    "push-check-POST": ((), b"POST " + UPLOADS, 0, 0),
+    "blob-HEAD": ((), b"HEAD /v2/models/llm/blobs/sha256:", 0, 0),
+    "upload-POST": ((), b"POST " + UPLOADS, 1, 0),
+    "mid-PUT-body": ((), b"PUT " + UPLOADS, 0, 512 * 1024),
+    "mid-PATCH-body": (CHUNKED, b"PATCH " + UPLOADS, 0, 512 * 1024),
+    "final-PUT": (CHUNKED, b"PUT " + UPLOADS, 0, 0),
+    "manifest-PUT": ((), b"PUT /v2/models/llm/manifests/", 0, 0),
+    "mid-stream-PATCH": (("--stream",), b"PATCH " + UPLOADS, 0, 512 * 1024),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", list(RESTART_PHASES))
+def test_a_registry_killed_and_restarted_at_any_phase_is_ridden_out(
+    phase, hub, registry, cutting_proxy, capsys, tmp_path, monkeypatch
+):
+    """kill -9 of the registry as the push reaches each phase, restarted once the client
+    has come back twice (events, not sleeps): the build succeeds on a fresh workspace
+    inside the retry window (5 s in the tests), and the push progress never passes 100 %
+    (a retried upload once counted its bytes again: 161 %)."""
+    extra, prefix, skip, after = RESTART_PHASES[phase]
+    files = model_files(n_shards=1, shard_size=2 * MIB)
+    hub.add_repo(REPO, files)
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    proxy.on_request(prefix, registry.kill, after_bytes=after, skip=skip)
+    proxy.on_refused(2, registry.restart)
+    monkeypatch.setenv("MODELCAR_PROGRESS_INTERVAL", "0")  # a progress line per chunk
+    image = f"{proxy.host}/models/llm:{phase.lower()}"
+    args = [*build_args(image, tmp_path / "ws", "scratch"), "--jobs", "1", *extra]
+    res = run(capsys, *args)
+    assert res.code == 0, res.err
+    assert proxy.fired is not None and proxy.fired.startswith(prefix), proxy.fired
+    assert proxy.refused >= 2  # the client met the dead registry and came back
+    assert "retrying for up to 5 s (it answered before)" in res.err
+    shown = [int(p) for p in re.findall(r"^push: .*\((\d+)%\)", res.err, re.MULTILINE)]
+    assert shown and max(shown) <= 100 and shown[-1] == 100, shown
+    img = unpack(f"docker://{registry.host}/models/llm:{phase.lower()}", tmp_path / "check")
     assert_models_match(img, files)
 
 

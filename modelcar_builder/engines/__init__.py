@@ -60,6 +60,7 @@ class BuildRequest:
     upload: str = "monolithic"  # or "chunked": PATCH chunks, resumed from the upload's Range
     chunk_size: int = 64 * 1024 * 1024
     push: bool = True  # False: `--load` of a local name; engines building locally skip the push
+    progress_interval: float | None = None  # --progress-interval, for the push line too
 
 
 @dataclass(frozen=True)

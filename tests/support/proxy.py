@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -22,6 +22,12 @@ class CuttingProxy:
         self._down_for: float | None = None
         self._request_cut: tuple[bytes, int] | None = None
         self._refuse: tuple[bytes, bytes] | None = None  # request prefix -> raw answer
+        # on_request: (prefix, requests to let by, bytes of the request to pass, action)
+        self._trigger: tuple[bytes, int, int, Callable[[], None]] | None = None
+        self._trigger_left: int | None = None  # bytes still to pass once the request began
+        self._on_refused: tuple[int, Callable[[], None]] | None = None
+        self.refused = 0  # connections the upstream refused (it was down)
+        self.fired: bytes | None = None  # the request line on_request's action fired in
         self._conns: list[socket.socket] = []
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -57,6 +63,26 @@ class CuttingProxy:
         with self._lock:
             self._refuse = (prefix, answer + b"Connection: close\r\n\r\n" + body)
 
+    def on_request(
+        self,
+        prefix: bytes,
+        action: Callable[[], None],
+        after_bytes: int = 0,
+        skip: int = 0,
+    ) -> None:
+        """Let ``skip`` requests starting with ``prefix`` by; pass ``after_bytes`` bytes of
+        the next one (headers included: 0 = the upstream sees none of it), then call
+        ``action`` (e.g. kill the registry) and drop every connection. A crash timed by
+        the request it hits, not by a clock."""
+        with self._lock:
+            self._trigger = (prefix, skip, after_bytes, action)
+
+    def on_refused(self, count: int, action: Callable[[], None]) -> None:
+        """Call ``action`` (e.g. restart the registry) once the upstream has refused
+        ``count`` connections: the client has come back that often while it was down."""
+        with self._lock:
+            self._on_refused = (count, action)
+
     def restore(self) -> None:
         with self._lock:
             self._down, self._budget = False, None
@@ -83,6 +109,7 @@ class CuttingProxy:
                 upstream = socket.create_connection(self.upstream)
             except OSError:  # the registry is down: the client sees a dropped connection
                 client.close()
+                self._refused_one()
                 continue
             with self._lock:
                 self._conns += [client, upstream]
@@ -97,12 +124,47 @@ class CuttingProxy:
                     src.sendall(refused[1])
                     self._drop_pair(src, dst)
                     return
+                if counted and (hit := self._triggered(data)) is not None:
+                    passed, action = hit
+                    dst.sendall(data[:passed])
+                    action()
+                    self._drop_all()
+                    return
                 if counted and not self._spend(data):
                     self._drop_all()
                     return
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+    def _triggered(self, data: bytes) -> tuple[int, Callable[[], None]] | None:
+        """(bytes of ``data`` to pass, action) when on_request's moment is in ``data``."""
+        with self._lock:
+            if self._trigger is None:
+                return None
+            prefix, skip, after, action = self._trigger
+            if self._trigger_left is None:
+                if not data.startswith(prefix):
+                    return None
+                if skip:
+                    self._trigger = (prefix, skip - 1, after, action)
+                    return None
+                self._trigger_left = after
+                self.fired = data.split(b"\r\n", 1)[0]
+            if self._trigger_left >= len(data):
+                self._trigger_left -= len(data)
+                return None
+            passed, self._trigger, self._trigger_left = self._trigger_left, None, None
+            return passed, action
+
+    def _refused_one(self) -> None:
+        with self._lock:
+            self.refused += 1
+            hook = self._on_refused
+            if hook is None or self.refused < hook[0]:
+                return
+            self._on_refused = None
+        hook[1]()
 
     def _spend(self, data: bytes) -> bool:
         n = len(data)
