@@ -4,6 +4,7 @@ skopeo and umoci. No daemon, no privilege."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,11 +20,14 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder import errors
+from modelcar_builder.engines.native import NativeEngine
+from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.registry import RegistryClient
 from tests.clitools import run
 from tests.features import need, private_read_only_root, run_as_other_uid
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
 from tests.support.hubsim import EDGE_FILES
+from tests.test_engine_buildah import make_model, request_for
 
 MIB = 1 << 20
 REPO = "acme/llm"
@@ -374,6 +378,42 @@ def test_a_registry_killed_and_restarted_at_any_phase_is_ridden_out(
     assert shown and max(shown) <= 100 and shown[-1] == 100, shown
     img = unpack(f"docker://{registry.host}/models/llm:{phase.lower()}", tmp_path / "check")
     assert_models_match(img, files)
+
+
+@pytest.mark.slow
+def test_upload_chunked_sends_the_base_layer_and_config_in_chunks_too(
+    registry, base_image, cutting_proxy, tmp_path
+):
+    """`--upload chunked` is the 413 hint's own way past a proxy's body-size limit: it
+    must hold for every blob we upload. The busybox base comes from another registry (so
+    it is uploaded, not mounted) and its layer is over the proxy's limit: it used to go
+    up in one PUT and get the 413 again. (Engine level: the CLI's --chunk-size is whole
+    MiB, and busybox's layer is under 1 MiB.)"""
+    chunk, limit = 256 * 1024, 512 * 1024
+    _, base_manifest = OciLayout(base_image.oci_dir).read_manifest(base_image.tag)
+    base_layer = base_manifest["layers"][0]
+    assert base_layer["size"] > limit  # else this test proves nothing
+    model = make_model(tmp_path / "model")
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    proxy.limit_body(limit)
+    request = request_for(
+        model, tmp_path / "ws", f"{proxy.host}/models/llm:chunked-base", base_image.ref,
+        compression="none",
+    )  # fmt: skip
+    request = dataclasses.replace(request, upload="chunked", chunk_size=chunk)
+    mark = registry.mark()
+    result = NativeEngine().build(request)
+    assert proxy.too_large == []
+    assert result.base_layers == 1
+    committed = {b.digest for b in registry.committed_blobs(since=mark)}
+    assert base_layer["digest"] in committed and result.config_digest in committed
+    patches = registry.requests(since=mark, method="PATCH")
+    assert len(patches) >= -(-base_layer["size"] // chunk)  # the base alone needs this many
+    img = unpack(f"docker://{registry.host}/models/llm:chunked-base", tmp_path / "check")
+    files = {p.relative_to(model).as_posix(): p.read_bytes() for p in model.rglob("*")
+             if p.is_file()}  # fmt: skip
+    assert_models_match(img, files)
+    assert (img.rootfs / "bin" / "busybox").is_file()
 
 
 def test_chunked_upload_resumes_between_chunks(hub, registry, cutting_proxy, capsys, tmp_path):

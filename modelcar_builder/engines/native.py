@@ -56,7 +56,7 @@ def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
         return LayoutSink(OciLayout(target.path)), None
     client = request.registry.client_for(target.ref)
     client.ping()  # fail on auth/TLS before reading any model byte
-    return RegistrySink(client, target.ref.repository), client
+    return RegistrySink(client, target.ref.repository, request.upload_chunk), client
 
 
 class NativeEngine:

@@ -4,6 +4,7 @@ what a rerun does after a push was interrupted (a registry restart, a network cu
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ class CuttingProxy:
         self._down_for: float | None = None
         self._request_cut: tuple[bytes, int] | None = None
         self._refuse: tuple[bytes, bytes] | None = None  # request prefix -> raw answer
+        self._body_limit: int | None = None
+        self.too_large: list[bytes] = []  # request lines answered 413 by limit_body
         # on_request: (prefix, requests to let by, bytes of the request to pass, action)
         self._trigger: tuple[bytes, int, int, Callable[[], None]] | None = None
         self._trigger_left: int | None = None  # bytes still to pass once the request began
@@ -55,13 +58,15 @@ class CuttingProxy:
         """Answer every request starting with ``prefix`` with ``status`` (e.g.
         b"413 Request Entity Too Large") and close, before the upstream sees it: what
         nginx does with a body over its client_max_body_size."""
-        body = b"<html><body>" + status + b"</body></html>"
-        answer = b"HTTP/1.1 %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n" % (
-            status,
-            len(body),
-        )
         with self._lock:
-            self._refuse = (prefix, answer + b"Connection: close\r\n\r\n" + body)
+            self._refuse = (prefix, _answer(status))
+
+    def limit_body(self, max_bytes: int) -> None:
+        """Answer 413 to every request whose Content-Length is over ``max_bytes`` and
+        close, before the upstream sees it: nginx's client_max_body_size (ingress-nginx:
+        1 MiB unless annotated)."""
+        with self._lock:
+            self._body_limit = max_bytes
 
     def on_request(
         self,
@@ -124,6 +129,10 @@ class CuttingProxy:
                     src.sendall(refused[1])
                     self._drop_pair(src, dst)
                     return
+                if counted and self._over_limit(data):
+                    src.sendall(_answer(b"413 Request Entity Too Large"))
+                    self._drop_pair(src, dst)
+                    return
                 if counted and (hit := self._triggered(data)) is not None:
                     passed, action = hit
                     dst.sendall(data[:passed])
@@ -136,6 +145,22 @@ class CuttingProxy:
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+    def _over_limit(self, data: bytes) -> bool:
+        """``data`` starts a request (its head arrives first, in one piece on loopback)
+        whose declared body is over the limit."""
+        limit = self._body_limit
+        if limit is None:
+            return False
+        if not re.match(rb"[A-Z]+ /", data):
+            return False  # body bytes, not a request's head
+        head = data.split(b"\r\n\r\n", 1)[0]
+        match = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
+        if match is None or int(match.group(1)) <= limit:
+            return False
+        with self._lock:
+            self.too_large.append(head.split(b"\r\n", 1)[0])
+        return True
 
     def _triggered(self, data: bytes) -> tuple[int, Callable[[], None]] | None:
         """(bytes of ``data`` to pass, action) when on_request's moment is in ``data``."""
@@ -202,6 +227,16 @@ class CuttingProxy:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
+
+
+def _answer(status: bytes) -> bytes:
+    """A complete HTTP/1.1 error answer that closes the connection, as nginx sends it."""
+    body = b"<html><body>" + status + b"</body></html>"
+    head = b"HTTP/1.1 %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n" % (
+        status,
+        len(body),
+    )
+    return head + b"Connection: close\r\n\r\n" + body
 
 
 @pytest.fixture

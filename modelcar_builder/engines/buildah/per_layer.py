@@ -183,7 +183,7 @@ class PerLayerBuilder:
         if isinstance(target, LayoutTarget):
             target.path.parent.mkdir(parents=True, exist_ok=True)
             return LayoutSink(OciLayout(target.path))
-        return RegistrySink(self.run.target_client(), target.repository)
+        return RegistrySink(self.run.target_client(), target.repository, self.request.upload_chunk)
 
     def _copy_base(self, base: BaseSource, sink: LayoutSink | RegistrySink) -> None:
         def placed(desc: Descriptor, uploaded: bool) -> None:
