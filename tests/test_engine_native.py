@@ -110,6 +110,39 @@ def test_hub_to_registry_round_trip(hub_repo, registry, base_image, capsys, tmp_
     assert (img.rootfs / "bin" / "sh").exists()  # the base is really there
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["hub", "hub-stream", "local"])
+def test_the_report_gives_every_files_sha256(source, hub_repo, capsys, tmp_path):
+    """files[].sha256 was null for local files and git-stored Hub files: now every one is
+    the sha256 of the file's bytes. A Hub file is hashed in the pass that checks its git
+    blob id (download or stream), recorded in the workspace state for reruns."""
+    files = model_files()
+    ws, report = tmp_path / "ws", tmp_path / "report.json"
+    args = build_args(f"oci:{tmp_path / 'out'}:v1", ws, "scratch", "--report", str(report))
+    if source == "hub-stream":
+        args.append("--stream")
+    if source == "local":
+        model = tmp_path / "model"
+        for path, data in files.items():
+            (model / path).parent.mkdir(parents=True, exist_ok=True)
+            (model / path).write_bytes(data)
+        args[1] = str(model)
+    res = run(capsys, *args)
+    assert res.code == 0, res.err
+    listed = json.loads(report.read_text())["files"]
+    assert {f["path"] for f in listed} == set(files)
+    for f in listed:
+        assert re.fullmatch(r"[0-9a-f]{64}", f["sha256"] or ""), f
+        assert f["sha256"] == hashlib.sha256(files[f["path"]]).hexdigest(), f["path"]
+    if source != "local":
+        (state_file,) = (ws / "state").glob("*.json")
+        recorded = json.loads(state_file.read_text())["sha256"]
+        git_stored = [f for f in listed if f["blob_id"]]
+        assert git_stored  # config.json and friends are not in LFS
+        for f in git_stored:
+            assert recorded[f["blob_id"]] == f["sha256"], f["path"]
+
+
 def test_rebuild_same_digest_uploads_nothing(hub_repo, registry, base_image, capsys, tmp_path):
     image = f"{registry.host}/models/llm:v1"
     first = run(capsys, *build_args(image, tmp_path / "ws", base_image.ref))

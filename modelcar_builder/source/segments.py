@@ -259,7 +259,7 @@ class SegmentedDownload:
             return
         side = threading.Thread(target=hashes.layer.update, args=(block,))
         side.start()
-        hashes.file.update(block)
+        hashes.update_file(block)
         side.join()
 
     # ---- workers

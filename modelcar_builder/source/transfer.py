@@ -78,14 +78,28 @@ class Hashes:
         self.file = hasher_for(entry)
         self.frame = frame
         self.layer = hashlib.sha256(frame[0]) if frame else None
+        # A git-stored file is checked by its blob id (sha1), yet --report gives every
+        # file's sha256: hashed in the same pass (such files are small, the Hub keeps
+        # everything large in LFS, whose id is the sha256 itself).
+        self._known_sha256 = entry.sha256
+        self.sha256 = None if entry.sha256 else hashlib.sha256()
 
     def update(self, block) -> None:
-        self.file.update(block)
+        self.update_file(block)
         if self.layer is not None:
             self.layer.update(block)
 
+    def update_file(self, block) -> None:
+        """The file's own hashes, not the layer's."""
+        self.file.update(block)
+        if self.sha256 is not None:
+            self.sha256.update(block)
+
     def hexdigest(self) -> str:
         return self.file.hexdigest()
+
+    def file_sha256(self) -> str:
+        return self._known_sha256 or self.sha256.hexdigest()  # type: ignore[union-attr]
 
     def layer_digest(self) -> str | None:
         if self.layer is None or self.frame is None:
