@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 
 from modelcar_builder.engines import (
     BuildRequest,
@@ -30,7 +30,6 @@ from modelcar_builder.errors import (
 )
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.layer import (
-    Chunk,
     DigestingIterator,
     LayerEntry,
     TarLayer,
@@ -40,7 +39,7 @@ from modelcar_builder.oci.layer import (
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import LayerPlan, Plan
-from modelcar_builder.progress import Progress
+from modelcar_builder.progress import HighWater, Progress, counted
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.target import LayoutTarget
@@ -150,13 +149,16 @@ class NativeEngine:
         cached = state.layer(key)  # the download may just have hashed it
         tar = _tar_for(request, layer)
         open_entry = _stream_opener(request) if request.files_dir is None else None
-        shown = _LayerProgress(progress)
+        # Each attempt (a retried PUT, a resumed chunked upload, a layer sent again) reads
+        # the tar again; the mark shows each byte once: a registry restart mid-push once
+        # showed `1.8 GiB / 1.1 GiB (161%)`.
+        shown = HighWater(progress)
 
         def tar_chunks():
-            return shown.counted(tar.chunks(open_entry))
+            return counted(tar.chunks(open_entry), shown)
 
         def tar_chunks_from(offset: int):
-            return shown.counted(tar.chunks_from(offset), offset)
+            return counted(tar.chunks_from(offset), shown, offset)
 
         if request.compression == "none" and request.files_dir is not None:
             # Known size, digest by one read pass: a monolithic PUT works on every registry.
@@ -222,26 +224,6 @@ def _stream_opener(request: BuildRequest):
         raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
     files = {f.path: f for f in request.plan.snapshot.files}
     streams = request.streams
-    # No progress of its own: the layer's tar bytes are counted once, by _LayerProgress
+    # No progress of its own: the layer's tar bytes are counted, once, by _push_one
     # (a layer sent again re-reads the Hub and would count its bytes twice).
     return lambda entry: streams(files[entry.path], None)
-
-
-class _LayerProgress:
-    """One layer's share of the push progress. Every attempt (a retried PUT, a resumed
-    chunked upload, a layer sent again) reads the tar from where it starts, but only
-    bytes past the furthest point already counted advance the line: a registry restart
-    mid-push once showed `1.8 GiB / 1.1 GiB (161%)`."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._counted = 0  # layer offset up to which bytes are in the progress
-
-    def counted(self, chunks: Iterable[Chunk], start: int = 0) -> Iterator[Chunk]:
-        pos = start
-        for chunk in chunks:
-            pos += len(chunk)
-            if pos > self._counted:
-                self._progress.advance(pos - self._counted)
-                self._counted = pos
-            yield chunk

@@ -35,7 +35,7 @@ from modelcar_builder.errors import (
 from modelcar_builder.oci.layer import LayerEntry, TarLayer
 from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import Plan
-from modelcar_builder.progress import Progress
+from modelcar_builder.progress import HighWater, Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source import segments
 from modelcar_builder.source.ranges import NoRanges
@@ -45,7 +45,6 @@ from modelcar_builder.source.transfer import (
     Counter,
     FetchOptions,
     Hashes,
-    HighWater,
     Transient,
     check_status,
     disk_full,

@@ -19,7 +19,6 @@ from typing import Protocol, TextIO
 import requests
 
 from modelcar_builder.errors import AccessDenied, DownloadFailed, InsufficientSpace, SourceNotFound
-from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.units import human
 
@@ -106,29 +105,6 @@ class Hashes:
             return None
         self.layer.update(self.frame[1])
         return "sha256:" + self.layer.hexdigest()
-
-
-class HighWater:
-    """Progress for one file that never counts a byte twice: bytes fetched again after a
-    failed check or an ignored Range were already shown once, so a bar cannot pass 100 %.
-    One mark per segment (key); the single-connection path uses key 0."""
-
-    def __init__(self, progress: Progress, start: int = 0) -> None:
-        self.progress = progress
-        self.marks: dict[int, int] = {0: start}
-        self._lock = threading.Lock()
-
-    def seed(self, key: int, offset: int) -> None:
-        """Where segment ``key`` already was when the run started (not to be shown)."""
-        with self._lock:
-            self.marks.setdefault(key, offset)
-
-    def reached(self, offset: int, key: int = 0) -> None:
-        with self._lock:
-            mark = self.marks.setdefault(key, offset)
-            if offset > mark:
-                self.progress.advance(offset - mark)
-                self.marks[key] = offset
 
 
 class Counter:

@@ -49,7 +49,7 @@ from modelcar_builder.oci.image import Descriptor
 from modelcar_builder.oci.layer import layer_media_type
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.plan import LayerPlan
-from modelcar_builder.progress import Progress
+from modelcar_builder.progress import HighWater, Progress, counted
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import LayerRecord
 from modelcar_builder.target import LayoutTarget, RegistryTarget
@@ -318,8 +318,9 @@ class PerLayerBuilder:
         else:
             path = layout.blob_path(digest)
             progress = Progress(f"push {layer.name}", size)
+            shown = HighWater(progress)  # a retried or resumed upload shows no byte twice
             try:
-                sink.put_blob(digest, size, lambda: file_chunks(path, progress))
+                sink.put_blob(digest, size, lambda: counted(file_chunks(path), shown))
             finally:
                 progress.close()
         return True
