@@ -511,6 +511,38 @@ def test_the_blob_head_before_an_upload_rides_out_a_restart(registry: RegistryIn
     assert len(refused) == 3, refused
 
 
+def test_a_token_server_outage_is_ridden_out_like_the_registrys(
+    registry_token: RegistryInstance,
+) -> None:
+    """OpenShift's registry serves its own tokens, so a restart takes the token server
+    away too: a token fetched during it (a new scope, a renewal) failed at once with exit
+    50. It is retried within the window, its retry lines naming the token server."""
+    ts = registry_token.token_server
+    assert ts is not None
+    policy = RetryPolicy(attempts=2, initial=0.05, maximum=0.2, window=30.0)
+    lines: list[str] = []
+
+    class StartOnThirdRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "cannot reach token server" in record.getMessage():
+                lines.append(record.getMessage())
+                if len(lines) == 3:
+                    ts.start()
+
+    handler = StartOnThirdRetry(logging.WARNING)
+    logger = logging.getLogger("modelcar.registry")
+    logger.addHandler(handler)
+    try:
+        with client_for(registry_token, creds_for(registry_token), retry=policy) as client:
+            client.ping()
+            ts.stop()
+            # A repository not asked about yet: its pull token must be fetched now.
+            assert client.blob_size("outage/token", digest_of(b"absent")) is None
+    finally:
+        logger.removeHandler(handler)
+    assert len(lines) == 3, lines
+
+
 def test_a_registry_that_never_answered_fails_in_seconds() -> None:
     policy = RetryPolicy(attempts=3, initial=0.05, maximum=0.2, window=120.0)
     started = time.monotonic()
