@@ -239,6 +239,15 @@ def test_a_429_or_503_on_the_shard_index_is_retried(hub, capsys, status, headers
     assert len(index_gets) == 2
 
 
+def test_a_cut_index_read_is_retried(hub, capsys):
+    hub.add_repo("acme/sharded", sharded_repo())
+    hub.cut("acme/sharded", INDEX, after_bytes=20)
+    res = run(capsys, "plan", "acme/sharded")
+    assert res.code == 0, res.err
+    retries = [line for line in res.err.splitlines() if "retrying in" in line]
+    assert len(retries) == 1 and f"reading {INDEX} from the Hub failed (" in retries[0], res.err
+
+
 def test_the_index_read_gives_up_after_three_tries(hub, capsys):
     hub.add_repo("acme/sharded", sharded_repo())
     hub.fail("acme/sharded", INDEX, status=503, times=None)
