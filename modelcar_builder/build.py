@@ -8,10 +8,12 @@ back from the target rather than trusting what the push reported.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +69,9 @@ class BuildOutcome:
     image_url: str  # oci://registry/repo@sha256:... (KServe storageUri) or oci:PATH@sha256
     downloaded_bytes: int
     timings: dict[str, float] = field(default_factory=dict)
+    # path -> sha256 of each file whose sha256 the source does not give; called by
+    # --report only, as it may have to read local files (see file_sha256s)
+    file_sha256: Callable[[], dict[str, str]] = dict
 
 
 def default_engine(workspace: Workspace | None = None) -> str:
@@ -183,6 +188,7 @@ def run_build(
         streams=streams,
         upload=settings.upload,
         chunk_size=settings.chunk_size,
+        progress_interval=fetch_opts.progress_interval,
         created=created,
         state=state,
         ready=background.wait if background else None,
@@ -206,7 +212,40 @@ def run_build(
         timings["fetch"] = background.seconds
     timings["total"] = time.monotonic() - t0
     url = image_url(target, result.manifest_digest) if settings.push else str(target)
-    return BuildOutcome(result, verified, url, downloaded, timings)
+    if streams is not None:  # kept for a rerun that finds the layers already pushed
+        with state.locked():
+            state.sha256.update(streams.sha256)
+        state.save()
+    hashed = dict(state.sha256)
+    return BuildOutcome(
+        result, verified, url, downloaded, timings,
+        lambda: file_sha256s(plan, files_dir, hashed),
+    )  # fmt: skip
+
+
+def file_sha256s(plan: Plan, files_dir: Path | None, hashed: Mapping[str, str]) -> dict[str, str]:
+    """path -> sha256 of every file whose sha256 the source does not give: a git-stored
+    Hub file was hashed as its blob id was checked (download or stream; ``hashed`` maps
+    blob id -> sha256), so only what is left is read here: a local directory's files (no
+    step of every engine reads them whole) and Hub files checked by an older version."""
+    out: dict[str, str] = {}
+    for f in plan.snapshot.files:
+        if f.sha256:
+            continue
+        known = hashed.get(f.blob_id) if f.blob_id else None
+        if known is None and files_dir is not None:
+            known = _sha256_of(files_dir / f.path)
+        if known is not None:
+            out[f.path] = known
+    return out
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as src:
+        while block := src.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _build_and_verify(

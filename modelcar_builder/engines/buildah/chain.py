@@ -32,6 +32,7 @@ from modelcar_builder.engines.buildah.failures import RACE_HINT
 from modelcar_builder.engines.buildah.runner import bare, image_id
 from modelcar_builder.engines.buildah.session import MANIFEST_ACCEPT, BuildRun, file_chunks
 from modelcar_builder.engines.buildah.settings import ENGINE_NAME, via_layout
+from modelcar_builder.engines.sinks import RegistrySink
 from modelcar_builder.errors import BuildFailed, ModelcarError
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
 from modelcar_builder.oci.image import image_annotations
@@ -272,12 +273,13 @@ class ChainBuilder:
                 self._repository(),
                 self.request.target.tag,
             )
+            sink = RegistrySink(client, repo, self.request.upload_chunk)
             for desc in [*manifest["layers"], manifest["config"]]:
                 digest, size = desc["digest"], int(desc["size"])
-                if client.blob_size(repo, digest) == size:
+                if sink.has_blob(digest, size):
                     continue
                 path = layout.blob_path(digest)
-                client.upload_blob(repo, digest, size, lambda path=path: file_chunks(path))
+                sink.put_blob(digest, size, lambda path=path: file_chunks(path))
             body = layout.blob_path(descriptor.digest).read_bytes()
             media_type = manifest.get("mediaType") or OCI_MANIFEST
             client.put_manifest(repo, tag, body, media_type)

@@ -49,7 +49,7 @@ from modelcar_builder.oci.image import Descriptor
 from modelcar_builder.oci.layer import layer_media_type
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.plan import LayerPlan
-from modelcar_builder.progress import Progress
+from modelcar_builder.progress import HighWater, Progress, counted
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import LayerRecord
 from modelcar_builder.target import LayoutTarget, RegistryTarget
@@ -184,7 +184,7 @@ class PerLayerBuilder:
         if isinstance(target, LayoutTarget):
             target.path.parent.mkdir(parents=True, exist_ok=True)
             return LayoutSink(OciLayout(target.path))
-        return RegistrySink(self.run.target_client(), target.repository)
+        return RegistrySink(self.run.target_client(), target.repository, self.request.upload_chunk)
 
     def _copy_base(self, base: BaseSource, sink: LayoutSink | RegistrySink) -> None:
         def placed(desc: Descriptor, uploaded: bool) -> None:
@@ -319,8 +319,9 @@ class PerLayerBuilder:
         else:
             path = layout.blob_path(digest)
             progress = Progress(f"push {layer.name}", size)
+            shown = HighWater(progress)  # a retried or resumed upload shows no byte twice
             try:
-                sink.put_blob(digest, size, lambda: file_chunks(path, progress))
+                sink.put_blob(digest, size, lambda: counted(file_chunks(path), shown))
             finally:
                 progress.close()
         return True
