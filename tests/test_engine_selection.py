@@ -90,6 +90,21 @@ def test_buildah_when_asked_by_the_environment(shared_tmp):
     assert buildah_ran(shared_tmp)
 
 
+@pytest.mark.parametrize("preflight", ["", "--no-preflight"])
+def test_buildah_with_zstd_is_a_usage_error_before_anything_runs(shared_tmp, preflight):
+    """Only the removed chain mode could write zstd; KServe's fetch refuses it anyway."""
+    extra = ["--engine", "buildah", "--compression", "zstd", *([preflight] if preflight else [])]
+    res = _cli(_build_args(shared_tmp, *extra))
+    assert res.returncode == 2, res.stderr
+    error, hint = res.stderr.strip().splitlines()[-2:]
+    assert error.startswith("error: ") and "zstd" in error, res.stderr
+    assert hint.startswith("hint: ") and "KServe" in hint and "--compression gzip" in hint
+    assert "Traceback" not in res.stderr
+    assert not (shared_tmp / "out").exists()
+    assert not any((shared_tmp / "ws" / "context").iterdir()), "nothing was prepared"
+    assert not buildah_ran(shared_tmp)
+
+
 def test_doctor_checks_the_default_engine(shared_tmp):
     """`doctor` without --engine checks what `build` without it would use: native."""
     args = _build_args(shared_tmp)

@@ -131,8 +131,8 @@ def buildah_env(
     """An allowlist, not a copy: buildah gets what it needs to run (:data:`INHERITED`) and
     what we set: TMPDIR (big temp copies) and, with private state, XDG dirs on the
     workspace and containers' rootless markers. No HF_TOKEN, no ``MODELCAR_*`` (token
-    files, passwords), no REGISTRY_AUTH_FILE: registry credentials reach buildah only by
-    ``--authfile``, and only in the chain mode."""
+    files, passwords), no REGISTRY_AUTH_FILE: buildah never talks to a registry, so no
+    registry credential ever reaches it."""
     environ = os.environ if environ is None else environ
     env = inherited_env(environ)
     env["TMPDIR"] = str(workspace_tmp)
