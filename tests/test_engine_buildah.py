@@ -405,6 +405,23 @@ def test_per_layer_rerun_skips_layers_the_target_has(model, ws, tmp_path, base_i
     assert storage_list(ws, "containers") == []
 
 
+def test_compression_changes_the_blobs_not_the_layers(model, tmp_path, base_image):
+    """The same tar bytes (diff_ids) whether a layer is sent gzip or uncompressed: the
+    layer's content does not depend on how it is committed or sent."""
+    results = {}
+    for compression in ("gzip", "none"):
+        out = tmp_path / f"layout-{compression}"
+        request = request_for(
+            model, tmp_path / f"ws-{compression}", f"oci:{out}:v1", base_image.oci_ref,
+            compression=compression,
+        )  # fmt: skip
+        results[compression] = BuildahEngine().build(request)
+    gzipped, plain = results["gzip"].layers, results["none"].layers
+    assert [x.diff_id for x in gzipped] == [x.diff_id for x in plain]
+    assert [x.digest for x in plain] == [x.diff_id for x in plain]
+    assert not {x.digest for x in gzipped} & {x.digest for x in plain}
+
+
 @pytest.mark.parametrize("overlap", ["1", "0"])
 def test_per_layer_upload_failure_is_mapped_and_leaves_no_layouts(
     model, ws, registry, cutting_proxy, logs, monkeypatch, overlap

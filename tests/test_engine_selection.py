@@ -80,14 +80,20 @@ def test_default_engine_is_native_said_in_one_line(shared_tmp):
     assert not buildah_ran(shared_tmp)
 
 
-def test_buildah_when_asked_by_the_environment(shared_tmp):
+def test_buildah_when_asked_gives_the_same_model_another_digest(shared_tmp):
+    """What the line says: the same model, default (native) and MODELCAR_ENGINE=buildah."""
     need(root)
-    res = _cli(_build_args(shared_tmp), MODELCAR_ENGINE="buildah")
-    assert res.returncode == 0, res.stderr
+    default, asked = shared_tmp / "default", shared_tmp / "asked"
+    default.mkdir()
+    asked.mkdir()
+    first = _cli(_build_args(default))
+    res = _cli(_build_args(asked), MODELCAR_ENGINE="buildah")
+    assert first.returncode == 0 and res.returncode == 0, first.stderr + res.stderr
     (line,) = engine_lines(res.stderr)
     assert "engine: buildah, gzip layers" in line and "another digest" in line, line
-    assert "with buildah" in res.stderr
-    assert buildah_ran(shared_tmp)
+    assert "with buildah" in res.stderr and buildah_ran(asked) and not buildah_ran(default)
+    digests = [r.stdout.strip().rsplit("@", 1)[-1] for r in (first, res)]
+    assert all(d.startswith("sha256:") for d in digests) and digests[0] != digests[1], digests
 
 
 @pytest.mark.parametrize("preflight", ["", "--no-preflight"])
