@@ -80,6 +80,17 @@ def test_default_engine_is_native_said_in_one_line(shared_tmp):
     assert not buildah_ran(shared_tmp)
 
 
+def test_default_engine_as_an_openshift_uid_is_native_without_a_buildah_probe(shared_tmp):
+    """Where buildah cannot run (the restricted SCC's arbitrary UID): the same default,
+    the same one line, and no word about buildah's probe."""
+    need(root, run_as_other_uid)
+    res = _cli(_build_args(shared_tmp), as_uid=OPENSHIFT_UID)
+    assert res.returncode == 0, res.stderr
+    (line,) = engine_lines(res.stderr)
+    assert "engine: native (the default)" in line and "cannot run here" not in res.stderr
+    assert "with native" in res.stderr and not buildah_ran(shared_tmp)
+
+
 def test_buildah_when_asked_gives_the_same_model_another_digest(shared_tmp):
     """What the line says: the same model, default (native) and MODELCAR_ENGINE=buildah."""
     need(root)
