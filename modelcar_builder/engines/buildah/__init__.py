@@ -26,7 +26,6 @@ from modelcar_builder.context import prepare_context
 from modelcar_builder.engines import BuildRequest, BuildResult, fetched_bytes
 from modelcar_builder.engines.buildah.credentials import connect_target, resolve_for_build
 from modelcar_builder.engines.buildah.failures import (
-    Remote,
     classify_failure,
     meaningful_line,
     scrub,
@@ -71,7 +70,6 @@ __all__ = [
     "ENV_STORAGE_DRIVER",
     "BuildahEngine",
     "BuildahSettings",
-    "Remote",
     "buildah_mounts_here",
     "check_compression",
     "classify_failure",

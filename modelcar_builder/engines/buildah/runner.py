@@ -18,7 +18,6 @@ from typing import IO, cast
 
 from modelcar_builder.engines.buildah.failures import (
     INSTALL_HINT,
-    Remote,
     classify_failure,
     scrub,
 )
@@ -40,7 +39,7 @@ class Buildah:
     env: dict[str, str] = field(repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
-    def run(self, args: Sequence[str], step: str, remote: Remote | None = None) -> str:
+    def run(self, args: Sequence[str], step: str) -> str:
         argv = [*self.prefix, *args]
         log.debug("running %s", " ".join(argv))  # argv holds paths, never a secret
         try:
@@ -68,7 +67,7 @@ class Buildah:
         finally:
             pump.join()
         if code != 0:
-            raise classify_failure(step, "\n".join(tail), remote, self.secrets)
+            raise classify_failure(step, "\n".join(tail), self.secrets)
         return out
 
     def _pump(self, proc: subprocess.Popen[str], tail: deque[str]) -> None:
