@@ -515,10 +515,10 @@ def test_wrong_token_is_registry_auth_error(model, ws, tmp_path, registry_htpass
     assert wrong not in err.value.message and wrong not in err.value.hint
 
 
-def test_wrong_base_credentials_from_buildah(
+def test_wrong_base_credentials_are_named(
     model, ws, tmp_path, registry, registry_htpasswd, base_image
 ):
-    """The target is fine; buildah's own pull of the base is refused (401 from buildah)."""
+    """The target is fine; the base's registry refuses our client's credentials (401)."""
     reg = registry_htpasswd
     base = base_image.copy_to(reg)
     wrong = "x" + reg.password[1:]
