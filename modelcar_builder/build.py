@@ -74,20 +74,32 @@ class BuildOutcome:
     file_sha256: Callable[[], dict[str, str]] = dict
 
 
-def default_engine(workspace: Workspace | None = None) -> str:
-    """buildah when it is installed and its probe says it can build here (UID 0 with
-    the capabilities it needs), else native; falling back is said in one line."""
-    if not shutil.which("buildah"):
-        return "native"
-    if workspace is None:
-        return "buildah"
-    from modelcar_builder.engines.buildah.probe import probe
+DEFAULT_ENGINE = "native"  # no daemon, no privilege, any UID; the others when asked
 
-    problem = probe(workspace)
-    if problem is None:
-        return "buildah"
-    log.info("engine: native (buildah is installed but cannot run here: %s)", problem.message)
-    return "native"
+
+def default_compression(engine: str) -> str:
+    """Layers as each engine writes them unless --compression says otherwise: native
+    uncompressed (weights do not compress), buildah, podman and docker gzip."""
+    return "none" if engine == "native" else "gzip"
+
+
+def engine_line(engine: str, compression: str) -> str:
+    """The one line a build announces its engine with: the layers' compression, and
+    that another choice gives the same model another digest."""
+    native = engine == DEFAULT_ENGINE
+    chosen = f"{engine} (the default)" if native else engine
+    layers = layers_of(compression)
+    if native and compression == "none":
+        other = "gzip layers (buildah, podman, docker, or --compression gzip) give"
+    elif compression == "none" or native:
+        other = f"its default, {layers_of(default_compression(engine))}, gives"
+    else:
+        other = f"the default engine ({DEFAULT_ENGINE}, uncompressed tar layers) gives"
+    return f"engine: {chosen}, {layers}; {other} the same model another digest"
+
+
+def layers_of(compression: str) -> str:
+    return "uncompressed tar layers" if compression == "none" else f"{compression} layers"
 
 
 def make_engine(name: str) -> Engine:
@@ -144,7 +156,13 @@ def run_build(
         raise UsageError("--load needs the model files on disk", hint="drop --stream")
     if not settings.push and not settings.load:
         raise UsageError("nothing to do: no push and no --load", hint="add --load")
+    compression = settings.compression or default_compression(settings.engine)
+    if settings.engine == "buildah":  # before the download, with or without the preflight
+        from modelcar_builder.engines.buildah.settings import check_compression
+
+        check_compression(compression)
     engine = make_engine(settings.engine)
+    log.info("%s", engine_line(settings.engine, compression))
     store = None
     if settings.load:
         from modelcar_builder.engines.archive import open_store
@@ -182,7 +200,7 @@ def run_build(
         target=target,
         base_image=settings.base_image,
         registry=settings.registry,
-        compression=settings.compression or ("none" if settings.engine == "native" else "gzip"),
+        compression=compression,
         jobs=settings.jobs,
         platform=settings.platform,
         streams=streams,

@@ -106,8 +106,8 @@ class Engine(Protocol):
     # True: build() may start while the download runs; it calls request.wait_for(layer)
     # (and request.stop_waiting() when a push fails while other layers still wait)
     # before reading (or linking) a layer's files, and for every layer before the
-    # manifest; an engine (or mode: buildah's chain) that needs all files at once waits
-    # for every layer first. False: it gets every file verified up front.
+    # manifest; an engine that needs all files at once waits for every layer first.
+    # False: it gets every file verified up front.
     pushes_while_fetching: bool
 
     def preflight(self, workspace: Workspace) -> None:

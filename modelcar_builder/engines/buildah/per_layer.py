@@ -1,4 +1,4 @@
-"""The per-layer mode (the default): each planned layer committed alone by buildah, its
+"""The buildah engine's builder: each planned layer committed alone by buildah, its
 blob sent to the target by our client, config and manifest written as native writes them.
 
 For each layer: ``buildah from scratch``, ``copy --chown 0:0 layer-NNN/ /models/``,
@@ -100,9 +100,9 @@ class _Upload:
 
 
 class PerLayerBuilder:
-    """One build in the per-layer mode: each planned layer in its own container from
-    scratch, committed alone to an OCI layout in TMPDIR, its blob sent to the target and
-    the layout deleted once sent; config and manifest are ours. With overlap (registry
+    """One buildah build: each planned layer in its own container from scratch,
+    committed alone to an OCI layout in TMPDIR, its blob sent to the target and the
+    layout deleted once sent; config and manifest are ours. With overlap (registry
     targets, ``MODELCAR_BUILDAH_OVERLAP``) the blob of layer i is sent by an :class:`_Upload`
     while layer i+1 is built; otherwise before the next layer starts."""
 
@@ -159,8 +159,9 @@ class PerLayerBuilder:
     # -- base -----------------------------------------------------------------------------
 
     def _load_base(self) -> BaseSource:
-        """The base from a registry (with the credentials the chain would give buildah),
-        an OCI layout or scratch; its blobs are copied or mounted as the native engine does."""
+        """The base from a registry (read by our own client, with the base's
+        credentials), an OCI layout or scratch; its blobs are copied or mounted as the
+        native engine does."""
         name = self.request.base_image
         target = registry_base(self.request)
         if target is None:
@@ -397,7 +398,8 @@ class PerLayerBuilder:
 
     def _clean_storage(self) -> None:
         """Before the first commit: no container or image may be left in our storage
-        (a crashed run's, or the chain mode's cache), so the peak stays one layer's."""
+        (a crashed run's, or the cache images of an older version's chain mode), so the
+        peak stays one layer's."""
         if self._clean:
             return
         self._clean = True
