@@ -1,23 +1,35 @@
 """Options the commands share, each also read from its MODELCAR_* variable (``--help``
-shows which), packed into values: SourceArgs, FetchOptions, RegistryOptions."""
+shows which), packed into the API's carriers (api.SourceOptions, api.BuildOptions,
+FetchOptions, api.RegistryAccess), so the CLI and the Python API take one road."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import click
 
-from modelcar_builder.build import DEFAULT_ENGINE, make_engine
+from modelcar_builder.api import (
+    ATTEMPTS,
+    CONNECTIONS,
+    FETCH_JOBS,
+    LAYER_THRESHOLD,
+    MAX_LAYERS,
+    PROGRESS_INTERVAL,
+    READ_TIMEOUT,
+    SEGMENT_SIZE,
+    SOURCE_FIELDS,
+    BuildOptions,
+    RegistryAccess,
+    SourceOptions,
+)
 from modelcar_builder.errors import UsageError
-from modelcar_builder.pipeline import Resolved, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS
-from modelcar_builder.preflight import ENV_NO_PREFLIGHT, Request, before_download
-from modelcar_builder.selection import Selection
+from modelcar_builder.preflight import ENV_NO_PREFLIGHT
 from modelcar_builder.settings import (
     ENV_SEGMENT_SIZE,
     Bounds,
@@ -56,20 +68,20 @@ def _spelling(param: click.Parameter | None, ctx: click.Context | None) -> str:
     return param.opts[0] if param.opts else param.name
 
 
-LAYER_THRESHOLD = Bounds(int, 1, 1 << 50, str(DEFAULT_LAYER_THRESHOLD))
-MAX_LAYERS = Bounds(int, 2, 127, str(DEFAULT_MAX_LAYERS))  # CRI-O/podman mount <= 127
-FETCH_JOBS = Bounds(int, 1, 64, str(FetchOptions.jobs))
-CONNECTIONS = Bounds(int, 1, 256, str(FetchOptions.connections))
-ATTEMPTS = Bounds(int, 1, 100, str(FetchOptions.attempts))
-READ_TIMEOUT = Bounds(float, 0.1, 86400, f"{FetchOptions.read_timeout:g}")  # seconds
-PROGRESS_INTERVAL = Bounds(float, 0, 86400, "5")  # seconds
-JOBS = Bounds(int, 1, 16, "2")  # build --jobs: layers pushed at once
-CHUNK_SIZE = Bounds(int, 1, 4096, "64")  # build --chunk-size, MiB
-SEGMENT_SIZE = Bounds(int, 64 * 1024, 1 << 30, str(FetchOptions.segment_size))  # bytes
-
-
 def source_options(fn):
-    """Options every command that reads a SOURCE shares; each also reads MODELCAR_*."""
+    """Options every command that reads a SOURCE shares, packed into ``src``
+    (api.SourceOptions); each also reads MODELCAR_*."""
+
+    @functools.wraps(fn)
+    def packed(**kwargs):
+        fields = {name: kwargs.pop(name) for name in SOURCE_FIELDS}
+        return fn(src=SourceOptions(**fields), **kwargs)
+
+    return source_params(packed)
+
+
+def source_params(fn):
+    """The source options as plain parameters (`build`, `doctor`: build_options packs them)."""
     decorators = [
         click.argument("source", envvar="MODELCAR_SOURCE"),
         click.option(
@@ -130,14 +142,9 @@ def source_options(fn):
         ),
     ]
 
-    @functools.wraps(fn)
-    def packed(**kwargs):
-        fields = {name: kwargs.pop(name) for name in SOURCE_FIELDS}
-        return fn(src=SourceArgs(**fields), **kwargs)
-
     for d in reversed(decorators):
-        packed = d(packed)
-    return packed
+        fn = d(fn)
+    return fn
 
 
 def workspace_option(fn):
@@ -158,43 +165,30 @@ def open_workspace(path: str) -> Workspace:
     return ws
 
 
-@dataclass(frozen=True)
-class SourceArgs:
-    """The SOURCE argument and the options that shape what is read from it."""
-
-    source: str
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-    all_files: bool
-    hf_token_file: str | None
-    layer_threshold: int
-    max_layers: int
-    allow_incomplete: bool
-    source_url: str | None
-
-    def resolve(self, base_layers: int = 1, hub_timeout: float | None = None) -> Resolved:
-        """``base_layers``: what the base image adds to the layer count; the default
-        base (ubi-micro) and busybox have one. ``hub_timeout``: --read-timeout, where the
-        command has it, for the Hub's metadata calls too."""
-        selection = Selection(tuple(self.include), tuple(self.exclude), self.all_files)
-        return resolve(
-            self.source,
-            selection,
-            self.hf_token_file,
-            self.layer_threshold,
-            self.source_url,
-            max_layers=self.max_layers,
-            base_layers=base_layers,
-            allow_incomplete=self.allow_incomplete,
-            hub_timeout=hub_timeout,
-        )
-
-
-SOURCE_FIELDS = tuple(f.name for f in fields(SourceArgs))
-
-
 def fetch_options(fn):
     """Download tuning, shared by the commands that fetch; packed into ``fetch_opts``."""
+
+    @functools.wraps(fn)
+    def packed(fetch_jobs, connections, attempts, read_timeout, progress_interval, **kwargs):
+        return fn(fetch_opts=packed_fetch(fetch_jobs, connections, attempts, read_timeout,
+                                          progress_interval), **kwargs)  # fmt: skip
+
+    return fetch_params(packed)
+
+
+def packed_fetch(fetch_jobs, connections, attempts, read_timeout, progress_interval):
+    return FetchOptions(
+        jobs=fetch_jobs,
+        attempts=attempts,
+        read_timeout=read_timeout,
+        progress_interval=progress_interval,
+        connections=connections,
+        segment_size=_segment_size(),
+    )
+
+
+def fetch_params(fn):
+    """The download options as plain parameters (`build`, `doctor`)."""
     decorators = [
         click.option(
             "--fetch-jobs",
@@ -234,21 +228,9 @@ def fetch_options(fn):
         ),
     ]
 
-    @functools.wraps(fn)
-    def packed(fetch_jobs, connections, attempts, read_timeout, progress_interval, **kwargs):
-        opts = FetchOptions(
-            jobs=fetch_jobs,
-            attempts=attempts,
-            read_timeout=read_timeout,
-            progress_interval=progress_interval,
-            connections=connections,
-            segment_size=_segment_size(),
-        )
-        return fn(fetch_opts=opts, **kwargs)
-
     for d in reversed(decorators):
-        packed = d(packed)
-    return packed
+        fn = d(fn)
+    return fn
 
 
 def _segment_size() -> int:
@@ -344,69 +326,19 @@ def preflight_option(fn):
 _NO_PREFLIGHT = "modelcar.no_preflight"
 
 
-def preflight_request(params: Mapping[str, Any], engine: str | None = None) -> Request:
-    """The preflight's view of a `build` command line (its click parameters by name)."""
-    image, push = params["image"], True
-    if params.get("load") and is_local_name(image):  # load-only: no registry to check
-        image, push = local_name(image), False
-    return Request(
-        image=image,
-        push=push,
-        workspace=Path(params["workspace"]),
-        engine=engine or params.get("engine") or DEFAULT_ENGINE,
-        base_image=params["base_image"],
-        platform=params.get("platform") or "linux/amd64",
-        authfile=params.get("authfile"),
-        token_file=params.get("registry_token_file"),
-        tls_verify=params.get("tls_verify", True),
-        ca_file=params.get("ca_file"),
-        max_layers=params.get("max_layers") or DEFAULT_MAX_LAYERS,
-        stream=bool(params.get("stream")),
-        compression=params.get("compression"),
-        results_dir=params.get("results_dir"),
-        report_file=params.get("report_file"),
-        make_engine=make_engine,
-    )
+FETCH_FIELDS = ("fetch_jobs", "connections", "attempts", "read_timeout", "progress_interval")
+REGISTRY_FIELDS = tuple(f.name for f in dataclasses.fields(RegistryAccess))
 
 
-def source_args(params: Mapping[str, Any]) -> SourceArgs:
-    return SourceArgs(**{name: params[name] for name in SOURCE_FIELDS})
-
-
-def check_before_download(resolved: Resolved, ws: Workspace, engine: str) -> None:
-    """`build`: run the preflight on this command's own options, unless --no-preflight;
-    WARN lines are logged, the first FAIL is raised (its own exit code and hint)."""
-    ctx = click.get_current_context()
-    if ctx.meta.get(_NO_PREFLIGHT):
-        log.info("preflight skipped (--no-preflight)")
-        return
-    report = before_download(preflight_request(ctx.params, engine), resolved, ws)
-    for check in report.checks:
-        if check.status == "WARN":
-            log.warning("preflight %s: %s (fix: %s)", check.check, check.message, check.fix)
-        else:
-            log.debug("preflight %s %s: %s", check.status, check.check, check.message)
-    for check in report.failures[1:]:
-        log.error("preflight %s: %s", check.check, check.message)
-    report.raise_first()
-    log.info("preflight: %d checks passed in %.1f s", len(report.checks), report.seconds)
-
-
-def is_local_name(image: str) -> bool:
-    """A name without a registry host (``NAME[:TAG]``, ``ORG/NAME[:TAG]``) or under
-    ``localhost/``: with ``--load`` it names an image in the local store only."""
-    if image.startswith(("oci:", "docker://")):
-        return False
-    first, sep, _rest = image.partition("/")
-    if not sep:
-        return True
-    if first == "localhost":
-        return True
-    return not ("." in first or ":" in first)
-
-
-def local_name(image: str) -> str:
-    """``localhost/NAME:TAG``, the form podman gives local images (docker takes it too)."""
-    name = image if image.startswith("localhost/") else f"localhost/{image}"
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last or "@" in last else f"{name}:latest"
+def build_options(params: Mapping[str, Any]) -> BuildOptions:
+    """`build`'s (and `doctor`'s) click parameters as the one carrier of build options;
+    --no-preflight comes from the context, where its callback left it."""
+    rest = dict(params)
+    source = SourceOptions(**{name: rest.pop(name) for name in SOURCE_FIELDS})
+    fetch = packed_fetch(*(rest.pop(name) for name in FETCH_FIELDS))
+    registry = RegistryAccess(**{name: rest.pop(name) for name in REGISTRY_FIELDS})
+    rest.pop("as_json", None)
+    ctx = click.get_current_context(silent=True)
+    preflight = not (ctx is not None and ctx.meta.get(_NO_PREFLIGHT))
+    return BuildOptions(source=source, registry=registry, fetch=fetch, preflight=preflight,
+                        **rest)  # fmt: skip

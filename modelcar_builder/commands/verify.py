@@ -7,15 +7,11 @@ from pathlib import Path
 
 import click
 
-from modelcar_builder.build import image_url, verify_image
+from modelcar_builder import api
 from modelcar_builder.commands.helpgroups import GroupedCommand
-from modelcar_builder.commands.options import registry_options, registry_settings
+from modelcar_builder.commands.options import registry_options
 from modelcar_builder.report import dumps, verify_document, verify_text
-from modelcar_builder.selection import Selection
-from modelcar_builder.source.hub import hub_access
-from modelcar_builder.target import RegistryTarget, parse_target
 from modelcar_builder.units import human
-from modelcar_builder.verify import DeepOptions
 
 
 @click.command(
@@ -69,18 +65,20 @@ def verify(image, authfile, registry_token_file, tls_verify, ca_file, labels, de
            report_file, include, exclude, all_files, hf_token_file, as_json):  # fmt: skip
     """Check a pushed ModelCar: digest, manifest/config coherence, blobs, no
     Entrypoint/Cmd, labels; with --deep every byte."""
-    target = parse_target(image)
-    expected = dict(item.split("=", 1) for item in labels if "=" in item)
-    host = target.ref.api_host if isinstance(target, RegistryTarget) else None
-    registry = registry_settings(authfile, registry_token_file, tls_verify, ca_file, host)
-    options = None
-    if deep:
-        # The Hub is only asked when no report is given; hub_access reads no network.
-        access = None if report_file else hub_access(hf_token_file)
-        selection = Selection(tuple(include), tuple(exclude), all_files)
-        options = DeepOptions(report=report_file, access=access, selection=selection)
-    result = verify_image(target, registry, expected, options)
-    url = image_url(target, result.digest)
+    checked = api.verify(
+        api.VerifyOptions(
+            image=image,
+            labels=dict(item.split("=", 1) for item in labels if "=" in item),
+            deep=deep,
+            report_file=str(report_file) if report_file else None,
+            include=tuple(include),
+            exclude=tuple(exclude),
+            all_files=all_files,
+            hf_token_file=hf_token_file,
+            registry=api.RegistryAccess(authfile, registry_token_file, tls_verify, ca_file),
+        )
+    )
+    result, url = checked.result, checked.image_url
     if as_json:
         click.echo(dumps(verify_document(result, url)))
         return
