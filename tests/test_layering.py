@@ -16,7 +16,7 @@ RANKS = [  # (rank, module prefixes); the longest matching prefix decides
     (7, ("build",)),
     (6, ("pipeline", "report", "preflight")),
     (5, ("engines",)),
-    (4, ("context", "verify", "source", "shards")),
+    (4, ("context", "verify", "source", "shards", "signing")),
     (3, ("registry", "settings", "workspace", "state")),
     (2, ("oci", "auth", "reference", "target", "plan", "selection", "progress", "parallel")),
     (1, ("snapshot", "units", "errors", "")),
