@@ -131,20 +131,32 @@ def verified_signatures(
         if not raw:
             continue
         body = client.read_blob(repo, layer["digest"], max_size=64 * 1024)
-        try:
-            sig = base64.b64decode(raw, validate=True)
-        except ValueError:
-            continue
-        if not verify_signature(key, sig, body):
-            continue
-        critical = json.loads(body).get("critical") or {}
-        if critical.get("type") != SIGNATURE_TYPE:
-            continue
-        signed = (critical.get("image") or {}).get("docker-manifest-digest")
-        identity = (critical.get("identity") or {}).get("docker-reference", "")
-        if signed == digest:
-            out.append(Signature(identity, signed, body))
+        identity = check_payload(key, body, raw, digest)
+        if identity is not None:
+            out.append(Signature(identity, digest, body))
     return out
+
+
+def check_payload(
+    key: ec.EllipticCurvePublicKey, body: bytes, signature_b64: str, digest: str
+) -> str | None:
+    """The identity a simple signing ``body`` vouches for, when ``signature_b64`` is
+    ``key``'s signature over it and it names ``digest``; else None."""
+    try:
+        sig = base64.b64decode(signature_b64, validate=True)
+    except ValueError:
+        return None
+    if not verify_signature(key, sig, body):
+        return None
+    try:
+        critical = json.loads(body).get("critical") or {}
+    except (ValueError, AttributeError):
+        return None
+    if critical.get("type") != SIGNATURE_TYPE:
+        return None
+    if (critical.get("image") or {}).get("docker-manifest-digest") != digest:
+        return None
+    return str((critical.get("identity") or {}).get("docker-reference", ""))
 
 
 def require_signature(
