@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parent.parent / "modelcar_builder"
 RANKS = [  # (rank, module prefixes); the longest matching prefix decides
     (9, ("cli", "__main__")),
     (8, ("commands",)),
-    (7, ("build",)),
+    (7, ("build", "signed_build")),
     (6, ("pipeline", "report", "preflight")),
     (5, ("engines",)),
     (4, ("context", "verify", "source", "shards", "signing")),

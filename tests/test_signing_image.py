@@ -163,6 +163,13 @@ def test_podman_pull_enforces_the_signature(
     if why:
         pytest.skip(why)
     podman = make_podman(tmp_path_factory.mktemp("podman"))
+    try:
+        check_podman_pulls(podman, registry, base_image, keypair, capsys, tmp_path)
+    finally:
+        podman.close()
+
+
+def check_podman_pulls(podman, registry, base_image, keypair, capsys, tmp_path) -> None:
     private, public = keypair
     signed = base_image.copy_to(registry, "sig/podman", "v1")
     unsigned = base_image.copy_to(registry, "sig/podman-unsigned", "v1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from modelcar_builder.errors import UsageError
 from modelcar_builder.pipeline import count_base_layers
 from modelcar_builder.report import build_document, dumps
 from modelcar_builder.settings import ENVIRONMENT
+from modelcar_builder.signed_build import check_signing, sign_build
 from modelcar_builder.target import RegistryTarget, parse_target
 
 log = logging.getLogger("modelcar")
@@ -144,6 +146,19 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     help="Print the report (what --report writes) as the only thing on stdout, instead "
     "of the oci:// URL; it holds that URL as image_url.",
 )
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False),
+    envvar="MODELCAR_SIGN_KEY",
+    help="Sign the pushed image with this key (cosign format or PKCS#8 PEM, ECDSA "
+    "P-256): /models/model.sig, a cosign signature and SLSA provenance (README).",
+)
+@click.option(
+    "--sign-key-password-file",
+    type=click.Path(dir_okay=False),
+    envvar="MODELCAR_SIGN_KEY_PASSWORD_FILE",
+    help="File with the --sign-key password (else COSIGN_PASSWORD).",
+)
 @preflight_option
 def build(
     src,
@@ -166,6 +181,8 @@ def build(
     results_dir,
     report_file,
     as_json,
+    sign_key,
+    sign_key_password_file,
 ):
     """Fetch, build, push and verify a ModelCar. Prints the oci:// URL KServe takes."""
     push = True
@@ -206,7 +223,11 @@ def build(
         load=load,
         push=push,
     )
+    key = sign_key and check_signing(sign_key, sign_key_password_file, settings, target)
+    started = datetime.datetime.now(datetime.UTC)
     outcome = run_build(resolved, ws, target, settings, fetch_opts)
+    if key:  # after the verified push: model.sig layer, image signature, provenance
+        outcome = sign_build(outcome, resolved, ws, target, settings, key, started)
     result = outcome.result
     uploaded = sum(1 for layer in result.layers if layer.uploaded)
     log.info(

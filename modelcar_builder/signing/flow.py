@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from modelcar_builder.errors import VerificationFailed
 from modelcar_builder.reference import ImageRef
 from modelcar_builder.settings import RegistryOptions
-from modelcar_builder.signing import cosign
+from modelcar_builder.signing import cosign, provenance, referrers
 from modelcar_builder.signing.keys import SigningKey
 
 log = logging.getLogger("modelcar.signing")
@@ -45,11 +45,14 @@ class VerifyOutcome:
     digest: str
     signatures: list[cosign.Signature]
     provenance: list[str] = field(default_factory=list)  # predicate types checked
+    statements: list[dict] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"ok: {len(self.signatures)} signature(s) by this key for {self.digest}"]
         out += [f"ok: provenance {p} signed by this key, subject {self.digest}"
                 for p in self.provenance]  # fmt: skip
+        if not self.provenance:
+            out.append("note: no provenance signed by this key")
         return out
 
 
@@ -68,4 +71,49 @@ def verify_image(
         digest = info.digest
         where = f"{ref.registry}/{ref.repository}"
         sigs = cosign.require_signature(client, ref.repository, digest, public, where)
-        return VerifyOutcome(digest, sigs)
+        docs = verified_provenance(client, ref.repository, digest, public)
+        if require_provenance and not docs:
+            raise VerificationFailed(
+                f"no provenance signed by this key for {where}@{digest}",
+                hint="a build with --sign-key pushes it beside the image",
+            )
+        return VerifyOutcome(digest, sigs, [str(d.get("predicateType")) for d in docs], docs)
+
+
+# -- provenance -----------------------------------------------------------------------------
+
+PROVENANCE_ARTIFACT_TYPE = "application/vnd.in-toto+json"
+DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+PREDICATE_ANNOTATION = "in-toto.io/predicate-type"
+
+
+def push_provenance(client, repo: str, image: dict, doc: dict, key: SigningKey) -> str:
+    """Sign ``doc`` (an in-toto statement about ``image``, a manifest descriptor) as a
+    DSSE envelope and push it as a referrer of the image; returns its manifest digest."""
+    env = provenance.envelope(doc, key)
+    return referrers.push_referrer(
+        client,
+        repo,
+        image,
+        PROVENANCE_ARTIFACT_TYPE,
+        env,
+        DSSE_MEDIA_TYPE,
+        {PREDICATE_ANNOTATION: str(doc.get("predicateType", ""))},
+    )
+
+
+def verified_provenance(
+    client, repo: str, digest: str, public: ec.EllipticCurvePublicKey
+) -> list[dict]:
+    """Every statement in a referrer of ``repo@digest`` signed by ``public`` whose
+    subject is that digest."""
+    out = []
+    for _entry, manifest in referrers.artifacts(client, repo, digest, PROVENANCE_ARTIFACT_TYPE):
+        for layer in manifest.get("layers") or []:
+            if layer.get("mediaType") != DSSE_MEDIA_TYPE:
+                continue
+            raw = client.read_blob(repo, layer["digest"], max_size=64 * 1024 * 1024)
+            doc = provenance.open_envelope(raw, public)
+            if doc is not None and digest in provenance.subject_digests(doc):
+                out.append(doc)
+    return out
