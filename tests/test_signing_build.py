@@ -21,6 +21,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import SSlibKey
 
+from modelcar_builder.signing import flow
 from tests.clitools import run
 from tests.imagecheck import unpack
 from tests.test_engine_native import REPO, build_args, model_files
@@ -107,6 +108,12 @@ def test_signed_build_model_signature_provenance_and_unsigned_digest(
                 "--require-provenance")  # fmt: skip
     assert check.code == 0, check.err
     assert "provenance https://slsa.dev/provenance/v1" in check.out
+    verified = run(capsys, "verify", image, "--key", str(public), "--no-tls-verify")
+    assert verified.code == 0, verified.err
+    assert "provenance https://slsa.dev/provenance/v1" in verified.out
+    assert verified.last_line == res.last_line  # still the oci:// URL last
+    unsigned_check = run(capsys, "verify", unsigned_image, "--key", str(public), "--no-tls-verify")
+    assert unsigned_check.code == 60 and "no signature" in unsigned_check.err
 
     # The provenance, read raw from the registry's referrers tag.
     index = raw_manifest(registry, "models/llm", digest.replace(":", "-"))
@@ -147,6 +154,9 @@ def test_signed_build_model_signature_provenance_and_unsigned_digest(
         assert by_name[path]["digest"]["sha256"] == hashlib.sha256(content).hexdigest(), path
         if hub_repo.file(REPO, path).sha256:  # LFS: the Hub's own sha256
             assert by_name[path]["digest"]["sha256"] == hub_repo.file(REPO, path).sha256
+    assert flow.provenance_files(statement) == {
+        path: hashlib.sha256(content).hexdigest() for path, content in model_files().items()
+    }
     assert by_name["model"]["digest"] == {"gitCommit": hub_repo.head(REPO)}
     assert by_name["base-image"]["digest"] == {"sha256": base_image.digest.split(":")[1]}
     assert PASSWORD not in json.dumps(statement)

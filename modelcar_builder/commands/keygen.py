@@ -12,7 +12,7 @@ from modelcar_builder.signing.keys import PASSWORD_ENV, read_password, write_pai
 log = logging.getLogger("modelcar")
 
 
-@click.command()
+@click.command(short_help="Write a signing key pair in cosign's format.")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option(
     "--password-file",

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from modelcar_builder.errors import VerificationFailed
+from modelcar_builder.errors import UsageError, VerificationFailed
 from modelcar_builder.reference import ImageRef
 from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.signing import cosign, provenance, referrers
@@ -117,3 +117,29 @@ def verified_provenance(
             if doc is not None and digest in provenance.subject_digests(doc):
                 out.append(doc)
     return out
+
+
+def verify_signed(target, registry: RegistryOptions, key_path: str, digest: str) -> list[str]:
+    """`verify --key`: the image signature and a signed provenance whose subject is
+    ``digest`` (the digest `verify` just checked), by the public key at ``key_path``."""
+    from modelcar_builder.signing.keys import load_public_key
+    from modelcar_builder.target import RegistryTarget
+
+    if not isinstance(target, RegistryTarget):
+        raise UsageError("--key checks signatures in a registry; an OCI layout has none")
+    ref = target.ref
+    pinned = ImageRef(ref.registry, ref.repository, None, digest)
+    outcome = verify_image(pinned, registry, load_public_key(key_path), require_provenance=True)
+    return outcome.lines()
+
+
+def provenance_files(doc: dict) -> dict[str, str]:
+    """path -> sha256 of every model file a provenance statement names (for --deep)."""
+    deps = ((doc.get("predicate") or {}).get("buildDefinition") or {}).get(
+        "resolvedDependencies"
+    ) or []
+    return {
+        d["name"]: d["digest"]["sha256"]
+        for d in deps
+        if d.get("name") not in ("model", "base-image") and "sha256" in (d.get("digest") or {})
+    }
