@@ -220,3 +220,39 @@ def test_the_signature_skopeo_reads_back_verifies_with_openssl(
     tampered.write_bytes(payload_file.read_bytes().replace(b"sha256:", b"sha256:0", 1))
     bad = subprocess.run([*verify, str(tampered)], capture_output=True, text=True)
     assert bad.returncode != 0
+
+
+@pytest.mark.slow
+def test_debian_skopeo_finds_our_attachments_where_it_cannot_verify_them(
+    registry, base_image, keypair, capsys, tmp_path
+):
+    """Debian's containers/image still reads sigstore attachments (the .sig tag, the
+    layers' media type and annotations) before its stub refuses to verify. Its messages
+    then say how many signatures it found: one, two after a second signer, none on an
+    unsigned image or on a tag re-pushed with another image. Where skopeo can verify,
+    the policy test above runs instead and this one is skipped."""
+    private, public = keypair
+    signed = base_image.copy_to(registry, "sig/found", "v1")
+    unsigned = base_image.copy_to(registry, "sig/found-unsigned", "v1")
+    assert run(capsys, "sign", signed, "--key", str(private), "--no-tls-verify").code == 0
+    policy = make_policy(tmp_path / "policy", registry.host, public)
+
+    def copy(image: str) -> str:
+        out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+        proc = policy.skopeo_copy(f"docker://{image}", f"dir:{out}")
+        if proc.returncode == 0:
+            pytest.skip("this skopeo verifies sigstore signatures: the policy test applies")
+        return proc.stderr
+
+    none = "A signature was required, but no signature exists"
+    one = copy(signed)
+    assert DEBIAN_DISABLED in one and none not in one and "None of the signatures" not in one
+    assert none in copy(unsigned)
+    assert run(capsys, "keygen", str(tmp_path / "second")).code == 0
+    second = str(tmp_path / "second" / "cosign.key")
+    assert run(capsys, "sign", signed, "--key", second, "--no-tls-verify").code == 0
+    two = copy(signed)
+    assert "None of the signatures were accepted" in two
+    assert two.count(DEBIAN_DISABLED) == 2
+    repush_other_image(base_image, signed)
+    assert none in copy(signed)
