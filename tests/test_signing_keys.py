@@ -23,7 +23,8 @@ def test_keygen_writes_a_cosign_pair_the_password_opens(capsys, tmp_path, monkey
     private, public = tmp_path / "k" / "cosign.key", tmp_path / "k" / "cosign.pub"
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     text = private.read_text()
-    assert text.startswith("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----")
+    # the PEM type containers/image 5.23 (skopeo 1.9.3) insists on; cosign 2 reads it too
+    assert text.startswith("-----BEGIN ENCRYPTED COSIGN PRIVATE KEY-----")
     assert PASSWORD not in res.out + res.err
     key = keys.load_private_key(private, PASSWORD.encode())
     loaded_pub = serialization.load_pem_public_key(public.read_bytes())
@@ -77,6 +78,13 @@ def test_plain_pkcs8_p256_is_accepted_and_other_curves_refused(tmp_path):
     with pytest.raises(UsageError) as other:
         keys.load_private_key(p384, None)
     assert "P-256" in other.value.message
+
+
+def test_the_cosign_2_pem_type_is_read_too(tmp_path):
+    private, public = keys.write_pair(tmp_path, b"pw")
+    renamed = tmp_path / "cosign2.key"
+    renamed.write_text(private.read_text().replace("COSIGN PRIVATE", "SIGSTORE PRIVATE"))
+    assert keys.load_private_key(renamed, b"pw").public_pem() == public.read_bytes()
 
 
 def plain_pub(key: ec.EllipticCurvePrivateKey) -> bytes:

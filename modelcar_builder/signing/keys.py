@@ -24,9 +24,11 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from modelcar_builder.errors import UsageError
 
-# cosign 2.x writes SIGSTORE; 1.x wrote COSIGN; both are read (containers/image too).
-ENCRYPTED_PEM_TYPES = ("ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY")
-WRITTEN_PEM_TYPE = "ENCRYPTED SIGSTORE PRIVATE KEY"
+# cosign 2.x writes SIGSTORE, 1.x wrote COSIGN; we read both. We write COSIGN: cosign 2.x
+# and newer containers/image read both, but containers/image 5.23 (skopeo 1.9, podman 4.3,
+# CRI-O of that age) reads only COSIGN (signature/sigstore/copied.go at v5.23.1).
+ENCRYPTED_PEM_TYPES = ("ENCRYPTED COSIGN PRIVATE KEY", "ENCRYPTED SIGSTORE PRIVATE KEY")
+WRITTEN_PEM_TYPE = "ENCRYPTED COSIGN PRIVATE KEY"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 32768, 8, 1  # cosign's defaults
 PASSWORD_ENV = "COSIGN_PASSWORD"
 
