@@ -18,10 +18,10 @@ from pathlib import Path
 from modelcar_builder.engines import BuildRequest, BuildResult, Engine
 from modelcar_builder.errors import (
     EngineUnavailable,
+    ImageNotFound,
     Interrupted,
     ModelcarError,
     UsageError,
-    VerificationFailed,
 )
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
@@ -31,7 +31,13 @@ from modelcar_builder.source.download import FetchOptions, FetchResult, fetch
 from modelcar_builder.source.stream import HubStreams
 from modelcar_builder.state import BuildState
 from modelcar_builder.target import RegistryTarget, Target
-from modelcar_builder.verify import VerifyResult, verify_layout, verify_push
+from modelcar_builder.verify import (
+    DeepOptions,
+    VerifyResult,
+    resolve_layout,
+    verify_layout,
+    verify_push,
+)
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
@@ -47,7 +53,7 @@ class BuildSettings:
     compression: str | None = None  # None: the engine's default
     jobs: int = 2
     stream: bool = False
-    platform: tuple[str, str] = ("linux", "amd64")
+    platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]
     upload: str = "monolithic"
     chunk_size: int = 64 * 1024 * 1024
     load: str | None = None  # "podman" | "docker" | "auto": also leave it in a local store
@@ -143,6 +149,7 @@ def run_build(
     if settings.push or getattr(engine, "builds_locally", False):
         engine.preflight(workspace)  # before the download: a build that cannot work fails now
 
+    created = created_timestamp()  # a bad SOURCE_DATE_EPOCH fails before the download
     t0 = time.monotonic()
     files_dir, downloaded, streams, background = None, 0, None, None
     state = workspace.state(plan.snapshot)  # one record for the download and the engine
@@ -176,7 +183,7 @@ def run_build(
         streams=streams,
         upload=settings.upload,
         chunk_size=settings.chunk_size,
-        created=created_timestamp(),
+        created=created,
         state=state,
         ready=background.wait if background else None,
         give_up=background.give_up if background else None,
@@ -323,10 +330,15 @@ class BackgroundFetch:
 
 
 def verify_target(
-    target: Target, digest: str | None, labels: dict[str, str], registry: RegistryOptions
+    target: Target,
+    digest: str | None,
+    labels: dict[str, str],
+    registry: RegistryOptions,
+    deep: DeepOptions | None = None,
 ) -> VerifyResult:
     """Read the image back from the target and check it; ``digest`` None checks whatever
-    the tag (or the reference's own digest) points to now (`modelcar verify`)."""
+    the tag (or the reference's own digest) points to now (`modelcar verify`). The build's
+    own check is never ``deep``: it just streamed every byte it pushed through sha256."""
     if isinstance(target, RegistryTarget):
         ref = target.ref
         reference = ref.digest or target.tag
@@ -334,17 +346,20 @@ def verify_target(
             if digest is None:
                 info = client.head_manifest(ref.repository, reference)
                 if info is None:
-                    raise VerificationFailed(f"{ref} does not exist")
+                    raise ImageNotFound(f"{ref} does not exist")
                 digest = info.digest
-            return verify_push(client, ref.repository, reference, digest, labels)
+            return verify_push(client, ref.repository, reference, digest, labels, deep)
     layout = OciLayout(target.path)
     if digest is None:
-        digest = layout.resolve(target.tag).digest
-    return verify_layout(layout, target.tag, digest, labels)
+        digest = resolve_layout(layout, target.tag).digest
+    return verify_layout(layout, target.tag, digest, labels, deep)
 
 
-def verify_image(target: Target, registry: RegistryOptions, labels: dict[str, str]):
-    return verify_target(target, None, labels, registry)
+def verify_image(
+    target: Target, registry: RegistryOptions, labels: dict[str, str],
+    deep: DeepOptions | None = None,
+) -> VerifyResult:  # fmt: skip
+    return verify_target(target, None, labels, registry, deep)
 
 
 def image_url(target: Target, digest: str) -> str:

@@ -439,7 +439,7 @@ def test_verify_command_against_the_registry(hub_repo, registry, capsys, tmp_pat
     assert res.code == errors.VerificationFailed.exit_code
     assert "Entrypoint" in res.err
     res = run(capsys, "verify", f"{registry.host}/models/none:x", "--no-tls-verify")
-    assert res.code == errors.VerificationFailed.exit_code and "does not exist" in res.err
+    assert res.code == errors.ImageNotFound.exit_code == 61 and "does not exist" in res.err
 
 
 def test_tokens_that_expire_mid_push_are_renewed(

@@ -20,6 +20,7 @@ import pytest
 from modelcar_builder.auth import Credentials
 from modelcar_builder.errors import (
     BuildFailed,
+    ImageNotFound,
     RegistryAuthError,
     RegistryUnreachable,
     VerificationFailed,
@@ -416,7 +417,7 @@ def test_verify_push_success_and_tamper(session_registry: RegistryInstance) -> N
         with pytest.raises(VerificationFailed, match="Entrypoint"):
             verify_push(client, "v/model", "ep", ep_digest, LABELS)
 
-        with pytest.raises(VerificationFailed, match="does not exist"):
+        with pytest.raises(ImageNotFound, match="does not exist"):
             verify_push(client, "v/model", "nope", digest, LABELS)
 
 

@@ -11,6 +11,9 @@ import click
 from modelcar_builder.build import ENGINES, BuildSettings, default_engine, run_build, write_results
 from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import (
+    CHUNK_SIZE,
+    JOBS,
+    Number,
     check_before_download,
     fetch_options,
     is_local_name,
@@ -25,9 +28,10 @@ from modelcar_builder.commands.options import (
 from modelcar_builder.context import DEFAULT_BASE_IMAGE
 from modelcar_builder.engines.buildah.probe import BUILDAH_NEEDS
 from modelcar_builder.errors import UsageError
+from modelcar_builder.oci.image import parse_platform
 from modelcar_builder.pipeline import count_base_layers
 from modelcar_builder.report import build_document, dumps
-from modelcar_builder.settings import ENVIRONMENT
+from modelcar_builder.settings import ENVIRONMENT, created_timestamp
 from modelcar_builder.signed_build import check_signing, sign_build
 from modelcar_builder.target import RegistryTarget, parse_target
 
@@ -94,7 +98,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 )
 @click.option(
     "--jobs",
-    type=click.IntRange(1, 16),
+    type=Number(JOBS),
     default=2,
     show_default=True,
     envvar="MODELCAR_JOBS",
@@ -118,7 +122,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 )
 @click.option(
     "--chunk-size",
-    type=click.IntRange(1, 4096),
+    type=Number(CHUNK_SIZE),
     default=64,
     show_default=True,
     envvar="MODELCAR_CHUNK_SIZE",
@@ -194,9 +198,8 @@ def build(
             f"--image {image} names a digest; a push needs a tag",
             hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
         )
-    os_, _, arch = platform.partition("/")
-    if not os_ or not arch:
-        raise UsageError(f"bad --platform {platform!r}", hint="write OS/ARCH, e.g. linux/amd64")
+    wanted = parse_platform(platform)  # the rule `doctor` applies too
+    created_timestamp()  # a bad SOURCE_DATE_EPOCH fails now, not after the download
     registry = registry_settings(
         authfile,
         registry_token_file,
@@ -204,8 +207,9 @@ def build(
         ca_file,
         target.ref.api_host if isinstance(target, RegistryTarget) else None,
     )
-    # The base image's depth counts against --max-layers: read it before the Hub plan.
-    base_layers = count_base_layers(base_image, (os_, arch), registry)
+    # The base image's depth counts against --max-layers, and its platform must be the
+    # one asked for: read its manifest and config (no layer) before the Hub plan.
+    base_layers = count_base_layers(base_image, wanted, registry)
     resolved = src.resolve(base_layers, hub_timeout=fetch_opts.read_timeout)
     ws = open_workspace(workspace)
     engine = engine or default_engine(ws)  # probed once: buildah only where it can run
@@ -217,7 +221,7 @@ def build(
         compression=compression,
         jobs=jobs,
         stream=stream,
-        platform=(os_, arch),
+        platform=wanted,
         upload=upload,
         chunk_size=chunk_size * 1024 * 1024,
         load=load,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,11 +18,54 @@ from modelcar_builder.pipeline import Resolved, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS
 from modelcar_builder.preflight import ENV_NO_PREFLIGHT, Request, before_download
 from modelcar_builder.selection import Selection
-from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.settings import (
+    ENV_SEGMENT_SIZE,
+    Bounds,
+    RegistryOptions,
+    check_number,
+    env_number,
+)
 from modelcar_builder.source.download import FetchOptions
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
+
+
+class Number(click.ParamType):
+    """A numeric option checked by the one rule every number obeys (settings.check_number):
+    finite, in range, else exit 2 naming the option (or its MODELCAR_* variable)."""
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+        self.name = "integer" if bounds.kind is int else "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        return check_number(value, _spelling(param, ctx), self.bounds)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return f"{'INTEGER' if self.bounds.kind is int else 'FLOAT'} {self.bounds.span()}"
+
+
+def _spelling(param: click.Parameter | None, ctx: click.Context | None) -> str:
+    """How the user gave the value: the variable's name when it came from there."""
+    if param is None or param.name is None:
+        return "value"
+    source = ctx.get_parameter_source(param.name) if ctx is not None else None
+    if source == click.core.ParameterSource.ENVIRONMENT and isinstance(param.envvar, str):
+        return param.envvar
+    return param.opts[0] if param.opts else param.name
+
+
+LAYER_THRESHOLD = Bounds(int, 1, 1 << 50, str(DEFAULT_LAYER_THRESHOLD))
+MAX_LAYERS = Bounds(int, 2, 127, str(DEFAULT_MAX_LAYERS))  # CRI-O/podman mount <= 127
+FETCH_JOBS = Bounds(int, 1, 64, str(FetchOptions.jobs))
+CONNECTIONS = Bounds(int, 1, 256, str(FetchOptions.connections))
+ATTEMPTS = Bounds(int, 1, 100, str(FetchOptions.attempts))
+READ_TIMEOUT = Bounds(float, 0.1, 86400, f"{FetchOptions.read_timeout:g}")  # seconds
+PROGRESS_INTERVAL = Bounds(float, 0, 86400, "5")  # seconds
+JOBS = Bounds(int, 1, 16, "2")  # build --jobs: layers pushed at once
+CHUNK_SIZE = Bounds(int, 1, 4096, "64")  # build --chunk-size, MiB
+SEGMENT_SIZE = Bounds(int, 64 * 1024, 1 << 30, str(FetchOptions.segment_size))  # bytes
 
 
 def source_options(fn):
@@ -58,7 +100,7 @@ def source_options(fn):
         ),
         click.option(
             "--layer-threshold",
-            type=int,
+            type=Number(LAYER_THRESHOLD),
             default=DEFAULT_LAYER_THRESHOLD,
             show_default=True,
             envvar="MODELCAR_LAYER_THRESHOLD",
@@ -66,7 +108,7 @@ def source_options(fn):
         ),
         click.option(
             "--max-layers",
-            type=click.IntRange(2, 127),
+            type=Number(MAX_LAYERS),
             default=DEFAULT_MAX_LAYERS,
             show_default=True,
             envvar="MODELCAR_MAX_LAYERS",
@@ -134,8 +176,6 @@ class SourceArgs:
         """``base_layers``: what the base image adds to the layer count; the default
         base (ubi-micro) and busybox have one. ``hub_timeout``: --read-timeout, where the
         command has it, for the Hub's metadata calls too."""
-        if self.layer_threshold <= 0:
-            raise UsageError("--layer-threshold must be positive", hint="e.g. 67108864 (64 MiB)")
         selection = Selection(tuple(self.include), tuple(self.exclude), self.all_files)
         return resolve(
             self.source,
@@ -158,14 +198,14 @@ def fetch_options(fn):
     decorators = [
         click.option(
             "--fetch-jobs",
-            type=click.IntRange(1, 64),
+            type=Number(FETCH_JOBS),
             default=FetchOptions.jobs,
             envvar="MODELCAR_FETCH_JOBS",
             help="Files downloaded in parallel.",
         ),
         click.option(
             "--connections",
-            type=click.IntRange(1, 256),
+            type=Number(CONNECTIONS),
             default=FetchOptions.connections,
             show_default=True,
             envvar="MODELCAR_CONNECTIONS",
@@ -174,21 +214,21 @@ def fetch_options(fn):
         ),
         click.option(
             "--attempts",
-            type=click.IntRange(1, 100),
+            type=Number(ATTEMPTS),
             default=FetchOptions.attempts,
             envvar="MODELCAR_ATTEMPTS",
             help="Tries per file before the download counts as failed.",
         ),
         click.option(
             "--read-timeout",
-            type=click.FloatRange(0.1),
+            type=Number(READ_TIMEOUT),
             default=FetchOptions.read_timeout,
             envvar="MODELCAR_READ_TIMEOUT",
             help="Seconds without a byte before a download or Hub call counts as stalled.",
         ),
         click.option(
             "--progress-interval",
-            type=click.FloatRange(0),
+            type=Number(PROGRESS_INTERVAL),
             envvar="MODELCAR_PROGRESS_INTERVAL",
             help="Seconds between plain progress lines when stderr is not a TTY (default 5).",
         ),
@@ -213,8 +253,7 @@ def fetch_options(fn):
 
 def _segment_size() -> int:
     """Range segment size: internal tuning (tests use small ones), not an option."""
-    value = os.environ.get("MODELCAR_SEGMENT_SIZE", "")
-    return int(value) if value.isdigit() and int(value) > 0 else FetchOptions.segment_size
+    return int(env_number(ENV_SEGMENT_SIZE, SEGMENT_SIZE, FetchOptions.segment_size))
 
 
 def registry_options(fn):
@@ -237,7 +276,8 @@ def registry_options(fn):
             "--tls-verify/--no-tls-verify",
             default=True,
             envvar="MODELCAR_TLS_VERIFY",
-            help="Verify the registry's TLS certificate.",
+            help="Verify the registry's TLS certificate. --tls-verify=false and "
+            "--tls-verify=true (skopeo's and podman's spelling) work too.",
         ),
         click.option(
             "--ca-file",
@@ -249,6 +289,32 @@ def registry_options(fn):
     for d in reversed(decorators):
         fn = d(fn)
     return fn
+
+
+TLS_VERIFY = "--tls-verify"
+
+
+def spell_tls_verify(args: list[str]) -> list[str]:
+    """``--tls-verify=false|true`` (how skopeo and podman take it) as click's flag pair.
+    A click boolean flag refuses an attached value, and an option whose value may be left
+    out would take the next argument as its value (``verify --tls-verify IMAGE``)."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":  # what follows is arguments, never options
+            return out + args[i:]
+        name, sep, value = arg.partition("=")
+        if not sep or name != TLS_VERIFY:
+            out.append(arg)
+            continue
+        try:
+            verify = click.BOOL.convert(value, None, None)
+        except click.BadParameter:
+            raise UsageError(
+                f"{TLS_VERIFY} takes true or false, not {value!r}",
+                hint="write --tls-verify=false (or --no-tls-verify), or --tls-verify=true",
+            ) from None
+        out.append(TLS_VERIFY if verify else "--no-tls-verify")
+    return out
 
 
 def registry_settings(

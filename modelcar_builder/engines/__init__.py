@@ -34,7 +34,7 @@ class BuildRequest:
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     compression: str = "none"
     jobs: int = 2
-    platform: tuple[str, str] = ("linux", "amd64")
+    platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]
     created: str = DEFAULT_CREATED
     streams: StreamOpener | None = None  # for files_dir None: where the bytes come from
     # While the download still runs (engines that can push early): the shared workspace

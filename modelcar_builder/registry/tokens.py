@@ -2,7 +2,7 @@
 bearer tokens cached per scope and renewed before they expire, and the one
 re-authentication round every request gets on a 401.
 
-Facts this code is shaped by (DESIGN.md §5, §7):
+Facts this code is shaped by (docs/architecture.md §5):
 - a streamed body cannot be replayed after a 401: such a request fails as Transient and
   the caller restarts it with a fresh stream and the new credential;
 - Bearer tokens may live only 60 s: they are cached per scope with their expiry and

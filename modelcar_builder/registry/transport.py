@@ -1,7 +1,7 @@
 """HTTP to one registry host: the session, TLS verification, the https/http probe,
 retries with backoff, and the mapping of every failure to the tool's errors.
 
-Facts this code is shaped by (DESIGN.md §5, §7):
+Facts this code is shaped by (docs/architecture.md §5):
 - ``REQUESTS_CA_BUNDLE`` overrides ``Session.verify``, so ``verify=`` goes on each request;
 - messages name the host, the method and the URL path, never the query (an upload
   ``Location`` carries signed state) and never a secret: they pass through ``scrub``.

@@ -2,7 +2,7 @@
 (one chunked-encoding PATCH hashed on the fly, digest learnt at the end) and chunked
 (PATCHes of a fixed size that resume where the registry says it stands).
 
-Facts this code is shaped by (DESIGN.md §5, §7):
+Facts this code is shaped by (docs/architecture.md §5):
 - every upload authenticates with a small request (POST) first and sends the big body
   with a fresh credential, since a streamed body cannot be replayed after a 401;
 - the upload ``Location`` may be relative and carries signed state: urljoin, never rebuild;
