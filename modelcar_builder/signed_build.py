@@ -74,7 +74,7 @@ def sign_build(
     with settings.registry.client_for(ref) as client:
         digest, sig_layer = modelsig.append_layer(
             client, repo, tag, outcome.result.manifest_digest,
-            modelsig.signature_layer(signature),
+            modelsig.signature_layer(signature), modelsig.layer_annotations(signature),
         )  # fmt: skip
         verified = verify_push(client, repo, tag, digest, snapshot.image_labels)
         cosign.sign_image(client, repo, digest, flow.identity(ref, tag), key)

@@ -112,6 +112,9 @@ def test_signed_build_model_signature_provenance_and_unsigned_digest(
     assert verified.code == 0, verified.err
     assert "provenance https://slsa.dev/provenance/v1" in verified.out
     assert verified.last_line == res.last_line  # still the oci:// URL last
+    # --deep: every file against the Hub; model.sig is the build's own file, not a Hub one
+    deep = run(capsys, "verify", image, "--deep", "--key", str(public), "--no-tls-verify")
+    assert deep.code == 0, deep.err
     unsigned_check = run(capsys, "verify", unsigned_image, "--key", str(public), "--no-tls-verify")
     assert unsigned_check.code == 60 and "no signature" in unsigned_check.err
 

@@ -9,6 +9,7 @@ front with ``--sign-key``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -18,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from modelcar_builder.errors import UsageError
-from modelcar_builder.oci import MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST
+from modelcar_builder.oci import (
+    ANNOTATION_FILE_SHA256,
+    ANNOTATION_FILEPATH,
+    MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_LAYER,
+    MEDIA_TYPE_MANIFEST,
+)
 from modelcar_builder.oci.layer import END_OF_ARCHIVE, dir_header, file_header
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.signing.keys import SigningKey
@@ -75,6 +82,15 @@ def sign_tree(model_dir: Path, paths: Iterable[str], key: SigningKey) -> bytes:
         return sig.read_bytes()
 
 
+def layer_annotations(signature: bytes) -> dict[str, str]:
+    """As every model layer has: the /models path it fills and that file's sha256, so
+    `verify --deep` reads it as a model layer (and knows model.sig as the build's own)."""
+    return {
+        ANNOTATION_FILEPATH: f"/models/{SIGNATURE_NAME}",
+        ANNOTATION_FILE_SHA256: hashlib.sha256(signature).hexdigest(),
+    }
+
+
 def signature_layer(signature: bytes) -> bytes:
     """An uncompressed tar: ``models/`` and ``models/model.sig`` (0644, uid 0, mtime 0)."""
     pad = -len(signature) % 512
@@ -88,7 +104,12 @@ def signature_layer(signature: bytes) -> bytes:
 
 
 def append_layer(
-    client: RegistryClient, repo: str, tag: str, digest: str, layer: bytes
+    client: RegistryClient,
+    repo: str,
+    tag: str,
+    digest: str,
+    layer: bytes,
+    annotations: dict[str, str],
 ) -> tuple[str, dict[str, Any]]:
     """Push ``repo@digest`` plus ``layer`` on top (config: one more diff_id and history
     entry) at ``tag``; returns the new manifest digest and the layer's descriptor."""
@@ -111,7 +132,7 @@ def append_layer(
     config["history"] = [*history, entry]
     config_body = json.dumps(config, separators=(",", ":")).encode()
     put_blob(client, repo, config_body)
-    layer_desc = descriptor(MEDIA_TYPE_LAYER, layer)
+    layer_desc = descriptor(MEDIA_TYPE_LAYER, layer, annotations=dict(annotations))
     manifest["config"] = descriptor(
         manifest["config"].get("mediaType", MEDIA_TYPE_CONFIG), config_body
     )

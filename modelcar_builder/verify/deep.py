@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from modelcar_builder.errors import RegistryError, VerificationFailed
 from modelcar_builder.parallel import run_parallel
+from modelcar_builder.signing.modelsig import SIGNATURE_NAME
 from modelcar_builder.verify.coherence import Layer
 from modelcar_builder.verify.expected import Expected
 
@@ -247,7 +248,10 @@ def _compare(reads: list[LayerRead], expected: Expected, where: str) -> tuple[in
                 problems.append(f"models/{path} in layer {got.layer} has other content")
         else:
             unhashed += 1
+    last = max((r.layer.number for r in reads), default=-1)
     for path in sorted(found.keys() - expected.files.keys()):
+        if path == SIGNATURE_NAME and found[path].layer == last:
+            continue  # build --sign-key's own /models/model.sig, in the last layer
         problems.append(f"models/{path} in layer {found[path].layer} is not expected")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
