@@ -21,7 +21,8 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import SSlibKey
 
-from modelcar_builder.signing import flow
+from modelcar_builder.registry import RegistryClient
+from modelcar_builder.signing import flow, keys
 from tests.clitools import run
 from tests.imagecheck import unpack
 from tests.test_engine_native import REPO, build_args, model_files
@@ -115,6 +116,9 @@ def test_signed_build_model_signature_provenance_and_unsigned_digest(
     # --deep: every file against the Hub; model.sig is the build's own file, not a Hub one
     deep = run(capsys, "verify", image, "--deep", "--key", str(public), "--no-tls-verify")
     assert deep.code == 0, deep.err
+    n = len(model_files())
+    assert f"ok: {n} files = the provenance; " in deep.out
+    assert f"{n} = /models/model.sig (model_signing leaves out .git" in deep.out
     unsigned_check = run(capsys, "verify", unsigned_image, "--key", str(public), "--no-tls-verify")
     assert unsigned_check.code == 60 and "no signature" in unsigned_check.err
 
@@ -164,6 +168,21 @@ def test_signed_build_model_signature_provenance_and_unsigned_digest(
     assert by_name["base-image"]["digest"] == {"sha256": base_image.digest.split(":")[1]}
     assert PASSWORD not in json.dumps(statement)
     assert str(private) not in json.dumps(statement)
+
+    # A second provenance for this digest, signed by the key, naming other bytes for one
+    # file: verify --deep --key compares every file with every signed provenance.
+    other = json.loads(json.dumps(statement))
+    for dep in other["predicate"]["buildDefinition"]["resolvedDependencies"]:
+        if dep["name"] == "config.json":
+            dep["digest"]["sha256"] = "0" * 64
+    key = keys.load_private_key(private, PASSWORD.encode())
+    with RegistryClient(registry.host, plain_http=True) as client:
+        info = client.head_manifest("models/llm", digest)
+        subject = {"mediaType": info.media_type, "digest": digest, "size": info.size}
+        flow.push_provenance(client, "models/llm", subject, other, key)
+    bad_deep = run(capsys, "verify", image, "--deep", "--key", str(public), "--no-tls-verify")
+    assert bad_deep.code == 60
+    assert "config.json differs from the provenance" in bad_deep.err
 
 
 @pytest.mark.slow

@@ -90,7 +90,9 @@ def verify(image, authfile, registry_token_file, tls_verify, ca_file, labels, de
         options = DeepOptions(report=report_file, access=access, selection=selection)
     result = verify_image(target, registry, expected, options)
     url = image_url(target, result.digest)
-    signed = verify_signed(target, registry, key_path, result.digest) if key_path else []
+    signed = (
+        verify_signed(target, registry, key_path, result.digest, result.deep) if key_path else []
+    )
     if as_json:
         click.echo(dumps(verify_document(result, url)))
         return

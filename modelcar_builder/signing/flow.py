@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -11,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from modelcar_builder.errors import UsageError, VerificationFailed
 from modelcar_builder.reference import ImageRef
 from modelcar_builder.settings import RegistryOptions
-from modelcar_builder.signing import cosign, provenance, referrers
+from modelcar_builder.signing import cosign, modelsig, provenance, referrers
 from modelcar_builder.signing.keys import SigningKey
 
 log = logging.getLogger("modelcar.signing")
@@ -119,18 +121,75 @@ def verified_provenance(
     return out
 
 
-def verify_signed(target, registry: RegistryOptions, key_path: str, digest: str) -> list[str]:
+def verify_signed(
+    target, registry: RegistryOptions, key_path: str, digest: str, deep=None
+) -> list[str]:
     """`verify --key`: the image signature and a signed provenance whose subject is
-    ``digest`` (the digest `verify` just checked), by the public key at ``key_path``."""
+    ``digest`` (the digest `verify` just checked), by the public key at ``key_path``.
+    With ``deep`` (what `verify --deep` read: every file's sha256 under /models), every
+    file is also checked against the provenance and against /models/model.sig."""
     from modelcar_builder.signing.keys import load_public_key
     from modelcar_builder.target import RegistryTarget
 
     if not isinstance(target, RegistryTarget):
         raise UsageError("--key checks signatures in a registry; an OCI layout has none")
     ref = target.ref
+    public = load_public_key(key_path)
     pinned = ImageRef(ref.registry, ref.repository, None, digest)
-    outcome = verify_image(pinned, registry, load_public_key(key_path), require_provenance=True)
-    return outcome.lines()
+    outcome = verify_image(pinned, registry, public, require_provenance=True)
+    lines = outcome.lines()
+    if deep is not None and deep.files:
+        where = f"{ref.registry}/{ref.repository}@{digest}"
+        image = {p: h for p, h in deep.files.items() if p != modelsig.SIGNATURE_NAME}
+        for doc in outcome.statements:
+            _same_files(image, provenance_files(doc), where, "the provenance")
+        with registry.client_for(pinned) as client:
+            signature = _model_signature(client, ref.repository, digest, where)
+        if hashlib.sha256(signature).hexdigest() != deep.files.get(modelsig.SIGNATURE_NAME):
+            raise VerificationFailed(f"{where}: model.sig changed between two reads")
+        signed = modelsig.signed_files(signature, public)
+        if signed is None:
+            raise VerificationFailed(f"{where}: /models/model.sig is not signed by this key")
+        ignored = json.loads(signed.pop(modelsig.IGNORED))
+        covered = {p: h for p, h in image.items() if not _ignored(p, ignored)}
+        _same_files(covered, signed, where, "/models/model.sig")
+        lines.append(
+            f"ok: {len(image)} files = the provenance; {len(covered)} = /models/model.sig "
+            f"(model_signing leaves out {', '.join(ignored) or 'nothing'})"
+        )
+    return lines
+
+
+def _ignored(path: str, ignored: list[str]) -> bool:
+    return any(path == i or path.startswith(i.rstrip("/") + "/") for i in ignored)
+
+
+def _same_files(image: dict[str, str], signed: dict[str, str], where: str, what: str) -> None:
+    problems = [f"{p} is not in {what}" for p in sorted(image.keys() - signed.keys())]
+    problems += [f"{p} of {what} is not in the image" for p in sorted(signed.keys() - image.keys())]
+    problems += [f"{p} differs from {what}" for p in sorted(image.keys() & signed.keys())
+                 if image[p] != signed[p]]  # fmt: skip
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise VerificationFailed(f"{where}: {'; '.join(problems[:3])}{more}")
+
+
+def _model_signature(client, repo: str, digest: str, where: str) -> bytes:
+    from modelcar_builder.oci import ANNOTATION_FILEPATH
+    from modelcar_builder.signing.store import ACCEPT_MANIFEST, loads
+
+    layers = loads(client.get_manifest(repo, digest, ACCEPT_MANIFEST).body).get("layers") or []
+    top = layers[-1] if layers else {}
+    path = f"/models/{modelsig.SIGNATURE_NAME}"
+    if (top.get("annotations") or {}).get(ANNOTATION_FILEPATH) != path:
+        raise VerificationFailed(
+            f"{where} has no {path} in its last layer",
+            hint="an image built with --sign-key has one",
+        )
+    signature = modelsig.read_from_layer(client.read_blob(repo, top["digest"]))
+    if signature is None:
+        raise VerificationFailed(f"{where}: its last layer does not hold {path}")
+    return signature
 
 
 def provenance_files(doc: dict) -> dict[str, str]:

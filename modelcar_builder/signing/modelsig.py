@@ -9,14 +9,19 @@ front with ``--sign-key``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import os
 import secrets
+import tarfile
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from modelcar_builder.errors import UsageError
 from modelcar_builder.oci import (
@@ -28,7 +33,8 @@ from modelcar_builder.oci import (
 )
 from modelcar_builder.oci.layer import END_OF_ARCHIVE, dir_header, file_header
 from modelcar_builder.registry import RegistryClient
-from modelcar_builder.signing.keys import SigningKey
+from modelcar_builder.signing.keys import SigningKey, verify_signature
+from modelcar_builder.signing.provenance import PAYLOAD_TYPE, pae
 from modelcar_builder.signing.store import (
     ACCEPT_MANIFEST,
     descriptor,
@@ -147,3 +153,45 @@ def _files_under(root: Path) -> list[str]:
         for name in files:
             out.append(Path(dirpath, name).relative_to(root).as_posix())
     return out
+
+
+def signed_files(signature: bytes, key: ec.EllipticCurvePublicKey) -> dict[str, str] | None:
+    """path -> sha256 of every file a model_signing signature (a sigstore bundle whose
+    DSSE envelope holds an in-toto statement) covers, when ``key`` signed it; else None.
+    Paths its serialization ignored (git files) are listed under ``IGNORED``."""
+    try:
+        bundle = json.loads(signature)
+        env = bundle["dsseEnvelope"]
+        payload = base64.b64decode(env["payload"], validate=True)
+        sigs = [base64.b64decode(s["sig"], validate=True) for s in env["signatures"]]
+        if env.get("payloadType") != PAYLOAD_TYPE:
+            return None
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not any(verify_signature(key, sig, pae(PAYLOAD_TYPE, payload)) for sig in sigs):
+        return None
+    try:
+        predicate = json.loads(payload)["predicate"]
+        out = {
+            str(r["name"]): str(r["digest"])
+            for r in predicate["resources"]
+            if r.get("algorithm") == "sha256"
+        }
+        out[IGNORED] = json.dumps(predicate.get("serialization", {}).get("ignore_paths", []))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return out
+
+
+IGNORED = "\0ignored"  # a key no path can be: the signature's ignore_paths, as JSON
+
+
+def read_from_layer(layer: bytes) -> bytes | None:
+    """``models/model.sig`` from the signature layer's tar bytes."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+            member = tar.getmember(f"models/{SIGNATURE_NAME}")
+            f = tar.extractfile(member)
+            return f.read() if f else None
+    except (KeyError, tarfile.TarError):
+        return None

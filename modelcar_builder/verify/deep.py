@@ -55,6 +55,8 @@ class DeepResult:
     files_unhashed: int  # present with the right size, but the expected set has no hash
     expected_from: str  # where the expected set came from, or why there was none
     compared: bool  # False: no expected set, /models was only hashed as part of its blob
+    # path under /models -> sha256 hex of every file read in a model layer (verify --key)
+    files: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 class _Chunks(io.RawIOBase):
@@ -128,6 +130,7 @@ def deep_check(
         files_unhashed=unhashed,
         expected_from=expected.source if isinstance(expected, Expected) else expected,
         compared=isinstance(expected, Expected),
+        files={f.path: f.sha256 for r in reads for f in r.files},
     )
 
 
