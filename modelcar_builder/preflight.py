@@ -388,12 +388,13 @@ def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> 
 
 def _buildah_verdict(request: Request, ws: Workspace, engine: Any) -> CheckResult:
     from modelcar_builder.engines.buildah.runner import find_buildah
-    from modelcar_builder.engines.buildah.settings import BuildahSettings
+    from modelcar_builder.engines.buildah.settings import BuildahSettings, check_compression
 
+    check_compression(request.compression or "gzip")  # zstd: a usage error, up front
     settings = BuildahSettings.from_env(request.env)
     exe = find_buildah(request.env)
     engine.preflight(ws)  # a forced overlay driver is mounted for real here
-    what = f"buildah {exe}, {settings.mode} mode, {settings.storage_driver} storage"
+    what = f"buildah {exe}, {settings.storage_driver} storage"
     if os.geteuid() != 0:
         return _warn(
             "engine",

@@ -83,6 +83,7 @@ def build_document(plan: Plan, outcome) -> dict[str, Any]:
         for f in layer.files:
             layer_of[f.path] = pushed.digest
     snap = plan.snapshot
+    computed = outcome.file_sha256()  # for the files the source gives no sha256 of
     return {
         "version": DOCUMENT_VERSION,
         "document": "build",
@@ -98,7 +99,7 @@ def build_document(plan: Plan, outcome) -> dict[str, Any]:
             {
                 "path": f.path,
                 "size": f.size,
-                "sha256": f.sha256,
+                "sha256": f.sha256 or computed.get(f.path),
                 "blob_id": f.blob_id,
                 "layer": layer_of.get(f.path),
             }

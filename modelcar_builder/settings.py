@@ -73,11 +73,8 @@ ENGINE_NAME = "buildah"
 ENV_STORAGE_DRIVER = "MODELCAR_BUILDAH_STORAGE_DRIVER"
 ENV_ISOLATION = "MODELCAR_BUILDAH_ISOLATION"
 ENV_PRIVATE_STATE = "MODELCAR_BUILDAH_PRIVATE_STATE"
-ENV_MODE = "MODELCAR_BUILDAH_MODE"
 ENV_OVERLAP = "MODELCAR_BUILDAH_OVERLAP"
-DEFAULT_OVERLAP = True  # per-layer mode: upload layer i while layer i+1 is built (measured)
-MODES = ("per-layer", "chain")
-DEFAULT_MODE = "per-layer"
+DEFAULT_OVERLAP = True  # upload layer i while layer i+1 is built (measured)
 
 
 @dataclass(frozen=True)
@@ -85,8 +82,7 @@ class BuildahSettings:
     storage_driver: str = "auto"  # auto: overlay where it can mount, else vfs
     isolation: str = "chroot"
     private_state: bool = True
-    mode: str = DEFAULT_MODE  # per-layer: one container per layer; chain: from/copy/commit
-    overlap: bool = DEFAULT_OVERLAP  # per-layer, registry target: one upload in flight
+    overlap: bool = DEFAULT_OVERLAP  # registry target: one upload in flight
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BuildahSettings:
@@ -94,22 +90,17 @@ class BuildahSettings:
         overlap = env.get(ENV_OVERLAP, "").strip().lower()
         if overlap not in ("", "0", "1", "true", "false", "yes", "no"):
             raise UsageError(f"{ENV_OVERLAP}={overlap!r} is not a switch", hint="use 0 or 1")
-        mode = env.get(ENV_MODE, "").strip().lower() or DEFAULT_MODE
-        if mode not in MODES:
-            raise UsageError(f"{ENV_MODE}={mode!r} is not a mode", hint=f"use {' or '.join(MODES)}")
         return cls(
             storage_driver=env.get(ENV_STORAGE_DRIVER, "").strip() or "auto",
             isolation=env.get(ENV_ISOLATION, "").strip() or "chroot",
             private_state=private,
-            mode=mode,
             overlap=overlap in ("1", "true", "yes") if overlap else DEFAULT_OVERLAP,
         )
 
 
 # What `modelcar build --help` lists under its options: settings read from the environment.
 ENVIRONMENT = {
-    ENV_MODE: "buildah: per-layer (default) or chain",
-    ENV_OVERLAP: "buildah per-layer: 1 (default) uploads a layer while the next builds",
+    ENV_OVERLAP: "buildah: 1 (default) uploads a layer while the next builds",
     ENV_STORAGE_DRIVER: "buildah: auto (overlay where it mounts, else vfs), overlay or vfs",
     ENV_ISOLATION: "buildah: chroot (default)",
     ENV_PRIVATE_STATE: "buildah: 1 (default) keeps its blob-info cache on the workspace",

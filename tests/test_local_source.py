@@ -212,7 +212,8 @@ def test_build_help_names_every_environment_setting(capsys):
     assert res.code == 0
     for name in ENVIRONMENT:
         assert name in res.out, name
-    assert "MODELCAR_BUILDAH_MODE" in res.out and "[env var: MODELCAR_IMAGE" in res.out
+    assert "MODELCAR_BUILDAH_OVERLAP" in res.out and "[env var: MODELCAR_IMAGE" in res.out
+    assert "MODELCAR_BUILDAH_MODE" not in res.out  # one buildah mode: nothing to choose
 
 
 def test_an_in_process_run_gives_the_callers_sigterm_handler_back(capsys):

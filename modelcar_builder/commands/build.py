@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from modelcar_builder.build import ENGINES, BuildSettings, default_engine, run_build, write_results
+from modelcar_builder.build import DEFAULT_ENGINE, ENGINES, BuildSettings, run_build, write_results
 from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import (
     CHUNK_SIZE,
@@ -57,12 +57,14 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 @click.option(
     "--engine",
     type=click.Choice(ENGINES),
+    default=DEFAULT_ENGINE,
+    show_default=True,
     envvar="MODELCAR_ENGINE",
-    help="native: no daemon, no privilege, any UID. buildah: "
+    help="native: no daemon, no privilege, any UID; uncompressed layers. buildah: "
     + BUILDAH_NEEDS
     + ". podman: podman build + push (workstation). docker: the Docker Engine API at "
-    "DOCKER_HOST (dockerd, or podman's service). Default: buildah when installed and its "
-    "probe says it can run here, else native (said in one line).",
+    "DOCKER_HOST (dockerd, or podman's service). buildah, podman and docker write gzip "
+    "layers: another digest for the same model (said in one line when the build starts).",
 )
 @click.option(
     "--load",
@@ -212,7 +214,6 @@ def build(
     base_layers = count_base_layers(base_image, wanted, registry)
     resolved = src.resolve(base_layers, hub_timeout=fetch_opts.read_timeout)
     ws = open_workspace(workspace)
-    engine = engine or default_engine(ws)  # probed once: buildah only where it can run
     check_before_download(resolved, ws, engine)  # what `modelcar doctor` checks
     settings = BuildSettings(
         engine=engine,

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from modelcar_builder.build import default_engine, make_engine
+from modelcar_builder.build import DEFAULT_ENGINE, make_engine
 from modelcar_builder.errors import UsageError
 from modelcar_builder.pipeline import Resolved, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS
@@ -353,7 +353,7 @@ def preflight_request(params: Mapping[str, Any], engine: str | None = None) -> R
         image=image,
         push=push,
         workspace=Path(params["workspace"]),
-        engine=engine or params.get("engine") or _default_engine(Path(params["workspace"])),
+        engine=engine or params.get("engine") or DEFAULT_ENGINE,
         base_image=params["base_image"],
         platform=params.get("platform") or "linux/amd64",
         authfile=params.get("authfile"),
@@ -367,12 +367,6 @@ def preflight_request(params: Mapping[str, Any], engine: str | None = None) -> R
         report_file=params.get("report_file"),
         make_engine=make_engine,
     )
-
-
-def _default_engine(workspace: Path) -> str:
-    """What `build` would pick: buildah only where its probe runs (on the workspace,
-    when it exists yet)."""
-    return default_engine(Workspace(workspace) if workspace.is_dir() else None)
 
 
 def source_args(params: Mapping[str, Any]) -> SourceArgs:

@@ -24,6 +24,7 @@ from modelcar_builder.auth import Credentials
 from modelcar_builder.errors import RegistryError, RegistryUnreachable
 from modelcar_builder.registry.transport import (
     TLS_HINT,
+    TokenServerUnreachable,
     Transient,
     Transport,
     error_detail,
@@ -244,7 +245,7 @@ class Authenticator:
                 hint=TLS_HINT,
             ) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise RegistryUnreachable(
+            raise TokenServerUnreachable(
                 f"cannot reach token server {url_host(realm)} of registry {http.host}: "
                 f"{reason(exc)}"
             ) from None

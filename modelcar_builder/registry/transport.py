@@ -83,6 +83,12 @@ class Transient(Exception):
         self.response = response
 
 
+class TokenServerUnreachable(requests.ConnectionError):
+    """The registry's token server did not answer. A ConnectionError, so a request whose
+    credential it was fetching is retried like the registry's own (OpenShift's registry
+    serves its tokens itself: a restart takes both away); the message names the server."""
+
+
 class SourceFailed(Exception):
     """The caller's byte stream failed (not the registry connection). Its own type, so
     neither urllib3 (which would retry an OSError itself) nor requests wraps it."""
@@ -272,6 +278,8 @@ class Transport:
             ) from None
         except Transient as exc:
             raise self._answer_error(exc.response, suffix) from None
+        except TokenServerUnreachable as exc:
+            raise RegistryUnreachable(self.scrub(str(exc))) from None
         except requests.exceptions.SSLError as exc:
             raise RegistryUnreachable(
                 self.scrub(f"TLS handshake with registry {self.host} failed: {reason(exc)}"),
@@ -348,6 +356,8 @@ def describe(exc: BaseException | None) -> str:
         return f"HTTP {exc.response.status_code}"
     if isinstance(exc, SourceFailed):
         return f"source failed: {describe(exc.error)}"
+    if isinstance(exc, TokenServerUnreachable):
+        return str(exc)  # names the token server, not the registry
     if isinstance(exc, requests.RequestException):
         return reason(exc)
     return str(exc) or type(exc).__name__

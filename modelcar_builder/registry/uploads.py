@@ -67,7 +67,8 @@ class BlobUploader:
     def streamed(self, repo: str, chunks: Iterable[bytes]) -> tuple[str, int]:
         """POST, one streaming PATCH (chunked transfer) hashed on the fly, then
         ``PUT ?digest=`` with an empty body. The PATCH cannot be retried (the iterable
-        is consumed); POST and PUT are."""
+        is consumed: the caller sends the layer again); POST and PUT are, through a
+        registry restart too, so that a resent layer waits for the registry to return."""
         http, scopes = self._http, push(repo)
         hasher = hashlib.sha256()
         counter = _Counter()
@@ -81,7 +82,7 @@ class BlobUploader:
                     yield chunk
 
         with http.errors(what="streamed blob"):
-            location = self.start(repo)
+            location = http.retrying(lambda: self.start(repo))
             resp = self._auth.send(
                 "PATCH",
                 location,
