@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from modelcar_builder.build import BuildOutcome, BuildSettings, image_url
-from modelcar_builder.errors import ModelcarError, UsageError
+from modelcar_builder.errors import ModelcarError, RegistryError, UsageError
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
 from modelcar_builder.reference import ImageRef
@@ -103,7 +103,15 @@ def sign_build(
              "digest": {"sha256": sig_layer["digest"].split(":", 1)[1]}},
         ]  # fmt: skip
         image = {"mediaType": info.media_type, "digest": digest, "size": info.size}
-        flow.push_provenance(client, repo, image, doc, key)
+        try:
+            flow.push_provenance(client, repo, image, doc, key)
+        except RegistryError as exc:
+            raise RegistryError(
+                f"{exc.message} (pushing the provenance, an OCI 1.1 artifact referring to "
+                f"{digest}; the image, /models/model.sig and the image signature are pushed)",
+                hint="a registry that refuses OCI artifacts (subject, artifactType) cannot "
+                "hold the provenance; `modelcar verify --key` will say it is missing",
+            ) from exc
     log.info(
         "signed %s/%s@%s: image signature, /models/model.sig, SLSA provenance",
         ref.registry, repo, digest,

@@ -215,3 +215,26 @@ def test_a_wrong_password_stops_the_build_before_the_download(
     assert "password does not open" in res.err
     assert "not the password" not in res.err
     assert not any(hub_repo.bytes_served.values())
+
+
+@pytest.mark.slow
+def test_a_registry_refusing_oci_artifacts_fails_the_provenance_push_clearly(
+    hub_repo, registry, base_image, keypair, cutting_proxy, capsys, tmp_path
+):
+    """A registry (or the proxy before it) that refuses the provenance artifact's PUT by
+    digest: the build says what was pushed and what was not; verify --key then finds the
+    signature but no provenance."""
+    private, public = keypair
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    proxy.refuse(b"PUT /v2/models/llm/manifests/sha256:", b"400 Bad Request")
+    image = f"{proxy.host}/models/llm:refused"
+    res = run(capsys, *build_args(image, tmp_path / "ws", base_image.ref),
+              "--sign-key", str(private))  # fmt: skip
+    assert res.code == 52
+    assert "pushing the provenance" in res.err and "image signature are pushed" in res.err
+    proxy.restore()
+    check = run(capsys, "verify", image, "--key", str(public), "--no-tls-verify")
+    assert check.code == 60 and "no provenance" in check.err
+    signature_only = run(capsys, "sign", "--verify", image, "--key", str(public),
+                         "--no-tls-verify")  # fmt: skip
+    assert signature_only.code == 0 and "no provenance signed by this key" in signature_only.out
