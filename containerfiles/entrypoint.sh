@@ -30,4 +30,15 @@ if [ -n "${CA_BUNDLE_DIR:-}" ] && [ -z "${MODELCAR_CA_FILE:-}" ]; then
   done
 fi
 unset CA_BUNDLE_DIR
+# signing-secret: a Secret laid out as Tekton Chains' signing-secrets (cosign.key and
+# cosign.password, from `cosign generate-key-pair k8s://…` or `modelcar keygen`). Bound,
+# `build` signs (README "Signing and provenance"); the password stays in its file.
+if [ -n "${SIGNING_SECRET_DIR:-}" ] && [ -z "${MODELCAR_SIGN_KEY:-}" ] \
+   && [ -f "$SIGNING_SECRET_DIR/cosign.key" ]; then
+  export MODELCAR_SIGN_KEY="$SIGNING_SECRET_DIR/cosign.key"
+  if [ -f "$SIGNING_SECRET_DIR/cosign.password" ] && [ -z "${MODELCAR_SIGN_KEY_PASSWORD_FILE:-}" ]; then
+    export MODELCAR_SIGN_KEY_PASSWORD_FILE="$SIGNING_SECRET_DIR/cosign.password"
+  fi
+fi
+unset SIGNING_SECRET_DIR
 exec modelcar "$@"

@@ -15,6 +15,7 @@ checked by the CLI's own rule (finite, in range), choices against the CLI's choi
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -41,6 +42,8 @@ from modelcar_builder.preflight import TEKTON_RESULTS, Request, before_download
 from modelcar_builder.report import build_document, dumps
 from modelcar_builder.selection import Selection
 from modelcar_builder.settings import Bounds, RegistryOptions, check_number, created_timestamp
+from modelcar_builder.signed_build import check_signing, sign_build
+from modelcar_builder.signing.flow import verify_signed
 from modelcar_builder.source.download import FetchOptions
 from modelcar_builder.source.hub import hub_access
 from modelcar_builder.target import RegistryTarget, parse_target
@@ -174,6 +177,8 @@ class BuildOptions:
     results_dir: str | None = None
     report_file: str | None = None
     preflight: bool = True  # False: --no-preflight
+    sign_key: str | None = None  # cosign-format or PKCS#8 PEM key (README: Signing)
+    sign_key_password_file: str | None = None  # else COSIGN_PASSWORD
 
     @property
     def source_options(self) -> SourceOptions:
@@ -280,7 +285,15 @@ def build(options: BuildOptions) -> Built:
             load=options.load,
             push=push,
         )
+        key = None
+        if options.sign_key:  # refused before the download when it could not sign
+            key = check_signing(options.sign_key, options.sign_key_password_file, settings,
+                                target)  # fmt: skip
+        started = datetime.datetime.now(datetime.UTC)
         outcome = run_build(resolved, ws, target, settings, options.fetch)
+        if key is not None and isinstance(target, RegistryTarget):
+            # after the verified push: model.sig layer, image signature, provenance
+            outcome = sign_build(outcome, resolved, ws, target, settings, key, started)
     finally:
         release()
     _log_summary(outcome, push)
@@ -338,12 +351,14 @@ class VerifyOptions:
     all_files: bool = False
     hf_token_file: str | None = None
     registry: RegistryAccess = field(default_factory=RegistryAccess)
+    key: str | None = None  # public key: also check the signature and signed provenance
 
 
 @dataclass(frozen=True)
 class Verified:
     image_url: str  # oci://REGISTRY/REPO@sha256:… of what the image reference names now
     result: VerifyResult
+    signed: list[str] = field(default_factory=list)  # what --key proved, one line each
 
 
 def verify(options: VerifyOptions | str) -> Verified:
@@ -360,7 +375,10 @@ def verify(options: VerifyOptions | str) -> Verified:
         report = Path(opts.report_file) if opts.report_file else None
         deep = DeepOptions(report=report, access=access, selection=selection)
     result = verify_image(target, registry, dict(opts.labels), deep)
-    return Verified(image_url(target, result.digest), result)
+    signed = (
+        verify_signed(target, registry, opts.key, result.digest, result.deep) if opts.key else []
+    )
+    return Verified(image_url(target, result.digest), result, signed)
 
 
 def is_local_name(image: str) -> bool:

@@ -16,8 +16,10 @@ from modelcar_builder import __version__
 from modelcar_builder.commands.build import build
 from modelcar_builder.commands.doctor import doctor
 from modelcar_builder.commands.fetch import fetch_cmd, prepare
+from modelcar_builder.commands.keygen import keygen
 from modelcar_builder.commands.options import spell_tls_verify
 from modelcar_builder.commands.plan import plan
+from modelcar_builder.commands.sign import sign
 from modelcar_builder.commands.verify import verify
 from modelcar_builder.errors import InsufficientSpace, Interrupted, ModelcarError, UsageError
 
@@ -73,7 +75,7 @@ def cli(debug: bool, quiet: bool) -> None:
     log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
 
 
-for command in (plan, fetch_cmd, prepare, build, doctor, verify):
+for command in (plan, fetch_cmd, prepare, build, doctor, verify, keygen, sign):
     cli.add_command(command)
     for param in command.params:
         if isinstance(param, click.Option) and param.envvar:

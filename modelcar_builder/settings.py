@@ -111,6 +111,7 @@ ENVIRONMENT = {
     "SOURCE_DATE_EPOCH": "the image's created time (default: the epoch, for stable digests)",
     "HF_TOKEN, HF_ENDPOINT": "the Hub token and address",
     "REGISTRY_AUTH_FILE": "registry credentials (containers auth.json)",
+    "COSIGN_PASSWORD": "the --sign-key password when no --sign-key-password-file is given",
 }
 DEFAULT_CREATED = "1970-01-01T00:00:00Z"  # fixed: the same model gives the same digest
 

@@ -135,6 +135,19 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     help="Print the report (what --report writes) as the only thing on stdout, instead "
     "of the oci:// URL; it holds that URL as image_url.",
 )
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False),
+    envvar="MODELCAR_SIGN_KEY",
+    help="Sign the pushed image with this key (cosign format or PKCS#8 PEM, ECDSA "
+    "P-256): /models/model.sig, a cosign signature and SLSA provenance (README).",
+)
+@click.option(
+    "--sign-key-password-file",
+    type=click.Path(dir_okay=False),
+    envvar="MODELCAR_SIGN_KEY_PASSWORD_FILE",
+    help="File with the --sign-key password (else COSIGN_PASSWORD).",
+)
 @preflight_option
 def build(as_json: bool, **params) -> None:
     """Fetch, build, push and verify a ModelCar. Prints the oci:// URL KServe takes."""

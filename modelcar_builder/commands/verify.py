@@ -61,8 +61,16 @@ from modelcar_builder.units import human
     help="--deep from the Hub: file holding the Hub token (default: $HF_TOKEN).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False),
+    help="Also check the image's signature and its signed provenance (subject = this "
+    "digest) with this public key (cosign.pub).",
+)
 def verify(image, authfile, registry_token_file, tls_verify, ca_file, labels, deep,
-           report_file, include, exclude, all_files, hf_token_file, as_json):  # fmt: skip
+           report_file, include, exclude, all_files, hf_token_file, as_json,
+           key_path):  # fmt: skip
     """Check a pushed ModelCar: digest, manifest/config coherence, blobs, no
     Entrypoint/Cmd, labels; with --deep every byte."""
     checked = api.verify(
@@ -76,13 +84,16 @@ def verify(image, authfile, registry_token_file, tls_verify, ca_file, labels, de
             all_files=all_files,
             hf_token_file=hf_token_file,
             registry=api.RegistryAccess(authfile, registry_token_file, tls_verify, ca_file),
+            key=key_path,
         )
     )
-    result, url = checked.result, checked.image_url
+    result, url, signed = checked.result, checked.image_url, checked.signed
     if as_json:
         click.echo(dumps(verify_document(result, url)))
         return
     for line in verify_text(result):
         click.echo(line)
     click.echo(f"ok: {result.layer_count} layers, {human(result.total_size)}")
+    for line in signed:
+        click.echo(line)
     click.echo(url)

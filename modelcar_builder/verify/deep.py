@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from modelcar_builder.errors import RegistryError, VerificationFailed
 from modelcar_builder.parallel import run_parallel
+from modelcar_builder.signing.modelsig import SIGNATURE_NAME
 from modelcar_builder.verify.coherence import Layer
 from modelcar_builder.verify.expected import Expected
 
@@ -54,6 +55,8 @@ class DeepResult:
     files_unhashed: int  # present with the right size, but the expected set has no hash
     expected_from: str  # where the expected set came from, or why there was none
     compared: bool  # False: no expected set, /models was only hashed as part of its blob
+    # path under /models -> sha256 hex of every file read in a model layer (verify --key)
+    files: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 class _Chunks(io.RawIOBase):
@@ -127,6 +130,7 @@ def deep_check(
         files_unhashed=unhashed,
         expected_from=expected.source if isinstance(expected, Expected) else expected,
         compared=isinstance(expected, Expected),
+        files={f.path: f.sha256 for r in reads for f in r.files},
     )
 
 
@@ -247,7 +251,10 @@ def _compare(reads: list[LayerRead], expected: Expected, where: str) -> tuple[in
                 problems.append(f"models/{path} in layer {got.layer} has other content")
         else:
             unhashed += 1
+    last = max((r.layer.number for r in reads), default=-1)
     for path in sorted(found.keys() - expected.files.keys()):
+        if path == SIGNATURE_NAME and found[path].layer == last:
+            continue  # build --sign-key's own /models/model.sig, in the last layer
         problems.append(f"models/{path} in layer {found[path].layer} is not expected")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
