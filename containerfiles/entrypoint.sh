@@ -30,6 +30,17 @@ if [ -n "${CA_BUNDLE_DIR:-}" ] && [ -z "${MODELCAR_CA_FILE:-}" ]; then
   done
 fi
 unset CA_BUNDLE_DIR
+# signing-secret: a Secret laid out as Tekton Chains' signing-secrets (cosign.key and
+# cosign.password, from `cosign generate-key-pair k8s://…` or `modelcar keygen`). Bound,
+# `build` signs (README "Signing and provenance"); the password stays in its file.
+if [ -n "${SIGNING_SECRET_DIR:-}" ] && [ -z "${MODELCAR_SIGN_KEY:-}" ] \
+   && [ -f "$SIGNING_SECRET_DIR/cosign.key" ]; then
+  export MODELCAR_SIGN_KEY="$SIGNING_SECRET_DIR/cosign.key"
+  if [ -f "$SIGNING_SECRET_DIR/cosign.password" ] && [ -z "${MODELCAR_SIGN_KEY_PASSWORD_FILE:-}" ]; then
+    export MODELCAR_SIGN_KEY_PASSWORD_FILE="$SIGNING_SECRET_DIR/cosign.password"
+  fi
+fi
+unset SIGNING_SECRET_DIR
 # A Tekton param left at its "" default: the Hub's own URL, not an empty one.
 [ -n "${HF_ENDPOINT:-}" ] || unset HF_ENDPOINT
 # In a Tekton step (MODELCAR_RESULTS_DIR set), a successful build also writes Chains'
@@ -47,7 +58,8 @@ while :; do
   kill -0 "$child" 2>/dev/null || break   # wait returned for a signal, not the exit
 done
 if [ "$code" = 0 ]; then
-  python3_bin="$(dirname "$(command -v modelcar)")/python3"
-  "$python3_bin" -m modelcar_builder.chains "$MODELCAR_REPORT" "$MODELCAR_RESULTS_DIR" || code=$?
+  py="$(dirname "$(command -v modelcar)")/python3"   # the venv's, beside modelcar
+  [ -x "$py" ] || py=python3
+  "$py" -m modelcar_builder.chains "$MODELCAR_REPORT" "$MODELCAR_RESULTS_DIR" || code=$?
 fi
 exit "$code"

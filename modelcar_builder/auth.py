@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelcar_builder.errors import UsageError
+from modelcar_builder.errors import MalformedToken, UsageError
 
 # A child of "modelcar", the logger the CLI configures (prefix, --debug, --quiet).
 log = logging.getLogger("modelcar.auth")
@@ -191,6 +191,22 @@ def _default_config_files(env: Mapping[str, str], home: Path) -> list[Path]:
     return files
 
 
+def check_token(token: str, source: str) -> str:
+    """``token`` (its ends already stripped) if a server could take it in a header, else
+    MalformedToken naming ``source``: a non-ASCII character cannot be encoded in HTTP
+    headers at all, and a second line or a space means the file holds more than the token.
+    The message says what is wrong and where, never a character of the token."""
+    for ch in token:
+        if not ch.isascii():
+            problem = "a non-ASCII character"
+        elif not ch.isprintable() or ch.isspace():
+            problem = "whitespace or a control character inside it (more than one line?)"
+        else:
+            continue
+        raise MalformedToken(f"the token from {source} is malformed: it has {problem}")
+    return token
+
+
 def _from_token_file(path: Path, source: str) -> Credentials:
     try:
         token = path.read_text(encoding="utf-8").strip()
@@ -201,7 +217,7 @@ def _from_token_file(path: Path, source: str) -> Credentials:
         ) from None
     if not token:
         raise UsageError(f"{source} is empty", hint="the file must hold the registry token")
-    return Credentials(TOKEN_USERNAME, token, source)
+    return Credentials(TOKEN_USERNAME, check_token(token, source), source)
 
 
 def _from_config_file(

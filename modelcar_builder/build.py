@@ -8,20 +8,22 @@ back from the target rather than trusting what the push reported.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelcar_builder.engines import BuildRequest, BuildResult, Engine
 from modelcar_builder.errors import (
     EngineUnavailable,
+    ImageNotFound,
     Interrupted,
     ModelcarError,
     UsageError,
-    VerificationFailed,
 )
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
@@ -31,7 +33,13 @@ from modelcar_builder.source.download import FetchOptions, FetchResult, fetch
 from modelcar_builder.source.stream import HubStreams
 from modelcar_builder.state import BuildState
 from modelcar_builder.target import RegistryTarget, Target
-from modelcar_builder.verify import VerifyResult, verify_layout, verify_push
+from modelcar_builder.verify import (
+    DeepOptions,
+    VerifyResult,
+    resolve_layout,
+    verify_layout,
+    verify_push,
+)
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
@@ -47,7 +55,7 @@ class BuildSettings:
     compression: str | None = None  # None: the engine's default
     jobs: int = 2
     stream: bool = False
-    platform: tuple[str, str] = ("linux", "amd64")
+    platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]
     upload: str = "monolithic"
     chunk_size: int = 64 * 1024 * 1024
     load: str | None = None  # "podman" | "docker" | "auto": also leave it in a local store
@@ -61,22 +69,37 @@ class BuildOutcome:
     image_url: str  # oci://registry/repo@sha256:... (KServe storageUri) or oci:PATH@sha256
     downloaded_bytes: int
     timings: dict[str, float] = field(default_factory=dict)
+    # path -> sha256 of each file whose sha256 the source does not give; called by
+    # --report only, as it may have to read local files (see file_sha256s)
+    file_sha256: Callable[[], dict[str, str]] = dict
 
 
-def default_engine(workspace: Workspace | None = None) -> str:
-    """buildah when it is installed and its probe says it can build here (UID 0 with
-    the capabilities it needs), else native; falling back is said in one line."""
-    if not shutil.which("buildah"):
-        return "native"
-    if workspace is None:
-        return "buildah"
-    from modelcar_builder.engines.buildah.probe import probe
+DEFAULT_ENGINE = "native"  # no daemon, no privilege, any UID; the others when asked
 
-    problem = probe(workspace)
-    if problem is None:
-        return "buildah"
-    log.info("engine: native (buildah is installed but cannot run here: %s)", problem.message)
-    return "native"
+
+def default_compression(engine: str) -> str:
+    """Layers as each engine writes them unless --compression says otherwise: native
+    uncompressed (weights do not compress), buildah, podman and docker gzip."""
+    return "none" if engine == "native" else "gzip"
+
+
+def engine_line(engine: str, compression: str) -> str:
+    """The one line a build announces its engine with: the layers' compression, and
+    that another choice gives the same model another digest."""
+    native = engine == DEFAULT_ENGINE
+    chosen = f"{engine} (the default)" if native else engine
+    layers = layers_of(compression)
+    if native and compression == "none":
+        other = "gzip layers (buildah, podman, docker, or --compression gzip) give"
+    elif compression == "none" or native:
+        other = f"its default, {layers_of(default_compression(engine))}, gives"
+    else:
+        other = f"the default engine ({DEFAULT_ENGINE}, uncompressed tar layers) gives"
+    return f"engine: {chosen}, {layers}; {other} the same model another digest"
+
+
+def layers_of(compression: str) -> str:
+    return "uncompressed tar layers" if compression == "none" else f"{compression} layers"
 
 
 def make_engine(name: str) -> Engine:
@@ -133,7 +156,13 @@ def run_build(
         raise UsageError("--load needs the model files on disk", hint="drop --stream")
     if not settings.push and not settings.load:
         raise UsageError("nothing to do: no push and no --load", hint="add --load")
+    compression = settings.compression or default_compression(settings.engine)
+    if settings.engine == "buildah":  # before the download, with or without the preflight
+        from modelcar_builder.engines.buildah.settings import check_compression
+
+        check_compression(compression)
     engine = make_engine(settings.engine)
+    log.info("%s", engine_line(settings.engine, compression))
     store = None
     if settings.load:
         from modelcar_builder.engines.archive import open_store
@@ -143,6 +172,7 @@ def run_build(
     if settings.push or getattr(engine, "builds_locally", False):
         engine.preflight(workspace)  # before the download: a build that cannot work fails now
 
+    created = created_timestamp()  # a bad SOURCE_DATE_EPOCH fails before the download
     t0 = time.monotonic()
     files_dir, downloaded, streams, background = None, 0, None, None
     state = workspace.state(plan.snapshot)  # one record for the download and the engine
@@ -170,13 +200,14 @@ def run_build(
         target=target,
         base_image=settings.base_image,
         registry=settings.registry,
-        compression=settings.compression or ("none" if settings.engine == "native" else "gzip"),
+        compression=compression,
         jobs=settings.jobs,
         platform=settings.platform,
         streams=streams,
         upload=settings.upload,
         chunk_size=settings.chunk_size,
-        created=created_timestamp(),
+        progress_interval=fetch_opts.progress_interval,
+        created=created,
         state=state,
         ready=background.wait if background else None,
         give_up=background.give_up if background else None,
@@ -199,7 +230,40 @@ def run_build(
         timings["fetch"] = background.seconds
     timings["total"] = time.monotonic() - t0
     url = image_url(target, result.manifest_digest) if settings.push else str(target)
-    return BuildOutcome(result, verified, url, downloaded, timings)
+    if streams is not None:  # kept for a rerun that finds the layers already pushed
+        with state.locked():
+            state.sha256.update(streams.sha256)
+        state.save()
+    hashed = dict(state.sha256)
+    return BuildOutcome(
+        result, verified, url, downloaded, timings,
+        lambda: file_sha256s(plan, files_dir, hashed),
+    )  # fmt: skip
+
+
+def file_sha256s(plan: Plan, files_dir: Path | None, hashed: Mapping[str, str]) -> dict[str, str]:
+    """path -> sha256 of every file whose sha256 the source does not give: a git-stored
+    Hub file was hashed as its blob id was checked (download or stream; ``hashed`` maps
+    blob id -> sha256), so only what is left is read here: a local directory's files (no
+    step of every engine reads them whole) and Hub files checked by an older version."""
+    out: dict[str, str] = {}
+    for f in plan.snapshot.files:
+        if f.sha256:
+            continue
+        known = hashed.get(f.blob_id) if f.blob_id else None
+        if known is None and files_dir is not None:
+            known = _sha256_of(files_dir / f.path)
+        if known is not None:
+            out[f.path] = known
+    return out
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as src:
+        while block := src.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _build_and_verify(
@@ -323,10 +387,15 @@ class BackgroundFetch:
 
 
 def verify_target(
-    target: Target, digest: str | None, labels: dict[str, str], registry: RegistryOptions
+    target: Target,
+    digest: str | None,
+    labels: dict[str, str],
+    registry: RegistryOptions,
+    deep: DeepOptions | None = None,
 ) -> VerifyResult:
     """Read the image back from the target and check it; ``digest`` None checks whatever
-    the tag (or the reference's own digest) points to now (`modelcar verify`)."""
+    the tag (or the reference's own digest) points to now (`modelcar verify`). The build's
+    own check is never ``deep``: it just streamed every byte it pushed through sha256."""
     if isinstance(target, RegistryTarget):
         ref = target.ref
         reference = ref.digest or target.tag
@@ -334,17 +403,20 @@ def verify_target(
             if digest is None:
                 info = client.head_manifest(ref.repository, reference)
                 if info is None:
-                    raise VerificationFailed(f"{ref} does not exist")
+                    raise ImageNotFound(f"{ref} does not exist")
                 digest = info.digest
-            return verify_push(client, ref.repository, reference, digest, labels)
+            return verify_push(client, ref.repository, reference, digest, labels, deep)
     layout = OciLayout(target.path)
     if digest is None:
-        digest = layout.resolve(target.tag).digest
-    return verify_layout(layout, target.tag, digest, labels)
+        digest = resolve_layout(layout, target.tag).digest
+    return verify_layout(layout, target.tag, digest, labels, deep)
 
 
-def verify_image(target: Target, registry: RegistryOptions, labels: dict[str, str]):
-    return verify_target(target, None, labels, registry)
+def verify_image(
+    target: Target, registry: RegistryOptions, labels: dict[str, str],
+    deep: DeepOptions | None = None,
+) -> VerifyResult:  # fmt: skip
+    return verify_target(target, None, labels, registry, deep)
 
 
 def image_url(target: Target, digest: str) -> str:

@@ -16,7 +16,10 @@ from modelcar_builder import __version__
 from modelcar_builder.commands.build import build
 from modelcar_builder.commands.doctor import doctor
 from modelcar_builder.commands.fetch import fetch_cmd, prepare
+from modelcar_builder.commands.keygen import keygen
+from modelcar_builder.commands.options import spell_tls_verify
 from modelcar_builder.commands.plan import plan
+from modelcar_builder.commands.sign import sign
 from modelcar_builder.commands.verify import verify
 from modelcar_builder.errors import InsufficientSpace, Interrupted, ModelcarError, UsageError
 
@@ -44,7 +47,22 @@ EXIT_CODES = """Exit codes (README.md lists each): 0 ok; 1 unexpected I/O; 2 usa
 outputs; 40-43 engine; 50-52 registry; 60 verification; 130 interrupted (rerun to continue)."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+class _Commands(click.Group):
+    """The group; hands a command that has --tls-verify its arguments with the
+    ``--tls-verify=VALUE`` spelling turned into the flag click parses."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None and any(p.name == "tls_verify" for p in cmd.params):
+            rest = spell_tls_verify(rest)
+        return name, cmd, rest
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES,
+)
 @click.version_option(__version__, prog_name="modelcar")
 @click.option("--debug", is_flag=True, envvar="MODELCAR_DEBUG", help="Show tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, envvar="MODELCAR_QUIET", help="Only warnings.")
@@ -57,7 +75,7 @@ def cli(debug: bool, quiet: bool) -> None:
     log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
 
 
-for command in (plan, fetch_cmd, prepare, build, doctor, verify):
+for command in (plan, fetch_cmd, prepare, build, doctor, verify, keygen, sign):
     cli.add_command(command)
     for param in command.params:
         if isinstance(param, click.Option) and param.envvar:

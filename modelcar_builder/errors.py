@@ -52,6 +52,16 @@ class AccessDenied(ModelcarError):
     )
 
 
+class MalformedToken(AccessDenied):
+    """A token no server could accept: non-ASCII, or whitespace or control characters
+    inside it (a pasted second line). Named by its source, never shown."""
+
+    default_hint = (
+        "a token is one line of printable ASCII: rewrite it with only the token "
+        "(one trailing newline is fine)"
+    )
+
+
 class UnsafeSource(ModelcarError):
     """A path that would escape /models, or a symlink leaving the source directory."""
 
@@ -64,6 +74,8 @@ class UnsafeSource(ModelcarError):
 class PlatformNotFound(UsageError):
     """The base image has no variant for the requested platform."""
 
+    default_hint = "pick one the base image has with --platform OS/ARCH, or another base"
+
 
 class EmptySelection(ModelcarError):
     exit_code = 14
@@ -75,7 +87,6 @@ class IncompleteModel(ModelcarError):
     the repo does not hold: the image would build and the model server fail at load."""
 
     exit_code = 15
-    default_hint = "pick one the base image has with --platform OS/ARCH, or another base"
     default_hint = (
         "loosen --include/--exclude so every shard is selected, or pass --allow-incomplete"
     )
@@ -224,6 +235,14 @@ class VerificationFailed(ModelcarError):
 
     exit_code = 60
     default_hint = "rerun the build; if it repeats, the registry is rewriting the image"
+
+
+class ImageNotFound(ModelcarError):
+    """The tag, digest or layout entry to verify does not exist: nothing was there to check,
+    which a pipeline must tell apart from an image that is there and wrong (60)."""
+
+    exit_code = 61
+    default_hint = "check the tag and repository (or the oci: layout path and tag); push first"
 
 
 class Interrupted(ModelcarError):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelcar_builder.auth import check_token
 from modelcar_builder.errors import EmptySelection, ModelcarError
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan, make_plan
 from modelcar_builder.selection import Selection
@@ -51,6 +52,8 @@ def resolve(
         from modelcar_builder.source.hub import hub_access, hub_snapshot
 
         access = hub_access(hf_token_file)
+        if access.token:  # before any request: a bad one would fail as "cannot reach"
+            check_token(access.token, access.token_source)
         if hub_timeout is not None:
             access = replace(access, timeout=hub_timeout)
         snapshot = hub_snapshot(spec.location, spec.revision, selection, access)
@@ -75,7 +78,7 @@ def _read(snapshot: Snapshot, access: HubAccess | None, entry: FileEntry) -> byt
 
 
 def count_base_layers(
-    name: str, platform: tuple[str, str], registry: RegistryOptions, strict: bool = True
+    name: str, platform: tuple[str, ...], registry: RegistryOptions, strict: bool = True
 ) -> int:
     """How many layers the base image brings, read from its manifest (no blob moves).
 
@@ -87,7 +90,8 @@ def count_base_layers(
     from modelcar_builder.engines.base import load_base
 
     try:
-        base = load_base(name, platform, registry)
+        # plan and prepare (not strict) have no --platform: they only count its layers
+        base = load_base(name, platform, registry, check_platform=strict)
     except ModelcarError as exc:
         if strict:
             raise

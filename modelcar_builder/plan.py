@@ -62,8 +62,8 @@ def make_plan(
     share layers, balanced so the largest layer is as small as it can be.
 
     Small files (config, tokenizer) change most often: last, an edit to them leaves every
-    weight layer below untouched, so layer caches (buildah's chain, a registry's blobs)
-    keep the shards. Ordering by path keeps digests stable."""
+    weight layer below untouched, so layer caches (a registry's blobs, the engines'
+    layer records) keep the shards. Ordering by path keeps digests stable."""
     files = sorted(snapshot.files, key=lambda f: f.path)
     small = tuple(f for f in files if f.size < threshold)
     large = [f for f in files if f.size >= threshold]

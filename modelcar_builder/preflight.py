@@ -29,10 +29,11 @@ from modelcar_builder.errors import (
     TooManyLayers,
     UsageError,
 )
+from modelcar_builder.oci.image import parse_platform
 from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.report import DOCUMENT_VERSION
-from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.settings import RegistryOptions, created_timestamp
 from modelcar_builder.target import LayoutTarget, RegistryTarget, Target, parse_target
 from modelcar_builder.units import human
 from modelcar_builder.workspace import Workspace, make_dir
@@ -207,17 +208,11 @@ def identity(env: Mapping[str, str]) -> list[CheckResult]:
     return [_pass("identity", who, "INFO"), _pass("identity", f"{pod}; {token}", "INFO")]
 
 
-def parse_platform(text: str) -> tuple[str, str]:
-    os_, _, arch = text.partition("/")
-    if not os_ or not arch:
-        raise UsageError(f"bad --platform {text!r}", hint="write OS/ARCH, e.g. linux/amd64")
-    return os_, arch
-
-
 def check_image(request: Request) -> tuple[CheckResult, Target | None]:
     """The image reference and the platform parse, as `build` parses them."""
     try:
         parse_platform(request.platform)
+        created_timestamp(request.env)  # the image's `created`: SOURCE_DATE_EPOCH
         target = parse_target(request.image)
         if isinstance(target, RegistryTarget) and target.ref.digest:
             raise UsageError(
@@ -327,7 +322,8 @@ def check_outputs(request: Request, target: Target | None, create: bool) -> list
         make = create and label != "OCI layout"  # the layout code makes its own directory
         error = _writable(directory, file, make)
         if error is not None:
-            out.append(_fail("outputs", OutputNotWritable(f"{what}: {error}")))
+            hint = "a writable --image oci:PATH" if label == "OCI layout" else None
+            out.append(_fail("outputs", OutputNotWritable(f"{what}: {error}", hint)))
         elif existed:
             out.append(_pass("outputs", f"{what} is writable"))
         else:
@@ -339,17 +335,17 @@ def check_outputs(request: Request, target: Target | None, create: bool) -> list
 def _writable(directory: Path, file: Path | None, create: bool) -> str | None:
     """None when ``file`` (or a new file) can be written in ``directory``, else why not."""
     if not directory.exists():
-        ancestor = directory
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-            return f"{directory} does not exist and {ancestor} is not writable by uid {os.getuid()}"
-        if not create:
-            return None  # build creates it
-        try:
+        top = directory  # the first missing directory: what a build would create first
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        try:  # a real mkdir: os.access says yes to root on /proc, a read-only mount, ...
+            if not create:
+                top.mkdir(0o700)
+                top.rmdir()  # a probe only: build creates it
+                return None
             make_dir(directory, 0o755)
         except OSError as exc:
-            return f"cannot create {directory}: {exc.strerror}"
+            return f"cannot create {directory if create else top}: {exc.strerror}"
     if not directory.is_dir():
         return f"{directory} is not a directory"
     if file is not None and file.exists():
@@ -392,12 +388,13 @@ def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> 
 
 def _buildah_verdict(request: Request, ws: Workspace, engine: Any) -> CheckResult:
     from modelcar_builder.engines.buildah.runner import find_buildah
-    from modelcar_builder.engines.buildah.settings import BuildahSettings
+    from modelcar_builder.engines.buildah.settings import BuildahSettings, check_compression
 
+    check_compression(request.compression or "gzip")  # zstd: a usage error, up front
     settings = BuildahSettings.from_env(request.env)
     exe = find_buildah(request.env)
     engine.preflight(ws)  # a forced overlay driver is mounted for real here
-    what = f"buildah {exe}, {settings.mode} mode, {settings.storage_driver} storage"
+    what = f"buildah {exe}, {settings.storage_driver} storage"
     if os.geteuid() != 0:
         return _warn(
             "engine",

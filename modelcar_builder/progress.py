@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import TextIO, TypeVar
 
 from modelcar_builder.units import human
+
+Chunk = TypeVar("Chunk", bound=bytes | memoryview)
 
 
 def _duration(seconds: float) -> str:
@@ -39,13 +42,17 @@ class Progress:
         self.clock = clock
         self.start = clock()
         self.last = self.start
+        self._lock = threading.Lock()
 
     def advance(self, n: int) -> None:
-        self.done += n
-        now = self.clock()
-        if now - self.last >= self.interval:
-            self.last = now
-            self._emit(final=False)
+        # Layers push in parallel threads: one lock so no count is lost and no two
+        # lines interleave.
+        with self._lock:
+            self.done += n
+            now = self.clock()
+            if now - self.last >= self.interval:
+                self.last = now
+                self._emit(final=False)
 
     def line(self) -> str:
         elapsed = max(self.clock() - self.start, 1e-6)
@@ -70,3 +77,37 @@ class Progress:
     def close(self) -> None:
         if self.done:
             self._emit(final=True)
+
+
+class HighWater:
+    """Progress for one file or one blob that never counts a byte twice: bytes fetched
+    again after a failed check or an ignored Range, or sent again after a registry
+    restart, were already shown once, so a bar cannot pass 100 %. One mark per segment
+    (key); a single stream uses key 0."""
+
+    def __init__(self, progress: Progress, start: int = 0) -> None:
+        self.progress = progress
+        self.marks: dict[int, int] = {0: start}
+        self._lock = threading.Lock()
+
+    def seed(self, key: int, offset: int) -> None:
+        """Where segment ``key`` already was when the run started (not to be shown)."""
+        with self._lock:
+            self.marks.setdefault(key, offset)
+
+    def reached(self, offset: int, key: int = 0) -> None:
+        with self._lock:
+            mark = self.marks.setdefault(key, offset)
+            if offset > mark:
+                self.progress.advance(offset - mark)
+                self.marks[key] = offset
+
+
+def counted(chunks: Iterable[Chunk], water: HighWater, start: int = 0) -> Iterator[Chunk]:
+    """``chunks`` (a stream that begins at byte ``start``) passed through, the offset
+    reached told to ``water``: an upload sent again, or resumed, shows no byte twice."""
+    pos = start
+    for chunk in chunks:
+        pos += len(chunk)
+        water.reached(pos)
+        yield chunk

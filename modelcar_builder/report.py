@@ -7,6 +7,7 @@ from typing import Any
 
 from modelcar_builder.plan import Plan
 from modelcar_builder.units import human
+from modelcar_builder.verify import VerifyResult
 
 # Every JSON document we print or write (`build --json`/`--report`, `doctor --json`,
 # `verify --json`, `plan --json`) carries it. Raised when a field changes meaning or goes
@@ -82,6 +83,7 @@ def build_document(plan: Plan, outcome) -> dict[str, Any]:
         for f in layer.files:
             layer_of[f.path] = pushed.digest
     snap = plan.snapshot
+    computed = outcome.file_sha256()  # for the files the source gives no sha256 of
     return {
         "version": DOCUMENT_VERSION,
         "document": "build",
@@ -97,7 +99,7 @@ def build_document(plan: Plan, outcome) -> dict[str, Any]:
             {
                 "path": f.path,
                 "size": f.size,
-                "sha256": f.sha256,
+                "sha256": f.sha256 or computed.get(f.path),
                 "blob_id": f.blob_id,
                 "layer": layer_of.get(f.path),
             }
@@ -118,3 +120,60 @@ def build_document(plan: Plan, outcome) -> dict[str, Any]:
         "bytes_uploaded": result.bytes_uploaded,
         "timings": {k: round(v, 3) for k, v in {**outcome.timings, **result.timings}.items()},
     }
+
+
+def verify_document(verified: VerifyResult, url: str) -> dict[str, Any]:
+    """`verify --json`: what was checked, with the counts, as one document."""
+    deep = verified.deep
+    return {
+        "version": DOCUMENT_VERSION,
+        "document": "verify",
+        "image": url,
+        "digest": verified.digest,
+        "media_type": verified.media_type,
+        "config_digest": verified.config_digest,
+        "revision": verified.revision,
+        "layers": verified.layer_count,
+        "total_size": verified.total_size,
+        "blobs_present": verified.blobs_present,
+        "bytes_read": verified.bytes_read,
+        "checks": list(verified.checks),
+        "deep": None
+        if deep is None
+        else {
+            "blobs_hashed": deep.blobs_hashed,
+            "diff_ids_checked": deep.diff_ids_checked,
+            "model_layers": deep.model_layers,
+            "files_checked": deep.files_checked,
+            "files_unhashed": deep.files_unhashed,
+            "files_compared": deep.compared,
+            "expected_from": deep.expected_from,
+        },
+        "labels": verified.labels,
+    }
+
+
+def verify_text(verified: VerifyResult) -> list[str]:
+    """`verify`: one line per thing proved, then what it cost."""
+    out = [f"checked {check}" for check in verified.checks]
+    if verified.revision:
+        out.append(f"revision {verified.revision} (label org.opencontainers.image.revision)")
+    deep = verified.deep
+    if deep is None:
+        out.append("not read: layer contents (--deep hashes every blob and every model file)")
+    else:
+        out.append(
+            f"hashed  {deep.blobs_hashed} layer blobs = their digests, "
+            f"{deep.diff_ids_checked} compressed layer(s) unpacked = their diff_id"
+        )
+        if deep.compared:
+            unhashed = f", {deep.files_unhashed} without a hash there (size only)"
+            out.append(
+                f"files   {deep.files_checked} files in {deep.model_layers} model layer(s) = "
+                f"{deep.expected_from}{unhashed if deep.files_unhashed else ''}; "
+                "no file missing, none extra"
+            )
+        else:
+            out.append(f"files   not checked: {deep.expected_from}")
+    out.append(f"read    {human(verified.bytes_read)} ({verified.bytes_read} bytes)")
+    return out

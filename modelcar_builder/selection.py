@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,16 @@ def check_repo_path(path: str) -> str:
         raise UnsafeSource(
             f"refusing file path {path!r}: not a relative POSIX path",
             hint="the source must only hold paths relative to the model root",
+        )
+    control = next((ch for ch in path if unicodedata.category(ch) == "Cc"), None)
+    if control is not None:
+        # A newline or an ESC would be printed raw by `plan` and the logs, so a repo could
+        # forge output lines ("pushed … verified"); no model file is named like that, and
+        # such a name in a tar header or an overlay path is a hazard of its own.
+        raise UnsafeSource(
+            f"refusing file path {path!r}: it holds the control character {control!r}",
+            hint="rename the file in the source; control characters (newline, ESC, "
+            "C0/C1 codes) are never accepted in file names",
         )
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts) or posixpath.normpath(path) != path:

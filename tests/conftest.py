@@ -43,3 +43,22 @@ def _modelcar_logger_restored():
     logger.handlers[:] = handlers
     logger.propagate = propagate
     logger.setLevel(level)  # setLevel, not .level =: it also clears the loggers' level cache
+
+
+# The inner loop (`pytest -m "not slow"`, ~5 min) leaves out every test that runs a daemon
+# or builds an image. Marked by what a test uses, not by hand, so a new test that takes a
+# registry (every registry fixture starts one through registry_launcher) is slow at once.
+_DAEMON_FIXTURES = {"registry_launcher", "base_image"}
+_IMAGE_MODULES = {  # build images or start daemons of their own (buildah, podman, dockerd)
+    "test_engine_buildah", "test_buildah_overlap", "test_buildah_privilege",
+    "test_engine_workstation", "test_deploy_run", "test_bench_smoke", "test_parity",
+    "test_context_buildah",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if fixtures & _DAEMON_FIXTURES or module in _IMAGE_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -116,3 +116,27 @@ def test_bench_imports_without_pytest() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_verify_bench_writes_its_section_and_keeps_the_rest(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n## Every run\n\nkept\n")
+    argv = [sys.executable, "-m", "scripts.bench.verify_deep", "--size-gib", "0.01",
+            "--rounds", "1", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n") and text.endswith("## Every run\n\nkept\n")
+    rows = [line for line in text.split("## verify", 1)[1].splitlines() if line.startswith("| `")]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert names == ["`verify (none)`", "`verify --deep (none)`", "`verify (gzip)`",
+                     "`verify --deep (gzip)`"]  # fmt: skip
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        float(cells[1])  # wall seconds: a number, whatever its value
+        assert int(cells[3]) > 0  # bytes read
+    deep_read = int(rows[1].split("|")[4])
+    assert deep_read > 10 * 1024 * 1024  # --deep read the whole ~10 MiB model
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("modelcar-bench-")] == []

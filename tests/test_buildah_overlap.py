@@ -1,7 +1,7 @@
-"""The buildah engine's per-layer mode builds and pushes a layer while later shards still
-download, proven from the servers' own records (the Hub imitation's byte counts, the
-registry's access log), with real buildah; and a download that fails mid-build stops
-buildah with the download's own error and exit code. Chain mode waits for every file."""
+"""The buildah engine builds and pushes a layer while later shards still download, proven
+from the servers' own records (the Hub imitation's byte counts, the registry's access
+log), with real buildah; and a download that fails mid-build stops buildah with the
+download's own error and exit code."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder import errors
-from modelcar_builder.engines.buildah import ENV_MODE
 from modelcar_builder.registry import RegistryClient
 from tests.clitools import Result, run
 from tests.features import buildah_builds, need, root
@@ -67,29 +66,21 @@ def hub_bytes_at_first_commit(hub, registry):  # type: ignore[no-untyped-def]
     return done
 
 
-@pytest.mark.parametrize("mode", ["per-layer", "chain"])
-def test_a_layer_is_committed_while_the_last_shard_still_downloads(
-    hub, registry, capsys, tmp_path, monkeypatch, mode
-):
-    """per-layer: while the Hub still serves the last shard (stalled mid-body), the
-    registry already holds a committed layer that buildah built. chain: it links every
-    file up front, so nothing reaches the registry before the last byte."""
-    monkeypatch.setenv(ENV_MODE, mode)
+def test_a_layer_is_committed_while_the_last_shard_still_downloads(hub, registry, capsys, tmp_path):
+    """While the Hub still serves the last shard (stalled mid-body), the registry already
+    holds a committed layer that buildah built."""
     files = model_files(n_shards=SHARDS, shard_size=2 * MIB)
     hub.add_repo(REPO, files)
-    # Stalled mid-body until the registry commits a blob, or by the clock: per-layer
-    # gets STALL seconds (passing takes one layer's build), the chain a few.
-    hub.stall(REPO, LAST, seconds=STALL if mode == "per-layer" else 3.0, after_bytes=MIB)
-    image = f"{registry.host}/models/llm:buildah-{mode}"
+    # Stalled mid-body until the registry commits a blob (passing takes one layer's
+    # build), or for STALL seconds at most.
+    hub.stall(REPO, LAST, seconds=STALL, after_bytes=MIB)
+    image = f"{registry.host}/models/llm:buildah"
     done = hub_bytes_at_first_commit(hub, registry)
     res = build(capsys, image, tmp_path / "ws")
     seen = done()
     assert res.code == 0, res.err
     assert seen, "the registry never committed a blob"
-    if mode == "per-layer":
-        assert seen[0] < len(files[LAST]), seen  # pushed before the last byte was served
-    else:
-        assert seen[0] == len(files[LAST]), seen
+    assert seen[0] < len(files[LAST]), seen  # pushed before the last byte was served
     assert_models_match(unpack(f"docker://{image}", tmp_path / "check"), files)
 
 

@@ -1,5 +1,5 @@
 """The seed's blocker: buildah in a pod without SETFCAP failed with `uid_map ... operation
-not permitted`. The default (per-layer) buildah engine must not need SETFCAP or
+not permitted`. The buildah engine (`--engine buildah`) must not need SETFCAP or
 SYS_ADMIN: it never runs a container and never enters a user namespace."""
 
 from __future__ import annotations

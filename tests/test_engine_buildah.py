@@ -23,17 +23,13 @@ import pytest
 from modelcar_builder.auth import Credentials
 from modelcar_builder.engines import BuildRequest, BuildResult, RegistryOptions
 from modelcar_builder.engines.buildah import (
-    DEFAULT_MODE,
     DEFAULT_OVERLAP,
-    ENV_MODE,
     ENV_OVERLAP,
     BuildahEngine,
     BuildahSettings,
-    Remote,
     buildah_mounts_here,
+    check_compression,
     classify_failure,
-    estimate_layout_peak,
-    estimate_peak_bytes,
     estimate_per_layer_peak,
     has_cap_sys_admin,
     meaningful_line,
@@ -234,18 +230,6 @@ def ws(tmp_path: Path) -> Path:
     return tmp_path / "ws"
 
 
-@pytest.fixture(params=["per-layer", "chain"])
-def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a test once per build mode (``MODELCAR_BUILDAH_MODE``)."""
-    monkeypatch.setenv(ENV_MODE, request.param)
-    return request.param
-
-
-def current_mode() -> str:
-    """The mode a test without the ``mode`` fixture runs in (the env, else the default)."""
-    return os.environ.get(ENV_MODE, "").strip() or DEFAULT_MODE
-
-
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     # No credentials of the machine's user may leak into a test.
@@ -258,14 +242,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None
 # -- round trip ------------------------------------------------------------------------------
 
 
-# The overlap switch exists in the per-layer mode only: three real variants, no skips.
-@pytest.mark.parametrize(
-    ("mode", "overlap"), [("per-layer", "1"), ("per-layer", "0"), ("chain", "1")]
-)
-def test_round_trip_plain_registry(
-    model, ws, tmp_path, registry, base_image, mode, overlap, monkeypatch
-):
-    monkeypatch.setenv(ENV_MODE, mode)
+@pytest.mark.parametrize("overlap", ["1", "0"])
+def test_round_trip_plain_registry(model, ws, tmp_path, registry, base_image, overlap, monkeypatch):
     monkeypatch.setenv(ENV_OVERLAP, overlap)
     plan = hub_plan(model)
     target = f"{registry.host}/models/tiny:v1"
@@ -314,7 +292,7 @@ def test_round_trip_plain_registry(
     assert files == expected  # a/config.json and config.json both kept, byte for byte
 
 
-def test_layout_target_uncompressed(model, ws, tmp_path, base_image, mode):
+def test_layout_target_uncompressed(model, ws, tmp_path, base_image):
     out = tmp_path / "layout"
     result = BuildahEngine().build(
         request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref, compression="none")
@@ -330,21 +308,25 @@ def test_layout_target_uncompressed(model, ws, tmp_path, base_image, mode):
         assert layer.digest == layer.diff_id  # uncompressed: the blob is the diff
 
 
-def test_zstd_is_pushed_with_a_warning(model, ws, tmp_path, base_image, logs):
+def test_zstd_is_a_usage_error_before_buildah_runs(model, ws, tmp_path, base_image):
+    """Only the removed chain mode (``buildah push``) could write zstd, which KServe's
+    fetch refuses anyway: a usage error naming gzip, before any buildah command."""
     out = tmp_path / "layout"
-    result = BuildahEngine().build(
-        request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref, compression="zstd")
-    )
-    assert "KServe" in logs.text and "zstd" in logs.text
-    assert {x.media_type for x in result.layers} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
-    # zstd needs `buildah push`, so the last layer is stored (and cached) like the others.
-    assert len(storage_list(ws, "images")) == 1 + 3
+    with pytest.raises(UsageError) as caught:
+        BuildahEngine().build(
+            request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref, compression="zstd")
+        )
+    assert caught.value.exit_code == 2 and "zstd" in caught.value.message
+    assert "KServe" in caught.value.hint and "--compression gzip" in caught.value.hint
+    assert not out.exists() and not (ws / "storage").exists()  # buildah never ran
+    for fine in ("gzip", "none"):
+        check_compression(fine)
 
 
 # -- reproducibility and re-push -------------------------------------------------------------
 
 
-def test_reproducible_and_repush_uploads_nothing(model, tmp_path, registry, base_image, mode):
+def test_reproducible_and_repush_uploads_nothing(model, tmp_path, registry, base_image):
     target = f"{registry.host}/models/tiny:v1"
     first = BuildahEngine().build(request_for(model, tmp_path / "ws1", target, base_image.ref))
     assert first.bytes_uploaded == sum(x.size for x in first.layers) + base_layer_size(
@@ -359,9 +341,8 @@ def test_reproducible_and_repush_uploads_nothing(model, tmp_path, registry, base
     assert again.bytes_uploaded == 0
     assert not any(x.uploaded for x in again.layers)
 
-    # Another repository: every layer the registry has is mounted (chain: buildah's
-    # blob-info cache in the workspace; per-layer: the workspace state says where each
-    # blob went); only the 1 KB config is sent again.
+    # Another repository: every layer the registry has is mounted (the workspace state
+    # says where each blob went); only the 1 KB config is sent again.
     mark = registry.mark()
     other = f"{registry.host}/models/other:v1"
     moved = BuildahEngine().build(request_for(model, tmp_path / "ws1", other, base_image.ref))
@@ -387,48 +368,7 @@ def base_layer_size(registry, repo: str, result: BuildResult) -> int:
     return sum(d["size"] for d in manifest["layers"][: result.base_layers])
 
 
-def test_rerun_resumes_from_cached_layers(model, ws, tmp_path, base_image, logs, monkeypatch):
-    monkeypatch.setenv(ENV_MODE, "chain")
-    out = tmp_path / "layout"
-    first = BuildahEngine().build(request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref))
-    logs.clear()
-    second = BuildahEngine().build(request_for(model, ws, f"oci:{out}:v2", base_image.oci_ref))
-    assert second.manifest_digest == first.manifest_digest
-    assert "layer-000 cached" in logs.text and "layer-001 cached" in logs.text
-    # Storage holds the base and the two cache images (the last layer never lands there)
-    # and no working container.
-    before = storage_list(ws, "images")
-    assert len(before) == 3
-    assert storage_list(ws, "containers") == []
-
-    # A changed middle shard: layer-000 is reused, the old layer-001 image is removed
-    # without taking layer-000 (its untagged parent) along.
-    logs.clear()
-    (model / "model-00002-of-00002.safetensors").write_bytes(os.urandom(3 * MIB // 2))
-    BuildahEngine().build(request_for(model, ws, f"oci:{out}:v3", base_image.oci_ref))
-    assert "layer-000 cached" in logs.text and "committing layer-001" in logs.text
-    assert len(storage_list(ws, "images")) == 3
-
-    # An edited config.json (the most common change) sits in the last layer: both shard
-    # layers come from the cache.
-    logs.clear()
-    (model / "config.json").write_text('{"edited": true}')
-    BuildahEngine().build(request_for(model, ws, f"oci:{out}:v4", base_image.oci_ref))
-    assert "layer-000 cached" in logs.text and "layer-001 cached" in logs.text
-
-    # Another model on the same volume: the old chain goes before the new one is built.
-    other = make_model(tmp_path / "other")
-    BuildahEngine().build(request_for(other, ws, f"oci:{out}:v3", base_image.oci_ref))
-    images = storage_list(ws, "images")
-    assert len(images) == 3
-    base_id = next(i["id"] for i in before if i["names"])
-    assert {i["id"] for i in images} & {i["id"] for i in before} == {base_id}
-
-
-def test_per_layer_rerun_skips_layers_the_target_has(
-    model, ws, tmp_path, base_image, logs, monkeypatch
-):
-    monkeypatch.setenv(ENV_MODE, "per-layer")
+def test_per_layer_rerun_skips_layers_the_target_has(model, ws, tmp_path, base_image, logs):
     out = tmp_path / "layout"
     first = BuildahEngine().build(request_for(model, ws, f"oci:{out}:v1", base_image.oci_ref))
     # Nothing is kept in buildah's storage, and every per-layer layout is gone.
@@ -464,17 +404,21 @@ def test_per_layer_rerun_skips_layers_the_target_has(
     assert storage_list(ws, "containers") == []
 
 
-def test_per_layer_and_chain_give_the_same_layers(model, tmp_path, base_image, monkeypatch):
-    """The same tar bytes either way (only config and manifest are written differently)."""
+def test_compression_changes_the_blobs_not_the_layers(model, tmp_path, base_image):
+    """The same tar bytes (diff_ids) whether a layer is sent gzip or uncompressed: the
+    layer's content does not depend on how it is committed or sent."""
     results = {}
-    for mode in ("per-layer", "chain"):
-        monkeypatch.setenv(ENV_MODE, mode)
-        out = tmp_path / f"layout-{mode}"
-        request = request_for(model, tmp_path / f"ws-{mode}", f"oci:{out}:v1", base_image.oci_ref)
-        results[mode] = BuildahEngine().build(request)
-    assert [x.diff_id for x in results["per-layer"].layers] == [
-        x.diff_id for x in results["chain"].layers
-    ]
+    for compression in ("gzip", "none"):
+        out = tmp_path / f"layout-{compression}"
+        request = request_for(
+            model, tmp_path / f"ws-{compression}", f"oci:{out}:v1", base_image.oci_ref,
+            compression=compression,
+        )  # fmt: skip
+        results[compression] = BuildahEngine().build(request)
+    gzipped, plain = results["gzip"].layers, results["none"].layers
+    assert [x.diff_id for x in gzipped] == [x.diff_id for x in plain]
+    assert [x.digest for x in plain] == [x.diff_id for x in plain]
+    assert not {x.digest for x in gzipped} & {x.digest for x in plain}
 
 
 @pytest.mark.parametrize("overlap", ["1", "0"])
@@ -484,7 +428,6 @@ def test_per_layer_upload_failure_is_mapped_and_leaves_no_layouts(
     """The first layer's upload dies mid-way and the registry stays away: with or without
     overlap, the same mapped error in the main thread, no layer built after the failure
     was seen, no cache entry for a layer the registry lacks, and no per-layer layout left."""
-    monkeypatch.setenv(ENV_MODE, "per-layer")
     monkeypatch.setenv(ENV_OVERLAP, overlap)
     proxy = cutting_proxy(("127.0.0.1", registry.port))
     proxy.cut_after(MIB)  # inside layer-000's PUT (a 1.5 MiB shard); then refused
@@ -511,13 +454,6 @@ def test_overlap_from_env():
     assert BuildahSettings.from_env({ENV_OVERLAP: " 1 "}).overlap is True
     with pytest.raises(UsageError):
         BuildahSettings.from_env({ENV_OVERLAP: "maybe"})
-
-
-def test_mode_from_env():
-    assert BuildahSettings.from_env({}).mode == DEFAULT_MODE == "per-layer"
-    assert BuildahSettings.from_env({ENV_MODE: " Chain "}).mode == "chain"
-    with pytest.raises(UsageError):
-        BuildahSettings.from_env({ENV_MODE: "squash"})
 
 
 def buildah_args(ws: Path) -> list[str]:
@@ -552,10 +488,9 @@ def test_htpasswd_token_never_on_argv_or_in_logs(
     with CmdlineWatcher(reg.password) as watcher:
         result = BuildahEngine().build(request_for(model, ws, target, base, options))
     assert watcher.seen == []
-    if current_mode() == "chain":
-        assert {"pull", "commit"} <= watcher.subcommands  # the steps that use the authfile
-    else:  # per-layer: buildah commits to a local layout; our client talks to registries
-        assert {"from", "copy", "commit"} <= watcher.subcommands
+    # buildah commits to a local layout; our client talks to registries (no pull, no push)
+    assert {"from", "copy", "commit"} <= watcher.subcommands
+    assert not {"pull", "push", "login"} & watcher.subcommands
     assert reg.password not in logs.text
     assert "running " in logs.text and "buildah" in logs.text  # debug lines were captured
     creds = Credentials(reg.username, reg.password, "test")
@@ -580,10 +515,10 @@ def test_wrong_token_is_registry_auth_error(model, ws, tmp_path, registry_htpass
     assert wrong not in err.value.message and wrong not in err.value.hint
 
 
-def test_wrong_base_credentials_from_buildah(
+def test_wrong_base_credentials_are_named(
     model, ws, tmp_path, registry, registry_htpasswd, base_image
 ):
-    """The target is fine; buildah's own pull of the base is refused (401 from buildah)."""
+    """The target is fine; the base's registry refuses our client's credentials (401)."""
     reg = registry_htpasswd
     base = base_image.copy_to(reg)
     wrong = "x" + reg.password[1:]
@@ -637,9 +572,9 @@ def test_buildah_missing(model, ws, tmp_path, monkeypatch, base_image):
     assert "buildah" in err.value.hint and "--engine native" in err.value.hint
 
 
-def test_none_compression_to_registry_round_trip(model, ws, tmp_path, registry, base_image, mode):
-    """buildah compresses whatever it sends to docker://, so `none` goes through an OCI
-    layout in the workspace and our own uploads; the layout is gone afterwards."""
+def test_none_compression_to_registry_round_trip(model, ws, tmp_path, registry, base_image):
+    """Uncompressed layers to a registry: each committed to an OCI layout in the
+    workspace and sent by our own client; the layouts are gone afterwards."""
     target = f"{registry.host}/models/plain:v1"
     request = request_for(model, ws, target, base_image.ref, compression="none")
     result = BuildahEngine().build(request)
@@ -821,25 +756,7 @@ def test_classify_uid_map():
     assert "Unable to determine" not in err.message
 
 
-def test_classify_registry_errors():
-    remote_ok = classify_failure(
-        "commit",
-        "Getting image source signatures\nError: writing blob: initiating layer upload to "
-        "/v2/m/t/blobs/uploads/ in 127.0.0.1:5000: authentication required\n",
-        remote=Remote("127.0.0.1:5000", "token file /t"),
-    )
-    assert isinstance(remote_ok, RegistryAuthError)
-    assert remote_ok.message.startswith(
-        "registry 127.0.0.1:5000 refused the credentials from token file /t"
-    )
-    refused = classify_failure(
-        "pull",
-        "Error: initializing source docker://127.0.0.1:9/b:1: pinging container registry "
-        '127.0.0.1:9: Get "https://127.0.0.1:9/v2/": dial tcp 127.0.0.1:9: connect: '
-        "connection refused\n",
-        remote=Remote("127.0.0.1:9", None),
-    )
-    assert isinstance(refused, RegistryUnreachable)
+def test_classify_other_errors_name_the_step_and_the_line():
     other = classify_failure("copy", "noise\nError: no such file: /x\n")
     assert (
         isinstance(other, BuildFailed) and other.message == "buildah copy failed: no such file: /x"
@@ -869,9 +786,8 @@ STDERR_SAMPLES = [
 
 
 @pytest.mark.parametrize("stderr", STDERR_SAMPLES)
-@pytest.mark.parametrize("remote", [None, Remote("127.0.0.1:9", None)])
-def test_classify_failure_always_gives_a_hint(stderr, remote):
-    err = classify_failure("commit", stderr, remote)
+def test_classify_failure_always_gives_a_hint(stderr):
+    err = classify_failure("commit", stderr)
     assert err.hint.strip(), f"{type(err).__name__} without a hint for {stderr!r}"
 
 
@@ -890,22 +806,11 @@ def test_meaningful_line_prefers_error_lines():
     assert meaningful_line("just one line\n") == "just one line"
 
 
-def test_estimate_peak_bytes_vfs_is_quadratic():
-    sizes = [1, 100, 100, 100, 100]
-    # vfs, committing layer 3: stored chain 1+101+201, container + new layer 301 each,
-    # diff tar + storage's temp copy 100 each (1105); the last step is worse: stored
-    # 1+101+201+301, container 401, diff tar 100, push temp copy 100.
-    assert estimate_peak_bytes(sizes, "vfs") == 604 + 401 + 100 + 100
-    # overlay: the stored diffs, then 4 copies of the layer being committed.
-    assert estimate_peak_bytes(sizes, "overlay") == 201 + 4 * 100
-    assert estimate_peak_bytes([], "vfs") == 0
-    # the measured case: 4 x 512 MiB shards + small files (4.00x / 1.74x measured)
+def test_estimate_per_layer_peak_is_a_few_copies_of_the_largest_layer():
+    # the measured case: 4 x 512 MiB shards + small files. The container, buildah's temp
+    # blob and the layout blob of the largest layer (0.75x measured, vfs and overlay
+    # alike); independent of the number of layers.
     shards = [512, 512, 512, 512, 1]
-    assert estimate_peak_bytes(shards, "vfs") / sum(shards) == pytest.approx(4.0, abs=0.01)
-    assert estimate_peak_bytes(shards, "overlay") / sum(shards) == pytest.approx(1.75, abs=0.01)
-    assert estimate_layout_peak(shards, "overlay") > estimate_peak_bytes(shards, "overlay")
-    # per-layer: container, buildah's temp blob and the layout blob of the largest layer
-    # (0.75x measured, vfs and overlay alike); independent of the number of layers.
     assert estimate_per_layer_peak(shards) / sum(shards) == pytest.approx(0.75, abs=0.01)
     assert estimate_per_layer_peak([512] * 30) == estimate_per_layer_peak(shards)
     assert estimate_per_layer_peak([]) == 0

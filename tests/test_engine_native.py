@@ -4,9 +4,11 @@ skopeo and umoci. No daemon, no privilege."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,11 +20,14 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder import errors
+from modelcar_builder.engines.native import NativeEngine
+from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.registry import RegistryClient
 from tests.clitools import run
 from tests.features import need, private_read_only_root, run_as_other_uid
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
 from tests.support.hubsim import EDGE_FILES
+from tests.test_engine_buildah import make_model, request_for
 
 MIB = 1 << 20
 REPO = "acme/llm"
@@ -103,6 +108,39 @@ def test_hub_to_registry_round_trip(hub_repo, registry, base_image, capsys, tmp_
     )
     assert json.loads(raw)["annotations"]["org.opencontainers.image.revision"] == commit
     assert (img.rootfs / "bin" / "sh").exists()  # the base is really there
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["hub", "hub-stream", "local"])
+def test_the_report_gives_every_files_sha256(source, hub_repo, capsys, tmp_path):
+    """files[].sha256 was null for local files and git-stored Hub files: now every one is
+    the sha256 of the file's bytes. A Hub file is hashed in the pass that checks its git
+    blob id (download or stream), recorded in the workspace state for reruns."""
+    files = model_files()
+    ws, report = tmp_path / "ws", tmp_path / "report.json"
+    args = build_args(f"oci:{tmp_path / 'out'}:v1", ws, "scratch", "--report", str(report))
+    if source == "hub-stream":
+        args.append("--stream")
+    if source == "local":
+        model = tmp_path / "model"
+        for path, data in files.items():
+            (model / path).parent.mkdir(parents=True, exist_ok=True)
+            (model / path).write_bytes(data)
+        args[1] = str(model)
+    res = run(capsys, *args)
+    assert res.code == 0, res.err
+    listed = json.loads(report.read_text())["files"]
+    assert {f["path"] for f in listed} == set(files)
+    for f in listed:
+        assert re.fullmatch(r"[0-9a-f]{64}", f["sha256"] or ""), f
+        assert f["sha256"] == hashlib.sha256(files[f["path"]]).hexdigest(), f["path"]
+    if source != "local":
+        (state_file,) = (ws / "state").glob("*.json")
+        recorded = json.loads(state_file.read_text())["sha256"]
+        git_stored = [f for f in listed if f["blob_id"]]
+        assert git_stored  # config.json and friends are not in LFS
+        for f in git_stored:
+            assert recorded[f["blob_id"]] == f["sha256"], f["path"]
 
 
 def test_rebuild_same_digest_uploads_nothing(hub_repo, registry, base_image, capsys, tmp_path):
@@ -329,6 +367,111 @@ def test_interrupted_push_resends_only_unfinished_layers(
     assert_models_match(img, files)
 
 
+CHUNKED = ("--upload", "chunked", "--chunk-size", "1")
+UPLOADS = b"/v2/models/llm/blobs/uploads/"
+# Where a push can be when the registry dies: (extra args, the request the kill lands in,
+# how many such requests go by first, bytes of it the registry sees before the kill). The
+# first upload POST is build's own push-permission check; the shard layer (2 MiB) goes first.
+RESTART_PHASES = {
+    "push-check-POST": ((), b"POST " + UPLOADS, 0, 0),
+    "blob-HEAD": ((), b"HEAD /v2/models/llm/blobs/sha256:", 0, 0),
+    "upload-POST": ((), b"POST " + UPLOADS, 1, 0),
+    "mid-PUT-body": ((), b"PUT " + UPLOADS, 0, 512 * 1024),
+    "mid-PATCH-body": (CHUNKED, b"PATCH " + UPLOADS, 0, 512 * 1024),
+    "final-PUT": (CHUNKED, b"PUT " + UPLOADS, 0, 0),
+    "manifest-PUT": ((), b"PUT /v2/models/llm/manifests/", 0, 0),
+    "mid-stream-PATCH": (("--stream",), b"PATCH " + UPLOADS, 0, 512 * 1024),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", list(RESTART_PHASES))
+def test_a_registry_killed_and_restarted_at_any_phase_is_ridden_out(
+    phase, hub, registry, cutting_proxy, capsys, tmp_path, monkeypatch
+):
+    """kill -9 of the registry as the push reaches each phase, restarted once the client
+    has come back twice (events, not sleeps): the build succeeds on a fresh workspace
+    inside the retry window (5 s in the tests), and the push progress never passes 100 %
+    (a retried upload once counted its bytes again: 161 %)."""
+    extra, prefix, skip, after = RESTART_PHASES[phase]
+    files = model_files(n_shards=1, shard_size=2 * MIB)
+    hub.add_repo(REPO, files)
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    proxy.on_request(prefix, registry.kill, after_bytes=after, skip=skip)
+    proxy.on_refused(2, registry.restart)
+    monkeypatch.setenv("MODELCAR_PROGRESS_INTERVAL", "0")  # a progress line per chunk
+    image = f"{proxy.host}/models/llm:{phase.lower()}"
+    args = [*build_args(image, tmp_path / "ws", "scratch"), "--jobs", "1", *extra]
+    res = run(capsys, *args)
+    assert res.code == 0, res.err
+    assert proxy.fired is not None and proxy.fired.startswith(prefix), proxy.fired
+    assert proxy.refused >= 2  # the client met the dead registry and came back
+    assert "retrying for up to 5 s (it answered before)" in res.err
+    shown = [int(p) for p in re.findall(r"^push: .*\((\d+)%\)", res.err, re.MULTILINE)]
+    assert shown and max(shown) <= 100 and shown[-1] == 100, shown
+    img = unpack(f"docker://{registry.host}/models/llm:{phase.lower()}", tmp_path / "check")
+    assert_models_match(img, files)
+
+
+@pytest.mark.slow
+def test_upload_chunked_sends_the_base_layer_and_config_in_chunks_too(
+    registry, base_image, cutting_proxy, tmp_path
+):
+    """`--upload chunked` is the 413 hint's own way past a proxy's body-size limit: it
+    must hold for every blob we upload. The busybox base comes from another registry (so
+    it is uploaded, not mounted) and its layer is over the proxy's limit: it used to go
+    up in one PUT and get the 413 again. (Engine level: the CLI's --chunk-size is whole
+    MiB, and busybox's layer is under 1 MiB.)"""
+    chunk, limit = 256 * 1024, 512 * 1024
+    _, base_manifest = OciLayout(base_image.oci_dir).read_manifest(base_image.tag)
+    base_layer = base_manifest["layers"][0]
+    assert base_layer["size"] > limit  # else this test proves nothing
+    model = make_model(tmp_path / "model")
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    proxy.limit_body(limit)
+    request = request_for(
+        model, tmp_path / "ws", f"{proxy.host}/models/llm:chunked-base", base_image.ref,
+        compression="none",
+    )  # fmt: skip
+    request = dataclasses.replace(request, upload="chunked", chunk_size=chunk)
+    mark = registry.mark()
+    result = NativeEngine().build(request)
+    assert proxy.too_large == []
+    assert result.base_layers == 1
+    committed = {b.digest for b in registry.committed_blobs(since=mark)}
+    assert base_layer["digest"] in committed and result.config_digest in committed
+    patches = registry.requests(since=mark, method="PATCH")
+    assert len(patches) >= -(-base_layer["size"] // chunk)  # the base alone needs this many
+    img = unpack(f"docker://{registry.host}/models/llm:chunked-base", tmp_path / "check")
+    files = {p.relative_to(model).as_posix(): p.read_bytes() for p in model.rglob("*")
+             if p.is_file()}  # fmt: skip
+    assert_models_match(img, files)
+    assert (img.rootfs / "bin" / "busybox").is_file()
+
+
+def test_the_413_hints_own_command_passes_a_1_mib_proxy_limit(
+    registry, base_image, cutting_proxy, capsys, tmp_path
+):
+    """The 413 hint's words, typed as a user would: `--upload chunked --chunk-size 1`
+    behind a proxy that refuses bodies over 1 MiB (+ 4 KiB: a 1 MiB PATCH passes), with
+    a busybox base whose one layer is over that limit. It used to go up in one PUT and
+    get the 413 again."""
+    limit = MIB + 4096
+    _, base_manifest = OciLayout(base_image.oci_dir).read_manifest(base_image.tag)
+    assert base_manifest["layers"][0]["size"] > limit  # else this test proves nothing
+    model = make_model(tmp_path / "model")
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    proxy.limit_body(limit)
+    res = run(capsys, "build", str(model), "--engine", "native", "--base-image",
+              base_image.ref, "--image", f"{proxy.host}/models/llm:hint", "--workspace",
+              str(tmp_path / "ws"), "--no-tls-verify", "--upload", "chunked",
+              "--chunk-size", "1")  # fmt: skip
+    assert res.code == 0, res.err
+    assert proxy.too_large == []
+    img = unpack(f"docker://{registry.host}/models/llm:hint", tmp_path / "check")
+    assert (img.rootfs / "bin" / "busybox").is_file()
+
+
 def test_chunked_upload_resumes_between_chunks(hub, registry, cutting_proxy, capsys, tmp_path):
     files = model_files(n_shards=1, shard_size=8 * MIB)
     hub.add_repo(REPO, files)
@@ -439,7 +582,7 @@ def test_verify_command_against_the_registry(hub_repo, registry, capsys, tmp_pat
     assert res.code == errors.VerificationFailed.exit_code
     assert "Entrypoint" in res.err
     res = run(capsys, "verify", f"{registry.host}/models/none:x", "--no-tls-verify")
-    assert res.code == errors.VerificationFailed.exit_code and "does not exist" in res.err
+    assert res.code == errors.ImageNotFound.exit_code == 61 and "does not exist" in res.err
 
 
 def test_tokens_that_expire_mid_push_are_renewed(

@@ -26,8 +26,8 @@ import docker  # the test extra installs it: the docker engine is tested, never 
 import pytest
 
 from modelcar_builder import errors
+from modelcar_builder.api import is_local_name, local_name
 from modelcar_builder.build import ENGINES, load_store
-from modelcar_builder.commands.build import is_local_name, local_name
 from modelcar_builder.engines.local import context_tar
 from tests.clitools import run
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack

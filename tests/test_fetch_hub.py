@@ -460,18 +460,23 @@ def test_a_hub_that_never_answers_its_metadata_call_fails_within_the_read_timeou
     assert not any(key[1].endswith(".safetensors") for key in repo.bytes_served)
 
 
-@pytest.mark.parametrize("fault", ["stall", "503"])
+@pytest.mark.parametrize("fault", ["stall", "503", "429"])
 def test_one_lost_or_failed_metadata_answer_is_retried(repo, capsys, ws, fault):
-    """A metadata answer lost once (a stalled connection) or a 503 blip does not end
-    the build: the call is tried again, with one warning line, and the fetch completes."""
+    """A metadata answer lost once (a stalled connection), a 503 blip or a 429 does not
+    end the build: the call is tried again, with one warning line, and the fetch
+    completes. A 429 waits as its Retry-After says (2 s, not the 1 s first backoff)."""
     if fault == "stall":
         repo.stall(REPO, ROUTE_INFO, seconds=60, times=1)
+    elif fault == "429":
+        repo.fail(REPO, ROUTE_INFO, status=429, times=1, headers={"Retry-After": "2"})
     else:
         repo.fail(REPO, ROUTE_INFO, status=503, times=2)
     res = run(capsys, "fetch", REPO, "--workspace", str(ws), "--read-timeout", "1")
     assert res.code == 0, res.err
-    expected = "ReadTimeout" if fault == "stall" else "HTTP 503"
+    expected = {"stall": "ReadTimeout", "503": "HTTP 503", "429": "HTTP 429"}[fault]
     assert f"failed ({expected}); retrying in" in res.err, res.err
+    if fault == "429":
+        assert "failed (HTTP 429); retrying in 2 s (try 2 of 3)" in res.err, res.err
     files = fetched_dir(ws, repo.head(REPO))
     assert (files / "config.json").read_bytes() == model_files()["config.json"]
 

@@ -47,7 +47,21 @@ def test_doctor_and_plan_json_validate(tmp_path, capsys):
     _valid(json.loads(plan.out), "plan")
 
 
-@pytest.mark.parametrize("name", ["build-report", "doctor", "plan"])
+def test_verify_json_validates_plain_and_deep(tmp_path, capsys):
+    image, report = f"oci:{tmp_path}/out:v1", tmp_path / "report.json"
+    built = run(capsys, "build", str(TINY), "--engine", "native", "--base-image", "scratch",
+                "--image", image, "--workspace", str(tmp_path / "w"),
+                "--report", str(report))  # fmt: skip
+    assert built.code == 0, built.err
+    plain = json.loads(run(capsys, "verify", image, "--json").out)
+    _valid(plain, "verify")
+    assert plain["deep"] is None
+    deep = json.loads(run(capsys, "verify", image, "--json", "--deep", "--report", str(report)).out)
+    _valid(deep, "verify")
+    assert deep["deep"]["blobs_hashed"] == 1
+
+
+@pytest.mark.parametrize("name", ["build-report", "doctor", "plan", "verify"])
 def test_a_schema_refuses_a_document_of_another_version(name):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"version": 2, "document": name}, _schema(name))

@@ -12,11 +12,11 @@ PACKAGE = Path(__file__).parent.parent / "modelcar_builder"
 
 RANKS = [  # (rank, module prefixes); the longest matching prefix decides
     (9, ("cli", "__main__")),
-    (8, ("commands",)),
-    (7, ("build",)),
+    (8, ("commands", "api")),
+    (7, ("build", "signed_build")),
     (6, ("pipeline", "report", "preflight")),
     (5, ("engines",)),
-    (4, ("context", "verify", "source", "shards")),
+    (4, ("context", "verify", "source", "shards", "signing")),
     (3, ("registry", "settings", "workspace", "state")),
     (2, ("oci", "auth", "reference", "target", "plan", "selection", "progress", "parallel")),
     (1, ("snapshot", "units", "errors", "")),

@@ -118,13 +118,14 @@ def test_debug_shows_the_traceback_and_plain_runs_do_not(tmp_path):
 
 
 def test_click_usage_errors_are_one_line_with_a_hint(capsys, tmp_path):
-    res = run(capsys, "build", str(tmp_path), "--image", "oci:x", "--jobs", "0")
+    res = run(capsys, "build", str(tmp_path), "--image", "oci:x", "--engine", "bogus")
     assert res.code == errors.UsageError.exit_code
     lines = res.err.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("error: Invalid value for '--jobs'")
+    assert len(lines) == 2 and lines[0].startswith("error: Invalid value for '--engine'")
     assert lines[1].startswith("hint: see --help")
+    # numbers have a rule of their own (tests/test_upfront.py), also one line + a hint
     bad = run(capsys, "fetch", str(tmp_path), "--attempts", "abc")
-    assert bad.code == 2 and bad.err.startswith("error: Invalid value for '--attempts'")
+    assert bad.code == 2 and bad.err.startswith("error: --attempts must be an integer from 1")
 
 
 def test_verify_catches_a_layout_image_with_an_entrypoint(capsys, tmp_path):
@@ -211,7 +212,8 @@ def test_build_help_names_every_environment_setting(capsys):
     assert res.code == 0
     for name in ENVIRONMENT:
         assert name in res.out, name
-    assert "MODELCAR_BUILDAH_MODE" in res.out and "[env var: MODELCAR_IMAGE" in res.out
+    assert "MODELCAR_BUILDAH_OVERLAP" in res.out and "[env var: MODELCAR_IMAGE" in res.out
+    assert "MODELCAR_BUILDAH_MODE" not in res.out  # one buildah mode: nothing to choose
 
 
 def test_an_in_process_run_gives_the_callers_sigterm_handler_back(capsys):

@@ -14,7 +14,7 @@ import pytest
 from modelcar_builder.source.download import CHUNK
 from tests.clitools import run
 from tests.imagecheck import assert_models_match, unpack
-from tests.support.hubsim import EDGE_FILES
+from tests.support.hubsim import EDGE_FILES, ROUTE_RESOLVE
 from tests.support.podman import make_podman, podman_available
 
 MIB = 1 << 20
@@ -209,6 +209,64 @@ def test_exclude_that_drops_a_shard_fails_in_plan_before_any_download(hub, capsy
     ok = run(capsys, "fetch", "acme/sharded", "--workspace", str(ws), *drop, "--allow-incomplete")
     assert ok.code == 0, ok.err
     assert not (Path(ok.last_line) / "model-00002-of-00003.safetensors").exists()
+
+
+INDEX = "model.safetensors.index.json"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "wait"),
+    [
+        # The Hub's own rate-limit header: t=1 is waited, not the 5 s default of a bare 429.
+        (429, {"RateLimit": '"resolvers";r=0;t=1'}, 1),
+        (503, {}, 1),  # the first backoff step
+    ],
+)
+def test_a_429_or_503_on_the_shard_index_is_retried(hub, capsys, status, headers, wait):
+    """The index is read while planning: one 429 or 5xx there used to end plan, fetch and
+    build with exit 20 at once. It is retried like the metadata call, one line per retry."""
+    hub.add_repo("acme/sharded", sharded_repo())
+    hub.fail("acme/sharded", INDEX, status=status, times=1, headers=headers)
+    res = run(capsys, "plan", "acme/sharded", "--json")
+    assert res.code == 0, res.err
+    retries = [line for line in res.err.splitlines() if "retrying in" in line]
+    assert retries == [
+        f"modelcar: reading {INDEX} from the Hub failed (HTTP {status}); "
+        f"retrying in {wait} s (try 2 of 3)"
+    ], res.err
+    assert json.loads(res.out)["commit"] == hub.head("acme/sharded")
+    index_gets = [r for r in hub.requests if r.method == "GET" and r.path.endswith(INDEX)]
+    assert len(index_gets) == 2
+
+
+def test_a_cut_index_read_is_retried(hub, capsys):
+    hub.add_repo("acme/sharded", sharded_repo())
+    hub.cut("acme/sharded", INDEX, after_bytes=20)
+    res = run(capsys, "plan", "acme/sharded")
+    assert res.code == 0, res.err
+    retries = [line for line in res.err.splitlines() if "retrying in" in line]
+    assert len(retries) == 1 and f"reading {INDEX} from the Hub failed (" in retries[0], res.err
+
+
+def test_the_index_read_gives_up_after_three_tries(hub, capsys):
+    hub.add_repo("acme/sharded", sharded_repo())
+    hub.fail("acme/sharded", INDEX, status=503, times=None)
+    res = run(capsys, "plan", "acme/sharded")
+    assert res.code == 20, res.err
+    assert f"error: reading {INDEX} from the Hub failed (HTTP 503)" in res.err
+    assert res.err.count("retrying in") == 2 and "Traceback" not in res.err
+
+
+def test_the_gated_access_probe_is_retried(hub, capsys, tmp_path):
+    """A gated repo's access check (a HEAD on one file) is a metadata read too."""
+    hub.add_repo("acme/gated", sharded_repo(), gated=True)
+    hub.tokens.add("hf_gated_ok")
+    token = tmp_path / "token"
+    token.write_text("hf_gated_ok\n")
+    hub.fail("acme/gated", ROUTE_RESOLVE, status=503, times=1)
+    res = run(capsys, "plan", "acme/gated", "--hf-token-file", str(token))
+    assert res.code == 0, res.err
+    assert "the Hub's access check on acme/gated failed (HTTP 503); retrying in 1 s" in res.err
 
 
 @pytest.mark.slow

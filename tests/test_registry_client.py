@@ -20,6 +20,7 @@ import pytest
 from modelcar_builder.auth import Credentials
 from modelcar_builder.errors import (
     BuildFailed,
+    ImageNotFound,
     RegistryAuthError,
     RegistryUnreachable,
     VerificationFailed,
@@ -416,7 +417,7 @@ def test_verify_push_success_and_tamper(session_registry: RegistryInstance) -> N
         with pytest.raises(VerificationFailed, match="Entrypoint"):
             verify_push(client, "v/model", "ep", ep_digest, LABELS)
 
-        with pytest.raises(VerificationFailed, match="does not exist"):
+        with pytest.raises(ImageNotFound, match="does not exist"):
             verify_push(client, "v/model", "nope", digest, LABELS)
 
 
@@ -481,6 +482,66 @@ def test_a_registry_restart_mid_push_is_ridden_out(registry: RegistryInstance) -
         client.upload_blob("outage/blob", digest_of(data), len(data), open_chunks)
         assert opened[-1] - opened[0] >= 5.5 and client.stats.retries >= 4
         assert client.blob_size("outage/blob", digest_of(data)) == len(data)
+
+
+def test_the_blob_head_before_an_upload_rides_out_a_restart(registry: RegistryInstance) -> None:
+    """The HEAD the engines send before each layer's upload (does the target have it?)
+    was a single try: a registry killed just before it ended a build with exit 50
+    `connection refused` inside the retry window. Restarted only at the third retry
+    (past the 2 quick attempts: the window, not the attempts, keeps it going)."""
+    policy = RetryPolicy(attempts=2, initial=0.05, maximum=0.2, window=30.0)
+    refused: list[str] = []
+
+    class RestartOnThirdRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "connection refused" in record.getMessage():
+                refused.append(record.getMessage())
+                if len(refused) == 3:
+                    registry.start()
+
+    handler = RestartOnThirdRetry(logging.WARNING)
+    logger = logging.getLogger("modelcar.registry")
+    logger.addHandler(handler)
+    try:
+        with client_for(registry, retry=policy) as client:
+            client.ping()
+            registry.kill()
+            assert client.blob_size("outage/head", digest_of(b"absent")) is None
+    finally:
+        logger.removeHandler(handler)
+    assert len(refused) == 3, refused
+
+
+def test_a_token_server_outage_is_ridden_out_like_the_registrys(
+    registry_token: RegistryInstance,
+) -> None:
+    """OpenShift's registry serves its own tokens, so a restart takes the token server
+    away too: a token fetched during it (a new scope, a renewal) failed at once with exit
+    50. It is retried within the window, its retry lines naming the token server."""
+    ts = registry_token.token_server
+    assert ts is not None
+    policy = RetryPolicy(attempts=2, initial=0.05, maximum=0.2, window=30.0)
+    lines: list[str] = []
+
+    class StartOnThirdRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "cannot reach token server" in record.getMessage():
+                lines.append(record.getMessage())
+                if len(lines) == 3:
+                    ts.start()
+
+    handler = StartOnThirdRetry(logging.WARNING)
+    logger = logging.getLogger("modelcar.registry")
+    logger.addHandler(handler)
+    try:
+        with client_for(registry_token, creds_for(registry_token), retry=policy) as client:
+            client.ping()
+            ts.stop()
+            # A repository not asked about yet: its pull token must be fetched now.
+            assert client.blob_size("outage/token", digest_of(b"absent")) is None
+    finally:
+        logger.removeHandler(handler)
+    assert len(lines) == 3, lines
 
 
 def test_a_registry_that_never_answered_fails_in_seconds() -> None:

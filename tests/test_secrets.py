@@ -1,9 +1,9 @@
 """No secret outlives the run on the volume, and none reaches a child that does not need
-it: buildah's authfiles sit in memory-backed storage and only in the chain mode, a killed
-run's leftovers are swept by the next run, buildah children get an allowlisted
-environment. The kill tests SIGKILL a real CLI build mid-push (an OOMKill, a node drain)
-and then search the workspace, /tmp and /dev/shm for the registry password, its
-``serviceaccount:<password>`` base64 form and the Hub token."""
+it: authfiles (podman's) sit in memory-backed storage, buildah gets none at all (it never
+talks to a registry), a killed run's leftovers are swept by the next run, buildah
+children get an allowlisted environment. The kill test SIGKILLs a real CLI build mid-push
+(an OOMKill, a node drain) and then searches the workspace, /tmp and /dev/shm for the
+registry password, its ``serviceaccount:<password>`` base64 form and the Hub token."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import pytest
 from modelcar_builder.engines import RegistryOptions
 from modelcar_builder.engines.buildah import BuildahEngine, BuildahSettings
 from modelcar_builder.engines.buildah.runner import buildah_env
-from modelcar_builder.engines.buildah.settings import ENV_MODE
 from modelcar_builder.engines.secretdir import (
     PREFIX,
     choose_parent,
@@ -231,14 +230,10 @@ class ChildWatcher(ProcPoller):
         self.environs.append(dict(v.split("=", 1) for v in raw.split("\0") if "=" in v))
 
 
-@pytest.mark.parametrize("mode", ["per-layer", "chain"])
-def test_buildah_children_get_no_hf_token(
-    tmp_path, registry_htpasswd, base_image, monkeypatch, mode
-):
+def test_buildah_children_get_no_hf_token(tmp_path, registry_htpasswd, base_image, monkeypatch):
     reg = registry_htpasswd
     base = base_image.copy_to(reg)
     hf_token = "hf_" + secrets.token_hex(16)
-    monkeypatch.setenv(ENV_MODE, mode)
     monkeypatch.setenv("HF_TOKEN", hf_token)
     monkeypatch.setenv("MODELCAR_HF_TOKEN_FILE", str(tmp_path / "hf-token"))
     auth = reg.write_authfile(tmp_path / "caller-auth.json")
@@ -256,13 +251,7 @@ def test_buildah_children_get_no_hf_token(
         assert env["TMPDIR"] == str(ws / "tmp")
     authfiles = [a.split("=", 1)[1] for argv in watcher.argvs for a in argv
                  if a.startswith("--authfile=")]  # fmt: skip
-    if mode == "per-layer":
-        assert authfiles == []  # buildah never talks to a registry: no authfile at all
-    else:
-        assert authfiles  # pull of the base, commit to the target
-        for path in map(Path, authfiles):
-            assert ws not in path.parents and PREFIX in str(path)
-            assert memory_backed(path) or not memory_backed(Path("/dev/shm"))
+    assert authfiles == []  # buildah never talks to a registry: no authfile at all
 
 
 # -- kill -9 mid-push ------------------------------------------------------------------------
@@ -375,10 +364,9 @@ def unmounts(tmp_path: Path) -> Iterator[None]:
             subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
-@pytest.mark.parametrize("mode", ["per-layer", "chain"])
 @pytest.mark.usefixtures("unmounts")
 def test_kill_9_mid_push_leaves_no_secret_and_the_rerun_sweeps(
-    tmp_path, hub, registry_htpasswd, base_image, stalling_proxy, mode
+    tmp_path, hub, registry_htpasswd, base_image, stalling_proxy
 ):
     reg, proxy = registry_htpasswd, stalling_proxy
     base_image.copy_to(reg)
@@ -409,7 +397,6 @@ def test_kill_9_mid_push_leaves_no_secret_and_the_rerun_sweeps(
         HF_HUB_DISABLE_TELEMETRY="1",
         HF_HUB_DISABLE_XET="1",
         HF_TOKEN=hf_token,
-        MODELCAR_BUILDAH_MODE=mode,
     )
     cmd = [
         sys.executable, "-m", "modelcar_builder", "build", f"hf://{HUB_REPO}@main",
@@ -440,17 +427,8 @@ def test_kill_9_mid_push_leaves_no_secret_and_the_rerun_sweeps(
     roots = search_roots(ws, tmp_path)
     hits = secret_hits(roots, forms, skip=inputs)
     assert not [h for h in hits if ws in h[0].parents], hits  # never on the volume
-    if mode == "per-layer":
-        assert hits == []  # no authfile was ever written
-        assert any(n.startswith("modelcar-layout-") for n in left_in_ws), left_in_ws
-    else:
-        # What SIGKILL leaves: the run's authfiles in /dev/shm, a tmpfs that dies with the
-        # pod (its memory counts against the pod, never on the PVC); the next run in the
-        # same pod removes them. Nothing anywhere else.
-        assert in_memory, "chain mode: authfiles expected in /dev/shm while pushing"
-        assert hits, "the killed run's authfile should still be in /dev/shm"
-        for path, _form in hits:
-            assert memory_backed(path) and PREFIX in str(path), hits
+    assert hits == [] and in_memory == []  # no authfile was ever written, not even in memory
+    assert any(n.startswith("modelcar-layout-") for n in left_in_ws), left_in_ws
 
     # The rerun sweeps what the killed run left, then finishes the build.
     proxy.stalling = False
@@ -459,10 +437,6 @@ def test_kill_9_mid_push_leaves_no_secret_and_the_rerun_sweeps(
     assert rerun.stdout.strip().splitlines()[-1].startswith(f"oci://{proxy.host}/models/tiny@")
     for name in left_in_ws:
         assert f"removed {name} " in rerun.stderr
-    if mode == "chain":
-        for path in in_memory:
-            assert f"removed {path.parent.parent}: registry credentials" in rerun.stderr
-            assert not path.exists()
     assert list((ws / "tmp").iterdir()) == []
     for stream in (rerun.stdout, rerun.stderr):
         assert not [f for f in forms if f in stream]

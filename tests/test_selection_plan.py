@@ -182,9 +182,8 @@ def test_disk_needed_per_engine():
     files = [FileEntry(f"s{i}.safetensors", 100 * 2**20, sha256="0" * 64) for i in range(4)]
     plan = make_plan(Snapshot("hub", "o/n", "main", "a" * 40, tuple(files)), threshold=2**20)
     model = 400 * 2**20
-    per_layer = disk_needed(plan, {})
-    assert per_layer["native"] == model and per_layer["native --stream"] == 0
-    # per-layer buildah: the fetched model plus a few copies of the largest layer only
-    assert model < per_layer["buildah"] <= model + 4 * 100 * 2**20
-    chain = disk_needed(plan, {"MODELCAR_BUILDAH_MODE": "chain"})
-    assert chain["buildah (chain, vfs)"] > per_layer["buildah"]  # vfs keeps a tree per layer
+    needed = disk_needed(plan, {})
+    assert needed["native"] == model and needed["native --stream"] == 0
+    # buildah: the fetched model plus a few copies of the largest layer only, on any driver
+    assert model < needed["buildah"] <= model + 4 * 100 * 2**20
+    assert set(needed) == {"native", "native --stream", "buildah"}

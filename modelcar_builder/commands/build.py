@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import click
 
-from modelcar_builder.build import ENGINES, BuildSettings, default_engine, run_build, write_results
+from modelcar_builder import api
+from modelcar_builder.api import CHUNK_SIZE, COMPRESSIONS, JOBS, LOADS, UPLOADS
+from modelcar_builder.build import DEFAULT_ENGINE, ENGINES
 from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import (
-    check_before_download,
-    fetch_options,
-    is_local_name,
-    local_name,
-    open_workspace,
+    Number,
+    build_options,
+    fetch_params,
     preflight_option,
     registry_options,
-    registry_settings,
-    source_options,
+    source_params,
     workspace_option,
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE
 from modelcar_builder.engines.buildah.probe import BUILDAH_NEEDS
-from modelcar_builder.errors import UsageError
-from modelcar_builder.pipeline import count_base_layers
-from modelcar_builder.report import build_document, dumps
+from modelcar_builder.report import dumps
 from modelcar_builder.settings import ENVIRONMENT
-from modelcar_builder.target import RegistryTarget, parse_target
-
-log = logging.getLogger("modelcar")
-TEKTON_RESULTS = Path("/tekton/results")
-
 
 ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     f"  {name}: {what}" for name, what in ENVIRONMENT.items()
@@ -39,9 +28,9 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 
 
 @click.command(cls=GroupedCommand, epilog=ENV_HELP)
-@source_options
+@source_params
 @workspace_option
-@fetch_options
+@fetch_params
 @click.option(
     "--image",
     required=True,
@@ -51,16 +40,18 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 @click.option(
     "--engine",
     type=click.Choice(ENGINES),
+    default=DEFAULT_ENGINE,
+    show_default=True,
     envvar="MODELCAR_ENGINE",
-    help="native: no daemon, no privilege, any UID. buildah: "
+    help="native: no daemon, no privilege, any UID; uncompressed layers. buildah: "
     + BUILDAH_NEEDS
     + ". podman: podman build + push (workstation). docker: the Docker Engine API at "
-    "DOCKER_HOST (dockerd, or podman's service). Default: buildah when installed and its "
-    "probe says it can run here, else native (said in one line).",
+    "DOCKER_HOST (dockerd, or podman's service). buildah, podman and docker write gzip "
+    "layers: another digest for the same model (said in one line when the build starts).",
 )
 @click.option(
     "--load",
-    type=click.Choice(["auto", "podman", "docker"]),
+    type=click.Choice(LOADS),
     is_flag=False,
     flag_value="auto",
     default=None,
@@ -79,7 +70,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 )
 @click.option(
     "--compression",
-    type=click.Choice(["none", "gzip", "zstd"]),
+    type=click.Choice(COMPRESSIONS),
     envvar="MODELCAR_COMPRESSION",
     help="Layer compression. native default none (weights do not compress); "
     "buildah default gzip. KServe's oci:// fetch rejects zstd.",
@@ -92,7 +83,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 )
 @click.option(
     "--jobs",
-    type=click.IntRange(1, 16),
+    type=Number(JOBS),
     default=2,
     show_default=True,
     envvar="MODELCAR_JOBS",
@@ -107,7 +98,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 )
 @click.option(
     "--upload",
-    type=click.Choice(["monolithic", "chunked"]),
+    type=click.Choice(UPLOADS),
     default="monolithic",
     show_default=True,
     envvar="MODELCAR_UPLOAD",
@@ -116,7 +107,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 )
 @click.option(
     "--chunk-size",
-    type=click.IntRange(1, 4096),
+    type=Number(CHUNK_SIZE),
     default=64,
     show_default=True,
     envvar="MODELCAR_CHUNK_SIZE",
@@ -144,85 +135,21 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     help="Print the report (what --report writes) as the only thing on stdout, instead "
     "of the oci:// URL; it holds that URL as image_url.",
 )
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False),
+    envvar="MODELCAR_SIGN_KEY",
+    help="Sign the pushed image with this key (cosign format or PKCS#8 PEM, ECDSA "
+    "P-256): /models/model.sig, a cosign signature and SLSA provenance (README).",
+)
+@click.option(
+    "--sign-key-password-file",
+    type=click.Path(dir_okay=False),
+    envvar="MODELCAR_SIGN_KEY_PASSWORD_FILE",
+    help="File with the --sign-key password (else COSIGN_PASSWORD).",
+)
 @preflight_option
-def build(
-    src,
-    fetch_opts,
-    workspace,
-    image,
-    engine,
-    load,
-    base_image,
-    compression,
-    stream,
-    jobs,
-    platform,
-    upload,
-    chunk_size,
-    authfile,
-    registry_token_file,
-    tls_verify,
-    ca_file,
-    results_dir,
-    report_file,
-    as_json,
-):
+def build(as_json: bool, **params) -> None:
     """Fetch, build, push and verify a ModelCar. Prints the oci:// URL KServe takes."""
-    push = True
-    if load and is_local_name(image):
-        image, push = local_name(image), False
-    target = parse_target(image)
-    if isinstance(target, RegistryTarget) and target.ref.digest:
-        raise UsageError(
-            f"--image {image} names a digest; a push needs a tag",
-            hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
-        )
-    os_, _, arch = platform.partition("/")
-    if not os_ or not arch:
-        raise UsageError(f"bad --platform {platform!r}", hint="write OS/ARCH, e.g. linux/amd64")
-    registry = registry_settings(
-        authfile,
-        registry_token_file,
-        tls_verify,
-        ca_file,
-        target.ref.api_host if isinstance(target, RegistryTarget) else None,
-    )
-    # The base image's depth counts against --max-layers: read it before the Hub plan.
-    base_layers = count_base_layers(base_image, (os_, arch), registry)
-    resolved = src.resolve(base_layers, hub_timeout=fetch_opts.read_timeout)
-    ws = open_workspace(workspace)
-    engine = engine or default_engine(ws)  # probed once: buildah only where it can run
-    check_before_download(resolved, ws, engine)  # what `modelcar doctor` checks
-    settings = BuildSettings(
-        engine=engine,
-        base_image=base_image,
-        registry=registry,
-        compression=compression,
-        jobs=jobs,
-        stream=stream,
-        platform=(os_, arch),
-        upload=upload,
-        chunk_size=chunk_size * 1024 * 1024,
-        load=load,
-        push=push,
-    )
-    outcome = run_build(resolved, ws, target, settings, fetch_opts)
-    result = outcome.result
-    uploaded = sum(1 for layer in result.layers if layer.uploaded)
-    log.info(
-        "%s %s with %s: %d model layers (%d uploaded, %d already there), %s verified",
-        "pushed" if push else "loaded",
-        result.target,
-        result.engine,
-        len(result.layers),
-        uploaded,
-        len(result.layers) - uploaded,
-        result.manifest_digest,
-    )
-    document = dumps(build_document(resolved.plan, outcome))
-    if report_file:
-        Path(report_file).write_text(document + "\n")
-    results = Path(results_dir) if results_dir else TEKTON_RESULTS
-    if push and (results_dir or results.is_dir()):
-        write_results(outcome, target, results)
-    click.echo(document if as_json else outcome.image_url)
+    built = api.build(build_options(params))  # the Python API, with the same options
+    click.echo(dumps(built.report) if as_json else built.image_url)

@@ -8,7 +8,7 @@ import click
 
 from modelcar_builder.commands.build import build
 from modelcar_builder.commands.helpgroups import GroupedCommand
-from modelcar_builder.commands.options import preflight_request, source_args
+from modelcar_builder.commands.options import build_options
 from modelcar_builder.preflight import Report, diagnose
 from modelcar_builder.report import dumps
 
@@ -16,8 +16,8 @@ _WIDTH = 9  # the longest check name, "workspace"
 
 
 def _doctor(as_json: bool, **params) -> None:
-    src = source_args(params)
-    report = diagnose(preflight_request(params), src.resolve)
+    options = build_options(params)
+    report = diagnose(options.preflight_request(), options.source_options.resolve)
     click.echo(dumps(report.as_dict()) if as_json else text(report))
     report.raise_first()  # error + hint on stderr, the first FAIL's exit code
 

@@ -20,6 +20,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("fetch_jobs", "connections", "attempts", "read_timeout", "progress_interval"),
     ),
     ("Outputs", ("results_dir", "report_file", "as_json", "deep", "no_preflight")),
+    ("Signing", ("sign_key", "sign_key_password_file", "key_path")),
 )
 
 

@@ -1,33 +1,87 @@
 """Options the commands share, each also read from its MODELCAR_* variable (``--help``
-shows which), packed into values: SourceArgs, FetchOptions, RegistryOptions."""
+shows which), packed into the API's carriers (api.SourceOptions, api.BuildOptions,
+FetchOptions, api.RegistryAccess), so the CLI and the Python API take one road."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import click
 
-from modelcar_builder.build import default_engine, make_engine
+from modelcar_builder.api import (
+    ATTEMPTS,
+    CONNECTIONS,
+    FETCH_JOBS,
+    LAYER_THRESHOLD,
+    MAX_LAYERS,
+    PROGRESS_INTERVAL,
+    READ_TIMEOUT,
+    SEGMENT_SIZE,
+    SOURCE_FIELDS,
+    BuildOptions,
+    RegistryAccess,
+    SourceOptions,
+)
 from modelcar_builder.errors import UsageError
-from modelcar_builder.pipeline import Resolved, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS
-from modelcar_builder.preflight import ENV_NO_PREFLIGHT, Request, before_download
-from modelcar_builder.selection import Selection
-from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.preflight import ENV_NO_PREFLIGHT
+from modelcar_builder.settings import (
+    ENV_SEGMENT_SIZE,
+    Bounds,
+    RegistryOptions,
+    check_number,
+    env_number,
+)
 from modelcar_builder.source.download import FetchOptions
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
 
 
+class Number(click.ParamType):
+    """A numeric option checked by the one rule every number obeys (settings.check_number):
+    finite, in range, else exit 2 naming the option (or its MODELCAR_* variable)."""
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+        self.name = "integer" if bounds.kind is int else "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        return check_number(value, _spelling(param, ctx), self.bounds)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return f"{'INTEGER' if self.bounds.kind is int else 'FLOAT'} {self.bounds.span()}"
+
+
+def _spelling(param: click.Parameter | None, ctx: click.Context | None) -> str:
+    """How the user gave the value: the variable's name when it came from there."""
+    if param is None or param.name is None:
+        return "value"
+    source = ctx.get_parameter_source(param.name) if ctx is not None else None
+    if source == click.core.ParameterSource.ENVIRONMENT and isinstance(param.envvar, str):
+        return param.envvar
+    return param.opts[0] if param.opts else param.name
+
+
 def source_options(fn):
-    """Options every command that reads a SOURCE shares; each also reads MODELCAR_*."""
+    """Options every command that reads a SOURCE shares, packed into ``src``
+    (api.SourceOptions); each also reads MODELCAR_*."""
+
+    @functools.wraps(fn)
+    def packed(**kwargs):
+        fields = {name: kwargs.pop(name) for name in SOURCE_FIELDS}
+        return fn(src=SourceOptions(**fields), **kwargs)
+
+    return source_params(packed)
+
+
+def source_params(fn):
+    """The source options as plain parameters (`build`, `doctor`: build_options packs them)."""
     decorators = [
         click.argument("source", envvar="MODELCAR_SOURCE"),
         click.option(
@@ -58,7 +112,7 @@ def source_options(fn):
         ),
         click.option(
             "--layer-threshold",
-            type=int,
+            type=Number(LAYER_THRESHOLD),
             default=DEFAULT_LAYER_THRESHOLD,
             show_default=True,
             envvar="MODELCAR_LAYER_THRESHOLD",
@@ -66,7 +120,7 @@ def source_options(fn):
         ),
         click.option(
             "--max-layers",
-            type=click.IntRange(2, 127),
+            type=Number(MAX_LAYERS),
             default=DEFAULT_MAX_LAYERS,
             show_default=True,
             envvar="MODELCAR_MAX_LAYERS",
@@ -88,14 +142,9 @@ def source_options(fn):
         ),
     ]
 
-    @functools.wraps(fn)
-    def packed(**kwargs):
-        fields = {name: kwargs.pop(name) for name in SOURCE_FIELDS}
-        return fn(src=SourceArgs(**fields), **kwargs)
-
     for d in reversed(decorators):
-        packed = d(packed)
-    return packed
+        fn = d(fn)
+    return fn
 
 
 def workspace_option(fn):
@@ -116,56 +165,41 @@ def open_workspace(path: str) -> Workspace:
     return ws
 
 
-@dataclass(frozen=True)
-class SourceArgs:
-    """The SOURCE argument and the options that shape what is read from it."""
-
-    source: str
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-    all_files: bool
-    hf_token_file: str | None
-    layer_threshold: int
-    max_layers: int
-    allow_incomplete: bool
-    source_url: str | None
-
-    def resolve(self, base_layers: int = 1, hub_timeout: float | None = None) -> Resolved:
-        """``base_layers``: what the base image adds to the layer count; the default
-        base (ubi-micro) and busybox have one. ``hub_timeout``: --read-timeout, where the
-        command has it, for the Hub's metadata calls too."""
-        if self.layer_threshold <= 0:
-            raise UsageError("--layer-threshold must be positive", hint="e.g. 67108864 (64 MiB)")
-        selection = Selection(tuple(self.include), tuple(self.exclude), self.all_files)
-        return resolve(
-            self.source,
-            selection,
-            self.hf_token_file,
-            self.layer_threshold,
-            self.source_url,
-            max_layers=self.max_layers,
-            base_layers=base_layers,
-            allow_incomplete=self.allow_incomplete,
-            hub_timeout=hub_timeout,
-        )
-
-
-SOURCE_FIELDS = tuple(f.name for f in fields(SourceArgs))
-
-
 def fetch_options(fn):
     """Download tuning, shared by the commands that fetch; packed into ``fetch_opts``."""
+
+    @functools.wraps(fn)
+    def packed(fetch_jobs, connections, attempts, read_timeout, progress_interval, **kwargs):
+        return fn(fetch_opts=packed_fetch(fetch_jobs, connections, attempts, read_timeout,
+                                          progress_interval), **kwargs)  # fmt: skip
+
+    return fetch_params(packed)
+
+
+def packed_fetch(fetch_jobs, connections, attempts, read_timeout, progress_interval):
+    return FetchOptions(
+        jobs=fetch_jobs,
+        attempts=attempts,
+        read_timeout=read_timeout,
+        progress_interval=progress_interval,
+        connections=connections,
+        segment_size=_segment_size(),
+    )
+
+
+def fetch_params(fn):
+    """The download options as plain parameters (`build`, `doctor`)."""
     decorators = [
         click.option(
             "--fetch-jobs",
-            type=click.IntRange(1, 64),
+            type=Number(FETCH_JOBS),
             default=FetchOptions.jobs,
             envvar="MODELCAR_FETCH_JOBS",
             help="Files downloaded in parallel.",
         ),
         click.option(
             "--connections",
-            type=click.IntRange(1, 256),
+            type=Number(CONNECTIONS),
             default=FetchOptions.connections,
             show_default=True,
             envvar="MODELCAR_CONNECTIONS",
@@ -174,47 +208,34 @@ def fetch_options(fn):
         ),
         click.option(
             "--attempts",
-            type=click.IntRange(1, 100),
+            type=Number(ATTEMPTS),
             default=FetchOptions.attempts,
             envvar="MODELCAR_ATTEMPTS",
             help="Tries per file before the download counts as failed.",
         ),
         click.option(
             "--read-timeout",
-            type=click.FloatRange(0.1),
+            type=Number(READ_TIMEOUT),
             default=FetchOptions.read_timeout,
             envvar="MODELCAR_READ_TIMEOUT",
             help="Seconds without a byte before a download or Hub call counts as stalled.",
         ),
         click.option(
             "--progress-interval",
-            type=click.FloatRange(0),
+            type=Number(PROGRESS_INTERVAL),
             envvar="MODELCAR_PROGRESS_INTERVAL",
             help="Seconds between plain progress lines when stderr is not a TTY (default 5).",
         ),
     ]
 
-    @functools.wraps(fn)
-    def packed(fetch_jobs, connections, attempts, read_timeout, progress_interval, **kwargs):
-        opts = FetchOptions(
-            jobs=fetch_jobs,
-            attempts=attempts,
-            read_timeout=read_timeout,
-            progress_interval=progress_interval,
-            connections=connections,
-            segment_size=_segment_size(),
-        )
-        return fn(fetch_opts=opts, **kwargs)
-
     for d in reversed(decorators):
-        packed = d(packed)
-    return packed
+        fn = d(fn)
+    return fn
 
 
 def _segment_size() -> int:
     """Range segment size: internal tuning (tests use small ones), not an option."""
-    value = os.environ.get("MODELCAR_SEGMENT_SIZE", "")
-    return int(value) if value.isdigit() and int(value) > 0 else FetchOptions.segment_size
+    return int(env_number(ENV_SEGMENT_SIZE, SEGMENT_SIZE, FetchOptions.segment_size))
 
 
 def registry_options(fn):
@@ -237,7 +258,8 @@ def registry_options(fn):
             "--tls-verify/--no-tls-verify",
             default=True,
             envvar="MODELCAR_TLS_VERIFY",
-            help="Verify the registry's TLS certificate.",
+            help="Verify the registry's TLS certificate. --tls-verify=false and "
+            "--tls-verify=true (skopeo's and podman's spelling) work too.",
         ),
         click.option(
             "--ca-file",
@@ -249,6 +271,32 @@ def registry_options(fn):
     for d in reversed(decorators):
         fn = d(fn)
     return fn
+
+
+TLS_VERIFY = "--tls-verify"
+
+
+def spell_tls_verify(args: list[str]) -> list[str]:
+    """``--tls-verify=false|true`` (how skopeo and podman take it) as click's flag pair.
+    A click boolean flag refuses an attached value, and an option whose value may be left
+    out would take the next argument as its value (``verify --tls-verify IMAGE``)."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":  # what follows is arguments, never options
+            return out + args[i:]
+        name, sep, value = arg.partition("=")
+        if not sep or name != TLS_VERIFY:
+            out.append(arg)
+            continue
+        try:
+            verify = click.BOOL.convert(value, None, None)
+        except click.BadParameter:
+            raise UsageError(
+                f"{TLS_VERIFY} takes true or false, not {value!r}",
+                hint="write --tls-verify=false (or --no-tls-verify), or --tls-verify=true",
+            ) from None
+        out.append(TLS_VERIFY if verify else "--no-tls-verify")
+    return out
 
 
 def registry_settings(
@@ -278,75 +326,19 @@ def preflight_option(fn):
 _NO_PREFLIGHT = "modelcar.no_preflight"
 
 
-def preflight_request(params: Mapping[str, Any], engine: str | None = None) -> Request:
-    """The preflight's view of a `build` command line (its click parameters by name)."""
-    image, push = params["image"], True
-    if params.get("load") and is_local_name(image):  # load-only: no registry to check
-        image, push = local_name(image), False
-    return Request(
-        image=image,
-        push=push,
-        workspace=Path(params["workspace"]),
-        engine=engine or params.get("engine") or _default_engine(Path(params["workspace"])),
-        base_image=params["base_image"],
-        platform=params.get("platform") or "linux/amd64",
-        authfile=params.get("authfile"),
-        token_file=params.get("registry_token_file"),
-        tls_verify=params.get("tls_verify", True),
-        ca_file=params.get("ca_file"),
-        max_layers=params.get("max_layers") or DEFAULT_MAX_LAYERS,
-        stream=bool(params.get("stream")),
-        compression=params.get("compression"),
-        results_dir=params.get("results_dir"),
-        report_file=params.get("report_file"),
-        make_engine=make_engine,
-    )
+FETCH_FIELDS = ("fetch_jobs", "connections", "attempts", "read_timeout", "progress_interval")
+REGISTRY_FIELDS = tuple(f.name for f in dataclasses.fields(RegistryAccess))
 
 
-def _default_engine(workspace: Path) -> str:
-    """What `build` would pick: buildah only where its probe runs (on the workspace,
-    when it exists yet)."""
-    return default_engine(Workspace(workspace) if workspace.is_dir() else None)
-
-
-def source_args(params: Mapping[str, Any]) -> SourceArgs:
-    return SourceArgs(**{name: params[name] for name in SOURCE_FIELDS})
-
-
-def check_before_download(resolved: Resolved, ws: Workspace, engine: str) -> None:
-    """`build`: run the preflight on this command's own options, unless --no-preflight;
-    WARN lines are logged, the first FAIL is raised (its own exit code and hint)."""
-    ctx = click.get_current_context()
-    if ctx.meta.get(_NO_PREFLIGHT):
-        log.info("preflight skipped (--no-preflight)")
-        return
-    report = before_download(preflight_request(ctx.params, engine), resolved, ws)
-    for check in report.checks:
-        if check.status == "WARN":
-            log.warning("preflight %s: %s (fix: %s)", check.check, check.message, check.fix)
-        else:
-            log.debug("preflight %s %s: %s", check.status, check.check, check.message)
-    for check in report.failures[1:]:
-        log.error("preflight %s: %s", check.check, check.message)
-    report.raise_first()
-    log.info("preflight: %d checks passed in %.1f s", len(report.checks), report.seconds)
-
-
-def is_local_name(image: str) -> bool:
-    """A name without a registry host (``NAME[:TAG]``, ``ORG/NAME[:TAG]``) or under
-    ``localhost/``: with ``--load`` it names an image in the local store only."""
-    if image.startswith(("oci:", "docker://")):
-        return False
-    first, sep, _rest = image.partition("/")
-    if not sep:
-        return True
-    if first == "localhost":
-        return True
-    return not ("." in first or ":" in first)
-
-
-def local_name(image: str) -> str:
-    """``localhost/NAME:TAG``, the form podman gives local images (docker takes it too)."""
-    name = image if image.startswith("localhost/") else f"localhost/{image}"
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last or "@" in last else f"{name}:latest"
+def build_options(params: Mapping[str, Any]) -> BuildOptions:
+    """`build`'s (and `doctor`'s) click parameters as the one carrier of build options;
+    --no-preflight comes from the context, where its callback left it."""
+    rest = dict(params)
+    source = SourceOptions(**{name: rest.pop(name) for name in SOURCE_FIELDS})
+    fetch = packed_fetch(*(rest.pop(name) for name in FETCH_FIELDS))
+    registry = RegistryAccess(**{name: rest.pop(name) for name in REGISTRY_FIELDS})
+    rest.pop("as_json", None)
+    ctx = click.get_current_context(silent=True)
+    preflight = not (ctx is not None and ctx.meta.get(_NO_PREFLIGHT))
+    return BuildOptions(source=source, registry=registry, fetch=fetch, preflight=preflight,
+                        **rest)  # fmt: skip

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
+from modelcar_builder import api
 from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import source_options
-from modelcar_builder.pipeline import count_base_layers, disk_needed
+from modelcar_builder.pipeline import disk_needed
 from modelcar_builder.report import dumps, plan_document, plan_text
-from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.workspace import Workspace
 
 
@@ -35,16 +36,12 @@ def plan(
     as_json,
 ):
     """Show what would be built: commit, files, layers, disk needed. Downloads nothing."""
-    if base_image:
-        base = count_base_layers(base_image, ("linux", "amd64"), RegistryOptions(), strict=False)
-        resolved = src.resolve(base)
-    else:
-        resolved = src.resolve()
-    disk = disk_needed(resolved.plan)
+    planned = api.plan(dataclasses.replace(src, base_image=base_image))
+    disk = disk_needed(planned)
     if as_json:
-        click.echo(dumps(plan_document(resolved.plan, disk)))
+        click.echo(dumps(plan_document(planned, disk)))
         return
     free = None
     if workspace and Path(workspace).exists():
         free = Workspace(Path(workspace)).free_bytes()
-    click.echo(plan_text(resolved.plan, disk, free))
+    click.echo(plan_text(planned, disk, free))

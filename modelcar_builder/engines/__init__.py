@@ -34,7 +34,7 @@ class BuildRequest:
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     compression: str = "none"
     jobs: int = 2
-    platform: tuple[str, str] = ("linux", "amd64")
+    platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]
     created: str = DEFAULT_CREATED
     streams: StreamOpener | None = None  # for files_dir None: where the bytes come from
     # While the download still runs (engines that can push early): the shared workspace
@@ -50,6 +50,11 @@ class BuildRequest:
         if self.ready is not None:
             self.ready(layer)
 
+    @property
+    def upload_chunk(self) -> int | None:
+        """PATCH size when every blob we upload goes in chunks (--upload chunked)."""
+        return self.chunk_size if self.upload == "chunked" else None
+
     def stop_waiting(self) -> None:
         """An engine whose push failed says so at once: its other threads' wait_for
         raise Interrupted and the download stops, so a registry that refuses layer 0
@@ -60,6 +65,7 @@ class BuildRequest:
     upload: str = "monolithic"  # or "chunked": PATCH chunks, resumed from the upload's Range
     chunk_size: int = 64 * 1024 * 1024
     push: bool = True  # False: `--load` of a local name; engines building locally skip the push
+    progress_interval: float | None = None  # --progress-interval, for the push line too
 
 
 @dataclass(frozen=True)
@@ -100,8 +106,8 @@ class Engine(Protocol):
     # True: build() may start while the download runs; it calls request.wait_for(layer)
     # (and request.stop_waiting() when a push fails while other layers still wait)
     # before reading (or linking) a layer's files, and for every layer before the
-    # manifest; an engine (or mode: buildah's chain) that needs all files at once waits
-    # for every layer first. False: it gets every file verified up front.
+    # manifest; an engine that needs all files at once waits for every layer first.
+    # False: it gets every file verified up front.
     pushes_while_fetching: bool
 
     def preflight(self, workspace: Workspace) -> None:

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from modelcar_builder.engines.sinks import Sink
 from modelcar_builder.errors import BaseImageNotFound, RegistryUnreachable
 from modelcar_builder.oci import INDEX_MEDIA_TYPES
-from modelcar_builder.oci.image import BaseImage, Descriptor, base_image, select_platform
+from modelcar_builder.oci.image import (
+    BaseImage,
+    Descriptor,
+    base_image,
+    require_platform,
+    select_platform,
+)
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.reference import ImageRef
 from modelcar_builder.registry import RegistryClient
@@ -39,7 +45,11 @@ def _no_blobs(digest: str) -> Iterator[bytes]:
     raise AssertionError(f"scratch has no blob {digest}")
 
 
-def load_base(name: str, platform: tuple[str, str], registry: RegistryOptions) -> BaseSource:
+def load_base(
+    name: str, platform: tuple[str, ...], registry: RegistryOptions, check_platform: bool = True
+) -> BaseSource:
+    """The base image for ``platform``; with ``check_platform`` its config must say that
+    platform too (read already: a mismatch fails before any layer moves)."""
     if name == "scratch":
         log.warning(
             "base image 'scratch': the image has no sh/ln/sleep, so KServe's modelcar "
@@ -50,8 +60,17 @@ def load_base(name: str, platform: tuple[str, str], registry: RegistryOptions) -
     if isinstance(target, LayoutTarget):
         layout = OciLayout(target.path)
         image = layout.read_image(target.tag, platform=platform, name=name)
+        if check_platform:
+            require_platform(image.config, platform, name)
         return BaseSource(image, lambda digest: _read_layout_blob(layout, digest))
-    return _from_registry(target.ref, platform, registry)
+    base = _from_registry(target.ref, platform, registry)
+    try:
+        if check_platform and base.image is not None:
+            require_platform(base.image.config, platform, name)
+    except BaseException:
+        base.close()
+        raise
+    return base
 
 
 def _read_layout_blob(layout: OciLayout, digest: str) -> Iterator[bytes]:
@@ -74,7 +93,7 @@ def _from_registry(ref: ImageRef, platform, registry: RegistryOptions) -> BaseSo
 
 
 def base_from_registry(
-    ref: ImageRef, platform: tuple[str, str], client: RegistryClient, name: str
+    ref: ImageRef, platform: tuple[str, ...], client: RegistryClient, name: str
 ) -> BaseSource:
     """The base image ``ref`` read with ``client`` (which the BaseSource then owns and
     closes; also on failure here). ``name`` is what the image's annotations call it."""

@@ -39,7 +39,7 @@ from modelcar_builder.oci.layer import (
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import LayerPlan, Plan
-from modelcar_builder.progress import Progress
+from modelcar_builder.progress import HighWater, Progress, counted
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.target import LayoutTarget
@@ -55,7 +55,7 @@ def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
         return LayoutSink(OciLayout(target.path)), None
     client = request.registry.client_for(target.ref)
     client.ping()  # fail on auth/TLS before reading any model byte
-    return RegistrySink(client, target.ref.repository), client
+    return RegistrySink(client, target.ref.repository, request.upload_chunk), client
 
 
 class NativeEngine:
@@ -117,7 +117,7 @@ class NativeEngine:
         self, request: BuildRequest, sink: Sink, state: BuildState
     ) -> list[BuiltLayer]:
         total = sum(_tar_for(request, layer).size for layer in request.plan.layers)
-        progress = Progress("push", total)
+        progress = Progress("push", total, interval=request.progress_interval)
         failed: list[BaseException] = []
 
         def one(layer: LayerPlan) -> BuiltLayer:
@@ -148,13 +148,17 @@ class NativeEngine:
         request.wait_for(layer)  # its files may still be downloading
         cached = state.layer(key)  # the download may just have hashed it
         tar = _tar_for(request, layer)
-        open_entry = _stream_opener(request, progress) if request.files_dir is None else None
+        open_entry = _stream_opener(request) if request.files_dir is None else None
+        # Each attempt (a retried PUT, a resumed chunked upload, a layer sent again) reads
+        # the tar again; the mark shows each byte once: a registry restart mid-push once
+        # showed `1.8 GiB / 1.1 GiB (161%)`.
+        shown = HighWater(progress)
 
         def tar_chunks():
-            for chunk in tar.chunks(open_entry):
-                if open_entry is None:
-                    progress.advance(len(chunk))
-                yield chunk
+            return counted(tar.chunks(open_entry), shown)
+
+        def tar_chunks_from(offset: int):
+            return counted(tar.chunks_from(offset), shown, offset)
 
         if request.compression == "none" and request.files_dir is not None:
             # Known size, digest by one read pass: a monolithic PUT works on every registry.
@@ -163,7 +167,7 @@ class NativeEngine:
             if there:
                 log.info("%s already in the target (%s)", layer.name, digest[:19])
             elif request.upload == "chunked":
-                sink.put_resumable(digest, tar.size, tar.chunks_from, request.chunk_size)
+                sink.put_resumable(digest, tar.size, tar_chunks_from, request.chunk_size)
             else:
                 sink.put_blob(digest, tar.size, tar_chunks)
             pushed = BuiltLayer(digest, tar.size, digest, uploaded=not there)
@@ -215,9 +219,11 @@ def _tar_for(request: BuildRequest, layer: LayerPlan) -> TarLayer:
     )
 
 
-def _stream_opener(request: BuildRequest, progress: Progress):
+def _stream_opener(request: BuildRequest):
     if request.streams is None:
         raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
     files = {f.path: f for f in request.plan.snapshot.files}
     streams = request.streams
-    return lambda entry: streams(files[entry.path], progress)
+    # No progress of its own: the layer's tar bytes are counted, once, by _push_one
+    # (a layer sent again re-reads the Hub and would count its bytes twice).
+    return lambda entry: streams(files[entry.path], None)

@@ -4,7 +4,7 @@ keeps ``remote`` and ``layout`` apart the same way)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from modelcar_builder.oci.layout import OciLayout
@@ -33,16 +33,30 @@ class Sink(Protocol):
 
 
 class RegistrySink:
-    def __init__(self, client: RegistryClient, repo: str) -> None:
+    """``chunk_size`` (``--upload chunked``): every blob put here goes up in PATCHes of at
+    most that size, base layers and the config too, not only the model's layers: a
+    proxy's body-size limit (the reason to ask for chunks) refuses any larger request."""
+
+    def __init__(self, client: RegistryClient, repo: str, chunk_size: int | None = None) -> None:
         self.client = client
         self.repo = repo
+        self.chunk_size = chunk_size
 
     def has_blob(self, digest: str, size: int) -> bool:
         # A blob of the wrong size is as good as missing: upload it again.
         return self.client.blob_size(self.repo, digest) == size
 
     def put_blob(self, digest: str, size: int, open_chunks: Callable[[], Chunks]) -> None:
-        self.client.upload_blob(self.repo, digest, size, open_chunks)
+        if self.chunk_size is None:
+            self.client.upload_blob(self.repo, digest, size, open_chunks)
+            return
+
+        # These bytes have no random access (a base layer streamed from its registry):
+        # a resumed upload reads them again from the start and skips what was sent.
+        def open_at(offset: int) -> Chunks:
+            return skip_bytes(open_chunks(), offset)
+
+        self.put_resumable(digest, size, open_at, self.chunk_size)
 
     def put_stream(self, chunks: Chunks) -> tuple[str, int]:
         return self.client.upload_blob_stream(self.repo, chunks)
@@ -96,3 +110,13 @@ class LayoutSink:
     @property
     def bytes_uploaded(self) -> int:
         return self._written
+
+
+def skip_bytes(chunks: Chunks, offset: int) -> Iterator[bytes]:
+    """``chunks`` from byte ``offset`` on."""
+    for chunk in chunks:
+        if offset >= len(chunk):
+            offset -= len(chunk)
+            continue
+        yield bytes(chunk[offset:]) if offset else chunk
+        offset = 0

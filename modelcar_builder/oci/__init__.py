@@ -21,6 +21,7 @@ MEDIA_TYPE_LAYER_NONDIST_GZIP = "application/vnd.oci.image.layer.nondistributabl
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"  # uncompressed
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER_FOREIGN_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
@@ -36,7 +37,8 @@ ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
 ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
-# CNCF ModelPack (modelpack/model-spec, docs/annotations.md): "the file path of the layer".
+# CNCF ModelPack, "the file path of the layer":
+# github.com/modelpack/model-spec/blob/main/docs/annotations.md
 ANNOTATION_FILEPATH = "org.cncf.model.filepath"
 # Ours. The sha256 is the bare hex the Hub shows as the LFS oid (not "sha256:<hex>"), so it
 # can be compared with the Hub's page directly; the layer digest already is a digest.

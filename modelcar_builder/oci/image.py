@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelcar_builder.errors import PlatformNotFound
+from modelcar_builder.errors import PlatformNotFound, UsageError
 from modelcar_builder.oci import (
     ANNOTATION_BASE_DIGEST,
     ANNOTATION_BASE_NAME,
@@ -153,6 +153,19 @@ def _platform_dict(platform: Platform) -> dict[str, str]:
     return out
 
 
+def parse_platform(text: str) -> Platform:
+    """``OS/ARCH[/VARIANT]`` as a tuple. One platform: an image index is not built yet."""
+    if "," in text:
+        raise UsageError(
+            f"--platform {text!r} names several platforms: multi-arch images are not "
+            "supported yet", hint="build one image per platform, each with --platform OS/ARCH",
+        )  # fmt: skip
+    parts = tuple(text.strip().split("/"))
+    if not 2 <= len(parts) <= 3 or not all(parts):
+        raise UsageError(f"bad --platform {text!r}", hint="write OS/ARCH, e.g. linux/amd64")
+    return parts
+
+
 def platform_matches(candidate: Mapping[str, str] | None, platform: Platform) -> bool:
     if not candidate:
         return False
@@ -191,6 +204,21 @@ def platform_entry(index: Mapping[str, Any], platform: Platform) -> Mapping[str,
     )
 
 
+def require_platform(config: Mapping[str, Any], platform: Platform, name: str = "") -> None:
+    """A base image's config must be for ``platform``: the model layers run anywhere, the
+    base's ``sh`` not. A config that names no architecture says nothing and passes."""
+    if "architecture" not in config:
+        return
+    have = {k: config[k] for k in ("os", "architecture", "variant") if config.get(k)}
+    if not platform_matches(have, platform):
+        raise PlatformNotFound(
+            f"base image {name + ' ' if name else ''}is {'/'.join(have.values())}, "
+            f"not {'/'.join(platform)}",
+            hint=f"pass --platform {'/'.join(have.values())}, or a base image built for "
+            f"{'/'.join(platform)} (or an index that has it)",
+        )
+
+
 def build_config(
     base_config: Mapping[str, Any] | None,
     diff_ids: Sequence[str],
@@ -217,13 +245,7 @@ def build_config(
 
     wanted = _platform_dict(platform)
     if base_config is not None and "architecture" in base:
-        if not platform_matches(
-            {k: base[k] for k in ("os", "architecture", "variant") if k in base}, platform
-        ):
-            raise PlatformNotFound(
-                f"base image is {base.get('os')}/{base['architecture']}, not {'/'.join(platform)}",
-                hint="choose a base image (or --platform) for the same platform",
-            )
+        require_platform(base, platform)
         wanted = {k: base[k] for k in ("os", "architecture", "variant") if base.get(k)}
 
     runtime: dict[str, Any] = {k: base_runtime[k] for k in KEPT_CONFIG_FIELDS if k in base_runtime}

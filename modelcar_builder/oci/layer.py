@@ -4,7 +4,7 @@ A layer is never written to disk as a tar and no file is ever held in memory: th
 stream is generated on the fly (headers from ``tarfile.TarInfo.tobuf``, contents read in
 8 MiB blocks), so one pass can hash it, write it to an OCI layout or upload it.
 
-Tar facts this module relies on (DESIGN.md §3):
+Tar facts this module relies on (docs/architecture.md §3):
 - entries are ``models/<relpath>``, sorted by path, parents before children;
 - directories 0755, files 0644, uid/gid 0, empty uname/gname, fixed mtime, so the same
   files give the same digest on any machine and a re-push uploads nothing;

@@ -128,8 +128,10 @@ class RegistryClient:
         scopes = push(repo)
         try:
             with self._http.errors(what=f"a test upload to {repo}"):
-                resp = self._auth.send_checked(
-                    "POST", f"/v2/{repo}/blobs/uploads/", scopes, ok=(202,)
+                resp = self._http.retrying(
+                    lambda: self._auth.send_checked(
+                        "POST", f"/v2/{repo}/blobs/uploads/", scopes, ok=(202,)
+                    )
                 )
         except RegistryAuthError:
             what = f"refused to let these credentials push to {repo}"
@@ -138,9 +140,14 @@ class RegistryClient:
 
     def blob_size(self, repo: str, digest: str) -> int | None:
         """Size of the blob if the repository has it, else None (HEAD)."""
+        # Retried like every other request of a push: this HEAD runs just before each
+        # layer's upload, whenever its files are ready, so a registry restart lands on it
+        # as often as on the upload itself (it once ended builds with exit 50).
         with self._http.errors():
-            resp = self._auth.send_checked(
-                "HEAD", f"/v2/{repo}/blobs/{digest}", pull(repo), ok=(200,), allow=(404,)
+            resp = self._http.retrying(
+                lambda: self._auth.send_checked(
+                    "HEAD", f"/v2/{repo}/blobs/{digest}", pull(repo), ok=(200,), allow=(404,)
+                )
             )
             if resp.status_code == 404:
                 return None
@@ -154,7 +161,9 @@ class RegistryClient:
         scopes = (*push(repo), *pull(from_repo))
         try:
             with self._http.errors():
-                resp = self._auth.send_checked("POST", path, scopes, ok=(201, 202))
+                resp = self._http.retrying(
+                    lambda: self._auth.send_checked("POST", path, scopes, ok=(201, 202))
+                )
         except RegistryAuthError:
             # No pull right on the source repository: not an error, just no shortcut.
             log.debug("mount of %s from %s refused; will upload", digest, from_repo)

@@ -2,7 +2,7 @@
 bearer tokens cached per scope and renewed before they expire, and the one
 re-authentication round every request gets on a 401.
 
-Facts this code is shaped by (DESIGN.md §5, §7):
+Facts this code is shaped by (docs/architecture.md §5):
 - a streamed body cannot be replayed after a 401: such a request fails as Transient and
   the caller restarts it with a fresh stream and the new credential;
 - Bearer tokens may live only 60 s: they are cached per scope with their expiry and
@@ -24,6 +24,7 @@ from modelcar_builder.auth import Credentials
 from modelcar_builder.errors import RegistryError, RegistryUnreachable
 from modelcar_builder.registry.transport import (
     TLS_HINT,
+    TokenServerUnreachable,
     Transient,
     Transport,
     error_detail,
@@ -244,7 +245,7 @@ class Authenticator:
                 hint=TLS_HINT,
             ) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise RegistryUnreachable(
+            raise TokenServerUnreachable(
                 f"cannot reach token server {url_host(realm)} of registry {http.host}: "
                 f"{reason(exc)}"
             ) from None

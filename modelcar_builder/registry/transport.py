@@ -1,7 +1,7 @@
 """HTTP to one registry host: the session, TLS verification, the https/http probe,
 retries with backoff, and the mapping of every failure to the tool's errors.
 
-Facts this code is shaped by (DESIGN.md §5, §7):
+Facts this code is shaped by (docs/architecture.md §5):
 - ``REQUESTS_CA_BUNDLE`` overrides ``Session.verify``, so ``verify=`` goes on each request;
 - messages name the host, the method and the URL path, never the query (an upload
   ``Location`` carries signed state) and never a secret: they pass through ``scrub``.
@@ -81,6 +81,12 @@ class Transient(Exception):
     def __init__(self, response: requests.Response) -> None:
         super().__init__(response.status_code)
         self.response = response
+
+
+class TokenServerUnreachable(requests.ConnectionError):
+    """The registry's token server did not answer. A ConnectionError, so a request whose
+    credential it was fetching is retried like the registry's own (OpenShift's registry
+    serves its tokens itself: a restart takes both away); the message names the server."""
 
 
 class SourceFailed(Exception):
@@ -272,6 +278,8 @@ class Transport:
             ) from None
         except Transient as exc:
             raise self._answer_error(exc.response, suffix) from None
+        except TokenServerUnreachable as exc:
+            raise RegistryUnreachable(self.scrub(str(exc))) from None
         except requests.exceptions.SSLError as exc:
             raise RegistryUnreachable(
                 self.scrub(f"TLS handshake with registry {self.host} failed: {reason(exc)}"),
@@ -348,6 +356,8 @@ def describe(exc: BaseException | None) -> str:
         return f"HTTP {exc.response.status_code}"
     if isinstance(exc, SourceFailed):
         return f"source failed: {describe(exc.error)}"
+    if isinstance(exc, TokenServerUnreachable):
+        return str(exc)  # names the token server, not the registry
     if isinstance(exc, requests.RequestException):
         return reason(exc)
     return str(exc) or type(exc).__name__

@@ -2,7 +2,7 @@
 (one chunked-encoding PATCH hashed on the fly, digest learnt at the end) and chunked
 (PATCHes of a fixed size that resume where the registry says it stands).
 
-Facts this code is shaped by (DESIGN.md §5, §7):
+Facts this code is shaped by (docs/architecture.md §5):
 - every upload authenticates with a small request (POST) first and sends the big body
   with a fresh credential, since a streamed body cannot be replayed after a 401;
 - the upload ``Location`` may be relative and carries signed state: urljoin, never rebuild;
@@ -67,7 +67,8 @@ class BlobUploader:
     def streamed(self, repo: str, chunks: Iterable[bytes]) -> tuple[str, int]:
         """POST, one streaming PATCH (chunked transfer) hashed on the fly, then
         ``PUT ?digest=`` with an empty body. The PATCH cannot be retried (the iterable
-        is consumed); POST and PUT are."""
+        is consumed: the caller sends the layer again); POST and PUT are, through a
+        registry restart too, so that a resent layer waits for the registry to return."""
         http, scopes = self._http, push(repo)
         hasher = hashlib.sha256()
         counter = _Counter()
@@ -81,7 +82,7 @@ class BlobUploader:
                     yield chunk
 
         with http.errors(what="streamed blob"):
-            location = self.start(repo)
+            location = http.retrying(lambda: self.start(repo))
             resp = self._auth.send(
                 "PATCH",
                 location,

@@ -35,7 +35,7 @@ from modelcar_builder.errors import (
 from modelcar_builder.oci.layer import LayerEntry, TarLayer
 from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import Plan
-from modelcar_builder.progress import Progress
+from modelcar_builder.progress import HighWater, Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source import segments
 from modelcar_builder.source.ranges import NoRanges
@@ -45,12 +45,10 @@ from modelcar_builder.source.transfer import (
     Counter,
     FetchOptions,
     Hashes,
-    HighWater,
     Transient,
     check_status,
     disk_full,
     expected_id,
-    hasher_for,
     hub_session,
     wait_rate_limit,
 )
@@ -155,7 +153,7 @@ def fetch(
         framed = frames.get(entry.path)
         budget.acquire(rank[entry.path])  # every file in flight holds a connection
         try:
-            layer_digest = _fetch_one(
+            layer_digest, sha256 = _fetch_one(
                 session, access, snapshot.location, snapshot.commit, entry, part,
                 files_dir / entry.path, opts, progress, downloaded,
                 framed[1] if framed else None, budget, rank[entry.path],
@@ -170,6 +168,7 @@ def fetch(
             budget.release()
         with lock:
             state.mark_verified(entry.path, expected_id(entry))
+            state.remember_sha256(expected_id(entry), sha256)
             if framed and layer_digest:
                 key, _frame, size = framed
                 state.remember_layer(key, LayerRecord(layer_digest, size, layer_digest))
@@ -230,27 +229,29 @@ def _already_verified(final: Path, entry: FileEntry, state: BuildState) -> bool:
         return True
     # A file that is present but not recorded (a crash between rename and state save):
     # verify it from disk instead of downloading it again.
-    if _digest_file(final, entry) == expected_id(entry):
+    h = _digest_file(final, entry)
+    if h.hexdigest() == expected_id(entry):
         state.mark_verified(entry.path, expected_id(entry))
+        state.remember_sha256(expected_id(entry), h.file_sha256())
         return True
     final.unlink()
     return False
 
 
-def _digest_file(path: Path, entry: FileEntry) -> str:
-    h = hasher_for(entry)
+def _digest_file(path: Path, entry: FileEntry) -> Hashes:
+    h = Hashes(entry, None)
     with open(path, "rb") as f:
         while block := f.read(8 * CHUNK):
             h.update(block)
-    return h.hexdigest()
+    return h
 
 
 def _fetch_one(
     session, access, repo_id, commit, entry, part, final, opts, progress, counter, frame=None,
     budget: ConnectionBudget | None = None, rank: int = 0,
-) -> str | None:  # fmt: skip
+) -> tuple[str | None, str]:  # fmt: skip
     """Download, verify and move one file into place; returns its layer digest when
-    ``frame`` (the file's one-file tar layer around it) is given."""
+    ``frame`` (the file's one-file tar layer around it) is given, and its sha256."""
     url = access.file_url(repo_id, entry.path, commit)
     shown = HighWater(progress, _part_size(part))
     budget = budget or ConnectionBudget(opts.connections)
@@ -274,7 +275,7 @@ def _fetch_one(
     make_dir(final.parent)
     os.chmod(part, FILE_MODE)
     os.replace(part, final)
-    return hashes.layer_digest()
+    return hashes.layer_digest(), hashes.file_sha256()
 
 
 def _stop_for(attempts: int):

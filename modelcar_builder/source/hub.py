@@ -31,7 +31,7 @@ from modelcar_builder.errors import (
 )
 from modelcar_builder.selection import Selection, select_files
 from modelcar_builder.snapshot import FileEntry, Snapshot
-from modelcar_builder.source.transfer import READ_TIMEOUT
+from modelcar_builder.source.transfer import READ_TIMEOUT, rate_limit_wait
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 METADATA_ATTEMPTS = 3  # one lost or stalled answer, or a 5xx blip, must not end a build
@@ -88,7 +88,7 @@ def hub_snapshot(
     """Resolve REVISION to a commit and list that commit's files, in one metadata call."""
     api = HfApi(endpoint=access.endpoint, library_name="modelcar-builder")
     try:
-        info = _retrying(repo_id)(
+        info = _retrying(f"the Hub's metadata call for {repo_id}")(
             api.model_info,
             repo_id,
             revision=revision,
@@ -110,10 +110,7 @@ def hub_snapshot(
     except hf_errors.HfHubHTTPError as exc:
         raise _http_error(repo_id, access, exc) from None
     except (httpx2.HTTPError, OSError) as exc:  # transport errors: DNS, refused, timeouts
-        raise DownloadFailed(
-            f"cannot reach the Hub at {access.endpoint}: {type(exc).__name__}",
-            hint="check network access and HF_ENDPOINT; rerun to continue",
-        ) from None
+        raise _unreachable(access, exc) from None
     commit = (info.sha or "").lower()
     if getattr(info, "gated", False) and info.siblings:
         # Gated repos show their metadata to anyone and refuse only the bytes: probe one
@@ -138,22 +135,47 @@ def _status(exc: BaseException | None) -> int | None:
     return getattr(getattr(exc, "response", None), "status_code", None)
 
 
+class _RetryableAnswer(Exception):
+    """A 429 or 5xx to one of our own small GETs, kept with its response (for the
+    rate-limit headers and the message)."""
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
 def _transient(exc: BaseException) -> bool:
-    """Worth another try: refused, reset or timed out (transport), or a 429/5xx."""
-    if isinstance(exc, httpx2.TransportError):
+    """Worth another try: refused, reset, cut or timed out (transport), or a 429/5xx."""
+    if isinstance(exc, (httpx2.TransportError, requests.ConnectionError, requests.Timeout)):
         return True
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, _RetryableAnswer)):
+        return True  # a body cut mid-way, or our own GET's 429/5xx
     return isinstance(exc, hf_errors.HfHubHTTPError) and _status(exc) in RETRIED_STATUSES
 
 
-def _retrying(repo_id: str) -> tenacity.Retrying:
-    """huggingface_hub does not retry its metadata calls: a few tries, 1 s then 2 s apart,
-    for what is worth a retry; the answer a retry cannot change (404, 401) comes at once."""
+_backoff = tenacity.wait_exponential(multiplier=1, max=8)
+
+
+def _wait(state: tenacity.RetryCallState) -> float:
+    """A 429 is waited out as its Retry-After / RateLimit header asks (the same parser
+    as the downloads); anything else backs off 1 s, then 2 s."""
+    exc = state.outcome.exception() if state.outcome else None
+    if _status(exc) == 429:
+        return rate_limit_wait(exc.response)  # type: ignore[union-attr]
+    return _backoff(state)
+
+
+def _retrying(what: str) -> tenacity.Retrying:
+    """huggingface_hub does not retry its metadata calls, and our own small GETs are one
+    request: every Hub metadata read (model info, gated probe, shard index) gets a few
+    tries for what is worth a retry; the answer a retry cannot change (404, 401) comes
+    at once. ``what`` names the read in the one warning line per retry."""
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning(
-            "the Hub's metadata call for %s failed (%s); retrying in %.0f s (try %d of %d)",
-            repo_id,
+            "%s failed (%s); retrying in %.0f s (try %d of %d)",
+            what,
             _describe(exc),
             state.next_action.sleep if state.next_action else 0,
             state.attempt_number + 1,
@@ -162,7 +184,7 @@ def _retrying(repo_id: str) -> tenacity.Retrying:
 
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(METADATA_ATTEMPTS),
-        wait=tenacity.wait_exponential(multiplier=1, max=8),
+        wait=_wait,
         retry=tenacity.retry_if_exception(_transient),
         before_sleep=before_sleep,
         reraise=True,
@@ -176,7 +198,8 @@ def _describe(exc: BaseException | None) -> str:
 
 def _probe_access(repo_id: str, revision: str, path: str, access: HubAccess) -> None:
     try:
-        get_hf_file_metadata(
+        _retrying(f"the Hub's access check on {repo_id}")(
+            get_hf_file_metadata,
             access.file_url(repo_id, path, revision),
             token=access.token or False,
             endpoint=access.endpoint,
@@ -189,6 +212,15 @@ def _probe_access(repo_id: str, revision: str, path: str, access: HubAccess) -> 
                 f"{repo_id} is gated and the Hub refused access (token: {access.token_source})"
             ) from None
         raise _http_error(repo_id, access, exc) from None
+    except (httpx2.HTTPError, OSError) as exc:
+        raise _unreachable(access, exc) from None
+
+
+def _unreachable(access: HubAccess, exc: BaseException) -> DownloadFailed:
+    return DownloadFailed(
+        f"cannot reach the Hub at {access.endpoint}: {type(exc).__name__}",
+        hint="check network access and HF_ENDPOINT; rerun to continue",
+    )
 
 
 def _entry(sibling) -> FileEntry:
@@ -208,20 +240,24 @@ def _http_error(repo_id: str, access: HubAccess, exc: Exception) -> Exception:
 
 def read_small_file(access: HubAccess, repo_id: str, commit: str, entry: FileEntry) -> bytes:
     """One small file's bytes into memory, checked against its id (for shard indexes,
-    read while planning: before any shard moves)."""
-    url = access.file_url(repo_id, entry.path, commit)
+    read while planning: before any shard moves). Retried like the metadata call."""
     try:
-        resp = requests.get(url, headers=access.headers(), timeout=(10, access.timeout))
-    except (requests.ConnectionError, requests.Timeout) as exc:
+        data = _retrying(f"reading {entry.path} from the Hub")(
+            _get_small, access, repo_id, commit, entry
+        )
+    except (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+    ) as exc:
         raise DownloadFailed(
             f"cannot read {entry.path} from the Hub: {type(exc).__name__}",
             hint="check network access and HF_ENDPOINT; rerun to continue",
         ) from None
-    if resp.status_code in (401, 403):
-        raise AccessDenied(f"the Hub refused {entry.path} (token: {access.token_source})")
-    if resp.status_code != 200:
-        raise DownloadFailed(f"reading {entry.path} from the Hub failed (HTTP {resp.status_code})")
-    data = resp.content
+    except _RetryableAnswer as exc:
+        raise DownloadFailed(
+            f"reading {entry.path} from the Hub failed (HTTP {exc.response.status_code})"
+        ) from None
     if entry.sha256:
         got = hashlib.sha256(data).hexdigest()
     else:
@@ -229,3 +265,16 @@ def read_small_file(access: HubAccess, repo_id: str, commit: str, entry: FileEnt
     if got != (entry.sha256 or entry.blob_id):
         raise IntegrityError(f"{entry.path}: content does not match the Hub's id")
     return data
+
+
+def _get_small(access: HubAccess, repo_id: str, commit: str, entry: FileEntry) -> bytes:
+    """One GET of the whole file; a 429/5xx raises _RetryableAnswer for the retry loop."""
+    url = access.file_url(repo_id, entry.path, commit)
+    resp = requests.get(url, headers=access.headers(), timeout=(10, access.timeout))
+    if resp.status_code in (401, 403):
+        raise AccessDenied(f"the Hub refused {entry.path} (token: {access.token_source})")
+    if resp.status_code in RETRIED_STATUSES:
+        raise _RetryableAnswer(resp)
+    if resp.status_code != 200:
+        raise DownloadFailed(f"reading {entry.path} from the Hub failed (HTTP {resp.status_code})")
+    return resp.content  # a cut body raises ChunkedEncodingError/ConnectionError: retried

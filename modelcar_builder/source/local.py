@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from modelcar_builder.errors import SourceNotFound, UnsafeSource
-from modelcar_builder.selection import Selection, select_files
+from modelcar_builder.selection import Selection, check_repo_path, select_files
 from modelcar_builder.snapshot import FileEntry, Skipped, Snapshot
 
 log = logging.getLogger("modelcar")
@@ -39,6 +39,7 @@ def _snapshot(root: Path, selection: Selection) -> Snapshot:
         (files if isinstance(item, FileEntry) else odd).append(item)
     kept, skipped = select_files(files, selection)
     for s in odd:
+        check_repo_path(s.path)  # its name is printed next: the same rule as a file's
         log.warning("skipping %s: %s", s.path, s.reason)
     return Snapshot(
         kind="local",

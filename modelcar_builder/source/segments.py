@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelcar_builder.errors import IntegrityError, Interrupted
+from modelcar_builder.progress import HighWater
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source.ranges import RangeSource, read_body
 from modelcar_builder.source.transfer import (
@@ -34,7 +35,6 @@ from modelcar_builder.source.transfer import (
     Counter,
     FetchOptions,
     Hashes,
-    HighWater,
     Transient,
     disk_full,
     expected_id,
@@ -259,7 +259,7 @@ class SegmentedDownload:
             return
         side = threading.Thread(target=hashes.layer.update, args=(block,))
         side.start()
-        hashes.file.update(block)
+        hashes.update_file(block)
         side.join()
 
     # ---- workers

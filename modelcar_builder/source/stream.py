@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import requests
@@ -23,10 +25,10 @@ from modelcar_builder.source.readahead import STREAM_HINT, BufferWindow, ReadAhe
 from modelcar_builder.source.transfer import (
     ConnectionBudget,
     FetchOptions,
+    Hashes,
     Transient,
     check_status,
     expected_id,
-    hasher_for,
     hub_session,
     wait_rate_limit,
 )
@@ -60,6 +62,7 @@ class HubFileStream(io.RawIOBase):
         progress: Progress | None = None,
         connections: ConnectionBudget | None = None,
         window: BufferWindow | None = None,
+        on_verified: Callable[[FileEntry, str], None] | None = None,
     ) -> None:
         super().__init__()
         self.entry = entry
@@ -67,7 +70,8 @@ class HubFileStream(io.RawIOBase):
         self.received = 0
         self._session, self._access, self._opts = session, access, opts
         self._url = access.file_url(repo_id, entry.path, commit)
-        self._hash = hasher_for(entry)
+        self._hash = Hashes(entry, None)  # with the sha256 of a git-stored file, for --report
+        self.on_verified = on_verified
         self._resp: requests.Response | None = None
         self._faults = 0
         self._ahead: ReadAhead | None = None
@@ -171,10 +175,12 @@ class HubFileStream(io.RawIOBase):
         self._faults += 1
         spend_try(self.entry.path, why, self.received, self._faults, self._opts, None)
 
-    def _check(self, h) -> None:
+    def _check(self, h: Hashes) -> None:
         if h.hexdigest() != expected_id(self.entry):
             kind = "sha256" if self.entry.sha256 else "git blob id"
             raise IntegrityError(f"{self.entry.path}: {kind} mismatch while streaming")
+        if self.on_verified is not None:
+            self.on_verified(self.entry, h.file_sha256())
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -194,12 +200,19 @@ class HubStreams:
         self.session = hub_session(opts)
         self.connections = ConnectionBudget(opts.connections)
         self.window = BufferWindow(readahead.window_segments(opts), readahead.stream_segment(opts))
+        self.sha256: dict[str, str] = {}  # git blob id -> sha256, of files streamed whole
+        self._lock = threading.Lock()
 
     def __call__(self, entry: FileEntry, progress: Progress | None) -> HubFileStream:
         return HubFileStream(
             self.session, self.access, self.repo_id, self.commit, entry, self.opts, progress,
-            self.connections, self.window,
+            self.connections, self.window, self._verified,
         )  # fmt: skip
+
+    def _verified(self, entry: FileEntry, sha256: str) -> None:
+        if entry.blob_id is not None:
+            with self._lock:
+                self.sha256[entry.blob_id] = sha256
 
     def close(self) -> None:
         self.session.close()

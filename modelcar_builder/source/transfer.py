@@ -11,14 +11,14 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import requests
 
 from modelcar_builder.errors import AccessDenied, DownloadFailed, InsufficientSpace, SourceNotFound
-from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.units import human
 
@@ -77,43 +77,34 @@ class Hashes:
         self.file = hasher_for(entry)
         self.frame = frame
         self.layer = hashlib.sha256(frame[0]) if frame else None
+        # A git-stored file is checked by its blob id (sha1), yet --report gives every
+        # file's sha256: hashed in the same pass (such files are small, the Hub keeps
+        # everything large in LFS, whose id is the sha256 itself).
+        self._known_sha256 = entry.sha256
+        self.sha256 = None if entry.sha256 else hashlib.sha256()
 
     def update(self, block) -> None:
-        self.file.update(block)
+        self.update_file(block)
         if self.layer is not None:
             self.layer.update(block)
 
+    def update_file(self, block) -> None:
+        """The file's own hashes, not the layer's."""
+        self.file.update(block)
+        if self.sha256 is not None:
+            self.sha256.update(block)
+
     def hexdigest(self) -> str:
         return self.file.hexdigest()
+
+    def file_sha256(self) -> str:
+        return self._known_sha256 or self.sha256.hexdigest()  # type: ignore[union-attr]
 
     def layer_digest(self) -> str | None:
         if self.layer is None or self.frame is None:
             return None
         self.layer.update(self.frame[1])
         return "sha256:" + self.layer.hexdigest()
-
-
-class HighWater:
-    """Progress for one file that never counts a byte twice: bytes fetched again after a
-    failed check or an ignored Range were already shown once, so a bar cannot pass 100 %.
-    One mark per segment (key); the single-connection path uses key 0."""
-
-    def __init__(self, progress: Progress, start: int = 0) -> None:
-        self.progress = progress
-        self.marks: dict[int, int] = {0: start}
-        self._lock = threading.Lock()
-
-    def seed(self, key: int, offset: int) -> None:
-        """Where segment ``key`` already was when the run started (not to be shown)."""
-        with self._lock:
-            self.marks.setdefault(key, offset)
-
-    def reached(self, offset: int, key: int = 0) -> None:
-        with self._lock:
-            mark = self.marks.setdefault(key, offset)
-            if offset > mark:
-                self.progress.advance(offset - mark)
-                self.marks[key] = offset
 
 
 class Counter:
@@ -220,7 +211,14 @@ def check_status(resp: requests.Response, entry: FileEntry) -> None:
 _RATELIMIT_T = re.compile(r"(?:^|[;,\s])t=(\d+(?:\.\d+)?)")
 
 
-def rate_limit_wait(resp: requests.Response, now: float | None = None) -> float:
+class _Answer(Protocol):
+    """What the rate-limit parser reads: a requests or an httpx (huggingface_hub) response."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def rate_limit_wait(resp: _Answer, now: float | None = None) -> float:
     """Seconds a 429 asks to wait: Retry-After (seconds or an HTTP date), else the
     RateLimit header's t= (the Hub sends ``RateLimit: "resolvers";r=0;t=42``) or
     RateLimit-Reset; a default when none says."""

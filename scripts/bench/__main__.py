@@ -16,6 +16,8 @@ from .options import Options, ensure_python_packages, parse_args
 from .report import machine_info, write_markdown
 from .results import summarize
 from .runner import Bench
+from .verify_deep import current_section
+from .verify_deep import splice as splice_verify
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,11 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         charts = write_charts(opts, summaries, bench.results, model.total_bytes)
     bench.notes.extend(machine_notes(bench, opts))
     minutes = bench.elapsed_min()
+    verify_lines = current_section(opts.out)  # measured on its own: kept as it is
     write_markdown(
         opts, machine_info(), model, summaries, bench.results, profile, charts, bench.notes,
         minutes,
     )  # fmt: skip
     splice_section(opts.out, hub_lines)
+    if verify_lines:
+        splice_verify(opts.out, verify_lines)
     print(f"bench: wrote {opts.out} in {minutes:.1f} min", file=sys.stderr)
     return 0
 

@@ -2,7 +2,8 @@
 from the loopback registry into private storage, create a container, start it, read files.
 
 This sandbox refuses setrlimit inside containers and crun refuses its cgroups, so podman
-runs with a containers.conf that sets no default ulimits and picks runc (DESIGN §8)."""
+runs with a containers.conf that sets no default ulimits and picks runc
+(docs/architecture.md §7)."""
 
 from __future__ import annotations
 

@@ -181,16 +181,23 @@ class TokenServer:
         self._x5c = base64.b64encode(
             _openssl("x509", "-in", str(pki.token_cert), "-outform", "DER", cwd=pki.ca_cert.parent)
         ).decode("ascii")
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._listen(0)
+        self.realm = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+
+    def _listen(self, port: int) -> None:
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
-        self.realm = f"http://127.0.0.1:{self._server.server_address[1]}/token"
 
     def stop(self) -> None:
         stop_server(self._server)
+
+    def start(self) -> None:
+        """Listen again on the same port (the realm the registry names), after stop()."""
+        self._listen(int(urlsplit(self.realm).port or 0))
 
     def add_user(self, username: str, password: str, actions: tuple[str, ...] = ("pull",)) -> None:
         """Another account, whose tokens grant at most ``actions`` (default: pull only, a

@@ -1,7 +1,7 @@
-"""Credentials and TLS for buildah and for our own registry client: resolved once,
-handed to buildah only in a 0600 authfile (never argv), written only when buildah talks
-to that registry (the chain mode) and only in memory-backed storage
-(:mod:`.secretdir`, never the workspace); CAs as a cert dir."""
+"""Credentials for our own registry client, resolved once: buildah never talks to a
+registry (it commits each layer to a local OCI layout), so it never receives them; they
+serve the base image's client and the scrubbing of buildah's error text. The podman
+engine shares the resolution and the CA handling (a cert dir and TLS arguments)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from modelcar_builder.auth import Credentials, private_authfile, resolve_credentials
+from modelcar_builder.auth import Credentials, resolve_credentials
 from modelcar_builder.engines import BuildRequest
-from modelcar_builder.engines.buildah.failures import Remote
 from modelcar_builder.engines.buildah.session import BuildRun
-from modelcar_builder.engines.buildah.settings import via_layout
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.target import RegistryTarget, parse_target
 
@@ -29,8 +27,9 @@ def registry_base(request: BuildRequest) -> RegistryTarget | None:
 
 
 def resolve_for_build(request: BuildRequest) -> tuple[Credentials | None, Credentials | None]:
-    """Target credentials as the native engine resolves them; the base shares them when
-    it lives on the same registry, else gets its own lookup (authfile, config files)."""
+    """Target credentials as the native engine resolves them (only to scrub them from
+    buildah's output); the base shares them when it lives on the same registry, else
+    gets its own lookup (authfile, config files)."""
     opts = request.registry
     target_creds = None
     target_host = None
@@ -56,8 +55,8 @@ def resolve_for_build(request: BuildRequest) -> tuple[Credentials | None, Creden
 
 @contextlib.contextmanager
 def target_client(request: BuildRequest) -> Iterator[RegistryClient]:
-    """Our own client for the target (read-back, HEADs, uncompressed uploads); it
-    resolves credentials exactly as :func:`resolve_for_build` does for buildah."""
+    """Our own client for the target (HEADs, mounts, uploads, the manifest); it
+    resolves credentials exactly as :func:`resolve_for_build` does."""
     target = request.target
     if not isinstance(target, RegistryTarget):
         raise RuntimeError(f"{target} is not a registry")
@@ -89,65 +88,10 @@ def tls_args(tls_verify: bool, certs: Path | None) -> list[str]:
     return args
 
 
-def buildah_pushes(run: BuildRun) -> bool:
-    """Whether buildah itself writes to the registry target: only the chain mode's last
-    commit (or zstd push); with ``compression none`` it commits to a layout we upload."""
-    return (
-        run.settings.mode == "chain"
-        and isinstance(run.request.target, RegistryTarget)
-        and not via_layout(run.request)
-    )
-
-
-def buildah_pulls_base(run: BuildRun) -> bool:
-    """Whether buildah itself pulls the base: only in the chain mode, from a registry
-    (per-layer: our own client reads the base, with the credentials in memory)."""
-    return run.settings.mode == "chain" and registry_base(run.request) is not None
-
-
-def connect_target(
-    run: BuildRun,
-    creds: Credentials | None,
-    tls: list[str],
-    stack: contextlib.ExitStack,
-    secrets: Path | None,
-) -> None:
-    """Our client for a registry target (pinged: auth and TLS fail here), and buildah's
-    arguments for it: an authfile in ``secrets`` only when buildah pushes."""
-    target = run.request.target
-    if not isinstance(target, RegistryTarget):
+def connect_target(run: BuildRun, stack: contextlib.ExitStack) -> None:
+    """Our client for a registry target, pinged: auth and TLS fail here, before any
+    model byte is copied."""
+    if not isinstance(run.request.target, RegistryTarget):
         return
-    host = target.ref.registry
-    run.target_remote = Remote(host, creds.source if creds else None)
-    run.target_args = [*tls]
-    if buildah_pushes(run):
-        run.target_args.insert(0, f"--authfile={_authfile(host, creds, stack, secrets)}")
     client = run.client = stack.enter_context(target_client(run.request))
-    client.ping()  # auth and TLS fail here, before any model byte is copied
-
-
-def connect_base(
-    run: BuildRun,
-    creds: Credentials | None,
-    tls: list[str],
-    stack: contextlib.ExitStack,
-    secrets: Path | None,
-) -> None:
-    target = registry_base(run.request)
-    if target is None:
-        return  # scratch, or an oci: layout on disk
-    host = target.ref.registry
-    run.base_remote = Remote(host, creds.source if creds else None)
-    run.base_args = [*tls]
-    if buildah_pulls_base(run):
-        run.base_args.insert(0, f"--authfile={_authfile(host, creds, stack, secrets)}")
-
-
-def _authfile(
-    host: str, creds: Credentials | None, stack: contextlib.ExitStack, secrets: Path | None
-) -> Path:
-    """A 0600 authfile in the run's secret dir (memory-backed, :mod:`.secretdir`); an
-    empty one without credentials, so buildah reads no config file of its own."""
-    if secrets is None:
-        raise RuntimeError("buildah needs an authfile but the run has no secret dir")
-    return stack.enter_context(private_authfile(host, creds, directory=secrets))
+    client.ping()

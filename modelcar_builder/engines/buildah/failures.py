@@ -7,15 +7,12 @@ import base64
 import contextlib
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from modelcar_builder.auth import Credentials
 from modelcar_builder.errors import (
     BuildFailed,
     EnginePrivilegeError,
     ModelcarError,
-    RegistryAuthError,
-    RegistryUnreachable,
 )
 
 _MAX_LINE = 300
@@ -38,9 +35,6 @@ BUILD_HINT = (
     "rerun with --debug to see buildah's whole output; --engine native builds the same image "
     "without buildah"
 )
-RACE_HINT = (
-    "rerun the build; if it repeats, make sure no other job pushes to the same tag meanwhile"
-)
 
 _LOGRUS_RE = re.compile(r'level=(?:error|fatal) msg="((?:[^"\\]|\\.)*)"')
 _NOISE = ("(unable to determine exit status)", "exit status 1", "exit status 125")
@@ -48,34 +42,6 @@ _NOISE = ("(unable to determine exit status)", "exit status 1", "exit status 125
 # reads the same as a filesystem overlay does not support: only the probe tells them apart).
 _STORAGE_MARKERS = ("graph driver", "overlay fs", "storage driver")
 _USERNS_MARKERS = ("uid_map", "gid_map", "newuidmap", "newgidmap", "clone_newuser", "setgroups")
-_AUTH_MARKERS = (
-    "unauthorized",
-    "authentication required",
-    "requested access to the resource is denied",
-    "invalid username/password",
-    "status 401",
-    "status 403",
-)
-_UNREACHABLE_MARKERS = (
-    "connection refused",
-    "no such host",
-    "i/o timeout",
-    "network is unreachable",
-    "no route to host",
-    "connection reset by peer",
-    "x509:",
-    "tls:",
-    "server gave http response to https client",
-    "certificate signed by unknown authority",
-)
-
-
-@dataclass(frozen=True)
-class Remote:
-    """The registry a buildah step talks to, for error messages (never holds a secret)."""
-
-    host: str
-    creds_source: str | None  # Credentials.source, or None when none were found
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
@@ -115,12 +81,11 @@ def meaningful_line(stderr: str) -> str:
     return best if len(best) <= _MAX_LINE else best[: _MAX_LINE - 1] + "…"
 
 
-def classify_failure(
-    step: str, stderr: str, remote: Remote | None = None, secrets: Sequence[str] = ()
-) -> ModelcarError:
+def classify_failure(step: str, stderr: str, secrets: Sequence[str] = ()) -> ModelcarError:
     """One user-facing error for a failed buildah command; no secret survives in it.
     Text matching is the fallback for what the probes could not foresee; every error it
-    returns carries a hint."""
+    returns carries a hint. (Buildah never talks to a registry: registry errors come
+    from our own client, mapped in ``registry/``.)"""
     text = scrub(stderr, secrets)
     low = text.lower()
     line = meaningful_line(text)
@@ -128,14 +93,6 @@ def classify_failure(
         return EnginePrivilegeError(f"buildah cannot create its user namespace: {line}")
     if "operation not permitted" in low and "mount" in low:
         return EnginePrivilegeError(f"buildah cannot mount its storage: {line}", hint=MOUNT_HINT)
-    if remote is not None and any(m in low for m in _AUTH_MARKERS):
-        if remote.creds_source:
-            what = f"refused the credentials from {remote.creds_source}"
-        else:
-            what = "requires credentials, and none were found for it"
-        return RegistryAuthError(f"registry {remote.host} {what} (buildah {step}: {line})")
-    if remote is not None and any(m in low for m in _UNREACHABLE_MARKERS):
-        return RegistryUnreachable(f"cannot reach registry {remote.host} (buildah {step}): {line}")
     if any(m in low for m in _STORAGE_MARKERS):
         return BuildFailed(f"buildah {step} failed: {line}", hint=STORAGE_TEXT_HINT)
     return BuildFailed(f"buildah {step} failed: {line}", hint=BUILD_HINT)

@@ -1,4 +1,4 @@
-"""The per-layer mode (the default): each planned layer committed alone by buildah, its
+"""The buildah engine's builder: each planned layer committed alone by buildah, its
 blob sent to the target by our client, config and manifest written as native writes them.
 
 For each layer: ``buildah from scratch``, ``copy --chown 0:0 layer-NNN/ /models/``,
@@ -49,7 +49,7 @@ from modelcar_builder.oci.image import Descriptor
 from modelcar_builder.oci.layer import layer_media_type
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.plan import LayerPlan
-from modelcar_builder.progress import Progress
+from modelcar_builder.progress import HighWater, Progress, counted
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import LayerRecord
 from modelcar_builder.target import LayoutTarget, RegistryTarget
@@ -100,9 +100,9 @@ class _Upload:
 
 
 class PerLayerBuilder:
-    """One build in the per-layer mode: each planned layer in its own container from
-    scratch, committed alone to an OCI layout in TMPDIR, its blob sent to the target and
-    the layout deleted once sent; config and manifest are ours. With overlap (registry
+    """One buildah build: each planned layer in its own container from scratch,
+    committed alone to an OCI layout in TMPDIR, its blob sent to the target and the
+    layout deleted once sent; config and manifest are ours. With overlap (registry
     targets, ``MODELCAR_BUILDAH_OVERLAP``) the blob of layer i is sent by an :class:`_Upload`
     while layer i+1 is built; otherwise before the next layer starts."""
 
@@ -159,8 +159,9 @@ class PerLayerBuilder:
     # -- base -----------------------------------------------------------------------------
 
     def _load_base(self) -> BaseSource:
-        """The base from a registry (with the credentials the chain would give buildah),
-        an OCI layout or scratch; its blobs are copied or mounted as the native engine does."""
+        """The base from a registry (read by our own client, with the base's
+        credentials), an OCI layout or scratch; its blobs are copied or mounted as the
+        native engine does."""
         name = self.request.base_image
         target = registry_base(self.request)
         if target is None:
@@ -184,7 +185,7 @@ class PerLayerBuilder:
         if isinstance(target, LayoutTarget):
             target.path.parent.mkdir(parents=True, exist_ok=True)
             return LayoutSink(OciLayout(target.path))
-        return RegistrySink(self.run.target_client(), target.repository)
+        return RegistrySink(self.run.target_client(), target.repository, self.request.upload_chunk)
 
     def _copy_base(self, base: BaseSource, sink: LayoutSink | RegistrySink) -> None:
         def placed(desc: Descriptor, uploaded: bool) -> None:
@@ -319,8 +320,9 @@ class PerLayerBuilder:
         else:
             path = layout.blob_path(digest)
             progress = Progress(f"push {layer.name}", size)
+            shown = HighWater(progress)  # a retried or resumed upload shows no byte twice
             try:
-                sink.put_blob(digest, size, lambda: file_chunks(path, progress))
+                sink.put_blob(digest, size, lambda: counted(file_chunks(path), shown))
             finally:
                 progress.close()
         return True
@@ -396,7 +398,8 @@ class PerLayerBuilder:
 
     def _clean_storage(self) -> None:
         """Before the first commit: no container or image may be left in our storage
-        (a crashed run's, or the chain mode's cache), so the peak stays one layer's."""
+        (a crashed run's, or the cache images of an older version's chain mode), so the
+        peak stays one layer's."""
         if self._clean:
             return
         self._clean = True

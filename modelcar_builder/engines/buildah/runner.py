@@ -18,7 +18,6 @@ from typing import IO, cast
 
 from modelcar_builder.engines.buildah.failures import (
     INSTALL_HINT,
-    Remote,
     classify_failure,
     scrub,
 )
@@ -40,7 +39,7 @@ class Buildah:
     env: dict[str, str] = field(repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
-    def run(self, args: Sequence[str], step: str, remote: Remote | None = None) -> str:
+    def run(self, args: Sequence[str], step: str) -> str:
         argv = [*self.prefix, *args]
         log.debug("running %s", " ".join(argv))  # argv holds paths, never a secret
         try:
@@ -68,7 +67,7 @@ class Buildah:
         finally:
             pump.join()
         if code != 0:
-            raise classify_failure(step, "\n".join(tail), remote, self.secrets)
+            raise classify_failure(step, "\n".join(tail), self.secrets)
         return out
 
     def _pump(self, proc: subprocess.Popen[str], tail: deque[str]) -> None:
@@ -131,8 +130,8 @@ def buildah_env(
     """An allowlist, not a copy: buildah gets what it needs to run (:data:`INHERITED`) and
     what we set: TMPDIR (big temp copies) and, with private state, XDG dirs on the
     workspace and containers' rootless markers. No HF_TOKEN, no ``MODELCAR_*`` (token
-    files, passwords), no REGISTRY_AUTH_FILE: registry credentials reach buildah only by
-    ``--authfile``, and only in the chain mode."""
+    files, passwords), no REGISTRY_AUTH_FILE: buildah never talks to a registry, so no
+    registry credential ever reaches it."""
     environ = os.environ if environ is None else environ
     env = inherited_env(environ)
     env["TMPDIR"] = str(workspace_tmp)

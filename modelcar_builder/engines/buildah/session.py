@@ -1,9 +1,8 @@
-"""What one buildah build needs, resolved once by the engine and shared by both
-builders, and the small helpers they share."""
+"""What one buildah build needs, resolved once by the engine for the builder, and
+the small helpers it uses."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,9 +10,8 @@ from pathlib import Path
 from modelcar_builder.auth import Credentials
 from modelcar_builder.engines import BuildRequest
 from modelcar_builder.engines.buildah.cache import BuildahCache
-from modelcar_builder.engines.buildah.failures import Remote
 from modelcar_builder.engines.buildah.runner import Buildah
-from modelcar_builder.engines.buildah.settings import BuildahSettings
+from modelcar_builder.engines.buildah.settings import BuildahSettings, check_compression
 from modelcar_builder.errors import UsageError
 from modelcar_builder.oci import DOCKER_MANIFEST
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
@@ -22,9 +20,7 @@ from modelcar_builder.progress import Progress
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import BuildState
 
-log = logging.getLogger("modelcar")
-
-MANIFEST_ACCEPT = (OCI_MANIFEST, DOCKER_MANIFEST)  # what buildah or we may have pushed
+MANIFEST_ACCEPT = (OCI_MANIFEST, DOCKER_MANIFEST)  # what a tag may hold already
 
 
 @dataclass
@@ -38,12 +34,8 @@ class BuildRun:
     context_dirs: tuple[Path, ...]
     state: BuildState
     timestamp: int
-    target_remote: Remote | None = None
-    base_remote: Remote | None = None
-    target_args: list[str] = field(default_factory=list)  # --authfile, TLS for the target
-    base_args: list[str] = field(default_factory=list)  # the same for pulling the base
-    client: RegistryClient | None = None  # ours, for a registry target (set with the args)
-    base_creds: Credentials | None = None  # per-layer mode: our own client loads the base
+    client: RegistryClient | None = None  # ours, for a registry target (pinged first)
+    base_creds: Credentials | None = None  # our own client loads the base with them
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -68,13 +60,7 @@ def check_request(request: BuildRequest) -> Path:
             "the buildah engine needs the model files on disk",
             hint="drop --stream, or use --engine native --stream",
         )
-    if request.compression not in ("gzip", "zstd", "none"):
-        raise UsageError(f"unknown compression {request.compression!r}", hint="use gzip")
-    if request.compression == "zstd":
-        log.warning(
-            "zstd layers: KServe's oci:// fetch rejects tar+zstd, and buildah may reuse gzip "
-            "blobs the registry already has; use gzip for KServe"
-        )
+    check_compression(request.compression)
     return request.files_dir
 
 

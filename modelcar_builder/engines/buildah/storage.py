@@ -1,5 +1,5 @@
 """Where buildah keeps its layers: which storage driver works here (a real overlay mount
-probe, not a guess from capabilities), and how much disk each mode needs at its peak."""
+probe, not a guess from capabilities), and how much disk a build needs at its peak."""
 
 from __future__ import annotations
 
@@ -13,12 +13,7 @@ from pathlib import Path
 
 from modelcar_builder.engines import BuildRequest
 from modelcar_builder.engines.buildah.failures import MOUNT_HINT
-from modelcar_builder.engines.buildah.settings import (
-    ENV_STORAGE_DRIVER,
-    BuildahSettings,
-    overlaps,
-    via_layout,
-)
+from modelcar_builder.engines.buildah.settings import BuildahSettings, overlaps
 from modelcar_builder.errors import EnginePrivilegeError, ModelcarError, StorageDriverUnsupported
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
@@ -120,9 +115,9 @@ def check_forced_driver(settings: BuildahSettings, storage_root: Path) -> None:
         raise error
 
 
-def choose_driver(settings: BuildahSettings, storage_root: Path, sizes: Sequence[int]) -> str:
+def choose_driver(settings: BuildahSettings, storage_root: Path) -> str:
     """The driver this build uses: the one the environment names, else overlay when it
-    mounts here, else vfs (with one line saying why and what it costs)."""
+    mounts here, else vfs (with one line saying why)."""
     if settings.storage_driver != "auto":
         check_forced_driver(settings, storage_root)
         return settings.storage_driver
@@ -130,52 +125,13 @@ def choose_driver(settings: BuildahSettings, storage_root: Path, sizes: Sequence
     if why is None:
         log.debug("buildah: overlay storage (mount probe in %s succeeded)", storage_root)
         return "overlay"
-    if settings.mode == "per-layer":
-        # One container per layer, from scratch: vfs costs no more disk than overlay.
-        log.info("buildah: vfs storage, because %s", why)
-        return "vfs"
-    total = sum(sizes) or 1
-    vfs, overlay = (estimate_peak_bytes(sizes, d) / total for d in ("vfs", "overlay"))
-    log.warning(
-        "buildah: vfs storage, because %s: it needs about %.1fx the model in extra disk "
-        "(overlay: %.1fx); set %s=overlay in a privileged pod, or use --engine native",
-        why,
-        vfs,
-        overlay,
-        ENV_STORAGE_DRIVER,
-    )
+    # One container per layer, from scratch: vfs costs no more disk than overlay.
+    log.info("buildah: vfs storage, because %s", why)
     return "vfs"
 
 
-def estimate_peak_bytes(layer_sizes: Sequence[int], storage_driver: str) -> int:
-    """Extra disk the chain needs at its peak, beyond the model files.
-
-    Committing layer i to storage holds, besides the layers already stored, the working
-    container, buildah's diff tar in TMPDIR, containers/storage's temp copy of that tar
-    and the new layer (measured). vfs stores every layer and container as a full copy of
-    the tree below it; overlay stores only the diff. The last layer goes from its
-    container to the target with one temp copy of the largest layer (gzip); with
-    ``compression none`` :func:`estimate_layout_peak` applies instead.
-    ``auto`` is estimated as what the CAP_SYS_ADMIN check alone predicts."""
-    if not layer_sizes:
-        return 0
-    if storage_driver == "auto":
-        storage_driver = "overlay" if os.geteuid() == 0 and has_cap_sys_admin() else "vfs"
-    vfs = storage_driver == "vfs"
-    peak, stored, tree = 0, 0, 0
-    for index, size in enumerate(layer_sizes):
-        tree += size
-        own = tree if vfs else size  # what one layer / container of this step occupies
-        if index < len(layer_sizes) - 1:
-            peak = max(peak, stored + 2 * own + 2 * size)
-            stored += own
-        else:
-            peak = max(peak, stored + own + size + max(layer_sizes))
-    return peak
-
-
 def estimate_per_layer_peak(layer_sizes: Sequence[int], overlap: bool = False) -> int:
-    """Extra disk of the per-layer mode at its peak, beyond the model files: while the
+    """Extra disk of a buildah build at its peak, beyond the model files: while the
     largest layer is committed, its working container, buildah's blob in TMPDIR and the
     blob in the per-layer OCI layout (measured, any driver: the container holds that
     layer alone). Every other layer is gone by then; a layout target keeps its blobs,
@@ -189,31 +145,18 @@ def estimate_per_layer_peak(layer_sizes: Sequence[int], overlap: bool = False) -
     return peak
 
 
-def estimate_layout_peak(layer_sizes: Sequence[int], storage_driver: str) -> int:
-    """``compression none`` to a registry: the last step writes the whole image,
-    uncompressed, to an OCI layout in the workspace before uploading it."""
-    if not layer_sizes:
-        return 0
-    return estimate_peak_bytes(layer_sizes, storage_driver) + sum(layer_sizes)
-
-
 def check_space(
     request: BuildRequest, settings: BuildahSettings, storage: Path, pending: int = 0
 ) -> None:
     """Free space for buildah's peak (less what its storage already holds), plus
     ``pending``: what a download still running beside the build has yet to write."""
     sizes = [layer.size for layer in request.plan.layers]
-    if settings.mode == "per-layer":
-        estimate = estimate_per_layer_peak(sizes, overlap=overlaps(request, settings))
-    elif via_layout(request):
-        estimate = estimate_layout_peak(sizes, settings.storage_driver)
-    else:
-        estimate = estimate_peak_bytes(sizes, settings.storage_driver)
+    estimate = estimate_per_layer_peak(sizes, overlap=overlaps(request, settings))
     needed = max(0, estimate - disk_usage(storage)) + pending
     if needed > 0:
         request.workspace.require_space(
             needed,
-            f"buildah ({settings.mode}, {settings.storage_driver} storage, {len(sizes)} layers)",
+            f"buildah ({settings.storage_driver} storage, {len(sizes)} layers)",
         )
 
 
@@ -251,13 +194,3 @@ def disk_usage(path: Path) -> int:
                     seen.add((st.st_dev, st.st_ino))
                     total += st.st_blocks * 512
     return total
-
-
-def storage_needed(sizes: Sequence[int], settings: BuildahSettings) -> tuple[str, int]:
-    """For the plan and the up-front space check before any download: a label naming the
-    mode, and buildah's own peak (without probing: the chain assumes the worse driver)."""
-    if settings.mode == "per-layer":
-        return "buildah", estimate_per_layer_peak(sizes)
-    # The chain's cost depends on the driver; without probing, assume the worse (vfs).
-    driver = "vfs" if settings.storage_driver == "auto" else settings.storage_driver
-    return f"buildah (chain, {driver})", estimate_peak_bytes(sizes, driver)

@@ -1,0 +1,169 @@
+"""`build --sign-key`: after the push is verified, sign at the source.
+
+1. the OpenSSF model signature over the verified files, as ``/models/model.sig`` in a
+   layer of its own on top (the tag moves to that image, verified again by digest);
+2. the cosign-format image signature of that digest (``sha256-<hex>.sig``);
+3. SLSA provenance v1 about that digest, a DSSE envelope signed with the same key, as an
+   OCI 1.1 referrer (referrers tag scheme).
+
+Checked before the download (``check_signing``): a registry target, no ``--stream``
+(the library hashes files on disk), the key opens.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from modelcar_builder.build import BuildOutcome, BuildSettings, image_url
+from modelcar_builder.errors import ModelcarError, RegistryError, UsageError
+from modelcar_builder.oci.layout import OciLayout
+from modelcar_builder.pipeline import Resolved
+from modelcar_builder.reference import ImageRef
+from modelcar_builder.signing import cosign, flow, modelsig, provenance
+from modelcar_builder.signing.keys import SigningKey, load_private_key, read_password
+from modelcar_builder.target import RegistryTarget, Target
+from modelcar_builder.verify import verify_push
+from modelcar_builder.workspace import Workspace
+
+log = logging.getLogger("modelcar.signing")
+
+
+def check_signing(
+    key_path: str, password_file: str | None, settings: BuildSettings, target: Target
+) -> SigningKey:
+    """Everything that would stop the signing, before the download: then load the key."""
+    if not isinstance(target, RegistryTarget) or not settings.push:
+        raise UsageError(
+            "--sign-key signs a pushed image: --image must name a registry",
+            hint="push to a registry (REGISTRY/REPO:TAG), or drop --sign-key",
+        )
+    if settings.stream:
+        raise UsageError(
+            "--stream with --sign-key: the model signature (model_signing) hashes the "
+            "files on disk, and --stream keeps none",
+            hint="drop --stream to sign (the model then needs room on disk), or drop --sign-key",
+        )
+    if settings.load:
+        raise UsageError(
+            "--load with --sign-key: the local copy would lack /models/model.sig",
+            hint="pull the signed image by digest instead, or drop --load",
+        )
+    modelsig.require_library()
+    return load_private_key(key_path, read_password(password_file, required=False))
+
+
+def sign_build(
+    outcome: BuildOutcome,
+    resolved: Resolved,
+    workspace: Workspace,
+    target: RegistryTarget,
+    settings: BuildSettings,
+    key: SigningKey,
+    started: datetime.datetime,
+) -> BuildOutcome:
+    plan = resolved.plan
+    snapshot = plan.snapshot
+    ref, tag, repo = target.ref, target.tag, target.ref.repository
+    files_dir = workspace.files_dir(snapshot)
+    paths = [f.path for f in snapshot.files]
+    signature = modelsig.sign_tree(files_dir, paths, key)
+    with settings.registry.client_for(ref) as client:
+        digest, sig_layer = modelsig.append_layer(
+            client, repo, tag, outcome.result.manifest_digest,
+            modelsig.signature_layer(signature), modelsig.layer_annotations(signature),
+        )  # fmt: skip
+        verified = verify_push(client, repo, tag, digest, snapshot.image_labels)
+        cosign.sign_image(client, repo, digest, flow.identity(ref, tag), key)
+        info = client.head_manifest(repo, digest)
+        if info is None:
+            raise ModelcarError(f"{ref.registry}/{repo}@{digest} vanished while signing")
+        manifest_layers = _layers(client, repo, digest)
+        base = provenance.BaseImageDep(
+            settings.base_image,
+            _base_digest(settings),
+            tuple(manifest_layers[: outcome.result.base_layers]),
+        )
+        doc = provenance.statement(
+            image_name=f"{ref.registry}/{repo}",
+            image_digest=digest,
+            snapshot=snapshot,
+            files=provenance.file_digests(snapshot.files, files_dir),
+            base=base,
+            parameters=_parameters(snapshot, target, settings),
+            internal=_internal(plan, settings),
+            started=started,
+            finished=datetime.datetime.now(datetime.UTC),
+        )
+        doc["predicate"]["runDetails"]["byproducts"] = [
+            {"name": "/models/model.sig", "mediaType": sig_layer["mediaType"],
+             "digest": {"sha256": sig_layer["digest"].split(":", 1)[1]}},
+        ]  # fmt: skip
+        image = {"mediaType": info.media_type, "digest": digest, "size": info.size}
+        try:
+            flow.push_provenance(client, repo, image, doc, key)
+        except RegistryError as exc:
+            raise RegistryError(
+                f"{exc.message} (pushing the provenance, an OCI 1.1 artifact referring to "
+                f"{digest}; the image, /models/model.sig and the image signature are pushed)",
+                hint="a registry that refuses OCI artifacts (subject, artifactType) cannot "
+                "hold the provenance; `modelcar verify --key` will say it is missing",
+            ) from exc
+    log.info(
+        "signed %s/%s@%s: image signature, /models/model.sig, SLSA provenance",
+        ref.registry, repo, digest,
+    )  # fmt: skip
+    result = replace(outcome.result, manifest_digest=digest)
+    return replace(outcome, result=result, verified=verified, image_url=image_url(target, digest))
+
+
+def _layers(client, repo: str, digest: str) -> list[str]:
+    from modelcar_builder.signing.store import ACCEPT_MANIFEST, loads
+
+    doc = loads(client.get_manifest(repo, digest, ACCEPT_MANIFEST).body)
+    return [str(layer["digest"]) for layer in doc.get("layers") or []]
+
+
+def _base_digest(settings: BuildSettings) -> str | None:
+    """The digest the base reference names now (index or manifest); None for scratch or
+    when it cannot be read (the base layers' digests are recorded either way)."""
+    base = settings.base_image
+    if base == "scratch":
+        return None
+    try:
+        if base.startswith("oci:"):
+            path, _, tag = base[4:].partition(":")
+            return OciLayout(Path(path)).resolve(tag or "latest").digest
+        bref = ImageRef.parse(base)
+        if bref.digest:
+            return bref.digest
+        with settings.registry.client_for(bref) as client:
+            info = client.head_manifest(bref.repository, bref.tag or "latest")
+            return info.digest if info else None
+    except (ModelcarError, OSError, ValueError) as exc:
+        log.warning("the provenance names the base image %s without a digest: %s", base, exc)
+        return None
+
+
+def _parameters(snapshot, target: RegistryTarget, settings: BuildSettings) -> dict[str, Any]:
+    """What the user chose. No secret: no password, token, authfile or key path."""
+    return {
+        "source": snapshot.canonical,
+        "revision": snapshot.revision,
+        "image": f"{target.ref.registry}/{target.ref.repository}:{target.tag}",
+        "baseImage": settings.base_image,
+        "platform": "/".join(settings.platform),
+    }
+
+
+def _internal(plan, settings: BuildSettings) -> dict[str, Any]:
+    return {
+        "engine": settings.engine,
+        "compression": settings.compression,
+        "layerThreshold": plan.threshold,
+        "maxLayers": plan.max_layers,
+        "upload": settings.upload,
+    }

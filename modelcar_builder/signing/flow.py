@@ -1,0 +1,204 @@
+"""What `build --sign-key`, `modelcar sign` and `verify --key` run: sign a pushed image
+(and push its provenance), or check both by a public key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from modelcar_builder.errors import UsageError, VerificationFailed
+from modelcar_builder.reference import ImageRef
+from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.signing import cosign, modelsig, provenance, referrers
+from modelcar_builder.signing.keys import SigningKey
+
+log = logging.getLogger("modelcar.signing")
+
+
+def identity(ref: ImageRef, tag: str | None) -> str:
+    """The docker reference a signature vouches for: ``host/repo:tag`` when there is a
+    tag (a policy's default matchRepoDigestOrExact then accepts that tag and any pull
+    by digest), else ``host/repo``."""
+    name = f"{ref.registry}/{ref.repository}"
+    return f"{name}:{tag}" if tag else name
+
+
+def sign_pushed(ref: ImageRef, registry: RegistryOptions, key: SigningKey) -> str:
+    """Sign what ``ref`` names now; returns the manifest digest signed."""
+    with registry.client_for(ref) as client:
+        reference = ref.digest or ref.tag or "latest"
+        info = client.head_manifest(ref.repository, reference)
+        if info is None or not info.digest:
+            raise VerificationFailed(f"{ref} does not exist", hint="push it first")
+        digest = info.digest
+        tag = cosign.sign_image(
+            client, ref.repository, digest, identity(ref, None if ref.digest else ref.tag), key
+        )
+    log.info("signed %s/%s@%s (signature at :%s)", ref.registry, ref.repository, digest, tag)
+    return digest
+
+
+@dataclass
+class VerifyOutcome:
+    digest: str
+    signatures: list[cosign.Signature]
+    provenance: list[str] = field(default_factory=list)  # predicate types checked
+    statements: list[dict] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"ok: {len(self.signatures)} signature(s) by this key for {self.digest}"]
+        out += [f"ok: provenance {p} signed by this key, subject {self.digest}"
+                for p in self.provenance]  # fmt: skip
+        if not self.provenance:
+            out.append("note: no provenance signed by this key")
+        return out
+
+
+def verify_image(
+    ref: ImageRef,
+    registry: RegistryOptions,
+    public: ec.EllipticCurvePublicKey,
+    *,
+    require_provenance: bool = False,
+) -> VerifyOutcome:
+    with registry.client_for(ref) as client:
+        reference = ref.digest or ref.tag or "latest"
+        info = client.head_manifest(ref.repository, reference)
+        if info is None or not info.digest:
+            raise VerificationFailed(f"{ref} does not exist")
+        digest = info.digest
+        where = f"{ref.registry}/{ref.repository}"
+        sigs = cosign.require_signature(client, ref.repository, digest, public, where)
+        docs = verified_provenance(client, ref.repository, digest, public)
+        if require_provenance and not docs:
+            raise VerificationFailed(
+                f"no provenance signed by this key for {where}@{digest}",
+                hint="a build with --sign-key pushes it beside the image",
+            )
+        return VerifyOutcome(digest, sigs, [str(d.get("predicateType")) for d in docs], docs)
+
+
+# -- provenance -----------------------------------------------------------------------------
+
+PROVENANCE_ARTIFACT_TYPE = "application/vnd.in-toto+json"
+DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+PREDICATE_ANNOTATION = "in-toto.io/predicate-type"
+
+
+def push_provenance(client, repo: str, image: dict, doc: dict, key: SigningKey) -> str:
+    """Sign ``doc`` (an in-toto statement about ``image``, a manifest descriptor) as a
+    DSSE envelope and push it as a referrer of the image; returns its manifest digest."""
+    env = provenance.envelope(doc, key)
+    return referrers.push_referrer(
+        client,
+        repo,
+        image,
+        PROVENANCE_ARTIFACT_TYPE,
+        env,
+        DSSE_MEDIA_TYPE,
+        {PREDICATE_ANNOTATION: str(doc.get("predicateType", ""))},
+    )
+
+
+def verified_provenance(
+    client, repo: str, digest: str, public: ec.EllipticCurvePublicKey
+) -> list[dict]:
+    """Every statement in a referrer of ``repo@digest`` signed by ``public`` whose
+    subject is that digest."""
+    out = []
+    for _entry, manifest in referrers.artifacts(client, repo, digest, PROVENANCE_ARTIFACT_TYPE):
+        for layer in manifest.get("layers") or []:
+            if layer.get("mediaType") != DSSE_MEDIA_TYPE:
+                continue
+            raw = client.read_blob(repo, layer["digest"], max_size=64 * 1024 * 1024)
+            doc = provenance.open_envelope(raw, public)
+            if doc is not None and digest in provenance.subject_digests(doc):
+                out.append(doc)
+    return out
+
+
+def verify_signed(
+    target, registry: RegistryOptions, key_path: str, digest: str, deep=None
+) -> list[str]:
+    """`verify --key`: the image signature and a signed provenance whose subject is
+    ``digest`` (the digest `verify` just checked), by the public key at ``key_path``.
+    With ``deep`` (what `verify --deep` read: every file's sha256 under /models), every
+    file is also checked against the provenance and against /models/model.sig."""
+    from modelcar_builder.signing.keys import load_public_key
+    from modelcar_builder.target import RegistryTarget
+
+    if not isinstance(target, RegistryTarget):
+        raise UsageError("--key checks signatures in a registry; an OCI layout has none")
+    ref = target.ref
+    public = load_public_key(key_path)
+    pinned = ImageRef(ref.registry, ref.repository, None, digest)
+    outcome = verify_image(pinned, registry, public, require_provenance=True)
+    lines = outcome.lines()
+    if deep is not None and deep.files:
+        where = f"{ref.registry}/{ref.repository}@{digest}"
+        image = {p: h for p, h in deep.files.items() if p != modelsig.SIGNATURE_NAME}
+        for doc in outcome.statements:
+            _same_files(image, provenance_files(doc), where, "the provenance")
+        with registry.client_for(pinned) as client:
+            signature = _model_signature(client, ref.repository, digest, where)
+        if hashlib.sha256(signature).hexdigest() != deep.files.get(modelsig.SIGNATURE_NAME):
+            raise VerificationFailed(f"{where}: model.sig changed between two reads")
+        signed = modelsig.signed_files(signature, public)
+        if signed is None:
+            raise VerificationFailed(f"{where}: /models/model.sig is not signed by this key")
+        ignored = json.loads(signed.pop(modelsig.IGNORED))
+        covered = {p: h for p, h in image.items() if not _ignored(p, ignored)}
+        _same_files(covered, signed, where, "/models/model.sig")
+        lines.append(
+            f"ok: {len(image)} files = the provenance; {len(covered)} = /models/model.sig "
+            f"(model_signing leaves out {', '.join(ignored) or 'nothing'})"
+        )
+    return lines
+
+
+def _ignored(path: str, ignored: list[str]) -> bool:
+    return any(path == i or path.startswith(i.rstrip("/") + "/") for i in ignored)
+
+
+def _same_files(image: dict[str, str], signed: dict[str, str], where: str, what: str) -> None:
+    problems = [f"{p} is not in {what}" for p in sorted(image.keys() - signed.keys())]
+    problems += [f"{p} of {what} is not in the image" for p in sorted(signed.keys() - image.keys())]
+    problems += [f"{p} differs from {what}" for p in sorted(image.keys() & signed.keys())
+                 if image[p] != signed[p]]  # fmt: skip
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise VerificationFailed(f"{where}: {'; '.join(problems[:3])}{more}")
+
+
+def _model_signature(client, repo: str, digest: str, where: str) -> bytes:
+    from modelcar_builder.oci import ANNOTATION_FILEPATH
+    from modelcar_builder.signing.store import ACCEPT_MANIFEST, loads
+
+    layers = loads(client.get_manifest(repo, digest, ACCEPT_MANIFEST).body).get("layers") or []
+    top = layers[-1] if layers else {}
+    path = f"/models/{modelsig.SIGNATURE_NAME}"
+    if (top.get("annotations") or {}).get(ANNOTATION_FILEPATH) != path:
+        raise VerificationFailed(
+            f"{where} has no {path} in its last layer",
+            hint="an image built with --sign-key has one",
+        )
+    signature = modelsig.read_from_layer(client.read_blob(repo, top["digest"]))
+    if signature is None:
+        raise VerificationFailed(f"{where}: its last layer does not hold {path}")
+    return signature
+
+
+def provenance_files(doc: dict) -> dict[str, str]:
+    """path -> sha256 of every model file a provenance statement names (for --deep)."""
+    deps = ((doc.get("predicate") or {}).get("buildDefinition") or {}).get(
+        "resolvedDependencies"
+    ) or []
+    return {
+        d["name"]: d["digest"]["sha256"]
+        for d in deps
+        if d.get("name") not in ("model", "base-image") and "sha256" in (d.get("digest") or {})
+    }

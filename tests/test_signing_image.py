@@ -1,0 +1,258 @@
+"""Image signatures in cosign's format, judged by containers/image: skopeo and podman
+with a policy.json that requires a sigstore signature by our public key."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+
+import pytest
+
+from tests.clitools import run
+from tests.support.podman import make_podman, podman_available
+from tests.support.sigpolicy import make_policy
+
+PASSWORD = "s3cret-for-tests"
+DEBIAN_DISABLED = "sigstore disabled"
+
+
+def skip_if_sigstore_disabled(proc: subprocess.CompletedProcess[str], tool: str) -> None:
+    """Debian builds containers/image (skopeo 1.9.3, podman 4.3.1) with sigstore cut
+    out: every sigstore signature or policy check fails with "Debian-local change:
+    sigstore disabled". Such a tool cannot judge our signatures either way: skip, and
+    say why, rather than count its refusal as a pass."""
+    if proc.returncode != 0 and DEBIAN_DISABLED in proc.stderr:
+        line = proc.stderr.strip().splitlines()[-1]
+        print(f"{tool} here cannot check sigstore signatures: {line}")
+        pytest.skip(f"{tool} is built without sigstore support: {line}")
+
+
+@pytest.fixture
+def keypair(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COSIGN_PASSWORD", PASSWORD)
+    res = run(capsys, "keygen", str(tmp_path / "keys"))
+    assert res.code == 0, res.err
+    return tmp_path / "keys" / "cosign.key", tmp_path / "keys" / "cosign.pub"
+
+
+def repush_other_image(base_image, dest: str) -> None:
+    """Put another image (the base converted to Docker schema 2: another digest) at
+    ``dest``, as anyone with push access could."""
+    subprocess.run(
+        ["skopeo", "copy", "-q", "--dest-tls-verify=false", "--format", "v2s2",
+         base_image.oci_ref, f"docker://{dest}"],
+        env=base_image.env, check=True, capture_output=True,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_skopeo_policy_accepts_signed_refuses_unsigned_and_repushed(
+    registry, base_image, keypair, capsys, tmp_path
+):
+    private, public = keypair
+    signed = base_image.copy_to(registry, "sig/model", "v1")
+    unsigned = base_image.copy_to(registry, "sig/unsigned", "v1")
+    res = run(capsys, "sign", signed, "--key", str(private), "--no-tls-verify")
+    assert res.code == 0, res.err
+    assert PASSWORD not in res.out + res.err
+    policy = make_policy(tmp_path / "policy", registry.host, public)
+
+    ok = policy.skopeo_copy(f"docker://{signed}", f"dir:{tmp_path / 'out-ok'}")
+    skip_if_sigstore_disabled(ok, "skopeo")
+    assert ok.returncode == 0, ok.stderr
+    by_digest = res.out.split()[-1]  # "signed host/repo@sha256:…"
+    ok2 = policy.skopeo_copy(f"docker://{by_digest}", f"dir:{tmp_path / 'out-digest'}")
+    assert ok2.returncode == 0, ok2.stderr
+
+    refused = policy.skopeo_copy(f"docker://{unsigned}", f"dir:{tmp_path / 'out-unsigned'}")
+    assert refused.returncode != 0
+    assert "signature" in refused.stderr.lower()
+
+    repush_other_image(base_image, signed)
+    replaced = policy.skopeo_copy(f"docker://{signed}", f"dir:{tmp_path / 'out-repushed'}")
+    assert replaced.returncode != 0
+    assert "signature" in replaced.stderr.lower()
+
+
+@pytest.mark.slow
+def test_our_verify_accepts_signed_refuses_unsigned_and_repushed(
+    registry, base_image, keypair, capsys
+):
+    private, public = keypair
+    signed = base_image.copy_to(registry, "sig/ours", "v1")
+    unsigned = base_image.copy_to(registry, "sig/ours-unsigned", "v1")
+    res = run(capsys, "sign", signed, "--key", str(private), "--no-tls-verify")
+    assert res.code == 0, res.err
+    by_digest = res.out.split()[-1]
+    check = ("--key", str(public), "--no-tls-verify")
+    assert run(capsys, "sign", "--verify", signed, *check).code == 0
+    refused = run(capsys, "sign", "--verify", unsigned, *check)
+    assert refused.code == 60 and "no signature" in refused.err
+    repush_other_image(base_image, signed)
+    assert run(capsys, "sign", "--verify", by_digest, *check).code == 0  # old digest: signed
+    now = run(capsys, "sign", "--verify", signed, *check)
+    assert now.code == 60 and "no signature" in now.err
+
+
+@pytest.mark.slow
+def test_a_second_signer_keeps_the_first_signature(registry, base_image, keypair, capsys,
+                                                   tmp_path, monkeypatch):  # fmt: skip
+    private, public = keypair
+    image = base_image.copy_to(registry, "sig/two", "v1")
+    assert run(capsys, "keygen", str(tmp_path / "other")).code == 0
+    other_private, other_public = (tmp_path / "other" / n for n in ("cosign.key", "cosign.pub"))
+    for key in (private, other_private):
+        res = run(capsys, "sign", image, "--key", str(key), "--no-tls-verify")
+        assert res.code == 0, res.err
+    for pub in (public, other_public):  # our check finds both signatures
+        res = run(capsys, "sign", "--verify", image, "--key", str(pub), "--no-tls-verify")
+        assert res.code == 0 and "1 signature(s)" in res.out, res.err
+    for pub in (public, other_public):
+        policy = make_policy(tmp_path / f"policy-{pub.parent.name}", registry.host, pub)
+        got = policy.skopeo_copy(
+            f"docker://{image}", f"dir:{tmp_path / ('out-' + pub.parent.name)}"
+        )
+        skip_if_sigstore_disabled(got, "skopeo")
+        assert got.returncode == 0, got.stderr
+
+
+@pytest.mark.slow
+def test_skopeo_signs_with_a_keygen_key_and_we_verify_it(
+    registry, base_image, keypair, capsys, tmp_path
+):
+    """skopeo (containers/image) reads the private key `modelcar keygen` wrote: the
+    encrypted cosign format is the one it knows. Our --verify accepts its signature."""
+    private, public = keypair
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD)
+    dest = f"{registry.host}/sig/by-skopeo:v1"
+    policy = make_policy(tmp_path / "policy", registry.host, public)
+    proc = subprocess.run(
+        ["skopeo", "--registries.d", str(policy.registries_d), "copy", "-q",
+         "--dest-tls-verify=false", "--sign-by-sigstore-private-key", str(private),
+         "--sign-passphrase-file", str(pw), base_image.oci_ref, f"docker://{dest}"],
+        env=policy.env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    skip_if_sigstore_disabled(proc, "skopeo")
+    assert proc.returncode == 0, proc.stderr
+    res = run(capsys, "sign", "--verify", dest, "--key", str(public), "--no-tls-verify")
+    assert res.code == 0, res.err
+    assert "1 signature(s)" in res.out
+    # and a key that did not sign it finds nothing
+    assert run(capsys, "keygen", str(tmp_path / "stranger")).code == 0
+    stranger = str(tmp_path / "stranger" / "cosign.pub")
+    other = run(capsys, "sign", "--verify", dest, "--key", stranger, "--no-tls-verify")
+    assert other.code == 60
+
+
+def podman_pull(podman, policy, image: str) -> subprocess.CompletedProcess[str]:
+    """``podman pull`` under ``policy`` (registries.d from $HOME/.config, which
+    containers/image reads before /etc for root too)."""
+    argv = podman.argv("pull", "-q", "--tls-verify=false", "--signature-policy",
+                       str(policy.policy), f"docker://{image}")  # fmt: skip
+    env = {**podman.env, "HOME": policy.env["HOME"]}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.slow
+def test_podman_pull_enforces_the_signature(
+    registry, base_image, keypair, capsys, tmp_path, tmp_path_factory
+):
+    why = podman_available()
+    if why:
+        pytest.skip(why)
+    podman = make_podman(tmp_path_factory.mktemp("podman"))
+    try:
+        check_podman_pulls(podman, registry, base_image, keypair, capsys, tmp_path)
+    finally:
+        podman.close()
+
+
+def check_podman_pulls(podman, registry, base_image, keypair, capsys, tmp_path) -> None:
+    private, public = keypair
+    signed = base_image.copy_to(registry, "sig/podman", "v1")
+    unsigned = base_image.copy_to(registry, "sig/podman-unsigned", "v1")
+    assert run(capsys, "sign", signed, "--key", str(private), "--no-tls-verify").code == 0
+    policy = make_policy(tmp_path / "policy", registry.host, public)  # registries.d via HOME
+    ok = podman_pull(podman, policy, signed)
+    skip_if_sigstore_disabled(ok, "podman")
+    assert ok.returncode == 0, ok.stderr
+    refused = podman_pull(podman, policy, unsigned)
+    assert refused.returncode != 0 and "signature" in refused.stderr.lower()
+    repush_other_image(base_image, signed)
+    replaced = podman_pull(podman, policy, signed)
+    assert replaced.returncode != 0 and "signature" in replaced.stderr.lower()
+
+
+@pytest.mark.slow
+def test_the_signature_skopeo_reads_back_verifies_with_openssl(
+    registry, base_image, keypair, capsys, tmp_path
+):
+    """What we push at sha256-<hex>.sig is an OCI image skopeo copies like any other (it
+    checks every digest), and openssl verifies the annotation's signature over the
+    payload blob with our public key; the payload names the image's digest."""
+    private, public = keypair
+    image = base_image.copy_to(registry, "sig/openssl", "v1")
+    res = run(capsys, "sign", image, "--key", str(private), "--no-tls-verify")
+    assert res.code == 0, res.err
+    digest = res.out.split("@")[-1].strip()
+    sig_ref = f"docker://{registry.host}/sig/openssl:{digest.replace(':', '-')}.sig"
+    out = tmp_path / "sig"
+    subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", sig_ref, f"dir:{out}"],
+                   env=base_image.env, check=True, capture_output=True)  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == "application/vnd.dev.cosign.simplesigning.v1+json"
+    payload_file = out / layer["digest"].split(":")[1]
+    payload = json.loads(payload_file.read_text())
+    assert payload["critical"]["image"]["docker-manifest-digest"] == digest
+    assert payload["critical"]["identity"]["docker-reference"] == image
+    sig_file = tmp_path / "sig.der"
+    sig_file.write_bytes(
+        base64.b64decode(layer["annotations"]["dev.cosignproject.cosign/signature"])
+    )
+    verify = ["openssl", "dgst", "-sha256", "-verify", str(public), "-signature", str(sig_file)]
+    good = subprocess.run([*verify, str(payload_file)], capture_output=True, text=True)
+    assert good.returncode == 0 and "Verified OK" in good.stdout, good.stdout + good.stderr
+    tampered = tmp_path / "tampered"
+    tampered.write_bytes(payload_file.read_bytes().replace(b"sha256:", b"sha256:0", 1))
+    bad = subprocess.run([*verify, str(tampered)], capture_output=True, text=True)
+    assert bad.returncode != 0
+
+
+@pytest.mark.slow
+def test_debian_skopeo_finds_our_attachments_where_it_cannot_verify_them(
+    registry, base_image, keypair, capsys, tmp_path
+):
+    """Debian's containers/image still reads sigstore attachments (the .sig tag, the
+    layers' media type and annotations) before its stub refuses to verify. Its messages
+    then say how many signatures it found: one, two after a second signer, none on an
+    unsigned image or on a tag re-pushed with another image. Where skopeo can verify,
+    the policy test above runs instead and this one is skipped."""
+    private, public = keypair
+    signed = base_image.copy_to(registry, "sig/found", "v1")
+    unsigned = base_image.copy_to(registry, "sig/found-unsigned", "v1")
+    assert run(capsys, "sign", signed, "--key", str(private), "--no-tls-verify").code == 0
+    policy = make_policy(tmp_path / "policy", registry.host, public)
+
+    def copy(image: str) -> str:
+        out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+        proc = policy.skopeo_copy(f"docker://{image}", f"dir:{out}")
+        if proc.returncode == 0:
+            pytest.skip("this skopeo verifies sigstore signatures: the policy test applies")
+        return proc.stderr
+
+    none = "A signature was required, but no signature exists"
+    one = copy(signed)
+    assert DEBIAN_DISABLED in one and none not in one and "None of the signatures" not in one
+    assert none in copy(unsigned)
+    assert run(capsys, "keygen", str(tmp_path / "second")).code == 0
+    second = str(tmp_path / "second" / "cosign.key")
+    assert run(capsys, "sign", signed, "--key", second, "--no-tls-verify").code == 0
+    two = copy(signed)
+    assert "None of the signatures were accepted" in two
+    assert two.count(DEBIAN_DISABLED) == 2
+    repush_other_image(base_image, signed)
+    assert none in copy(signed)
