@@ -15,7 +15,7 @@ if ! whoami >/dev/null 2>&1; then
     echo "$entry" >>/etc/passwd
   fi
 fi
-# Tekton's optional workspaces (deploy/tekton): an unbound one's path is "", so these name
+# Tekton's optional workspaces (deploy/components/tekton): an unbound one's path is "", so these name
 # a directory only when the workspace is bound. dockerconfig: a config.json, or a
 # kubernetes.io/dockerconfigjson Secret's .dockerconfigjson; ca-bundle: a ConfigMap/Secret.
 if [ -n "${DOCKER_CONFIG:-}" ] && [ -z "${REGISTRY_AUTH_FILE:-}" ]; then
