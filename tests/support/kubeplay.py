@@ -16,7 +16,9 @@ What the cluster would add is added here, as OpenShift does it:
   resolveStepRef does: the StepAction's image, command, args, env, workingDir,
   volumeMounts and securityContext, its ``$(params.x)`` replaced by the step's params
   (themselves substituted with the Task's) or the StepAction's defaults;
-- an ``optional`` secretKeyRef whose Secret does not exist is dropped, as the kubelet does.
+- an ``optional`` secretKeyRef whose Secret does not exist is dropped, and an ``optional``
+  Secret volume whose Secret does not exist is an empty directory, as the kubelet does
+  (podman kube play refuses both).
 
 The pod joins the host network only to reach the test registry on 127.0.0.1 (a pod on a
 cluster reaches its registry by the pod network); ``podman kube play --network none``
@@ -211,6 +213,7 @@ def pod_manifest(
     security_context: dict[str, Any],
     host_network: bool = True,
 ) -> dict[str, Any]:
+    volumes = [_absent_optional_secret(v) for v in volumes]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -223,6 +226,16 @@ def pod_manifest(
             "volumes": volumes,
         },
     }
+
+
+def _absent_optional_secret(volume: dict[str, Any]) -> dict[str, Any]:
+    """The kubelet mounts an optional Secret that does not exist as an empty directory
+    (the tests create no Secret)."""
+    secret = volume.get("secret")
+    if secret is None:
+        return volume
+    assert secret.get("optional"), f"volume {volume['name']} needs a Secret this test lacks"
+    return {"name": volume["name"], "emptyDir": {}}
 
 
 def play(
