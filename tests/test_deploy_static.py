@@ -794,3 +794,17 @@ def test_pipelineruns_leave_room_for_every_build_try():
     assert len(runs) == 2
     for run in runs:
         assert int(run["spec"]["timeouts"]["pipeline"].removesuffix("h")) > needed
+
+
+def test_containerfile_bases_are_versioned_tags():
+    """The builder image's default base and the UBI option it names carry a version tag,
+    never :latest (the script builds FROM the digest it reads for that tag)."""
+    text = (ROOT / "containerfiles" / "Containerfile").read_text()
+    (default,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, flags=re.M)
+    named = set(
+        re.findall(r"(?:quay\.io|registry\.access\.redhat\.com)/\S*buildah\S*:[\w.]+", text)
+    )
+    assert default in named and any("ubi" in n for n in named)
+    for ref in named:
+        assert re.search(r":v?\d+(\.\d+)+$", ref), ref
+    assert not re.search(r"[\w/]:latest\b", text)  # "never :latest" in a comment is fine
