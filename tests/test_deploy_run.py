@@ -571,3 +571,45 @@ def test_native_task_trusts_the_bundle_openshift_pipelines_injects(
     assert run.exit_code == 0, run.logs
     digest = (results / "IMAGE_DIGEST").read_text()
     assert (results / "IMAGE_REF").read_text() == f"oci://{reg.host}/tekton/tls@{digest}"
+
+
+def test_native_task_trusts_the_ca_bundle_workspace(builder, tmp_path, session_registry_tls):
+    """The same TLS registry, its CA given the Tekton way: the ca-bundle workspace bound
+    (a ConfigMap with ca.crt), through the Task's step param to the StepAction's
+    CA_BUNDLE_DIR and the entrypoint's MODELCAR_CA_FILE; no SSL_CERT_DIR."""
+    reg = session_registry_tls
+    bundle = tmp_path / "ca-bundle"
+    bundle.mkdir()
+    shutil.copyfile(reg.ca_file, bundle / "ca.crt")
+    bundle.chmod(0o755)
+    (bundle / "ca.crt").chmod(0o644)
+    volume = _volume(tmp_path / "pvc")
+    results = _results_dir(tmp_path / "results")
+    step = StepPod(
+        task=builder.task("modelcar-build"),
+        step_name="build",
+        params={
+            "source": "models/tiny",
+            "image": f"{reg.host}/tekton/cabundle:v1",
+            "base-image": "scratch",
+        },
+        workspaces={"source": volume, "ca-bundle": bundle},
+        results_dir=results,
+        sa_token=_sa_token(tmp_path / "token"),
+        step_actions=builder.step_actions(),
+    )
+    pod = step.pod("tekton-cabundle")
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["CA_BUNDLE_DIR"] == "/workspace/ca-bundle" and "SSL_CERT_DIR" not in env
+    run = play(builder.podman, pod, tmp_path)
+    assert run.exit_code == 0, run.logs
+    digest = registry_digest_tls(reg, "tekton/cabundle", "v1")
+    assert (results / "IMAGE_REF").read_text() == f"oci://{reg.host}/tekton/cabundle@{digest}"
+
+
+def registry_digest_tls(reg, repo: str, reference: str) -> str:
+    resp = requests.head(f"https://{reg.host}/v2/{repo}/manifests/{reference}",
+                         headers={"Accept": MANIFEST_TYPES}, verify=str(reg.ca_file),
+                         timeout=30)  # fmt: skip
+    resp.raise_for_status()
+    return resp.headers["Docker-Content-Digest"]
