@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).parent.parent / "modelcar_builder"
 
 RANKS = [  # (rank, module prefixes); the longest matching prefix decides
     (9, ("cli", "__main__")),
-    (8, ("commands", "api")),
+    (8, ("commands", "api", "chains")),
     (7, ("build", "signed_build")),
     (6, ("pipeline", "report", "preflight")),
     (5, ("engines",)),
