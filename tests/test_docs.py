@@ -27,7 +27,8 @@ def test_every_cited_document_exists_and_nothing_points_outside():
         missing += [f"{path.relative_to(REPO)}: {doc}" for doc in CITED.findall(text)
                     if not (REPO / doc).is_file()]  # fmt: skip
         pointing = [line for line in text.splitlines()
-                    if ("../shared" in line or "DESIGN.md" in line) and " not in " not in line]  # fmt: skip
+                    if ("../shared" in line or "DESIGN.md" in line)
+                    and " not in " not in line]  # fmt: skip
         if pointing:  # a test asserting the absence ("… not in text") does not point
             outside.append(str(path.relative_to(REPO)))
     assert not missing
