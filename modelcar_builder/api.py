@@ -22,7 +22,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from modelcar_builder.build import (
+from modelcar_builder.context import DEFAULT_BASE_IMAGE
+from modelcar_builder.errors import UsageError
+from modelcar_builder.oci.image import parse_platform
+from modelcar_builder.pipeline import Resolved, count_base_layers, resolve
+from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan
+from modelcar_builder.preflight import TEKTON_RESULTS, Request, before_download
+from modelcar_builder.report import build_document, dumps
+from modelcar_builder.run import (
     DEFAULT_ENGINE,
     ENGINES,
     BuildOutcome,
@@ -33,13 +40,6 @@ from modelcar_builder.build import (
     verify_image,
     write_results,
 )
-from modelcar_builder.context import DEFAULT_BASE_IMAGE
-from modelcar_builder.errors import UsageError
-from modelcar_builder.oci.image import parse_platform
-from modelcar_builder.pipeline import Resolved, count_base_layers, resolve
-from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan
-from modelcar_builder.preflight import TEKTON_RESULTS, Request, before_download
-from modelcar_builder.report import build_document, dumps
 from modelcar_builder.selection import Selection
 from modelcar_builder.settings import Bounds, RegistryOptions, check_number, created_timestamp
 from modelcar_builder.signed_build import check_signing, sign_build

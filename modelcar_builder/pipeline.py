@@ -1,5 +1,7 @@
-"""The stages, in the one direction data flows: source -> plan -> fetch -> context.
-Each function takes what the previous one returned; the CLI only chains them."""
+"""What every command asks before anything is downloaded: ``resolve`` pins the source and
+plans its layers, ``count_base_layers`` and ``pinned_base`` read the base image's
+manifest, ``disk_needed`` asks every engine what workspace it needs. The fetch, the
+engine and the verification are the run's (``run.py``)."""
 
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def count_base_layers(
     credentials) assume one layer, as ubi-micro and busybox have, and say so."""
     if name == "scratch":
         return 0
-    from modelcar_builder.engines.base import load_base
+    from modelcar_builder.engines.base_image import load_base
 
     try:
         # plan and prepare (not strict) have no --platform: they only count its layers

@@ -387,8 +387,8 @@ def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> 
 
 
 def _buildah_verdict(request: Request, ws: Workspace, engine: Any) -> CheckResult:
+    from modelcar_builder.engines.buildah.choices import BuildahSettings, check_compression
     from modelcar_builder.engines.buildah.runner import find_buildah
-    from modelcar_builder.engines.buildah.settings import BuildahSettings, check_compression
 
     check_compression(request.compression or "gzip")  # zstd: a usage error, up front
     settings = BuildahSettings.from_env(request.env)

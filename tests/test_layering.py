@@ -1,5 +1,5 @@
 """The one-way house, checked: every import in the package points down the flow
-CLI -> commands -> run (build) -> pipeline/report -> engines -> stages (context, verify,
+CLI -> commands -> run -> pipeline/report -> engines -> stages (context, verify,
 sources) -> infrastructure (registry, workspace, state, settings) -> vocabulary (oci,
 plan, references) -> errors. A module may import its own rank or below, never above."""
 
@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parent.parent / "modelcar_builder"
 RANKS = [  # (rank, module prefixes); the longest matching prefix decides
     (9, ("cli", "__main__")),
     (8, ("commands", "api")),
-    (7, ("build", "signed_build")),
+    (7, ("run", "signed_build")),
     (6, ("pipeline", "report", "preflight")),
     (5, ("engines",)),
     (4, ("context", "verify", "source", "shards", "signing")),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
 from modelcar_builder.engines.assemble import BuiltLayer, ImageDocuments, assemble_image
-from modelcar_builder.engines.base import BaseSource, load_base
+from modelcar_builder.engines.base_image import BaseSource, load_base
 from modelcar_builder.errors import BuildFailed, EngineUnavailable, UsageError
 from modelcar_builder.oci import MEDIA_TYPE_LAYER
 from modelcar_builder.oci.layer import DigestingIterator, TarLayer

@@ -20,7 +20,7 @@ from modelcar_builder.engines import (
     fetched_bytes,
 )
 from modelcar_builder.engines.assemble import assemble_image
-from modelcar_builder.engines.base import BaseSource, copy_base, load_base
+from modelcar_builder.engines.base_image import BaseSource, copy_base, load_base
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
 from modelcar_builder.errors import (
     RegistryAuthError,

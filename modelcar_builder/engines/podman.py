@@ -25,7 +25,8 @@ from modelcar_builder.engines.archive import PodmanStore, base_archive
 from modelcar_builder.engines.buildah.credentials import cert_dir, resolve_for_build, tls_args
 from modelcar_builder.engines.buildah.failures import scrub, scrubbed, secret_forms
 from modelcar_builder.engines.buildah.runner import epoch_seconds
-from modelcar_builder.engines.local import (
+from modelcar_builder.engines.secretdir import secret_dir, sweep_stale
+from modelcar_builder.engines.workstation import (
     local_name,
     local_result,
     open_layout_base,
@@ -34,7 +35,6 @@ from modelcar_builder.engines.local import (
     require_files,
     resolve_base,
 )
-from modelcar_builder.engines.secretdir import secret_dir, sweep_stale
 from modelcar_builder.errors import BuildFailed, EngineUnavailable, UsageError
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import Workspace

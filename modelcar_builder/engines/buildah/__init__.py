@@ -24,6 +24,14 @@ from dataclasses import replace
 
 from modelcar_builder.context import prepare_context
 from modelcar_builder.engines import BuildRequest, BuildResult, fetched_bytes
+from modelcar_builder.engines.buildah.choices import (
+    DEFAULT_OVERLAP,
+    ENGINE_NAME,
+    ENV_OVERLAP,
+    ENV_STORAGE_DRIVER,
+    BuildahSettings,
+    check_compression,
+)
 from modelcar_builder.engines.buildah.credentials import connect_target, resolve_for_build
 from modelcar_builder.engines.buildah.failures import (
     classify_failure,
@@ -41,14 +49,6 @@ from modelcar_builder.engines.buildah.runner import (
     find_buildah,
 )
 from modelcar_builder.engines.buildah.session import BuildRun, check_request
-from modelcar_builder.engines.buildah.settings import (
-    DEFAULT_OVERLAP,
-    ENGINE_NAME,
-    ENV_OVERLAP,
-    ENV_STORAGE_DRIVER,
-    BuildahSettings,
-    check_compression,
-)
 from modelcar_builder.engines.buildah.storage import (
     buildah_mounts_here,
     check_forced_driver,

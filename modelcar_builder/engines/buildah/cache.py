@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from modelcar_builder.engines.buildah.settings import ENGINE_NAME
+from modelcar_builder.engines.buildah.choices import ENGINE_NAME
 from modelcar_builder.plan import LayerPlan
 from modelcar_builder.state import BuildState, LayerRecord
 

@@ -11,8 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from modelcar_builder.engines.buildah.choices import BuildahSettings
 from modelcar_builder.engines.buildah.runner import Buildah, buildah_env, find_buildah
-from modelcar_builder.engines.buildah.settings import BuildahSettings
 from modelcar_builder.errors import EnginePrivilegeError, ModelcarError
 from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 

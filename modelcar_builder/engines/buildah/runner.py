@@ -16,12 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, cast
 
+from modelcar_builder.engines.buildah.choices import BuildahSettings
 from modelcar_builder.engines.buildah.failures import (
     INSTALL_HINT,
     classify_failure,
     scrub,
 )
-from modelcar_builder.engines.buildah.settings import BuildahSettings
 from modelcar_builder.engines.buildah.storage import has_cap_sys_admin
 from modelcar_builder.errors import EngineUnavailable
 from modelcar_builder.workspace import make_dir

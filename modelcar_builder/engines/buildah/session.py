@@ -10,8 +10,8 @@ from pathlib import Path
 from modelcar_builder.auth import Credentials
 from modelcar_builder.engines import BuildRequest
 from modelcar_builder.engines.buildah.cache import BuildahCache
+from modelcar_builder.engines.buildah.choices import BuildahSettings, check_compression
 from modelcar_builder.engines.buildah.runner import Buildah
-from modelcar_builder.engines.buildah.settings import BuildahSettings, check_compression
 from modelcar_builder.errors import UsageError
 from modelcar_builder.oci import DOCKER_MANIFEST
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST as OCI_MANIFEST

@@ -3,7 +3,7 @@ from the generated context (:func:`~modelcar_builder.context.prepare_context`, o
 per planned layer), push with their own client, and then the pushed image is read back
 here to fill the BuildResult; ``run_build`` verifies it by digest like any other engine.
 
-The base image is read by :func:`~modelcar_builder.engines.base.load_base` (the code every
+The base image is read by :func:`~modelcar_builder.engines.base_image.load_base` (the code every
 engine uses: platform choice, credentials, TLS), and the Containerfile names it by the
 digest that code chose, so podman/docker build on exactly the base the plan counted."""
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
-from modelcar_builder.engines.base import BaseSource, load_base
+from modelcar_builder.engines.base_image import BaseSource, load_base
 from modelcar_builder.errors import BuildFailed, ModelcarError, UsageError
 from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
 from modelcar_builder.target import LayoutTarget, RegistryTarget, parse_target

@@ -118,7 +118,7 @@ def make_engine(name: str) -> Engine:
 
         return PodmanEngine()
     if name == "docker":
-        from modelcar_builder.engines.docker_api import DockerEngine
+        from modelcar_builder.engines.docker import DockerEngine
 
         return DockerEngine()
     raise UsageError(f"unknown engine {name!r}", hint=f"choose one of: {', '.join(ENGINES)}")
@@ -158,7 +158,7 @@ def run_build(
         raise UsageError("nothing to do: no push and no --load", hint="add --load")
     compression = settings.compression or default_compression(settings.engine)
     if settings.engine == "buildah":  # before the download, with or without the preflight
-        from modelcar_builder.engines.buildah.settings import check_compression
+        from modelcar_builder.engines.buildah.choices import check_compression
 
         check_compression(compression)
     engine = make_engine(settings.engine)
@@ -272,7 +272,7 @@ def _build_and_verify(
     """Build and push, then verify by digest from the target; with ``store`` (--load)
     the image ends up in that local store too, checked there."""
     from modelcar_builder.engines.archive import load_model
-    from modelcar_builder.engines.local import local_name
+    from modelcar_builder.engines.workstation import local_name
     from modelcar_builder.verify import check_local_image
 
     labels = request.plan.snapshot.image_labels

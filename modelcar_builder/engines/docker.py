@@ -21,7 +21,7 @@ from modelcar_builder.engines import BuildRequest, BuildResult, fetched_bytes
 from modelcar_builder.engines.archive import DockerStore, base_archive, docker_client
 from modelcar_builder.engines.buildah.credentials import resolve_for_build
 from modelcar_builder.engines.buildah.failures import scrub, scrubbed, secret_forms
-from modelcar_builder.engines.local import (
+from modelcar_builder.engines.workstation import (
     context_tar,
     local_name,
     local_result,
