@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from modelcar_builder.context import DEFAULT_BASE_IMAGE
+from modelcar_builder.engines.catalog import DEFAULT_ENGINE, ENGINES
 from modelcar_builder.errors import UsageError
 from modelcar_builder.oci.image import parse_platform
 from modelcar_builder.pipeline import Resolved, count_base_layers, resolve
@@ -30,12 +31,9 @@ from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, P
 from modelcar_builder.preflight import TEKTON_RESULTS, Request, before_download
 from modelcar_builder.report import build_document, dumps
 from modelcar_builder.run import (
-    DEFAULT_ENGINE,
-    ENGINES,
     BuildOutcome,
     BuildSettings,
     image_url,
-    make_engine,
     run_build,
     verify_image,
     write_results,
@@ -221,7 +219,6 @@ class BuildOptions:
             compression=self.compression,
             results_dir=self.results_dir,
             report_file=self.report_file,
-            make_engine=make_engine,
         )
 
 

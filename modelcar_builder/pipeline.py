@@ -1,13 +1,11 @@
 """What every command asks before anything is downloaded: ``resolve`` pins the source and
 plans its layers, ``count_base_layers`` and ``pinned_base`` read the base image's
-manifest, ``disk_needed`` asks every engine what workspace it needs. The fetch, the
-engine and the verification are the run's (``run.py``)."""
+manifest. The disk each engine needs is the engine registry's (``engines.catalog``);
+the fetch, the engine and the verification are the run's (``run.py``)."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,16 +126,3 @@ def pinned_base(name: str, registry: RegistryOptions) -> str | None:
         )
         return None
     return f"{name}@{digest}"
-
-
-def disk_needed(plan: Plan, env: Mapping[str, str] | None = None) -> dict[str, int]:
-    """Extra workspace bytes each engine needs, for `plan` and the up-front space check:
-    every engine answers for itself (``Engine.disk_needed``)."""
-    from modelcar_builder.engines.buildah import BuildahEngine
-    from modelcar_builder.engines.native import NativeEngine
-
-    env = os.environ if env is None else env
-    needed: dict[str, int] = {}
-    for engine in (NativeEngine(), BuildahEngine()):
-        needed.update(engine.disk_needed(plan, env))
-    return needed

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import certifi
 
 from modelcar_builder.auth import SA_DIR, SA_TOKEN_PATH
+from modelcar_builder.engines import Engine
+from modelcar_builder.engines.catalog import disk_needed, make_engine
 from modelcar_builder.errors import (
     InsufficientSpace,
     ModelcarError,
@@ -30,7 +32,7 @@ from modelcar_builder.errors import (
     UsageError,
 )
 from modelcar_builder.oci.image import parse_platform
-from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed
+from modelcar_builder.pipeline import Resolved, count_base_layers
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.report import DOCUMENT_VERSION
 from modelcar_builder.settings import RegistryOptions, created_timestamp
@@ -131,8 +133,6 @@ class Request:
     results_dir: str | None = None
     report_file: str | None = None
     env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
-    # build.make_engine, handed in: the run (build.py) sits above the checks
-    make_engine: Callable[[str], Any] | None = field(default=None, repr=False)
 
     def registry(self, target: Target | None) -> RegistryOptions:
         host = target.ref.api_host if isinstance(target, RegistryTarget) else None
@@ -372,9 +372,7 @@ def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> 
                 f"--compression {request.compression} is not supported by the native engine",
                 hint="use none (default, fastest) or gzip; KServe cannot read zstd layers",
             )
-        if request.make_engine is None:
-            raise UsageError(f"no engine factory to check --engine {name}")
-        engine = request.make_engine(name)
+        engine = make_engine(name)
         if name == "buildah":
             return _buildah_verdict(request, ws, engine)
         engine.preflight(ws)
@@ -386,7 +384,7 @@ def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> 
     return _pass("engine", f"{name}: its preflight passed")
 
 
-def _buildah_verdict(request: Request, ws: Workspace, engine: Any) -> CheckResult:
+def _buildah_verdict(request: Request, ws: Workspace, engine: Engine) -> CheckResult:
     from modelcar_builder.engines.buildah.choices import BuildahSettings, check_compression
     from modelcar_builder.engines.buildah.runner import find_buildah
 
@@ -443,7 +441,7 @@ def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]
     minus what an earlier run already downloaded."""
     needed = disk_needed(plan, request.env)
     label = _engine_label(request, needed)
-    total = needed.get(label, 0)
+    total = needed[label]
     model = 0 if request.stream or plan.snapshot.kind != "hub" else plan.total_bytes
     scratch = max(0, total - model)
     present = _already_fetched(plan, ws) if model else 0
@@ -486,12 +484,10 @@ def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]
 
 
 def _engine_label(request: Request, needed: Mapping[str, int]) -> str:
-    if request.engine == "native":
-        return "native --stream" if request.stream else "native"
-    labels = [k for k in needed if k == request.engine or k.startswith(f"{request.engine} ")]
-    if labels:
-        return labels[0]
-    return max(needed, key=lambda k: needed[k])  # an engine that does not say: the worst
+    """The label the chosen engine answered ``disk_needed`` with (every engine does)."""
+    if request.engine == "native" and request.stream:
+        return "native --stream"
+    return request.engine
 
 
 def _device(path: Path) -> int:

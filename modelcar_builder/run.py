@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelcar_builder.engines import BuildRequest, BuildResult, Engine
+from modelcar_builder.engines.catalog import DEFAULT_ENGINE, default_compression, make_engine
 from modelcar_builder.errors import (
-    EngineUnavailable,
     ImageNotFound,
     Interrupted,
     ModelcarError,
@@ -43,7 +43,6 @@ from modelcar_builder.verify import (
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar")
-ENGINES = ("native", "buildah", "podman", "docker")
 STOP_WAIT = 2.0  # seconds a stopped download gets to finish its chunk
 
 
@@ -74,15 +73,6 @@ class BuildOutcome:
     file_sha256: Callable[[], dict[str, str]] = dict
 
 
-DEFAULT_ENGINE = "native"  # no daemon, no privilege, any UID; the others when asked
-
-
-def default_compression(engine: str) -> str:
-    """Layers as each engine writes them unless --compression says otherwise: native
-    uncompressed (weights do not compress), buildah, podman and docker gzip."""
-    return "none" if engine == "native" else "gzip"
-
-
 def engine_line(engine: str, compression: str) -> str:
     """The one line a build announces its engine with: the layers' compression, and
     that another choice gives the same model another digest."""
@@ -100,28 +90,6 @@ def engine_line(engine: str, compression: str) -> str:
 
 def layers_of(compression: str) -> str:
     return "uncompressed tar layers" if compression == "none" else f"{compression} layers"
-
-
-def make_engine(name: str) -> Engine:
-    if name == "native":
-        from modelcar_builder.engines.native import NativeEngine
-
-        return NativeEngine()
-    if name == "buildah":
-        try:
-            from modelcar_builder.engines.buildah import BuildahEngine
-        except ImportError:  # pragma: no cover - the module ships with the package
-            raise EngineUnavailable("the buildah engine is not available") from None
-        return BuildahEngine()
-    if name == "podman":
-        from modelcar_builder.engines.podman import PodmanEngine
-
-        return PodmanEngine()
-    if name == "docker":
-        from modelcar_builder.engines.docker import DockerEngine
-
-        return DockerEngine()
-    raise UsageError(f"unknown engine {name!r}", hint=f"choose one of: {', '.join(ENGINES)}")
 
 
 def load_store(load: str, engine: str) -> str:
@@ -169,7 +137,7 @@ def run_build(
 
         # before the download too: a missing podman or an absent daemon fails now
         store = open_store(load_store(settings.load, settings.engine))
-    if settings.push or getattr(engine, "builds_locally", False):
+    if settings.push or engine.builds_locally:
         engine.preflight(workspace)  # before the download: a build that cannot work fails now
 
     created = created_timestamp()  # a bad SOURCE_DATE_EPOCH fails before the download
@@ -276,7 +244,7 @@ def _build_and_verify(
     from modelcar_builder.verify import check_local_image
 
     labels = request.plan.snapshot.image_labels
-    local = getattr(engine, "builds_locally", False)
+    local = engine.builds_locally
     t1 = time.monotonic()
     if not request.push and not local:  # native/buildah, load only: no engine run at all
         result, verified = load_model(request, store, local_name(request))

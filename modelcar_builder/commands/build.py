@@ -18,8 +18,8 @@ from modelcar_builder.commands.options import (
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE
 from modelcar_builder.engines.buildah.probe import BUILDAH_NEEDS
+from modelcar_builder.engines.catalog import DEFAULT_ENGINE, ENGINES
 from modelcar_builder.report import dumps
-from modelcar_builder.run import DEFAULT_ENGINE, ENGINES
 from modelcar_builder.settings import ENVIRONMENT
 
 ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(

@@ -109,6 +109,9 @@ class Engine(Protocol):
     # manifest; an engine that needs all files at once waits for every layer first.
     # False: it gets every file verified up front.
     pushes_while_fetching: bool
+    # True: the image is in the engine's own local store after build() (podman, docker),
+    # so `--load` without a push still runs it; False: it only writes to the target.
+    builds_locally: bool
 
     def preflight(self, workspace: Workspace) -> None:
         """Fail before the model is downloaded when the build cannot work here."""

@@ -61,6 +61,7 @@ def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
 class NativeEngine:
     name = "native"
     pushes_while_fetching = True  # each layer waits for its own files only
+    builds_locally = False  # it writes to the target only: --load reads the pushed image
 
     def preflight(self, workspace: Workspace) -> None:
         """Nothing to check: no privilege, no daemon, any filesystem."""

@@ -87,6 +87,7 @@ class BuildahEngine:
     # Each layer is linked and committed once its own files are verified, while later
     # ones download.
     pushes_while_fetching = True
+    builds_locally = False  # it writes to the target only: --load reads the pushed image
 
     def preflight(self, workspace: Workspace) -> None:
         """Checks that need no model files, run before the download: a forced overlay
