@@ -32,6 +32,7 @@ from modelcar_builder.errors import (
     UsageError,
 )
 from modelcar_builder.oci.image import parse_platform
+from modelcar_builder.oci.layer import layer_media_type
 from modelcar_builder.pipeline import Resolved, count_base_layers
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.report import DOCUMENT_VERSION
@@ -367,11 +368,8 @@ def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> 
             raise UsageError("--stream works only with --engine native", hint="add --engine native")
         if request.stream and resolved is not None and resolved.plan.snapshot.kind != "hub":
             raise UsageError("--stream needs a Hub source", hint="drop --stream for directories")
-        if name == "native" and request.compression not in (None, "none", "gzip"):
-            raise UsageError(
-                f"--compression {request.compression} is not supported by the native engine",
-                hint="use none (default, fastest) or gzip; KServe cannot read zstd layers",
-            )
+        if name == "native":  # the one rule, oci.layer's: none or gzip
+            layer_media_type(request.compression or "none")
         engine = make_engine(name)
         if name == "buildah":
             return _buildah_verdict(request, ws, engine)

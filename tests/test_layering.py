@@ -76,3 +76,20 @@ def test_no_module_is_over_500_lines():
         if (n := len(p.read_text().splitlines())) > 520
     }
     assert not long
+
+
+# source/stream.py's one assert is the source/ owner's to replace (they are rewriting it).
+ASSERTS_PENDING = {"source/stream.py"}
+
+
+def test_no_assert_statement_in_the_package():
+    """Checks and type narrowing are ``if ...: raise`` (a typed error) or typing.cast:
+    ``python -O`` strips asserts, and a failed one is a traceback, not an exit code."""
+    found = {
+        f"{p.relative_to(PACKAGE)}:{node.lineno}"
+        for p in PACKAGE.rglob("*.py")
+        if str(p.relative_to(PACKAGE)) not in ASSERTS_PENDING
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Assert)
+    }
+    assert not found

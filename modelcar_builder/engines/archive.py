@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO, cast
 
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
 from modelcar_builder.engines.assemble import BuiltLayer, ImageDocuments, assemble_image
@@ -119,8 +120,9 @@ def _blob_layers(base: BaseSource) -> list[ArchiveLayer]:
 
 def base_archive(base: BaseSource, tag: str) -> Iterator[bytes]:
     """A base image read from an oci: layout, as an archive a local store can load."""
-    assert base.image is not None
     image = base.image
+    if image is None:  # scratch has no layout to load: callers pass an oci: layout's base
+        raise UsageError(f"--base-image scratch cannot be loaded as an archive ({tag})")
     layers = _blob_layers(base)
     config = json.dumps(dict(image.config)).encode()
     return docker_archive(tag, layers, lambda _ids: config, list(image.diff_ids))
@@ -146,11 +148,11 @@ class PodmanStore:
         with tempfile.TemporaryFile() as err:  # a file: a chatty podman cannot block us
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                     stderr=err)  # fmt: skip
-            assert proc.stdin is not None
+            stdin = cast(IO[bytes], proc.stdin)  # stdin=PIPE: always a pipe
             try:
-                with proc.stdin:
+                with stdin:
                     for chunk in chunks:
-                        proc.stdin.write(chunk)
+                        stdin.write(chunk)
             except BrokenPipeError:
                 pass  # podman gave up: its exit status and stderr say why
             except BaseException:
@@ -263,8 +265,9 @@ def load_model(request: BuildRequest, store, tag: str) -> tuple[BuildResult, Ver
         store.load(iter(archive))
     finally:
         base.close()
-    assert archive.docs is not None
     docs = archive.docs
+    if docs is None:  # set once the stream reached its manifest: the store stopped reading
+        raise BuildFailed(f"the local store stopped reading the archive of {tag} before its end")
     verified = check_local_image(
         store.inspect(tag), tag, docs.config_digest, request.plan.snapshot.image_labels,
         len(archive.layers),
