@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import signal
 import sys
 import traceback
@@ -22,6 +21,7 @@ from modelcar_builder.commands.plan import plan
 from modelcar_builder.commands.sign import sign
 from modelcar_builder.commands.verify import verify
 from modelcar_builder.errors import InsufficientSpace, Interrupted, ModelcarError, UsageError
+from modelcar_builder.settings import environment
 
 log = logging.getLogger("modelcar")  # every module logs below it: "modelcar.<part>"
 
@@ -86,7 +86,7 @@ for command in (plan, fetch_cmd, prepare, build, doctor, verify, keygen, sign):
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or os.environ.get("MODELCAR_DEBUG") not in (None, "", "0")
+    debug = "--debug" in args or environment().get("MODELCAR_DEBUG") not in (None, "", "0")
     # Kubernetes stops a pod with SIGTERM: unwind like Ctrl-C so state is saved and the
     # exit code says "interrupted, rerun to continue" instead of a bare kill.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

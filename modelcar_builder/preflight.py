@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import certifi
-
 from modelcar_builder.auth import SA_DIR, SA_TOKEN_PATH
 from modelcar_builder.engines import Engine
-from modelcar_builder.engines.catalog import disk_needed, make_engine
+from modelcar_builder.engines.catalog import check_stream, disk_needed, make_engine
 from modelcar_builder.errors import (
     InsufficientSpace,
     ModelcarError,
@@ -31,12 +29,12 @@ from modelcar_builder.errors import (
     TooManyLayers,
     UsageError,
 )
-from modelcar_builder.oci.image import parse_platform
+from modelcar_builder.oci.image import Platform, parse_platform
 from modelcar_builder.oci.layer import layer_media_type
 from modelcar_builder.pipeline import Resolved, count_base_layers
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.report import DOCUMENT_VERSION
-from modelcar_builder.settings import RegistryOptions, created_timestamp
+from modelcar_builder.settings import RegistryOptions, created_timestamp, environment
 from modelcar_builder.target import LayoutTarget, RegistryTarget, Target, parse_target
 from modelcar_builder.units import human
 from modelcar_builder.workspace import Workspace, make_dir
@@ -133,7 +131,7 @@ class Request:
     compression: str | None = None
     results_dir: str | None = None
     report_file: str | None = None
-    env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
+    env: Mapping[str, str] = field(default_factory=environment, repr=False)
 
     def registry(self, target: Target | None) -> RegistryOptions:
         host = target.ref.api_host if isinstance(target, RegistryTarget) else None
@@ -209,17 +207,24 @@ def identity(env: Mapping[str, str]) -> list[CheckResult]:
     return [_pass("identity", who, "INFO"), _pass("identity", f"{pod}; {token}", "INFO")]
 
 
+def build_target(image: str, platform: str, env: Mapping[str, str]) -> tuple[Target, Platform]:
+    """--image, --platform and SOURCE_DATE_EPOCH as `build` needs them: the one rule
+    `build` (before it reads anything) and `doctor` (``check_image``) apply."""
+    target = parse_target(image)
+    if isinstance(target, RegistryTarget) and target.ref.digest:
+        raise UsageError(
+            f"--image {image} names a digest; a push needs a tag",
+            hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
+        )
+    wanted = parse_platform(platform)
+    created_timestamp(env)  # the image's `created`: a bad value fails now, not after the download
+    return target, wanted
+
+
 def check_image(request: Request) -> tuple[CheckResult, Target | None]:
     """The image reference and the platform parse, as `build` parses them."""
     try:
-        parse_platform(request.platform)
-        created_timestamp(request.env)  # the image's `created`: SOURCE_DATE_EPOCH
-        target = parse_target(request.image)
-        if isinstance(target, RegistryTarget) and target.ref.digest:
-            raise UsageError(
-                f"--image {request.image} names a digest; a push needs a tag",
-                hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
-            )
+        target, _ = build_target(request.image, request.platform, request.env)
     except ModelcarError as exc:
         return _fail("image", exc), None
     if isinstance(target, RegistryTarget):
@@ -364,10 +369,8 @@ def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> 
     """The engine's own probe (`Engine.preflight`), and the privileges it needs."""
     name = request.engine
     try:
-        if request.stream and name != "native":
-            raise UsageError("--stream works only with --engine native", hint="add --engine native")
-        if request.stream and resolved is not None and resolved.plan.snapshot.kind != "hub":
-            raise UsageError("--stream needs a Hub source", hint="drop --stream for directories")
+        if request.stream:
+            check_stream(name, resolved.plan.snapshot.kind if resolved is not None else None)
         if name == "native":  # the one rule, oci.layer's: none or gzip
             layer_media_type(request.compression or "none")
         engine = make_engine(name)
@@ -409,7 +412,7 @@ def check_registry(target: RegistryTarget, registry: RegistryOptions) -> CheckRe
     """Reachable, TLS trusted (naming the CA), credentials accepted for a push: a blob
     upload is started and cancelled, so a pull-only credential fails here."""
     ref = target.ref
-    cas = _trusted_cas(registry)
+    cas = registry.trust()
     try:
         with registry.client_for(ref) as client:
             client.ping()
@@ -422,15 +425,6 @@ def check_registry(target: RegistryTarget, registry: RegistryOptions) -> CheckRe
         return _fail("registry", exc)
     tls = "plain HTTP, no TLS" if base.startswith("http://") else cas
     return _pass("registry", f"{base} reachable, {tls}; {creds} may push to {ref.repository}")
-
-
-def _trusted_cas(registry: RegistryOptions) -> str:
-    if not registry.tls_verify:
-        return "TLS not verified (--no-tls-verify)"
-    if registry.ca_file:
-        return f"TLS trusted with CA {registry.ca_file}"
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    return f"TLS checked against the system bundle {bundle or certifi.where()} (no --ca-file)"
 
 
 def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]:

@@ -16,9 +16,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from modelcar_builder.engines import BuildRequest, BuildResult, Engine
-from modelcar_builder.engines.catalog import DEFAULT_ENGINE, default_compression, make_engine
+from modelcar_builder.engines.catalog import (
+    DEFAULT_ENGINE,
+    check_stream,
+    default_compression,
+    make_engine,
+)
 from modelcar_builder.errors import (
     ImageNotFound,
     Interrupted,
@@ -41,6 +47,9 @@ from modelcar_builder.verify import (
     verify_push,
 )
 from modelcar_builder.workspace import Workspace
+
+if TYPE_CHECKING:
+    from modelcar_builder.source.hub import HubAccess
 
 log = logging.getLogger("modelcar")
 STOP_WAIT = 2.0  # seconds a stopped download gets to finish its chunk
@@ -116,12 +125,8 @@ def run_build(
 ) -> BuildOutcome:
     plan = resolved.plan
     timings: dict[str, float] = {}
-    if settings.stream and settings.engine != "native":
-        raise UsageError("--stream works only with --engine native", hint="add --engine native")
-    if settings.stream and plan.snapshot.kind != "hub":
-        raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
-    if settings.load and settings.stream:
-        raise UsageError("--load needs the model files on disk", hint="drop --stream")
+    if settings.stream:
+        check_stream(settings.engine, plan.snapshot.kind, load=settings.load is not None)
     if not settings.push and not settings.load:
         raise UsageError("nothing to do: no push and no --load", hint="add --load")
     compression = settings.compression or default_compression(settings.engine)
@@ -149,10 +154,9 @@ def run_build(
     # --load without a push reads every file at once: it waits for the whole download.
     overlap = engine.pushes_while_fetching and settings.push and not settings.load
     if settings.stream:
-        if resolved.access is None or plan.snapshot.commit is None:
-            raise UsageError("--stream needs a Hub source", hint="drop --stream")
-        streams = HubStreams(resolved.access, plan.snapshot.location, plan.snapshot.commit,
-                             fetch_opts)  # fmt: skip
+        # check_stream passed: a Hub source, which always has its access and commit
+        access, commit = cast("HubAccess", resolved.access), cast(str, plan.snapshot.commit)
+        streams = HubStreams(access, plan.snapshot.location, commit, fetch_opts)
     elif overlap:
         background = BackgroundFetch(plan, workspace, resolved.access, fetch_opts, state)
         files_dir = workspace.files_dir(plan.snapshot)

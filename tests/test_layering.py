@@ -93,3 +93,20 @@ def test_no_assert_statement_in_the_package():
         if isinstance(node, ast.Assert)
     }
     assert not found
+
+
+# The process environment is read through settings.environment() only. auth.py sits below
+# settings (its callers pass the mapping; os.environ is its default for direct callers);
+# source/hub.py is the source/ owner's to move (they are restructuring source/).
+ENVIRONMENT_READERS = {"settings.py", "auth.py", "source/hub.py"}
+
+
+def test_only_settings_reads_the_environment():
+    readers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
+                    and isinstance(node.value, ast.Name) and node.value.id == "os"):  # fmt: skip
+                readers.add(str(path.relative_to(PACKAGE)))
+    assert readers <= ENVIRONMENT_READERS, readers - ENVIRONMENT_READERS
+    assert "settings.py" in readers

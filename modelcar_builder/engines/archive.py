@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import tarfile
@@ -27,6 +26,7 @@ from modelcar_builder.engines.base_image import BaseSource, load_base
 from modelcar_builder.errors import BuildFailed, EngineUnavailable, UsageError
 from modelcar_builder.oci import MEDIA_TYPE_LAYER
 from modelcar_builder.oci.layer import DigestingIterator, TarLayer
+from modelcar_builder.settings import environment
 from modelcar_builder.verify import VerifyResult, check_local_image
 
 log = logging.getLogger("modelcar")
@@ -245,7 +245,7 @@ def docker_client():
 
 
 def _docker_host() -> str:
-    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return environment().get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
 def open_store(name: str):

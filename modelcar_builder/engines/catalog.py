@@ -54,3 +54,15 @@ def default_compression(engine: str) -> str:
     """Layers as each engine writes them unless --compression says otherwise: native
     uncompressed (weights do not compress), buildah, podman and docker gzip."""
     return "none" if engine == "native" else "gzip"
+
+
+def check_stream(engine: str, source_kind: str | None, load: bool = False) -> None:
+    """``--stream``'s rules, the one copy the run, the preflight (so ``doctor``) and the
+    native engine apply: only native streams, only from the Hub (``source_kind`` None:
+    not known yet), and ``--load`` needs the files on disk."""
+    if engine != "native":
+        raise UsageError("--stream works only with --engine native", hint="add --engine native")
+    if source_kind is not None and source_kind != "hub":
+        raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
+    if load:
+        raise UsageError("--load needs the model files on disk", hint="drop --stream")

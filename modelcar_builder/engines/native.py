@@ -21,6 +21,7 @@ from modelcar_builder.engines import (
 )
 from modelcar_builder.engines.assemble import assemble_image
 from modelcar_builder.engines.base_image import BaseSource, copy_base, load_base
+from modelcar_builder.engines.catalog import check_stream
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
 from modelcar_builder.errors import (
     RegistryAuthError,
@@ -217,8 +218,9 @@ def _tar_for(request: BuildRequest, layer: LayerPlan) -> TarLayer:
 
 
 def _stream_opener(request: BuildRequest):
-    if request.streams is None:
-        raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
+    if request.streams is None:  # no files and no streams: only a Hub source streams
+        check_stream("native", request.plan.snapshot.kind)
+        raise UsageError("a --stream build was started without its Hub streams")
     files = {f.path: f for f in request.plan.snapshot.files}
     streams = request.streams
     # No progress of its own: the layer's tar bytes are counted, once, by _push_one

@@ -17,7 +17,6 @@ BENCHMARKS.md.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -61,6 +60,7 @@ from modelcar_builder.engines.buildah.storage import (
     pending_download,
 )
 from modelcar_builder.plan import Plan
+from modelcar_builder.settings import buildah_settings, environment
 from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 
 __all__ = [
@@ -92,7 +92,7 @@ class BuildahEngine:
     def preflight(self, workspace: Workspace) -> None:
         """Checks that need no model files, run before the download: a forced overlay
         driver that cannot mount here fails now, not after hours of fetching."""
-        settings = BuildahSettings.from_env(os.environ)
+        settings = buildah_settings()
         problem = probe(workspace)  # installed, and allowed to run here (UID, capabilities)
         if problem is not None:
             raise problem
@@ -107,8 +107,8 @@ class BuildahEngine:
 
     def build(self, request: BuildRequest) -> BuildResult:
         started = time.monotonic()
-        settings = BuildahSettings.from_env(os.environ)
-        exe = find_buildah(os.environ)
+        settings = buildah_settings()
+        exe = find_buildah(environment())
         files_dir = check_request(request)
         workspace = request.workspace
         root = make_dir(workspace.storage_dir, DIR_MODE)
