@@ -23,6 +23,7 @@ from typing import IO, cast
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
 from modelcar_builder.engines.assemble import BuiltLayer, ImageDocuments, assemble_image
 from modelcar_builder.engines.base_image import BaseSource, load_base
+from modelcar_builder.engines.catalog import check_stream
 from modelcar_builder.errors import BuildFailed, EngineUnavailable, UsageError
 from modelcar_builder.oci import MEDIA_TYPE_LAYER
 from modelcar_builder.oci.layer import DigestingIterator, TarLayer
@@ -85,8 +86,9 @@ class ModelArchive:
     read to the end."""
 
     def __init__(self, request: BuildRequest, base: BaseSource, tag: str) -> None:
-        if request.files_dir is None:
-            raise UsageError("--load needs the model files on disk", hint="drop --stream")
+        if request.files_dir is None:  # streamed: check_stream's own --load error
+            check_stream("native", request.plan.snapshot.kind, load=True)
+            raise UsageError("--load was given no model files")  # check_stream raised first
         self.request, self.base, self.tag = request, base, tag
         self.docs: ImageDocuments | None = None
         self.built: list[BuiltLayer] = []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
 from modelcar_builder.engines.base_image import BaseSource, load_base
+from modelcar_builder.engines.catalog import check_stream
 from modelcar_builder.errors import BuildFailed, ModelcarError, UsageError
 from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
 from modelcar_builder.target import LayoutTarget, RegistryTarget, parse_target
@@ -61,9 +62,10 @@ def open_layout_base(request: BuildRequest) -> BaseSource:
 
 
 def require_files(request: BuildRequest, engine: str) -> Path:
-    if request.files_dir is None:
-        raise UsageError(f"--stream does not work with --engine {engine}", hint="drop --stream")
     registry_target(request, engine)
+    if request.files_dir is None:  # streamed: check_stream's own error for this engine
+        check_stream(engine, request.plan.snapshot.kind)
+        raise UsageError(f"--engine {engine} was given no model files")
     return request.files_dir
 
 
