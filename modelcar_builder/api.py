@@ -52,7 +52,7 @@ from modelcar_builder.target import RegistryTarget, parse_target
 from modelcar_builder.verify import DeepOptions, VerifyResult
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.api")
 
 __all__ = [
     "BuildOptions",

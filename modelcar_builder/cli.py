@@ -23,7 +23,7 @@ from modelcar_builder.commands.verify import verify
 from modelcar_builder.errors import InsufficientSpace, Interrupted, ModelcarError, UsageError
 from modelcar_builder.settings import environment
 
-log = logging.getLogger("modelcar")  # every module logs below it: "modelcar.<part>"
+log = logging.getLogger("modelcar")  # the tree: each module logs on "modelcar.<module>"
 
 
 class _StderrHandler(logging.StreamHandler):

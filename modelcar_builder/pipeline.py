@@ -20,7 +20,7 @@ from modelcar_builder.snapshot import FileEntry, Snapshot
 from modelcar_builder.source import parse_source
 from modelcar_builder.source.local import local_snapshot
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.pipeline")
 
 if TYPE_CHECKING:
     from modelcar_builder.source.hub import HubAccess

@@ -51,7 +51,7 @@ from modelcar_builder.workspace import Workspace
 if TYPE_CHECKING:
     from modelcar_builder.source.hub import HubAccess
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.run")
 STOP_WAIT = 2.0  # seconds a stopped download gets to finish its chunk
 
 

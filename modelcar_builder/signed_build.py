@@ -29,7 +29,7 @@ from modelcar_builder.target import RegistryTarget, Target
 from modelcar_builder.verify import verify_push
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar.signing")
+log = logging.getLogger("modelcar.signed_build")
 
 
 def check_signing(

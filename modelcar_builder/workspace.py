@@ -35,7 +35,7 @@ from modelcar_builder.snapshot import Snapshot
 from modelcar_builder.state import BuildState
 from modelcar_builder.units import human
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.workspace")
 
 DIR_MODE = 0o775
 CONTENT_DIR_MODE = 0o755

@@ -10,7 +10,7 @@ import click
 
 from modelcar_builder.signing.keys import PASSWORD_ENV, read_password, write_pair
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.commands.keygen")
 
 
 @click.command(short_help="Write a signing key pair in cosign's format.")

@@ -30,7 +30,7 @@ from modelcar_builder.oci.layer import DigestingIterator, TarLayer
 from modelcar_builder.settings import environment
 from modelcar_builder.verify import VerifyResult, check_local_image
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.archive")
 STORES = ("podman", "docker")
 
 

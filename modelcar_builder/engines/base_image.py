@@ -25,7 +25,7 @@ from modelcar_builder.registry import RegistryClient
 from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.target import LayoutTarget, parse_target
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.base_image")
 
 
 @dataclass

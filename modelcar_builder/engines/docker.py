@@ -36,7 +36,7 @@ from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.docker")
 _ACCEPT = (MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST)
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 

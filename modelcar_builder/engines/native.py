@@ -46,7 +46,7 @@ from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.target import LayoutTarget
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.native")
 LAYER_RESTARTS = 3  # a streamed layer the registry dropped is sent again this many times
 
 

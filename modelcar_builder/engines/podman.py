@@ -39,7 +39,7 @@ from modelcar_builder.errors import BuildFailed, EngineUnavailable, UsageError
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.podman")
 
 
 def find_podman() -> str:

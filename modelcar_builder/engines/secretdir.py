@@ -26,7 +26,7 @@ from pathlib import Path
 from modelcar_builder.errors import BuildFailed
 from modelcar_builder.settings import environment
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.secretdir")
 
 PREFIX = "modelcar-secrets-"
 _FRESH = ".modelcar-secrets-new-"  # before its lock is taken: no sweep looks at it

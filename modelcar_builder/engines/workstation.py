@@ -23,7 +23,7 @@ from modelcar_builder.errors import BuildFailed, ModelcarError, UsageError
 from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
 from modelcar_builder.target import LayoutTarget, RegistryTarget, parse_target
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.workstation")
 _ACCEPT = (MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST)
 _BLOCK = 8 << 20
 

@@ -55,7 +55,7 @@ from modelcar_builder.state import LayerRecord
 from modelcar_builder.target import LayoutTarget, RegistryTarget
 from modelcar_builder.units import human
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.buildah.per_layer")
 
 # What building or sending a layer raises: buildah and registry failures, the filesystem,
 # malformed JSON from a layout.

@@ -27,7 +27,7 @@ from modelcar_builder.errors import EngineUnavailable
 from modelcar_builder.settings import environment
 from modelcar_builder.workspace import make_dir
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.buildah.runner")
 
 _ROOTLESS_MARKER_UID = "4242"  # any non-zero uid: only routes c/image's cache to XDG dirs
 

@@ -18,7 +18,7 @@ from modelcar_builder.errors import EnginePrivilegeError, ModelcarError, Storage
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.buildah.storage")
 
 _CAP_SYS_ADMIN = 21
 _MS_RDONLY = 1
