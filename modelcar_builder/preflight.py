@@ -37,7 +37,7 @@ from modelcar_builder.report import DOCUMENT_VERSION
 from modelcar_builder.settings import RegistryOptions, created_timestamp, environment
 from modelcar_builder.target import LayoutTarget, RegistryTarget, Target, parse_target
 from modelcar_builder.units import human
-from modelcar_builder.workspace import Workspace, make_dir
+from modelcar_builder.workspace import Workspace, device_of, writable_problem
 
 Status = Literal["PASS", "WARN", "FAIL", "INFO"]
 TEKTON_RESULTS = Path("/tekton/results")
@@ -326,7 +326,7 @@ def check_outputs(request: Request, target: Target | None, create: bool) -> list
         what = f"{label} {file or directory}"
         existed = directory.exists()
         make = create and label != "OCI layout"  # the layout code makes its own directory
-        error = _writable(directory, file, make)
+        error = writable_problem(directory, file, make)
         if error is not None:
             hint = "a writable --image oci:PATH" if label == "OCI layout" else None
             out.append(_fail("outputs", OutputNotWritable(f"{what}: {error}", hint)))
@@ -336,33 +336,6 @@ def check_outputs(request: Request, target: Target | None, create: bool) -> list
             done = "created" if make else "does not exist yet; build creates it"
             out.append(_pass("outputs", f"{what}: {directory} {done}, writable"))
     return out
-
-
-def _writable(directory: Path, file: Path | None, create: bool) -> str | None:
-    """None when ``file`` (or a new file) can be written in ``directory``, else why not."""
-    if not directory.exists():
-        top = directory  # the first missing directory: what a build would create first
-        while not top.parent.exists() and top.parent != top:
-            top = top.parent
-        try:  # a real mkdir: os.access says yes to root on /proc, a read-only mount, ...
-            if not create:
-                top.mkdir(0o700)
-                top.rmdir()  # a probe only: build creates it
-                return None
-            make_dir(directory, 0o755)
-        except OSError as exc:
-            return f"cannot create {directory if create else top}: {exc.strerror}"
-    if not directory.is_dir():
-        return f"{directory} is not a directory"
-    if file is not None and file.exists():
-        return None if os.access(file, os.W_OK) else f"{file} is not writable"
-    try:
-        fd, name = tempfile.mkstemp(prefix=".modelcar-probe-", dir=directory)
-    except OSError as exc:
-        return f"{directory} is not writable by uid {os.getuid()}: {exc.strerror}"
-    os.close(fd)
-    os.unlink(name)
-    return None
 
 
 def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> CheckResult:
@@ -436,13 +409,13 @@ def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]
     total = needed[label]
     model = 0 if request.stream or plan.snapshot.kind != "hub" else plan.total_bytes
     scratch = max(0, total - model)
-    present = _already_fetched(plan, ws) if model else 0
+    present = ws.already_fetched(plan.snapshot) if model else 0
     wants = [(ws.root, max(0, model - present))]
     wants.append((ws.storage_dir if request.engine == "buildah" else ws.root, scratch))
     out = []
     devices: dict[int, tuple[Path, int]] = {}
     for path, n in wants:
-        dev = _device(path)
+        dev = device_of(path)
         first, sum_ = devices.get(dev, (path, 0))
         devices[dev] = (first, sum_ + n)
     fresh = f"{human(model)} model + {human(scratch)} {label} peak = {human(total)}"
@@ -465,7 +438,7 @@ def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]
             ))  # fmt: skip
     with contextlib.suppress(OSError):  # also when no temp dir is usable (read-only root)
         tmp = Path(request.env.get("TMPDIR") or tempfile.gettempdir())
-        if _device(tmp) not in devices:
+        if device_of(tmp) not in devices:
             free = shutil.disk_usage(tmp).free
             msg = f"TMPDIR {tmp}: {human(free)} free (engines keep big temp files on the workspace)"
             if free < TMPDIR_LOW:
@@ -480,24 +453,3 @@ def _engine_label(request: Request, needed: Mapping[str, int]) -> str:
     if request.engine == "native" and request.stream:
         return "native --stream"
     return request.engine
-
-
-def _device(path: Path) -> int:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path.stat().st_dev
-
-
-def _already_fetched(plan: Plan, ws: Workspace) -> int:
-    """Model bytes an earlier run left in the workspace (files and partial downloads)."""
-    snap = plan.snapshot
-    files, partial = ws.files_dir(snap), ws.partial_dir(snap)
-    have = 0
-    for entry in snap.files:
-        with contextlib.suppress(OSError):
-            if (files / entry.path).stat().st_size == entry.size:
-                have += entry.size
-                continue
-        with contextlib.suppress(OSError):
-            have += min(entry.size, (partial / f"{entry.path}.part").stat().st_size)
-    return have
