@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from modelcar_builder.errors import MalformedBaseImage
+from modelcar_builder.errors import BaseImageNotFound, MalformedBaseImage
 from tests.clitools import assert_refused, run
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -90,3 +90,42 @@ def test_native_refuses_zstd_as_a_usage_error_without_the_preflight(capsys, tmp_
               "--workspace", str(tmp_path / "ws"))  # fmt: skip
     assert_refused(res, 2)
     assert "--compression zstd" in res.err and "KServe cannot read zstd" in res.err
+
+
+def _layout_with_disagreeing_base(path: Path) -> None:
+    """An oci: layout, written by hand, whose v1 manifest has 1 layer and config 2 diff_ids."""
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> str:
+        hexdigest = hashlib.sha256(data).hexdigest()
+        (blobs / hexdigest).write_bytes(data)
+        return f"sha256:{hexdigest}"
+
+    layer = b"\0" * 1024
+    layer_digest = blob(layer)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": [layer_digest, "sha256:" + "1" * 64]}}).encode()  # fmt: skip
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": MANIFEST,
+        "config": {"mediaType": CONFIG, "digest": blob(config), "size": len(config)},
+        "layers": [{"mediaType": LAYER, "digest": layer_digest, "size": len(layer)}],
+    }).encode()  # fmt: skip
+    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": MANIFEST, "digest": blob(manifest), "size": len(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}))  # fmt: skip
+
+
+def test_an_oci_layout_base_that_is_malformed_or_lacks_the_tag(capsys, tmp_path):
+    """The layout reader's KeyError and the image's disagreement are base-image errors."""
+    base = tmp_path / "base"
+    _layout_with_disagreeing_base(base)
+    model, ws = str(_model(tmp_path)), str(tmp_path / "ws")
+    common = ("--image", f"oci:{tmp_path / 'out'}:v1", "--workspace", ws)
+    res = run(capsys, "build", model, *common, "--base-image", f"oci:{base}:v1")
+    assert_refused(res, MalformedBaseImage.exit_code)
+    assert "1 layers but its config 2 diff_ids" in res.err
+    res = run(capsys, "build", model, *common, "--base-image", f"oci:{base}:v2")
+    assert_refused(res, BaseImageNotFound.exit_code)
+    assert "no image tagged 'v2'" in res.err
