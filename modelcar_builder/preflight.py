@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modelcar_builder.auth import SA_DIR, SA_TOKEN_PATH
-from modelcar_builder.engines import Engine
-from modelcar_builder.engines.catalog import check_stream, disk_needed, make_engine
+from modelcar_builder.engines.catalog import (
+    check_stream,
+    default_compression,
+    disk_needed,
+    make_engine,
+)
 from modelcar_builder.errors import (
     InsufficientSpace,
     ModelcarError,
@@ -30,7 +34,6 @@ from modelcar_builder.errors import (
     UsageError,
 )
 from modelcar_builder.oci.image import Platform, parse_platform
-from modelcar_builder.oci.layer import layer_media_type
 from modelcar_builder.pipeline import Resolved, count_base_layers
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.report import DOCUMENT_VERSION
@@ -344,41 +347,14 @@ def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> 
     try:
         if request.stream:
             check_stream(name, resolved.plan.snapshot.kind if resolved is not None else None)
-        if name == "native":  # the one rule, oci.layer's: none or gzip
-            layer_media_type(request.compression or "none")
         engine = make_engine(name)
-        if name == "buildah":
-            return _buildah_verdict(request, ws, engine)
-        engine.preflight(ws)
+        engine.check_compression(request.compression or default_compression(name))
+        ready = engine.preflight(ws)  # buildah: a forced overlay driver is mounted for real
     except ModelcarError as exc:
         return _fail("engine", exc)
-    if name == "native":
-        return _pass("engine", "native: no daemon, no capability, no root needed; "
-                     "a read-only root filesystem and the restricted SCC are fine")  # fmt: skip
-    return _pass("engine", f"{name}: its preflight passed")
-
-
-def _buildah_verdict(request: Request, ws: Workspace, engine: Engine) -> CheckResult:
-    from modelcar_builder.engines.buildah.choices import BuildahSettings, check_compression
-    from modelcar_builder.engines.buildah.runner import find_buildah
-
-    check_compression(request.compression or "gzip")  # zstd: a usage error, up front
-    settings = BuildahSettings.from_env(request.env)
-    exe = find_buildah(request.env)
-    engine.preflight(ws)  # a forced overlay driver is mounted for real here
-    what = f"buildah {exe}, {settings.storage_driver} storage"
-    if os.geteuid() != 0:
-        return _warn(
-            "engine",
-            f"{what}, uid {os.geteuid()}: buildah runs rootless and needs a user namespace "
-            "(SETFCAP and /etc/subuid; OpenShift: the pipelines-scc SCC)",
-            "run the step as root (securityContext runAsUser: 0; OpenShift: anyuid SCC) or "
-            "use --engine native, which needs no privilege",
-        )
-    needs = "as root it needs no SETFCAP (securityContext runAsUser: 0; OpenShift: the anyuid SCC)"
-    if settings.storage_driver == "overlay":
-        needs += "; overlay mounts: SYS_ADMIN (OpenShift: the privileged SCC), probe passed"
-    return _pass("engine", f"{what}: {needs}")
+    if ready.warning:
+        return _warn("engine", ready.warning, ready.fix)
+    return _pass("engine", ready.message)
 
 
 def check_registry(target: RegistryTarget, registry: RegistryOptions) -> CheckResult:

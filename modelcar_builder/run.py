@@ -130,11 +130,8 @@ def run_build(
     if not settings.push and not settings.load:
         raise UsageError("nothing to do: no push and no --load", hint="add --load")
     compression = settings.compression or default_compression(settings.engine)
-    if settings.engine == "buildah":  # before the download, with or without the preflight
-        from modelcar_builder.engines.buildah.choices import check_compression
-
-        check_compression(compression)
     engine = make_engine(settings.engine)
+    engine.check_compression(compression)  # before the download, with or without the preflight
     log.info("%s", engine_line(settings.engine, compression))
     store = None
     if settings.load:

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from modelcar_builder.engines.catalog import DEFAULT_ENGINE, ENGINES, disk_needed, make_engine
+from modelcar_builder.engines.catalog import (
+    DEFAULT_ENGINE,
+    ENGINES,
+    default_compression,
+    disk_needed,
+    make_engine,
+)
 from modelcar_builder.errors import UsageError
 from modelcar_builder.plan import make_plan
 from modelcar_builder.snapshot import FileEntry, Snapshot
+from modelcar_builder.workspace import Workspace
 
 MIB = 1 << 20
 
@@ -42,3 +49,24 @@ def test_an_unknown_engine_is_a_usage_error_naming_the_choices():
     with pytest.raises(UsageError) as caught:
         make_engine("kaniko")
     assert "native, buildah, podman, docker" in (caught.value.hint or "")
+
+
+def test_every_engine_says_which_compressions_it_writes_before_the_download():
+    writes = {}
+    for name in ENGINES:
+        engine = make_engine(name)
+        engine.check_compression(default_compression(name))  # its own default: accepted
+        writes[name] = set()
+        for compression in ("none", "gzip", "zstd"):
+            try:
+                engine.check_compression(compression)
+            except UsageError:
+                continue
+            writes[name].add(compression)
+    assert writes == {"native": {"none", "gzip"}, "buildah": {"none", "gzip"},
+                      "podman": {"gzip", "zstd"}, "docker": {"gzip"}}  # fmt: skip
+
+
+def test_the_native_preflight_says_how_it_runs(tmp_path):
+    ready = make_engine("native").preflight(Workspace(tmp_path).ensure())
+    assert "no daemon" in ready.message and not ready.warning

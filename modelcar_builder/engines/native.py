@@ -17,6 +17,7 @@ from modelcar_builder.engines import (
     BuildResult,
     BuiltLayer,
     LayerResult,
+    Readiness,
     fetched_bytes,
 )
 from modelcar_builder.engines.assemble import assemble_image
@@ -64,15 +65,22 @@ class NativeEngine:
     pushes_while_fetching = True  # each layer waits for its own files only
     builds_locally = False  # it writes to the target only: --load reads the pushed image
 
-    def preflight(self, workspace: Workspace) -> None:
+    def check_compression(self, compression: str) -> None:
+        layer_media_type(compression)  # none or gzip: oci.layer's one rule
+
+    def preflight(self, workspace: Workspace) -> Readiness:
         """Nothing to check: no privilege, no daemon, any filesystem."""
+        return Readiness(
+            "native: no daemon, no capability, no root needed; a read-only root filesystem "
+            "and the restricted SCC are fine"
+        )
 
     def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:
         """The fetched files; with --stream nothing but small state files."""
         return {self.name: fetched_bytes(plan), f"{self.name} --stream": 0}
 
     def build(self, request: BuildRequest) -> BuildResult:
-        layer_media_type(request.compression)  # none or gzip: oci.layer's one rule
+        self.check_compression(request.compression)
         timings: dict[str, float] = {}
         started = time.monotonic()
         sink, client = open_sink(request)

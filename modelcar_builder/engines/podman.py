@@ -20,7 +20,7 @@ from pathlib import Path
 
 from modelcar_builder.auth import private_authfile
 from modelcar_builder.context import prepare_context
-from modelcar_builder.engines import BuildRequest, BuildResult, fetched_bytes
+from modelcar_builder.engines import BuildRequest, BuildResult, Readiness, fetched_bytes
 from modelcar_builder.engines.archive import PodmanStore, base_archive
 from modelcar_builder.engines.buildah.credentials import cert_dir, resolve_for_build, tls_args
 from modelcar_builder.engines.buildah.failures import scrub, scrubbed, secret_forms
@@ -56,8 +56,15 @@ class PodmanEngine:
     pushes_while_fetching = False  # its build context links every file up front
     builds_locally = True  # the image is in podman's store after a build
 
-    def preflight(self, workspace: Workspace) -> None:
-        find_podman()
+    def check_compression(self, compression: str) -> None:
+        if compression not in ("gzip", "zstd"):
+            raise UsageError(
+                f"--compression {compression}: podman pushes gzip or zstd layers",
+                hint="drop --compression (gzip), or --engine native for uncompressed layers",
+            )
+
+    def preflight(self, workspace: Workspace) -> Readiness:
+        return Readiness(f"podman {find_podman()}: builds in its own store, pushes with its client")
 
     def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:
         """The fetched files, plus podman's store holding every layer once more (the
@@ -68,11 +75,7 @@ class PodmanEngine:
         started = time.monotonic()
         exe = find_podman()
         files_dir = require_files(request, self.name)
-        if request.compression not in ("gzip", "zstd"):
-            raise UsageError(
-                f"--compression {request.compression}: podman pushes gzip or zstd layers",
-                hint="drop --compression (gzip), or --engine native for uncompressed layers",
-            )
+        self.check_compression(request.compression)
         target_creds, base_creds = resolve_for_build(request)
         secrets = secret_forms(target_creds) + secret_forms(base_creds)
         run = _Runner(exe, secrets)

@@ -17,12 +17,13 @@ BENCHMARKS.md.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 
 from modelcar_builder.context import prepare_context
-from modelcar_builder.engines import BuildRequest, BuildResult, fetched_bytes
+from modelcar_builder.engines import BuildRequest, BuildResult, Readiness, fetched_bytes
 from modelcar_builder.engines.buildah.choices import (
     DEFAULT_OVERLAP,
     ENGINE_NAME,
@@ -89,14 +90,34 @@ class BuildahEngine:
     pushes_while_fetching = True
     builds_locally = False  # it writes to the target only: --load reads the pushed image
 
-    def preflight(self, workspace: Workspace) -> None:
+    def check_compression(self, compression: str) -> None:
+        check_compression(compression)  # gzip or none; zstd: a usage error, up front
+
+    def preflight(self, workspace: Workspace) -> Readiness:
         """Checks that need no model files, run before the download: a forced overlay
-        driver that cannot mount here fails now, not after hours of fetching."""
+        driver that cannot mount here fails now, not after hours of fetching. Says the
+        privileges it needs here: rootless needs a user namespace (a warning)."""
         settings = buildah_settings()
+        exe = find_buildah(environment())
         problem = probe(workspace)  # installed, and allowed to run here (UID, capabilities)
         if problem is not None:
             raise problem
         check_forced_driver(settings, make_dir(workspace.storage_dir, DIR_MODE))
+        what = f"buildah {exe}, {settings.storage_driver} storage"
+        if os.geteuid() != 0:
+            return Readiness(
+                what,
+                warning=f"{what}, uid {os.geteuid()}: buildah runs rootless and needs a user "
+                "namespace (SETFCAP and /etc/subuid; OpenShift: the pipelines-scc SCC)",
+                fix="run the step as root (securityContext runAsUser: 0; OpenShift: anyuid "
+                "SCC) or use --engine native, which needs no privilege",
+            )
+        needs = (
+            "as root it needs no SETFCAP (securityContext runAsUser: 0; OpenShift: the anyuid SCC)"
+        )
+        if settings.storage_driver == "overlay":
+            needs += "; overlay mounts: SYS_ADMIN (OpenShift: the privileged SCC), probe passed"
+        return Readiness(f"{what}: {needs}")
 
     def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:
         """The fetched files plus buildah's own peak: a few copies of the largest layer,
