@@ -22,26 +22,28 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from modelcar_builder.build import (
-    DEFAULT_ENGINE,
-    ENGINES,
+from modelcar_builder.context import DEFAULT_BASE_IMAGE
+from modelcar_builder.engines.catalog import DEFAULT_ENGINE, ENGINES
+from modelcar_builder.errors import UsageError
+from modelcar_builder.pipeline import Resolved, count_base_layers, resolve
+from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan
+from modelcar_builder.preflight import TEKTON_RESULTS, Request, before_download, build_target
+from modelcar_builder.report import build_document, dumps
+from modelcar_builder.run import (
     BuildOutcome,
     BuildSettings,
     image_url,
-    make_engine,
     run_build,
     verify_image,
     write_results,
 )
-from modelcar_builder.context import DEFAULT_BASE_IMAGE
-from modelcar_builder.errors import UsageError
-from modelcar_builder.oci.image import parse_platform
-from modelcar_builder.pipeline import Resolved, count_base_layers, resolve
-from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan
-from modelcar_builder.preflight import TEKTON_RESULTS, Request, before_download
-from modelcar_builder.report import build_document, dumps
 from modelcar_builder.selection import Selection
-from modelcar_builder.settings import Bounds, RegistryOptions, check_number, created_timestamp
+from modelcar_builder.settings import (
+    Bounds,
+    RegistryOptions,
+    check_number,
+    environment,
+)
 from modelcar_builder.signed_build import check_signing, sign_build
 from modelcar_builder.signing.flow import verify_signed
 from modelcar_builder.source.download import FetchOptions
@@ -50,7 +52,7 @@ from modelcar_builder.target import RegistryTarget, parse_target
 from modelcar_builder.verify import DeepOptions, VerifyResult
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.api")
 
 __all__ = [
     "BuildOptions",
@@ -221,7 +223,6 @@ class BuildOptions:
             compression=self.compression,
             results_dir=self.results_dir,
             report_file=self.report_file,
-            make_engine=make_engine,
         )
 
 
@@ -251,14 +252,7 @@ def build(options: BuildOptions) -> Built:
     (nothing is lost: the same call again continues)."""
     options.check()
     image, push = options.target_image()
-    target = parse_target(image)
-    if isinstance(target, RegistryTarget) and target.ref.digest:
-        raise UsageError(
-            f"--image {image} names a digest; a push needs a tag",
-            hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
-        )
-    wanted = parse_platform(options.platform)  # the rule `doctor` applies too
-    created_timestamp()  # a bad SOURCE_DATE_EPOCH fails now, not after the download
+    target, wanted = build_target(image, options.platform, environment())  # doctor's rule too
     registry = options.registry.options(image)
     # The base image's depth counts against --max-layers, and its platform must be the
     # one asked for: read its manifest and config (no layer) before the Hub plan.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import signal
 import sys
 import traceback
@@ -22,8 +21,9 @@ from modelcar_builder.commands.plan import plan
 from modelcar_builder.commands.sign import sign
 from modelcar_builder.commands.verify import verify
 from modelcar_builder.errors import InsufficientSpace, Interrupted, ModelcarError, UsageError
+from modelcar_builder.settings import environment
 
-log = logging.getLogger("modelcar")  # every module logs below it: "modelcar.<part>"
+log = logging.getLogger("modelcar")  # the tree: each module logs on "modelcar.<module>"
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -43,7 +43,7 @@ class _StderrHandler(logging.StreamHandler):
 
 
 EXIT_CODES = """Exit codes (README.md lists each): 0 ok; 1 unexpected I/O; 2 usage;
-10-17 source, selection, plan and base image; 20-21 download; 30-32 workspace and
+10-18 source, selection, plan and base image; 20-21 download; 30-32 workspace and
 outputs; 40-43 engine; 50-52 registry; 60 verification; 130 interrupted (rerun to continue)."""
 
 
@@ -86,7 +86,7 @@ for command in (plan, fetch_cmd, prepare, build, doctor, verify, keygen, sign):
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or os.environ.get("MODELCAR_DEBUG") not in (None, "", "0")
+    debug = "--debug" in args or environment().get("MODELCAR_DEBUG") not in (None, "", "0")
     # Kubernetes stops a pod with SIGTERM: unwind like Ctrl-C so state is saved and the
     # exit code says "interrupted, rerun to continue" instead of a bare kill.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -15,7 +15,7 @@ from pathlib import Path
 from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.workspace import CONTENT_DIR_MODE, FILE_MODE, Workspace, make_dir
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.context")
 
 DEFAULT_BASE_IMAGE = "registry.access.redhat.com/ubi9/ubi-micro:9.6"
 

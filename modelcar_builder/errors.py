@@ -221,6 +221,18 @@ class BaseImageNotFound(ModelcarError):
     )
 
 
+class MalformedBaseImage(ModelcarError):
+    """The base image is there but is not a well-formed image: a manifest that is not an
+    image manifest, an index that is not an index, or a manifest whose layers and its
+    config's diff_ids disagree. Building on it would give an image no runtime accepts."""
+
+    exit_code = 18
+    default_hint = (
+        "the base image is broken where it is stored: pass another --base-image (or "
+        "scratch), or rebuild and re-push this one"
+    )
+
+
 class RegistryError(ModelcarError):
     """Any other unexpected registry answer."""
 

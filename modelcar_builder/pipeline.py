@@ -1,11 +1,11 @@
-"""The stages, in the one direction data flows: source -> plan -> fetch -> context.
-Each function takes what the previous one returned; the CLI only chains them."""
+"""What every command asks before anything is downloaded: ``resolve`` pins the source and
+plans its layers, ``count_base_layers`` and ``pinned_base`` read the base image's
+manifest. The disk each engine needs is the engine registry's (``engines.catalog``);
+the fetch, the engine and the verification are the run's (``run.py``)."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +20,7 @@ from modelcar_builder.snapshot import FileEntry, Snapshot
 from modelcar_builder.source import parse_source
 from modelcar_builder.source.local import local_snapshot
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.pipeline")
 
 if TYPE_CHECKING:
     from modelcar_builder.source.hub import HubAccess
@@ -87,7 +87,7 @@ def count_base_layers(
     credentials) assume one layer, as ubi-micro and busybox have, and say so."""
     if name == "scratch":
         return 0
-    from modelcar_builder.engines.base import load_base
+    from modelcar_builder.engines.base_image import load_base
 
     try:
         # plan and prepare (not strict) have no --platform: they only count its layers
@@ -126,16 +126,3 @@ def pinned_base(name: str, registry: RegistryOptions) -> str | None:
         )
         return None
     return f"{name}@{digest}"
-
-
-def disk_needed(plan: Plan, env: Mapping[str, str] | None = None) -> dict[str, int]:
-    """Extra workspace bytes each engine needs, for `plan` and the up-front space check:
-    every engine answers for itself (``Engine.disk_needed``)."""
-    from modelcar_builder.engines.buildah import BuildahEngine
-    from modelcar_builder.engines.native import NativeEngine
-
-    env = os.environ if env is None else env
-    needed: dict[str, int] = {}
-    for engine in (NativeEngine(), BuildahEngine()):
-        needed.update(engine.disk_needed(plan, env))
-    return needed

@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import certifi
-
 from modelcar_builder.auth import SA_DIR, SA_TOKEN_PATH
+from modelcar_builder.engines.catalog import (
+    check_stream,
+    default_compression,
+    disk_needed,
+    make_engine,
+)
 from modelcar_builder.errors import (
     InsufficientSpace,
     ModelcarError,
@@ -29,14 +33,14 @@ from modelcar_builder.errors import (
     TooManyLayers,
     UsageError,
 )
-from modelcar_builder.oci.image import parse_platform
-from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed
+from modelcar_builder.oci.image import Platform, parse_platform
+from modelcar_builder.pipeline import Resolved, count_base_layers
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.report import DOCUMENT_VERSION
-from modelcar_builder.settings import RegistryOptions, created_timestamp
+from modelcar_builder.settings import RegistryOptions, created_timestamp, environment
 from modelcar_builder.target import LayoutTarget, RegistryTarget, Target, parse_target
 from modelcar_builder.units import human
-from modelcar_builder.workspace import Workspace, make_dir
+from modelcar_builder.workspace import Workspace, device_of, writable_problem
 
 Status = Literal["PASS", "WARN", "FAIL", "INFO"]
 TEKTON_RESULTS = Path("/tekton/results")
@@ -130,9 +134,7 @@ class Request:
     compression: str | None = None
     results_dir: str | None = None
     report_file: str | None = None
-    env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
-    # build.make_engine, handed in: the run (build.py) sits above the checks
-    make_engine: Callable[[str], Any] | None = field(default=None, repr=False)
+    env: Mapping[str, str] = field(default_factory=environment, repr=False)
 
     def registry(self, target: Target | None) -> RegistryOptions:
         host = target.ref.api_host if isinstance(target, RegistryTarget) else None
@@ -208,17 +210,24 @@ def identity(env: Mapping[str, str]) -> list[CheckResult]:
     return [_pass("identity", who, "INFO"), _pass("identity", f"{pod}; {token}", "INFO")]
 
 
+def build_target(image: str, platform: str, env: Mapping[str, str]) -> tuple[Target, Platform]:
+    """--image, --platform and SOURCE_DATE_EPOCH as `build` needs them: the one rule
+    `build` (before it reads anything) and `doctor` (``check_image``) apply."""
+    target = parse_target(image)
+    if isinstance(target, RegistryTarget) and target.ref.digest:
+        raise UsageError(
+            f"--image {image} names a digest; a push needs a tag",
+            hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
+        )
+    wanted = parse_platform(platform)
+    created_timestamp(env)  # the image's `created`: a bad value fails now, not after the download
+    return target, wanted
+
+
 def check_image(request: Request) -> tuple[CheckResult, Target | None]:
     """The image reference and the platform parse, as `build` parses them."""
     try:
-        parse_platform(request.platform)
-        created_timestamp(request.env)  # the image's `created`: SOURCE_DATE_EPOCH
-        target = parse_target(request.image)
-        if isinstance(target, RegistryTarget) and target.ref.digest:
-            raise UsageError(
-                f"--image {request.image} names a digest; a push needs a tag",
-                hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
-            )
+        target, _ = build_target(request.image, request.platform, request.env)
     except ModelcarError as exc:
         return _fail("image", exc), None
     if isinstance(target, RegistryTarget):
@@ -320,7 +329,7 @@ def check_outputs(request: Request, target: Target | None, create: bool) -> list
         what = f"{label} {file or directory}"
         existed = directory.exists()
         make = create and label != "OCI layout"  # the layout code makes its own directory
-        error = _writable(directory, file, make)
+        error = writable_problem(directory, file, make)
         if error is not None:
             hint = "a writable --image oci:PATH" if label == "OCI layout" else None
             out.append(_fail("outputs", OutputNotWritable(f"{what}: {error}", hint)))
@@ -332,88 +341,27 @@ def check_outputs(request: Request, target: Target | None, create: bool) -> list
     return out
 
 
-def _writable(directory: Path, file: Path | None, create: bool) -> str | None:
-    """None when ``file`` (or a new file) can be written in ``directory``, else why not."""
-    if not directory.exists():
-        top = directory  # the first missing directory: what a build would create first
-        while not top.parent.exists() and top.parent != top:
-            top = top.parent
-        try:  # a real mkdir: os.access says yes to root on /proc, a read-only mount, ...
-            if not create:
-                top.mkdir(0o700)
-                top.rmdir()  # a probe only: build creates it
-                return None
-            make_dir(directory, 0o755)
-        except OSError as exc:
-            return f"cannot create {directory if create else top}: {exc.strerror}"
-    if not directory.is_dir():
-        return f"{directory} is not a directory"
-    if file is not None and file.exists():
-        return None if os.access(file, os.W_OK) else f"{file} is not writable"
-    try:
-        fd, name = tempfile.mkstemp(prefix=".modelcar-probe-", dir=directory)
-    except OSError as exc:
-        return f"{directory} is not writable by uid {os.getuid()}: {exc.strerror}"
-    os.close(fd)
-    os.unlink(name)
-    return None
-
-
 def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> CheckResult:
     """The engine's own probe (`Engine.preflight`), and the privileges it needs."""
     name = request.engine
     try:
-        if request.stream and name != "native":
-            raise UsageError("--stream works only with --engine native", hint="add --engine native")
-        if request.stream and resolved is not None and resolved.plan.snapshot.kind != "hub":
-            raise UsageError("--stream needs a Hub source", hint="drop --stream for directories")
-        if name == "native" and request.compression not in (None, "none", "gzip"):
-            raise UsageError(
-                f"--compression {request.compression} is not supported by the native engine",
-                hint="use none (default, fastest) or gzip; KServe cannot read zstd layers",
-            )
-        if request.make_engine is None:
-            raise UsageError(f"no engine factory to check --engine {name}")
-        engine = request.make_engine(name)
-        if name == "buildah":
-            return _buildah_verdict(request, ws, engine)
-        engine.preflight(ws)
+        if request.stream:
+            check_stream(name, resolved.plan.snapshot.kind if resolved is not None else None)
+        engine = make_engine(name)
+        engine.check_compression(request.compression or default_compression(name))
+        ready = engine.preflight(ws)  # buildah: a forced overlay driver is mounted for real
     except ModelcarError as exc:
         return _fail("engine", exc)
-    if name == "native":
-        return _pass("engine", "native: no daemon, no capability, no root needed; "
-                     "a read-only root filesystem and the restricted SCC are fine")  # fmt: skip
-    return _pass("engine", f"{name}: its preflight passed")
-
-
-def _buildah_verdict(request: Request, ws: Workspace, engine: Any) -> CheckResult:
-    from modelcar_builder.engines.buildah.runner import find_buildah
-    from modelcar_builder.engines.buildah.settings import BuildahSettings, check_compression
-
-    check_compression(request.compression or "gzip")  # zstd: a usage error, up front
-    settings = BuildahSettings.from_env(request.env)
-    exe = find_buildah(request.env)
-    engine.preflight(ws)  # a forced overlay driver is mounted for real here
-    what = f"buildah {exe}, {settings.storage_driver} storage"
-    if os.geteuid() != 0:
-        return _warn(
-            "engine",
-            f"{what}, uid {os.geteuid()}: buildah runs rootless and needs a user namespace "
-            "(SETFCAP and /etc/subuid; OpenShift: the pipelines-scc SCC)",
-            "run the step as root (securityContext runAsUser: 0; OpenShift: anyuid SCC) or "
-            "use --engine native, which needs no privilege",
-        )
-    needs = "as root it needs no SETFCAP (securityContext runAsUser: 0; OpenShift: the anyuid SCC)"
-    if settings.storage_driver == "overlay":
-        needs += "; overlay mounts: SYS_ADMIN (OpenShift: the privileged SCC), probe passed"
-    return _pass("engine", f"{what}: {needs}")
+    if ready.warning:
+        return _warn("engine", ready.warning, ready.fix)
+    return _pass("engine", ready.message)
 
 
 def check_registry(target: RegistryTarget, registry: RegistryOptions) -> CheckResult:
     """Reachable, TLS trusted (naming the CA), credentials accepted for a push: a blob
     upload is started and cancelled, so a pull-only credential fails here."""
     ref = target.ref
-    cas = _trusted_cas(registry)
+    cas = registry.trust()
     try:
         with registry.client_for(ref) as client:
             client.ping()
@@ -428,31 +376,22 @@ def check_registry(target: RegistryTarget, registry: RegistryOptions) -> CheckRe
     return _pass("registry", f"{base} reachable, {tls}; {creds} may push to {ref.repository}")
 
 
-def _trusted_cas(registry: RegistryOptions) -> str:
-    if not registry.tls_verify:
-        return "TLS not verified (--no-tls-verify)"
-    if registry.ca_file:
-        return f"TLS trusted with CA {registry.ca_source or registry.ca_file}"
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    return f"TLS checked against the system bundle {bundle or certifi.where()} (no --ca-file)"
-
-
 def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]:
     """Free space where the bytes will go (workspace, buildah's storage root on it, and
     TMPDIR) against what the chosen engine needs for this model (`Engine.disk_needed`),
     minus what an earlier run already downloaded."""
     needed = disk_needed(plan, request.env)
     label = _engine_label(request, needed)
-    total = needed.get(label, 0)
+    total = needed[label]
     model = 0 if request.stream or plan.snapshot.kind != "hub" else plan.total_bytes
     scratch = max(0, total - model)
-    present = _already_fetched(plan, ws) if model else 0
+    present = ws.already_fetched(plan.snapshot) if model else 0
     wants = [(ws.root, max(0, model - present))]
     wants.append((ws.storage_dir if request.engine == "buildah" else ws.root, scratch))
     out = []
     devices: dict[int, tuple[Path, int]] = {}
     for path, n in wants:
-        dev = _device(path)
+        dev = device_of(path)
         first, sum_ = devices.get(dev, (path, 0))
         devices[dev] = (first, sum_ + n)
     fresh = f"{human(model)} model + {human(scratch)} {label} peak = {human(total)}"
@@ -475,7 +414,7 @@ def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]
             ))  # fmt: skip
     with contextlib.suppress(OSError):  # also when no temp dir is usable (read-only root)
         tmp = Path(request.env.get("TMPDIR") or tempfile.gettempdir())
-        if _device(tmp) not in devices:
+        if device_of(tmp) not in devices:
             free = shutil.disk_usage(tmp).free
             msg = f"TMPDIR {tmp}: {human(free)} free (engines keep big temp files on the workspace)"
             if free < TMPDIR_LOW:
@@ -486,30 +425,7 @@ def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]
 
 
 def _engine_label(request: Request, needed: Mapping[str, int]) -> str:
-    if request.engine == "native":
-        return "native --stream" if request.stream else "native"
-    labels = [k for k in needed if k == request.engine or k.startswith(f"{request.engine} ")]
-    if labels:
-        return labels[0]
-    return max(needed, key=lambda k: needed[k])  # an engine that does not say: the worst
-
-
-def _device(path: Path) -> int:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path.stat().st_dev
-
-
-def _already_fetched(plan: Plan, ws: Workspace) -> int:
-    """Model bytes an earlier run left in the workspace (files and partial downloads)."""
-    snap = plan.snapshot
-    files, partial = ws.files_dir(snap), ws.partial_dir(snap)
-    have = 0
-    for entry in snap.files:
-        with contextlib.suppress(OSError):
-            if (files / entry.path).stat().st_size == entry.size:
-                have += entry.size
-                continue
-        with contextlib.suppress(OSError):
-            have += min(entry.size, (partial / f"{entry.path}.part").stat().st_size)
-    return have
+    """The label the chosen engine answered ``disk_needed`` with (every engine does)."""
+    if request.engine == "native" and request.stream:
+        return "native --stream"
+    return request.engine

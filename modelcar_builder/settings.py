@@ -1,7 +1,15 @@
-"""Settings that are not command-line options, in one place: the only reader of the
-environment beyond click's own option variables (MODELCAR_BUILDAH_*, SOURCE_DATE_EPOCH),
-and how to talk to registries: the user's credential and TLS choices and the one place
-that turns them into a connected client (twine keeps `settings` apart the same way)."""
+"""Settings that are not command-line options, in one place, and how to talk to
+registries: the user's credential and TLS choices and the one place that turns them into
+a connected client (twine keeps `settings` apart the same way).
+
+The environment: :func:`environment` is the one place the package reads it (click reads
+the options' own MODELCAR_* variables). The tool's tuning variables (MODELCAR_BUILDAH_*,
+MODELCAR_REGISTRY_RETRY_WINDOW, MODELCAR_SEGMENT_SIZE) and SOURCE_DATE_EPOCH are parsed
+and validated here only. Other tools' standard variables (PATH, TMPDIR, DOCKER_HOST,
+REGISTRY_AUTH_FILE, XDG_RUNTIME_DIR, COSIGN_PASSWORD, ...) are read from that mapping
+where they are used. ``auth.py`` sits below this module: its callers pass the mapping
+down; its ``os.environ`` default serves direct callers only. (``source/hub.py`` still
+reads ``os.environ`` for the Hub's variables; source/ is being restructured.)"""
 
 from __future__ import annotations
 
@@ -13,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import certifi
 
 from modelcar_builder.auth import default_ca_file, resolve_credentials
 from modelcar_builder.errors import UsageError
@@ -45,7 +55,7 @@ class RegistryOptions:
         default_ca = default_ca_file(host=host) if tls_verify and host else None
         source = None
         if ca_file is None and default_ca is None and tls_verify:
-            default_ca, source = env_ca_bundle(os.environ) or (None, None)
+            default_ca, source = env_ca_bundle(environment()) or (None, None)
         return cls(
             authfile,
             token_file,
@@ -62,6 +72,7 @@ class RegistryOptions:
             repository=ref.repository,
             authfile=self.authfile,
             token_file=self.token_file,
+            env=environment(),
         )
         return RegistryClient(
             ref.api_host,
@@ -70,6 +81,17 @@ class RegistryOptions:
             ca_file=self.ca_file,
             retry=RetryPolicy(window=self.retry_window),
         )
+
+    def trust(self) -> str:
+        """How TLS is checked, in words (doctor's registry line): the CA named, or the
+        bundle requests uses (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, else certifi's)."""
+        if not self.tls_verify:
+            return "TLS not verified (--no-tls-verify)"
+        if self.ca_file:
+            return f"TLS trusted with CA {self.ca_source or self.ca_file}"
+        env = environment()
+        bundle = env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or certifi.where()
+        return f"TLS checked against the system bundle {bundle} (no --ca-file)"
 
 
 def env_ca_bundle(env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -155,6 +177,21 @@ class BuildahSettings:
         )
 
 
+def buildah_settings(env: Mapping[str, str] | None = None) -> BuildahSettings:
+    """The buildah engine's MODELCAR_BUILDAH_* settings, from ``env`` (default: the
+    process environment)."""
+    return BuildahSettings.from_env(environment() if env is None else env)
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment: the one place the package reads it (auth.py, below this
+    module, takes it from its callers). Modules that need another tool's standard
+    variable (PATH, HOME, TMPDIR, XDG_RUNTIME_DIR, DOCKER_HOST, REGISTRY_AUTH_FILE,
+    KUBERNETES_SERVICE_HOST, COSIGN_PASSWORD, a child process's environment) get the
+    mapping here and read that one variable where it is used."""
+    return os.environ
+
+
 # What `modelcar build --help` lists under its options: settings read from the environment.
 ENVIRONMENT = {
     ENV_OVERLAP: "buildah: 1 (default) uploads a layer while the next builds",
@@ -229,7 +266,7 @@ def env_number(
 ) -> int | float:
     """A numeric tuning variable, validated as an option would be; unset or empty:
     ``default``. Never ignored silently: a typo would quietly change the tuning."""
-    env = os.environ if env is None else env
+    env = environment() if env is None else env
     raw = env.get(name, "").strip()
     return default if not raw else check_number(raw, name, bounds)
 

@@ -18,18 +18,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from modelcar_builder.build import BuildOutcome, BuildSettings, image_url
 from modelcar_builder.errors import ModelcarError, RegistryError, UsageError
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
 from modelcar_builder.reference import ImageRef
+from modelcar_builder.run import BuildOutcome, BuildSettings, image_url
 from modelcar_builder.signing import cosign, flow, modelsig, provenance
 from modelcar_builder.signing.keys import SigningKey, load_private_key, read_password
 from modelcar_builder.target import RegistryTarget, Target
 from modelcar_builder.verify import verify_push
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar.signing")
+log = logging.getLogger("modelcar.signed_build")
 
 
 def check_signing(

@@ -21,7 +21,7 @@ from typing import Any
 from modelcar_builder.oci.layer import layer_cache_key
 from modelcar_builder.plan import LayerPlan
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.state")
 STATE_VERSION = 2  # 1: the untyped sections "verified", "layers", "buildah" (no "version")
 
 

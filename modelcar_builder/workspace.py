@@ -35,7 +35,7 @@ from modelcar_builder.snapshot import Snapshot
 from modelcar_builder.state import BuildState
 from modelcar_builder.units import human
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.workspace")
 
 DIR_MODE = 0o775
 CONTENT_DIR_MODE = 0o755
@@ -220,6 +220,19 @@ class Workspace:
     def state(self, snapshot: Snapshot) -> BuildState:
         return BuildState(self.root / "state" / f"{snapshot_slug(snapshot)}.json")
 
+    def already_fetched(self, snapshot: Snapshot) -> int:
+        """Model bytes an earlier run left here (files and partial downloads)."""
+        files, partial = self.files_dir(snapshot), self.partial_dir(snapshot)
+        have = 0
+        for entry in snapshot.files:
+            with contextlib.suppress(OSError):
+                if (files / entry.path).stat().st_size == entry.size:
+                    have += entry.size
+                    continue
+            with contextlib.suppress(OSError):
+                have += min(entry.size, (partial / f"{entry.path}.part").stat().st_size)
+        return have
+
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
@@ -229,6 +242,42 @@ class Workspace:
             raise InsufficientSpace(
                 f"{what} needs {human(needed)} more on {self.root}, only {human(free)} free"
             )
+
+
+def device_of(path: Path) -> int:
+    """The device ``path`` is on, or would be on once created (its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path.stat().st_dev
+
+
+def writable_problem(directory: Path, file: Path | None, create: bool) -> str | None:
+    """None when ``file`` (or a new file) can be written in ``directory``, else why not
+    (the preflight's check of --results-dir, --report and an oci: layout). ``create``:
+    make a missing ``directory``; else only probe that it could be made."""
+    if not directory.exists():
+        top = directory  # the first missing directory: what a build would create first
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        try:  # a real mkdir: os.access says yes to root on /proc, a read-only mount, ...
+            if not create:
+                top.mkdir(0o700)
+                top.rmdir()  # a probe only: build creates it
+                return None
+            make_dir(directory, 0o755)
+        except OSError as exc:
+            return f"cannot create {directory if create else top}: {exc.strerror}"
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    if file is not None and file.exists():
+        return None if os.access(file, os.W_OK) else f"{file} is not writable"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".modelcar-probe-", dir=directory)
+    except OSError as exc:
+        return f"{directory} is not writable by uid {os.getuid()}: {exc.strerror}"
+    os.close(fd)
+    os.unlink(name)
+    return None
 
 
 def _tree_bytes(path: str) -> int:

@@ -22,7 +22,7 @@ import yaml
 
 from modelcar_builder.cli import cli
 from modelcar_builder.context import DEFAULT_BASE_IMAGE
-from modelcar_builder.engines.buildah import settings as buildah_settings
+from modelcar_builder.engines.buildah import choices as buildah_settings
 from scripts.freeze_constraints import closure
 from tests.support.kubeplay import StepPod
 from tests.support.schemas import inferenceservice_errors, tekton_errors

@@ -27,8 +27,9 @@ import pytest
 
 from modelcar_builder import errors
 from modelcar_builder.api import is_local_name, local_name
-from modelcar_builder.build import ENGINES, load_store
-from modelcar_builder.engines.local import context_tar
+from modelcar_builder.engines.catalog import ENGINES
+from modelcar_builder.engines.workstation import context_tar
+from modelcar_builder.run import load_store
 from tests.clitools import run
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
 from tests.test_engine_buildah import CmdlineWatcher

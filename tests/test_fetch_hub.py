@@ -363,7 +363,7 @@ def test_native_build_after_fetch_does_not_hash_the_shards_again(repo, ws, tmp_p
         return real_digest(self, open_entry)
 
     monkeypatch.setattr(TarLayer, "digest", spy)
-    from modelcar_builder.build import BuildSettings, run_build
+    from modelcar_builder.run import BuildSettings, run_build
     from modelcar_builder.settings import RegistryOptions
     from modelcar_builder.target import parse_target
 

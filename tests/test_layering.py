@@ -1,5 +1,5 @@
 """The one-way house, checked: every import in the package points down the flow
-CLI -> commands -> run (build) -> pipeline/report -> engines -> stages (context, verify,
+CLI -> commands -> run -> pipeline/report -> engines -> stages (context, verify,
 sources) -> infrastructure (registry, workspace, state, settings) -> vocabulary (oci,
 plan, references) -> errors. A module may import its own rank or below, never above."""
 
@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parent.parent / "modelcar_builder"
 RANKS = [  # (rank, module prefixes); the longest matching prefix decides
     (9, ("cli", "__main__")),
     (8, ("commands", "api", "chains")),
-    (7, ("build", "signed_build")),
+    (7, ("run", "signed_build")),
     (6, ("pipeline", "report", "preflight")),
     (5, ("engines",)),
     (4, ("context", "verify", "source", "shards", "signing")),
@@ -73,6 +73,64 @@ def test_no_module_is_over_500_lines():
     long = {
         str(p.relative_to(PACKAGE)): n
         for p in PACKAGE.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > 520
+        if (n := len(p.read_text().splitlines())) > 500
     }
     assert not long
+
+
+# source/stream.py's one assert is the source/ owner's to replace (they are rewriting it).
+ASSERTS_PENDING = {"source/stream.py"}
+
+
+def test_no_assert_statement_in_the_package():
+    """Checks and type narrowing are ``if ...: raise`` (a typed error) or typing.cast:
+    ``python -O`` strips asserts, and a failed one is a traceback, not an exit code."""
+    found = {
+        f"{p.relative_to(PACKAGE)}:{node.lineno}"
+        for p in PACKAGE.rglob("*.py")
+        if str(p.relative_to(PACKAGE)) not in ASSERTS_PENDING
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Assert)
+    }
+    assert not found
+
+
+# The process environment is read through settings.environment() only. auth.py sits below
+# settings (its callers pass the mapping; os.environ is its default for direct callers);
+# source/hub.py is the source/ owner's to move (they are restructuring source/).
+ENVIRONMENT_READERS = {"settings.py", "auth.py", "source/hub.py"}
+
+
+def test_only_settings_reads_the_environment():
+    readers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
+                    and isinstance(node.value, ast.Name) and node.value.id == "os"):  # fmt: skip
+                readers.add(str(path.relative_to(PACKAGE)))
+    assert readers <= ENVIRONMENT_READERS, readers - ENVIRONMENT_READERS
+    assert "settings.py" in readers
+
+
+# source/ still logs on "modelcar" and "modelcar.hub": the source/ owner's to rename.
+LOGGERS_PENDING = {"source"}
+
+
+def test_every_module_logs_below_modelcar_under_its_own_name():
+    """cli.py puts the one handler on "modelcar"; each module logs on
+    "modelcar.<its module path>" (modelcar.engines.native, ...), so a line says where it
+    comes from and --debug/-q still reach every module through the tree."""
+    wrong = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] in LOGGERS_PENDING or str(rel) == "cli.py":
+            continue
+        own = ".".join(["modelcar", *(p for p in rel.with_suffix("").parts if p != "__init__")])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr == "getLogger" and node.args:
+                name = node.args[0]
+                if not (isinstance(name, ast.Constant) and name.value == own):
+                    wrong[str(rel)] = ast.unparse(name)
+    assert not wrong, wrong

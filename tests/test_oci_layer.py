@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from modelcar_builder.errors import IntegrityError, UnsafeSource
+from modelcar_builder.errors import IntegrityError, UnsafeSource, UsageError
 from modelcar_builder.oci import (
     ANNOTATION_FILE_SHA256,
     ANNOTATION_FILEPATH,
@@ -220,7 +220,7 @@ def test_gzip_is_deterministic_and_round_trips(tmp_path: Path, files) -> None:
 def test_media_types() -> None:
     assert layer_media_type("none") == MEDIA_TYPE_LAYER
     assert layer_media_type("gzip") == MEDIA_TYPE_LAYER_GZIP
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):  # a user's --compression: typed, with its hint
         layer_media_type("zstd")
 
 

@@ -42,7 +42,7 @@ def test_a_background_download_that_breaks_unexpectedly_wakes_its_waiters(
 ):
     """Whatever the download thread raises, the layers waiting for it get an error:
     without an outcome they would wait forever (a hang, not a failure)."""
-    from modelcar_builder import build
+    from modelcar_builder import run
     from modelcar_builder.errors import ModelcarError
     from modelcar_builder.plan import LayerPlan
     from modelcar_builder.snapshot import FileEntry
@@ -50,8 +50,8 @@ def test_a_background_download_that_breaks_unexpectedly_wakes_its_waiters(
     def broken(*_args, **_kwargs):
         raise RuntimeError("not a ModelcarError")
 
-    monkeypatch.setattr(build, "fetch", broken)
-    fetch = build.BackgroundFetch(None, None, None, build.FetchOptions(), None)  # type: ignore[arg-type]
+    monkeypatch.setattr(run, "fetch", broken)
+    fetch = run.BackgroundFetch(None, None, None, run.FetchOptions(), None)  # type: ignore[arg-type]
     layer = LayerPlan(index=0, name="layer-000", files=(FileEntry("a.bin", 1),))
     done = threading.Event()
     caught: list[BaseException] = []

@@ -177,7 +177,7 @@ def test_created_timestamp_is_fixed_unless_source_date_epoch():
 
 
 def test_disk_needed_per_engine():
-    from modelcar_builder.pipeline import disk_needed
+    from modelcar_builder.engines.catalog import disk_needed
 
     files = [FileEntry(f"s{i}.safetensors", 100 * 2**20, sha256="0" * 64) for i in range(4)]
     plan = make_plan(Snapshot("hub", "o/n", "main", "a" * 40, tuple(files)), threshold=2**20)
@@ -186,4 +186,7 @@ def test_disk_needed_per_engine():
     assert needed["native"] == model and needed["native --stream"] == 0
     # buildah: the fetched model plus a few copies of the largest layer only, on any driver
     assert model < needed["buildah"] <= model + 4 * 100 * 2**20
-    assert set(needed) == {"native", "native --stream", "buildah"}
+    # podman and docker answer too (the registry asks every engine): podman's store holds
+    # the layers once more; the docker daemon's store is not on the workspace
+    assert needed["podman"] == 2 * model and needed["docker"] == model
+    assert set(needed) == {"native", "native --stream", "buildah", "podman", "docker"}

@@ -6,7 +6,6 @@ import click
 
 from modelcar_builder import api
 from modelcar_builder.api import CHUNK_SIZE, COMPRESSIONS, JOBS, LOADS, UPLOADS
-from modelcar_builder.build import DEFAULT_ENGINE, ENGINES
 from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import (
     Number,
@@ -19,6 +18,7 @@ from modelcar_builder.commands.options import (
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE
 from modelcar_builder.engines.buildah.probe import BUILDAH_NEEDS
+from modelcar_builder.engines.catalog import DEFAULT_ENGINE, ENGINES
 from modelcar_builder.report import dumps
 from modelcar_builder.settings import ENVIRONMENT
 

@@ -22,7 +22,7 @@ from modelcar_builder.source.download import fetch
 from modelcar_builder.target import RegistryTarget, parse_target
 from modelcar_builder.units import human
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.commands.fetch")
 
 
 @click.command(name="fetch", cls=GroupedCommand)

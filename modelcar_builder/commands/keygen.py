@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import click
 
 from modelcar_builder.signing.keys import PASSWORD_ENV, read_password, write_pair
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.commands.keygen")
 
 
 @click.command(short_help="Write a signing key pair in cosign's format.")
@@ -24,8 +25,8 @@ def keygen(directory: str, password_file: str | None, force: bool) -> None:
     """Write cosign.key (cosign's encrypted format, mode 0600) and cosign.pub (PEM) in
     DIRECTORY: the key for build --sign-key, skopeo and cosign; the public key for
     verify --key, a policy.json keyPath or a ClusterImagePolicy."""
-    password = read_password(password_file, required=True)
-    assert password is not None
+    # required=True: read_password raises a UsageError rather than return None
+    password = cast(bytes, read_password(password_file, required=True))
     private, public = write_pair(Path(directory), password, force=force)
     log.info("wrote %s and %s", private, public)
     click.echo(str(public))

@@ -40,7 +40,7 @@ from modelcar_builder.settings import (
 from modelcar_builder.source.download import FetchOptions
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.commands.options")
 
 
 class Number(click.ParamType):

@@ -10,8 +10,9 @@ import click
 from modelcar_builder import api
 from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import source_options
-from modelcar_builder.pipeline import disk_needed
+from modelcar_builder.engines.catalog import disk_needed
 from modelcar_builder.report import dumps, plan_document, plan_text
+from modelcar_builder.settings import environment
 from modelcar_builder.workspace import Workspace
 
 
@@ -37,7 +38,7 @@ def plan(
 ):
     """Show what would be built: commit, files, layers, disk needed. Downloads nothing."""
     planned = api.plan(dataclasses.replace(src, base_image=base_image))
-    disk = disk_needed(planned)
+    disk = disk_needed(planned, environment())
     if as_json:
         click.echo(dumps(plan_document(planned, disk)))
         return

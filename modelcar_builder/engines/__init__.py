@@ -1,5 +1,6 @@
 """Build engines behind one small interface: take a BuildRequest, put an image at the
-target, return a BuildResult. The pipeline does not care which engine ran."""
+target, return a BuildResult. The run does not care which engine ran; it reaches them
+through the registry (``engines.catalog``) and the ``Engine`` Protocol below."""
 
 from __future__ import annotations
 
@@ -101,6 +102,16 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """What an engine's preflight found here: how it will run (``message``), and when it
+    may not run as deployed, a ``warning`` with its ``fix`` (doctor's WARN line)."""
+
+    message: str
+    warning: str = ""
+    fix: str = ""
+
+
 class Engine(Protocol):
     name: str
     # True: build() may start while the download runs; it calls request.wait_for(layer)
@@ -109,9 +120,18 @@ class Engine(Protocol):
     # manifest; an engine that needs all files at once waits for every layer first.
     # False: it gets every file verified up front.
     pushes_while_fetching: bool
+    # True: the image is in the engine's own local store after build() (podman, docker),
+    # so `--load` without a push still runs it; False: it only writes to the target.
+    builds_locally: bool
 
-    def preflight(self, workspace: Workspace) -> None:
-        """Fail before the model is downloaded when the build cannot work here."""
+    def check_compression(self, compression: str) -> None:
+        """Raise a UsageError, before the download, for a --compression this engine
+        cannot write."""
+        ...
+
+    def preflight(self, workspace: Workspace) -> Readiness:
+        """Fail before the model is downloaded when the build cannot work here; else say
+        how it will run (and warn when it may not, as deployed)."""
         ...
 
     def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:

@@ -12,23 +12,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO, cast
 
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
 from modelcar_builder.engines.assemble import BuiltLayer, ImageDocuments, assemble_image
-from modelcar_builder.engines.base import BaseSource, load_base
+from modelcar_builder.engines.base_image import BaseSource, load_base
+from modelcar_builder.engines.catalog import check_stream
 from modelcar_builder.errors import BuildFailed, EngineUnavailable, UsageError
 from modelcar_builder.oci import MEDIA_TYPE_LAYER
 from modelcar_builder.oci.layer import DigestingIterator, TarLayer
+from modelcar_builder.settings import environment
 from modelcar_builder.verify import VerifyResult, check_local_image
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.archive")
 STORES = ("podman", "docker")
 
 
@@ -84,8 +86,9 @@ class ModelArchive:
     read to the end."""
 
     def __init__(self, request: BuildRequest, base: BaseSource, tag: str) -> None:
-        if request.files_dir is None:
-            raise UsageError("--load needs the model files on disk", hint="drop --stream")
+        if request.files_dir is None:  # streamed: check_stream's own --load error
+            check_stream("native", request.plan.snapshot.kind, load=True)
+            raise UsageError("--load was given no model files")  # check_stream raised first
         self.request, self.base, self.tag = request, base, tag
         self.docs: ImageDocuments | None = None
         self.built: list[BuiltLayer] = []
@@ -119,8 +122,9 @@ def _blob_layers(base: BaseSource) -> list[ArchiveLayer]:
 
 def base_archive(base: BaseSource, tag: str) -> Iterator[bytes]:
     """A base image read from an oci: layout, as an archive a local store can load."""
-    assert base.image is not None
     image = base.image
+    if image is None:  # scratch has no layout to load: callers pass an oci: layout's base
+        raise UsageError(f"--base-image scratch cannot be loaded as an archive ({tag})")
     layers = _blob_layers(base)
     config = json.dumps(dict(image.config)).encode()
     return docker_archive(tag, layers, lambda _ids: config, list(image.diff_ids))
@@ -146,11 +150,11 @@ class PodmanStore:
         with tempfile.TemporaryFile() as err:  # a file: a chatty podman cannot block us
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                     stderr=err)  # fmt: skip
-            assert proc.stdin is not None
+            stdin = cast(IO[bytes], proc.stdin)  # stdin=PIPE: always a pipe
             try:
-                with proc.stdin:
+                with stdin:
                     for chunk in chunks:
-                        proc.stdin.write(chunk)
+                        stdin.write(chunk)
             except BrokenPipeError:
                 pass  # podman gave up: its exit status and stderr say why
             except BaseException:
@@ -243,7 +247,7 @@ def docker_client():
 
 
 def _docker_host() -> str:
-    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return environment().get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
 def open_store(name: str):
@@ -263,8 +267,9 @@ def load_model(request: BuildRequest, store, tag: str) -> tuple[BuildResult, Ver
         store.load(iter(archive))
     finally:
         base.close()
-    assert archive.docs is not None
     docs = archive.docs
+    if docs is None:  # set once the stream reached its manifest: the store stopped reading
+        raise BuildFailed(f"the local store stopped reading the archive of {tag} before its end")
     verified = check_local_image(
         store.inspect(tag), tag, docs.config_digest, request.plan.snapshot.image_labels,
         len(archive.layers),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from modelcar_builder import __version__
 from modelcar_builder.engines import BuildRequest, BuiltLayer
-from modelcar_builder.engines.base import BaseSource
+from modelcar_builder.engines.base_image import BaseSource
 from modelcar_builder.oci import MEDIA_TYPE_CONFIG
 from modelcar_builder.oci.image import Descriptor, build_config, build_manifest, image_annotations
 from modelcar_builder.oci.layer import layer_annotations

@@ -17,10 +17,12 @@ from modelcar_builder.engines import (
     BuildResult,
     BuiltLayer,
     LayerResult,
+    Readiness,
     fetched_bytes,
 )
 from modelcar_builder.engines.assemble import assemble_image
-from modelcar_builder.engines.base import BaseSource, copy_base, load_base
+from modelcar_builder.engines.base_image import BaseSource, copy_base, load_base
+from modelcar_builder.engines.catalog import check_stream
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
 from modelcar_builder.errors import (
     RegistryAuthError,
@@ -45,7 +47,7 @@ from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.target import LayoutTarget
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.native")
 LAYER_RESTARTS = 3  # a streamed layer the registry dropped is sent again this many times
 
 
@@ -61,20 +63,24 @@ def open_sink(request: BuildRequest) -> tuple[Sink, RegistryClient | None]:
 class NativeEngine:
     name = "native"
     pushes_while_fetching = True  # each layer waits for its own files only
+    builds_locally = False  # it writes to the target only: --load reads the pushed image
 
-    def preflight(self, workspace: Workspace) -> None:
+    def check_compression(self, compression: str) -> None:
+        layer_media_type(compression)  # none or gzip: oci.layer's one rule
+
+    def preflight(self, workspace: Workspace) -> Readiness:
         """Nothing to check: no privilege, no daemon, any filesystem."""
+        return Readiness(
+            "native: no daemon, no capability, no root needed; a read-only root filesystem "
+            "and the restricted SCC are fine"
+        )
 
     def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:
         """The fetched files; with --stream nothing but small state files."""
         return {self.name: fetched_bytes(plan), f"{self.name} --stream": 0}
 
     def build(self, request: BuildRequest) -> BuildResult:
-        if request.compression not in ("none", "gzip"):
-            raise UsageError(
-                f"--compression {request.compression} is not supported by the native engine",
-                hint="use none (default, fastest) or gzip; KServe cannot read zstd layers",
-            )
+        self.check_compression(request.compression)
         timings: dict[str, float] = {}
         started = time.monotonic()
         sink, client = open_sink(request)
@@ -220,8 +226,9 @@ def _tar_for(request: BuildRequest, layer: LayerPlan) -> TarLayer:
 
 
 def _stream_opener(request: BuildRequest):
-    if request.streams is None:
-        raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
+    if request.streams is None:  # no files and no streams: only a Hub source streams
+        check_stream("native", request.plan.snapshot.kind)
+        raise UsageError("a --stream build was started without its Hub streams")
     files = {f.path: f for f in request.plan.snapshot.files}
     streams = request.streams
     # No progress of its own: the layer's tar bytes are counted, once, by _push_one

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from modelcar_builder.auth import private_authfile
 from modelcar_builder.context import prepare_context
-from modelcar_builder.engines import BuildRequest, BuildResult, fetched_bytes
+from modelcar_builder.engines import BuildRequest, BuildResult, Readiness, fetched_bytes
 from modelcar_builder.engines.archive import PodmanStore, base_archive
 from modelcar_builder.engines.buildah.credentials import cert_dir, resolve_for_build, tls_args
 from modelcar_builder.engines.buildah.failures import scrub, scrubbed, secret_forms
 from modelcar_builder.engines.buildah.runner import epoch_seconds
-from modelcar_builder.engines.local import (
+from modelcar_builder.engines.secretdir import secret_dir, sweep_stale
+from modelcar_builder.engines.workstation import (
     local_name,
     local_result,
     open_layout_base,
@@ -34,12 +35,11 @@ from modelcar_builder.engines.local import (
     require_files,
     resolve_base,
 )
-from modelcar_builder.engines.secretdir import secret_dir, sweep_stale
 from modelcar_builder.errors import BuildFailed, EngineUnavailable, UsageError
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.podman")
 
 
 def find_podman() -> str:
@@ -56,8 +56,15 @@ class PodmanEngine:
     pushes_while_fetching = False  # its build context links every file up front
     builds_locally = True  # the image is in podman's store after a build
 
-    def preflight(self, workspace: Workspace) -> None:
-        find_podman()
+    def check_compression(self, compression: str) -> None:
+        if compression not in ("gzip", "zstd"):
+            raise UsageError(
+                f"--compression {compression}: podman pushes gzip or zstd layers",
+                hint="drop --compression (gzip), or --engine native for uncompressed layers",
+            )
+
+    def preflight(self, workspace: Workspace) -> Readiness:
+        return Readiness(f"podman {find_podman()}: builds in its own store, pushes with its client")
 
     def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:
         """The fetched files, plus podman's store holding every layer once more (the
@@ -68,11 +75,7 @@ class PodmanEngine:
         started = time.monotonic()
         exe = find_podman()
         files_dir = require_files(request, self.name)
-        if request.compression not in ("gzip", "zstd"):
-            raise UsageError(
-                f"--compression {request.compression}: podman pushes gzip or zstd layers",
-                hint="drop --compression (gzip), or --engine native for uncompressed layers",
-            )
+        self.check_compression(request.compression)
         target_creds, base_creds = resolve_for_build(request)
         secrets = secret_forms(target_creds) + secret_forms(base_creds)
         run = _Runner(exe, secrets)

@@ -24,8 +24,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from modelcar_builder.errors import BuildFailed
+from modelcar_builder.settings import environment
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.secretdir")
 
 PREFIX = "modelcar-secrets-"
 _FRESH = ".modelcar-secrets-new-"  # before its lock is taken: no sweep looks at it
@@ -90,7 +91,7 @@ def choose_parent(
 ) -> Path:
     """The memory-backed place for this run's authfiles; else a place outside the
     workspace, preferably on another filesystem than it (said at debug level)."""
-    places = [p for p in candidates(os.environ if env is None else env) if _usable(p, workspace)]
+    places = [p for p in candidates(environment() if env is None else env) if _usable(p, workspace)]
     for place in places:
         if memory_backed(place, mounts):
             log.debug("buildah: registry authfiles in %s (memory-backed)", place)
@@ -111,7 +112,7 @@ def choose_parent(
         return place
     raise BuildFailed(
         "no place outside the workspace to hold buildah's registry credentials "
-        f"(tried {', '.join(str(p) for p in candidates(os.environ if env is None else env))})",
+        f"(tried {', '.join(str(p) for p in candidates(environment() if env is None else env))})",
         hint="mount an emptyDir with medium: Memory, or make /tmp or /dev/shm writable",
     )
 
@@ -141,7 +142,7 @@ def sweep_stale(env: Mapping[str, str] | None = None) -> list[Path]:
     place :func:`choose_parent` may use: ours (same UID), and not locked by a live run.
     Returns what was removed (logged at info)."""
     removed = []
-    for place in candidates(os.environ if env is None else env):
+    for place in candidates(environment() if env is None else env):
         with contextlib.suppress(OSError):
             for path in sorted([*place.glob(f"{PREFIX}*"), *place.glob(f"{_FRESH}*")]):
                 if _stale(path):

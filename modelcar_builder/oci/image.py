@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelcar_builder.errors import PlatformNotFound, UsageError
+from modelcar_builder.errors import MalformedBaseImage, PlatformNotFound, UsageError
 from modelcar_builder.oci import (
     ANNOTATION_BASE_DIGEST,
     ANNOTATION_BASE_NAME,
@@ -123,7 +123,7 @@ def base_image(
     """Build a BaseImage from a parsed image manifest and its config blob."""
     media_type = manifest.get("mediaType", MEDIA_TYPE_MANIFEST)
     if media_type not in MANIFEST_MEDIA_TYPES:
-        raise ValueError(f"{name}: {media_type} is not an image manifest")
+        raise MalformedBaseImage(f"base image {name}: {media_type} is not an image manifest")
     config = json.loads(config_bytes)
     layers = tuple(
         Descriptor(
@@ -136,7 +136,10 @@ def base_image(
     )
     diff_ids = config.get("rootfs", {}).get("diff_ids", [])
     if len(diff_ids) != len(layers):
-        raise ValueError(f"{name}: {len(layers)} layers but {len(diff_ids)} diff_ids in config")
+        raise MalformedBaseImage(
+            f"base image {name}: its manifest has {len(layers)} layers but its config "
+            f"{len(diff_ids)} diff_ids"
+        )
     return BaseImage(
         name=name,
         manifest_digest=manifest_digest,
@@ -188,7 +191,7 @@ def platform_entry(index: Mapping[str, Any], platform: Platform) -> Mapping[str,
     complete descriptor, and callers that need just its digest need nothing more."""
     media_type = index.get("mediaType", MEDIA_TYPE_INDEX)
     if media_type not in INDEX_MEDIA_TYPES:
-        raise ValueError(f"{media_type} is not an image index")
+        raise MalformedBaseImage(f"base image: {media_type} is not an image index")
     entries: list[Mapping[str, Any]] = list(index.get("manifests", []))
     for entry in entries:
         if platform_matches(entry.get("platform"), platform):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from modelcar_builder.errors import SourceSizeMismatch, UnsafeSource
+from modelcar_builder.errors import SourceSizeMismatch, UnsafeSource, UsageError
 from modelcar_builder.oci import (
     ANNOTATION_FILE_SHA256,
     ANNOTATION_FILEPATH,
@@ -358,7 +358,10 @@ def layer_media_type(compression: str) -> str:
     try:
         return types[compression]
     except KeyError:
-        raise ValueError(f"unsupported compression {compression!r}") from None
+        raise UsageError(
+            f"--compression {compression}: layers are written uncompressed (none) or gzip",
+            hint="use none (the native default, fastest) or gzip; KServe cannot read zstd layers",
+        ) from None
 
 
 def layer_annotations(files: Sequence[FileEntry], root: str = "models") -> dict[str, str]:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from modelcar_builder.errors import BlobDigestMismatch
+from modelcar_builder.errors import BlobDigestMismatch, MalformedBaseImage
 from modelcar_builder.oci import (
     ANNOTATION_REF_NAME,
     INDEX_MEDIA_TYPES,
@@ -265,7 +265,7 @@ class OciLayout:
                     name or str(self.path), descriptor.digest, document, config_bytes=config
                 )
             if media_type not in INDEX_MEDIA_TYPES:
-                raise ValueError(f"{self.path}: unsupported manifest type {media_type}")
+                raise MalformedBaseImage(f"{self.path}: unsupported manifest type {media_type}")
             descriptor = select_platform(document, platform)
             document = json.loads(self.read_blob(descriptor.digest))
-        raise ValueError(f"{self.path}: image indexes nested too deeply")
+        raise MalformedBaseImage(f"{self.path}: image indexes nested too deeply")

@@ -30,7 +30,7 @@ from modelcar_builder.registry.transport import RetryPolicy, TransferStats, Tran
 from modelcar_builder.registry.uploads import DEFAULT_CHUNK, BlobUploader
 
 # A child of "modelcar", the logger the CLI configures (prefix, --debug, --quiet).
-log = logging.getLogger("modelcar.registry")
+log = logging.getLogger("modelcar.registry.client")
 
 MANIFEST_ACCEPT: tuple[str, ...] = (
     MEDIA_TYPE_INDEX,

@@ -34,7 +34,7 @@ from modelcar_builder.errors import (
 )
 
 # A child of "modelcar", the logger the CLI configures (prefix, --debug, --quiet).
-log = logging.getLogger("modelcar.registry")
+log = logging.getLogger("modelcar.registry.transport")
 _T = TypeVar("_T")
 
 _ERROR_BODY_MAX = 200

@@ -26,7 +26,7 @@ from modelcar_builder.registry.tokens import Authenticator, Scopes, push
 from modelcar_builder.registry.transport import SOURCE_ERRORS, SourceFailed, Transport
 
 # A child of "modelcar", the logger the CLI configures (prefix, --debug, --quiet).
-log = logging.getLogger("modelcar.registry")
+log = logging.getLogger("modelcar.registry.uploads")
 
 OCTET = "application/octet-stream"
 DEFAULT_CHUNK = 64 * 1024 * 1024  # PATCH size for upload_blob_chunked

@@ -16,7 +16,7 @@ from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.signing import cosign, modelsig, provenance, referrers
 from modelcar_builder.signing.keys import SigningKey
 
-log = logging.getLogger("modelcar.signing")
+log = logging.getLogger("modelcar.signing.flow")
 
 
 def identity(ref: ImageRef, tag: str | None) -> str:

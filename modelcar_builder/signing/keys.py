@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from modelcar_builder.errors import UsageError
+from modelcar_builder.settings import environment
 
 # cosign 2.x writes SIGSTORE, 1.x wrote COSIGN; we read both. We write COSIGN: cosign 2.x
 # and newer containers/image read both, but containers/image 5.23 (skopeo 1.9, podman 4.3,
@@ -152,7 +153,7 @@ def read_password(password_file: str | None, *, required: bool) -> bytes | None:
                 f"cannot read the key password file {password_file}: {exc.strerror}"
             ) from None
         return raw.removesuffix(b"\n").removesuffix(b"\r")
-    env = os.environ.get(PASSWORD_ENV)
+    env = environment().get(PASSWORD_ENV)
     if env is not None:
         return env.encode()
     if required:

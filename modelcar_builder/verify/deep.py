@@ -218,7 +218,8 @@ def _hash_member(
     # The git blob id the Hub gives non-LFS files; a second hash of every byte otherwise.
     sha1 = hashlib.sha1(b"blob %d\0" % member.size) if git else None
     reader = tar.extractfile(member)
-    assert reader is not None  # a regular file always has one
+    if reader is None:  # a regular file always has one: anything else is not /models data
+        raise VerificationFailed(f"layer {number}: {path} is not a regular file")
     while piece := reader.read(CHUNK):
         sha256.update(piece)
         if sha1 is not None:

@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from modelcar_builder.context import prepare_context
-from modelcar_builder.engines import BuildRequest, BuildResult, fetched_bytes
+from modelcar_builder.engines import BuildRequest, BuildResult, Readiness, fetched_bytes
+from modelcar_builder.engines.buildah.choices import (
+    DEFAULT_OVERLAP,
+    ENGINE_NAME,
+    ENV_OVERLAP,
+    ENV_STORAGE_DRIVER,
+    BuildahSettings,
+    check_compression,
+)
 from modelcar_builder.engines.buildah.credentials import connect_target, resolve_for_build
 from modelcar_builder.engines.buildah.failures import (
     classify_failure,
@@ -41,14 +49,6 @@ from modelcar_builder.engines.buildah.runner import (
     find_buildah,
 )
 from modelcar_builder.engines.buildah.session import BuildRun, check_request
-from modelcar_builder.engines.buildah.settings import (
-    DEFAULT_OVERLAP,
-    ENGINE_NAME,
-    ENV_OVERLAP,
-    ENV_STORAGE_DRIVER,
-    BuildahSettings,
-    check_compression,
-)
 from modelcar_builder.engines.buildah.storage import (
     buildah_mounts_here,
     check_forced_driver,
@@ -61,6 +61,7 @@ from modelcar_builder.engines.buildah.storage import (
     pending_download,
 )
 from modelcar_builder.plan import Plan
+from modelcar_builder.settings import buildah_settings, environment
 from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 
 __all__ = [
@@ -87,15 +88,36 @@ class BuildahEngine:
     # Each layer is linked and committed once its own files are verified, while later
     # ones download.
     pushes_while_fetching = True
+    builds_locally = False  # it writes to the target only: --load reads the pushed image
 
-    def preflight(self, workspace: Workspace) -> None:
+    def check_compression(self, compression: str) -> None:
+        check_compression(compression)  # gzip or none; zstd: a usage error, up front
+
+    def preflight(self, workspace: Workspace) -> Readiness:
         """Checks that need no model files, run before the download: a forced overlay
-        driver that cannot mount here fails now, not after hours of fetching."""
-        settings = BuildahSettings.from_env(os.environ)
+        driver that cannot mount here fails now, not after hours of fetching. Says the
+        privileges it needs here: rootless needs a user namespace (a warning)."""
+        settings = buildah_settings()
+        exe = find_buildah(environment())
         problem = probe(workspace)  # installed, and allowed to run here (UID, capabilities)
         if problem is not None:
             raise problem
         check_forced_driver(settings, make_dir(workspace.storage_dir, DIR_MODE))
+        what = f"buildah {exe}, {settings.storage_driver} storage"
+        if os.geteuid() != 0:
+            return Readiness(
+                what,
+                warning=f"{what}, uid {os.geteuid()}: buildah runs rootless and needs a user "
+                "namespace (SETFCAP and /etc/subuid; OpenShift: the pipelines-scc SCC)",
+                fix="run the step as root (securityContext runAsUser: 0; OpenShift: anyuid "
+                "SCC) or use --engine native, which needs no privilege",
+            )
+        needs = (
+            "as root it needs no SETFCAP (securityContext runAsUser: 0; OpenShift: the anyuid SCC)"
+        )
+        if settings.storage_driver == "overlay":
+            needs += "; overlay mounts: SYS_ADMIN (OpenShift: the privileged SCC), probe passed"
+        return Readiness(f"{what}: {needs}")
 
     def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:
         """The fetched files plus buildah's own peak: a few copies of the largest layer,
@@ -106,8 +128,8 @@ class BuildahEngine:
 
     def build(self, request: BuildRequest) -> BuildResult:
         started = time.monotonic()
-        settings = BuildahSettings.from_env(os.environ)
-        exe = find_buildah(os.environ)
+        settings = buildah_settings()
+        exe = find_buildah(environment())
         files_dir = check_request(request)
         workspace = request.workspace
         root = make_dir(workspace.storage_dir, DIR_MODE)

@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from modelcar_builder.engines.buildah.settings import ENGINE_NAME
+from modelcar_builder.engines.buildah.choices import ENGINE_NAME
 from modelcar_builder.plan import LayerPlan
-from modelcar_builder.state import BuildState, LayerRecord
+from modelcar_builder.state import BuildState, LayerRecord, layer_key
 
 RECIPE_PER_LAYER = "buildah-per-layer-v1"  # part of every layer key: change it with the commands
 _MAX_REPOS = 8  # repositories remembered per blob, the most recent last
@@ -31,19 +31,11 @@ def digest_of(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, separators=(",", ":")).encode()).hexdigest()
 
 
-def layer_key(files_dir: Path, layer: LayerPlan) -> str:
-    """Identity of a layer's bytes without reading them (like the native engine's)."""
-    files = []
-    for f in layer.files:
-        ident = f.sha256 or f.blob_id or f"mtime:{(files_dir / f.path).stat().st_mtime_ns}"
-        files.append([f.path, f.size, ident])
-    return digest_of(files)
-
-
 def per_layer_key(files_dir: Path, layer: LayerPlan, compression: str, timestamp: int) -> str:
-    """Identity of a built layer blob: content (:func:`layer_key`), compression,
-    timestamp and the recipe; not the layer's position or neighbours."""
-    return digest_of([RECIPE_PER_LAYER, compression, timestamp, layer_key(files_dir, layer)])
+    """Identity of a built layer blob: content and compression (:func:`state.layer_key`,
+    the key every engine uses), timestamp and the recipe; not the layer's position or
+    neighbours."""
+    return digest_of([RECIPE_PER_LAYER, timestamp, layer_key(layer, compression, files_dir)])
 
 
 # -- records -------------------------------------------------------------------------------

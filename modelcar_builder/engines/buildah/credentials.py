@@ -15,6 +15,7 @@ from modelcar_builder.auth import Credentials, resolve_credentials
 from modelcar_builder.engines import BuildRequest
 from modelcar_builder.engines.buildah.session import BuildRun
 from modelcar_builder.registry import RegistryClient
+from modelcar_builder.settings import environment
 from modelcar_builder.target import RegistryTarget, parse_target
 
 
@@ -41,6 +42,7 @@ def resolve_for_build(request: BuildRequest) -> tuple[Credentials | None, Creden
             repository=ref.repository,
             authfile=opts.authfile,
             token_file=opts.token_file,
+            env=environment(),
         )
     base = registry_base(request)
     if base is None:
@@ -48,7 +50,7 @@ def resolve_for_build(request: BuildRequest) -> tuple[Credentials | None, Creden
     if base.ref.registry == target_host:
         return target_creds, target_creds
     base_creds = resolve_credentials(
-        base.ref.api_host, repository=base.ref.repository, authfile=opts.authfile
+        base.ref.api_host, repository=base.ref.repository, authfile=opts.authfile, env=environment()
     )
     return target_creds, base_creds
 

@@ -30,13 +30,13 @@ from pathlib import Path
 from modelcar_builder.context import link_layer
 from modelcar_builder.engines import BuildResult, BuiltLayer, LayerResult
 from modelcar_builder.engines.assemble import assemble_image
-from modelcar_builder.engines.base import BaseSource, base_from_registry, copy_base, load_base
+from modelcar_builder.engines.base_image import BaseSource, base_from_registry, copy_base, load_base
 from modelcar_builder.engines.buildah.cache import per_layer_key
+from modelcar_builder.engines.buildah.choices import ENGINE_NAME, overlaps
 from modelcar_builder.engines.buildah.credentials import registry_base
 from modelcar_builder.engines.buildah.failures import BUILD_HINT
 from modelcar_builder.engines.buildah.runner import image_id
 from modelcar_builder.engines.buildah.session import MANIFEST_ACCEPT, BuildRun, file_chunks
-from modelcar_builder.engines.buildah.settings import ENGINE_NAME, overlaps
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink
 from modelcar_builder.errors import (
     BuildFailed,
@@ -55,7 +55,7 @@ from modelcar_builder.state import LayerRecord
 from modelcar_builder.target import LayoutTarget, RegistryTarget
 from modelcar_builder.units import human
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.buildah.per_layer")
 
 # What building or sending a layer raises: buildah and registry failures, the filesystem,
 # malformed JSON from a layout.

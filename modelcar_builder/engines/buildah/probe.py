@@ -6,14 +6,14 @@ it before any download."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from modelcar_builder.engines.buildah.choices import BuildahSettings
 from modelcar_builder.engines.buildah.runner import Buildah, buildah_env, find_buildah
-from modelcar_builder.engines.buildah.settings import BuildahSettings
 from modelcar_builder.errors import EnginePrivilegeError, ModelcarError
+from modelcar_builder.settings import environment
 from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 
 # The one story about what the buildah engine needs: --help, README.md and deploy/ say
@@ -43,7 +43,7 @@ def probe(workspace: Workspace) -> ModelcarError | None:
 
 def _probe(workspace: Workspace) -> ModelcarError | None:
     try:
-        exe = find_buildah(os.environ)
+        exe = find_buildah(environment())
     except ModelcarError as exc:
         return exc
     storage = make_dir(workspace.storage_dir, DIR_MODE)

@@ -16,17 +16,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, cast
 
+from modelcar_builder.engines.buildah.choices import BuildahSettings
 from modelcar_builder.engines.buildah.failures import (
     INSTALL_HINT,
     classify_failure,
     scrub,
 )
-from modelcar_builder.engines.buildah.settings import BuildahSettings
 from modelcar_builder.engines.buildah.storage import has_cap_sys_admin
 from modelcar_builder.errors import EngineUnavailable
+from modelcar_builder.settings import environment
 from modelcar_builder.workspace import make_dir
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.buildah.runner")
 
 _ROOTLESS_MARKER_UID = "4242"  # any non-zero uid: only routes c/image's cache to XDG dirs
 
@@ -132,7 +133,7 @@ def buildah_env(
     workspace and containers' rootless markers. No HF_TOKEN, no ``MODELCAR_*`` (token
     files, passwords), no REGISTRY_AUTH_FILE: buildah never talks to a registry, so no
     registry credential ever reaches it."""
-    environ = os.environ if environ is None else environ
+    environ = environment() if environ is None else environ
     env = inherited_env(environ)
     env["TMPDIR"] = str(workspace_tmp)
     if not settings.private_state:

@@ -10,8 +10,9 @@ from pathlib import Path
 from modelcar_builder.auth import Credentials
 from modelcar_builder.engines import BuildRequest
 from modelcar_builder.engines.buildah.cache import BuildahCache
+from modelcar_builder.engines.buildah.choices import ENGINE_NAME, BuildahSettings, check_compression
 from modelcar_builder.engines.buildah.runner import Buildah
-from modelcar_builder.engines.buildah.settings import BuildahSettings, check_compression
+from modelcar_builder.engines.catalog import check_stream
 from modelcar_builder.errors import UsageError
 from modelcar_builder.oci import DOCKER_MANIFEST
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST as OCI_MANIFEST
@@ -55,11 +56,9 @@ class BuildRun:
 
 def check_request(request: BuildRequest) -> Path:
     """The model files' directory; what buildah cannot do fails here, before any work."""
-    if request.files_dir is None:
-        raise UsageError(
-            "the buildah engine needs the model files on disk",
-            hint="drop --stream, or use --engine native --stream",
-        )
+    if request.files_dir is None:  # streamed: check_stream's own error for buildah
+        check_stream(ENGINE_NAME, request.plan.snapshot.kind)
+        raise UsageError("the buildah engine was given no model files")
     check_compression(request.compression)
     return request.files_dir
 

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modelcar_builder.engines import BuildRequest
+from modelcar_builder.engines.buildah.choices import BuildahSettings, overlaps
 from modelcar_builder.engines.buildah.failures import MOUNT_HINT
-from modelcar_builder.engines.buildah.settings import BuildahSettings, overlaps
 from modelcar_builder.errors import EnginePrivilegeError, ModelcarError, StorageDriverUnsupported
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import DIR_MODE, Workspace, make_dir
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.buildah.storage")
 
 _CAP_SYS_ADMIN = 21
 _MS_RDONLY = 1

@@ -16,10 +16,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from modelcar_builder.engines import BuildRequest, BuildResult, Engine
+from modelcar_builder.engines.catalog import (
+    DEFAULT_ENGINE,
+    check_stream,
+    default_compression,
+    make_engine,
+)
 from modelcar_builder.errors import (
-    EngineUnavailable,
     ImageNotFound,
     Interrupted,
     ModelcarError,
@@ -42,8 +48,10 @@ from modelcar_builder.verify import (
 )
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar")
-ENGINES = ("native", "buildah", "podman", "docker")
+if TYPE_CHECKING:
+    from modelcar_builder.source.hub import HubAccess
+
+log = logging.getLogger("modelcar.run")
 STOP_WAIT = 2.0  # seconds a stopped download gets to finish its chunk
 
 
@@ -74,15 +82,6 @@ class BuildOutcome:
     file_sha256: Callable[[], dict[str, str]] = dict
 
 
-DEFAULT_ENGINE = "native"  # no daemon, no privilege, any UID; the others when asked
-
-
-def default_compression(engine: str) -> str:
-    """Layers as each engine writes them unless --compression says otherwise: native
-    uncompressed (weights do not compress), buildah, podman and docker gzip."""
-    return "none" if engine == "native" else "gzip"
-
-
 def engine_line(engine: str, compression: str) -> str:
     """The one line a build announces its engine with: the layers' compression, and
     that another choice gives the same model another digest."""
@@ -100,28 +99,6 @@ def engine_line(engine: str, compression: str) -> str:
 
 def layers_of(compression: str) -> str:
     return "uncompressed tar layers" if compression == "none" else f"{compression} layers"
-
-
-def make_engine(name: str) -> Engine:
-    if name == "native":
-        from modelcar_builder.engines.native import NativeEngine
-
-        return NativeEngine()
-    if name == "buildah":
-        try:
-            from modelcar_builder.engines.buildah import BuildahEngine
-        except ImportError:  # pragma: no cover - the module ships with the package
-            raise EngineUnavailable("the buildah engine is not available") from None
-        return BuildahEngine()
-    if name == "podman":
-        from modelcar_builder.engines.podman import PodmanEngine
-
-        return PodmanEngine()
-    if name == "docker":
-        from modelcar_builder.engines.docker_api import DockerEngine
-
-        return DockerEngine()
-    raise UsageError(f"unknown engine {name!r}", hint=f"choose one of: {', '.join(ENGINES)}")
 
 
 def load_store(load: str, engine: str) -> str:
@@ -148,20 +125,13 @@ def run_build(
 ) -> BuildOutcome:
     plan = resolved.plan
     timings: dict[str, float] = {}
-    if settings.stream and settings.engine != "native":
-        raise UsageError("--stream works only with --engine native", hint="add --engine native")
-    if settings.stream and plan.snapshot.kind != "hub":
-        raise UsageError("--stream needs a Hub source", hint="drop --stream for local directories")
-    if settings.load and settings.stream:
-        raise UsageError("--load needs the model files on disk", hint="drop --stream")
+    if settings.stream:
+        check_stream(settings.engine, plan.snapshot.kind, load=settings.load is not None)
     if not settings.push and not settings.load:
         raise UsageError("nothing to do: no push and no --load", hint="add --load")
     compression = settings.compression or default_compression(settings.engine)
-    if settings.engine == "buildah":  # before the download, with or without the preflight
-        from modelcar_builder.engines.buildah.settings import check_compression
-
-        check_compression(compression)
     engine = make_engine(settings.engine)
+    engine.check_compression(compression)  # before the download, with or without the preflight
     log.info("%s", engine_line(settings.engine, compression))
     store = None
     if settings.load:
@@ -169,7 +139,7 @@ def run_build(
 
         # before the download too: a missing podman or an absent daemon fails now
         store = open_store(load_store(settings.load, settings.engine))
-    if settings.push or getattr(engine, "builds_locally", False):
+    if settings.push or engine.builds_locally:
         engine.preflight(workspace)  # before the download: a build that cannot work fails now
 
     created = created_timestamp()  # a bad SOURCE_DATE_EPOCH fails before the download
@@ -181,10 +151,9 @@ def run_build(
     # --load without a push reads every file at once: it waits for the whole download.
     overlap = engine.pushes_while_fetching and settings.push and not settings.load
     if settings.stream:
-        if resolved.access is None or plan.snapshot.commit is None:
-            raise UsageError("--stream needs a Hub source", hint="drop --stream")
-        streams = HubStreams(resolved.access, plan.snapshot.location, plan.snapshot.commit,
-                             fetch_opts)  # fmt: skip
+        # check_stream passed: a Hub source, which always has its access and commit
+        access, commit = cast("HubAccess", resolved.access), cast(str, plan.snapshot.commit)
+        streams = HubStreams(access, plan.snapshot.location, commit, fetch_opts)
     elif overlap:
         background = BackgroundFetch(plan, workspace, resolved.access, fetch_opts, state)
         files_dir = workspace.files_dir(plan.snapshot)
@@ -272,11 +241,11 @@ def _build_and_verify(
     """Build and push, then verify by digest from the target; with ``store`` (--load)
     the image ends up in that local store too, checked there."""
     from modelcar_builder.engines.archive import load_model
-    from modelcar_builder.engines.local import local_name
+    from modelcar_builder.engines.workstation import local_name
     from modelcar_builder.verify import check_local_image
 
     labels = request.plan.snapshot.image_labels
-    local = getattr(engine, "builds_locally", False)
+    local = engine.builds_locally
     t1 = time.monotonic()
     if not request.push and not local:  # native/buildah, load only: no engine run at all
         result, verified = load_model(request, store, local_name(request))

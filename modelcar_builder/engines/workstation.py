@@ -3,7 +3,7 @@ from the generated context (:func:`~modelcar_builder.context.prepare_context`, o
 per planned layer), push with their own client, and then the pushed image is read back
 here to fill the BuildResult; ``run_build`` verifies it by digest like any other engine.
 
-The base image is read by :func:`~modelcar_builder.engines.base.load_base` (the code every
+The base image is read by :func:`~modelcar_builder.engines.base_image.load_base` (the code every
 engine uses: platform choice, credentials, TLS), and the Containerfile names it by the
 digest that code chose, so podman/docker build on exactly the base the plan counted."""
 
@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
-from modelcar_builder.engines.base import BaseSource, load_base
+from modelcar_builder.engines.base_image import BaseSource, load_base
+from modelcar_builder.engines.catalog import check_stream
 from modelcar_builder.errors import BuildFailed, ModelcarError, UsageError
 from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
 from modelcar_builder.target import LayoutTarget, RegistryTarget, parse_target
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.workstation")
 _ACCEPT = (MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST)
 _BLOCK = 8 << 20
 
@@ -61,21 +62,29 @@ def open_layout_base(request: BuildRequest) -> BaseSource:
 
 
 def require_files(request: BuildRequest, engine: str) -> Path:
-    if request.files_dir is None:
-        raise UsageError(f"--stream does not work with --engine {engine}", hint="drop --stream")
-    if isinstance(request.target, LayoutTarget):
+    registry_target(request, engine)
+    if request.files_dir is None:  # streamed: check_stream's own error for this engine
+        check_stream(engine, request.plan.snapshot.kind)
+        raise UsageError(f"--engine {engine} was given no model files")
+    return request.files_dir
+
+
+def registry_target(request: BuildRequest, engine: str = "podman/docker") -> RegistryTarget:
+    """The target as a registry image: the workstation engines push to registries (or
+    name the image in their local store), never to an oci: layout."""
+    target = request.target
+    if not isinstance(target, RegistryTarget):
         raise UsageError(
             f"--engine {engine} pushes to registries, not to oci: layouts",
             hint="use --engine native for oci:PATH, or a registry image; "
             "`--load --image NAME:TAG` builds into the local store without pushing",
         )
-    return request.files_dir
+    return target
 
 
 def local_name(request: BuildRequest) -> str:
     """The name the image gets in the local store: the target reference as written."""
-    target = request.target
-    assert isinstance(target, RegistryTarget)
+    target = registry_target(request)
     return f"{target.ref.name}:{target.tag}"
 
 
@@ -106,8 +115,7 @@ def context_tar(directory: Path) -> Iterator[bytes]:
 def previous_blobs(request: BuildRequest) -> set[str]:
     """Blobs of the image the tag points to before the push: a re-push of the same model
     finds them there, so they count as not uploaded."""
-    target = request.target
-    assert isinstance(target, RegistryTarget)
+    target = registry_target(request)
     try:
         with request.registry.client_for(target.ref) as client:
             if client.head_manifest(target.repository, target.tag, accept=_ACCEPT) is None:
@@ -125,8 +133,7 @@ def pushed_result(
     """The BuildResult of an image an engine pushed, read back from the target (the
     verification that follows reads it again, by digest). The engine must have made one
     layer per planned layer on top of the base; anything else fails here."""
-    target = request.target
-    assert isinstance(target, RegistryTarget)
+    target = registry_target(request)
     with request.registry.client_for(target.ref) as client:
         manifest = client.get_manifest(target.repository, digest, _ACCEPT)
         doc = json.loads(manifest.body)

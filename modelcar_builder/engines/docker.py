@@ -17,11 +17,11 @@ import time
 from collections.abc import Iterable, Mapping
 
 from modelcar_builder.context import prepare_context
-from modelcar_builder.engines import BuildRequest, BuildResult, fetched_bytes
+from modelcar_builder.engines import BuildRequest, BuildResult, Readiness, fetched_bytes
 from modelcar_builder.engines.archive import DockerStore, base_archive, docker_client
 from modelcar_builder.engines.buildah.credentials import resolve_for_build
 from modelcar_builder.engines.buildah.failures import scrub, scrubbed, secret_forms
-from modelcar_builder.engines.local import (
+from modelcar_builder.engines.workstation import (
     context_tar,
     local_name,
     local_result,
@@ -36,7 +36,7 @@ from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
 from modelcar_builder.plan import Plan
 from modelcar_builder.workspace import Workspace
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.docker")
 _ACCEPT = (MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST)
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 
@@ -55,8 +55,16 @@ class DockerEngine:
     pushes_while_fetching = False  # its build context streams every file up front
     builds_locally = True  # the image is in the daemon's store after a build
 
-    def preflight(self, workspace: Workspace) -> None:
+    def check_compression(self, compression: str) -> None:
+        if compression != "gzip":
+            raise UsageError(
+                f"--compression {compression}: docker pushes gzip layers only",
+                hint="drop --compression, or --engine native for uncompressed layers",
+            )
+
+    def preflight(self, workspace: Workspace) -> Readiness:
         docker_client().close()  # the package is installed and the daemon answers
+        return Readiness("docker: the Docker Engine API answers (DOCKER_HOST)")
 
     def disk_needed(self, plan: Plan, env: Mapping[str, str]) -> dict[str, int]:
         """The fetched files; the daemon's store (wherever it is) holds the layers again."""
@@ -65,11 +73,7 @@ class DockerEngine:
     def build(self, request: BuildRequest) -> BuildResult:
         started = time.monotonic()
         files_dir = require_files(request, self.name)
-        if request.compression != "gzip":
-            raise UsageError(
-                f"--compression {request.compression}: docker pushes gzip layers only",
-                hint="drop --compression, or --engine native for uncompressed layers",
-            )
+        self.check_compression(request.compression)
         target_creds, base_creds = resolve_for_build(request)
         secrets = [*secret_forms(target_creds), *secret_forms(base_creds)]
         client = docker_client()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from modelcar_builder.engines.sinks import Sink
-from modelcar_builder.errors import BaseImageNotFound, RegistryUnreachable
+from modelcar_builder.errors import BaseImageNotFound, MalformedBaseImage, RegistryUnreachable
 from modelcar_builder.oci import INDEX_MEDIA_TYPES
 from modelcar_builder.oci.image import (
     BaseImage,
@@ -25,7 +25,7 @@ from modelcar_builder.registry import RegistryClient
 from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.target import LayoutTarget, parse_target
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.engines.base_image")
 
 
 @dataclass
@@ -58,8 +58,7 @@ def load_base(
         return BaseSource(None, _no_blobs)
     target = parse_target(name)
     if isinstance(target, LayoutTarget):
-        layout = OciLayout(target.path)
-        image = layout.read_image(target.tag, platform=platform, name=name)
+        layout, image = _read_layout(target, platform, name)
         if check_platform:
             require_platform(image.config, platform, name)
         return BaseSource(image, lambda digest: _read_layout_blob(layout, digest))
@@ -71,6 +70,24 @@ def load_base(
         base.close()
         raise
     return base
+
+
+def _read_layout(
+    target: LayoutTarget, platform: tuple[str, ...], name: str
+) -> tuple[OciLayout, BaseImage]:
+    """The base from an ``oci:`` layout; the layout reader's bare errors (a missing
+    layout or tag, a malformed index) become the base-image errors they are."""
+    try:
+        layout = OciLayout(target.path)
+        return layout, layout.read_image(target.tag, platform=platform, name=name)
+    except FileNotFoundError as exc:
+        raise BaseImageNotFound(
+            f"base image {name}: no OCI layout at {target.path} ({exc.filename} is missing)"
+        ) from exc
+    except KeyError as exc:  # no such tag, or several images and no tag
+        raise BaseImageNotFound(f"base image {name}: {exc.args[0]}") from exc
+    except (ValueError, TypeError) as exc:  # bad JSON, digest or layout version
+        raise MalformedBaseImage(f"base image {name}: {exc}") from exc
 
 
 def _read_layout_blob(layout: OciLayout, digest: str) -> Iterator[bytes]:
