@@ -12,10 +12,11 @@ result is written."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
+
+from modelcar_builder.settings import environment
 
 RESULT = "MODEL_SOURCE_ARTIFACT_INPUTS"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -47,7 +48,8 @@ def main(argv: list[str]) -> int:
     report, results = Path(argv[0]), Path(argv[1])
     if not report.is_file() or not results.is_dir():
         return 0  # no report (the build did not get that far) or no results dir: nothing to add
-    write_source_artifact(report, results, os.environ.get("HF_ENDPOINT") or None)
+    endpoint = environment().get("HF_ENDPOINT") or None
+    write_source_artifact(report, results, endpoint)
     return 0
 
 
