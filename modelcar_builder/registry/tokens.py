@@ -24,6 +24,7 @@ from modelcar_builder.auth import Credentials
 from modelcar_builder.errors import RegistryError, RegistryUnreachable
 from modelcar_builder.registry.transport import (
     TLS_HINT,
+    Body,
     TokenServerUnreachable,
     Transient,
     Transport,
@@ -112,7 +113,7 @@ class Authenticator:
         scopes: Scopes,
         *,
         headers: dict[str, str] | None = None,
-        data: object = None,
+        data: Body = None,
         stream: bool = False,
         replayable: bool = True,
     ) -> requests.Response:
