@@ -16,4 +16,4 @@ if ((${#missing[@]})); then
 fi
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,bench,sign]' 2>&1 | grep -v '^WARNING' || true
-python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml, docker, cryptography, nacl, model_signing, OpenSSL"
+python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml, docker, cryptography, nacl, model_signing, OpenSSL, mypy"
