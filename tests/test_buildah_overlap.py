@@ -17,7 +17,7 @@ from modelcar_builder.registry import RegistryClient
 from tests.clitools import Result, run
 from tests.features import buildah_builds, need, root
 from tests.imagecheck import assert_models_match, unpack
-from tests.test_engine_native import MIB, REPO, model_files
+from tests.support.models import MIB, REPO, model_files
 
 SHARDS = 3
 LAST = f"model-{SHARDS - 1:05d}-of-{SHARDS:05d}.safetensors"

@@ -26,43 +26,10 @@ from modelcar_builder.registry import RegistryClient
 from tests.clitools import run
 from tests.features import need, private_read_only_root, run_as_other_uid
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
-from tests.support.hubsim import EDGE_FILES
-from tests.test_engine_buildah import make_model, request_for
+from tests.support.build_requests import request_for
+from tests.support.models import MIB, REPO, build_args, make_model, model_files
 
-MIB = 1 << 20
-REPO = "acme/llm"
 OPENSHIFT_UID = 1000680000
-
-
-def shard(seed: int, size: int) -> bytes:
-    block = hashlib.sha256(b"seed-%d" % seed).digest() * 2048  # 64 KiB, incompressible-ish
-    return (block * (size // len(block) + 1))[:size]
-
-
-def model_files(n_shards: int = 2, shard_size: int = 2 * MIB) -> dict[str, bytes]:
-    files = {
-        "config.json": b'{"model_type": "llm"}',
-        "a/config.json": b'{"nested": true}',
-        "tokenizer/tokenizer.json": b'{"vocab": {"a": 1}}',
-        **EDGE_FILES,
-    }
-    for i in range(n_shards):
-        files[f"model-{i:05d}-of-{n_shards:05d}.safetensors"] = shard(i, shard_size + i)
-    return files
-
-
-@pytest.fixture
-def hub_repo(hub):
-    hub.add_repo(REPO, model_files())
-    return hub
-
-
-def build_args(image: str, ws: Path, base: str, *extra: str) -> list[str]:
-    return [
-        "build", f"hf://{REPO}@main", "--engine", "native", "--image", image,
-        "--workspace", str(ws), "--base-image", base, "--layer-threshold", str(MIB),
-        "--no-tls-verify", *extra,
-    ]  # fmt: skip
 
 
 def test_hub_to_registry_round_trip(hub_repo, registry, base_image, capsys, tmp_path):

@@ -31,11 +31,9 @@ from modelcar_builder.build import ENGINES, load_store
 from modelcar_builder.engines.local import context_tar
 from tests.clitools import run
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
-from tests.test_engine_buildah import CmdlineWatcher
-from tests.test_engine_native import model_files
+from tests.support.models import MIB, REPO, model_files
+from tests.support.procwatch import CmdlineWatcher
 
-MIB = 1 << 20
-REPO = "acme/llm"
 _CONF = '[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n'
 
 
@@ -161,12 +159,6 @@ def podman_service(tmp_path: Path, registry_htpasswd) -> Iterator[tuple[str, Pod
     finally:
         _stop_pid(proc.pid, proc)
         store("rmi", "-a", "-f", check=False)
-
-
-@pytest.fixture
-def hub_repo(hub):
-    hub.add_repo(REPO, model_files())
-    return hub
 
 
 def build_args(engine: str, image: str, ws: Path, base: str, *extra: str) -> list[str]:

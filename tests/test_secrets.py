@@ -35,8 +35,9 @@ from modelcar_builder.engines.secretdir import (
     sweep_stale,
 )
 from modelcar_builder.workspace import Workspace
+from tests.support.build_requests import request_for, token_file
+from tests.support.models import make_model
 from tests.support.procwatch import ProcPoller
-from tests.test_engine_buildah import make_model, request_for, token_file
 
 REPO_ROOT = Path(__file__).parent.parent
 HUB_REPO = "acme/secret-model"

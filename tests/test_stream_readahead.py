@@ -22,7 +22,7 @@ from modelcar_builder.source.stream import HubStreams
 from modelcar_builder.source.transfer import FetchOptions
 from tests.clitools import run
 from tests.imagecheck import assert_models_match, unpack
-from tests.test_engine_native import MIB, REPO, build_args, model_files
+from tests.support.models import MIB, REPO, build_args, model_files
 
 SEG = 256 * 1024  # MODELCAR_SEGMENT_SIZE: the stream's segments are this small here
 BIG = "model-00000-of-00001.safetensors"
