@@ -13,6 +13,7 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.pop("HF_TOKEN", None)
 
 pytest_plugins = [
+    "tests.support.fixtures",
     "tests.support.hub_fixtures",
     "tests.support.registry",
     "tests.support.proxy",

@@ -4,7 +4,6 @@ imitation, real docker-registry (htpasswd, token, TLS), a real tmpfs, the in-pro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -16,24 +15,9 @@ import pytest
 from modelcar_builder import errors
 from tests.clitools import run
 from tests.features import need, tmpfs_mount
+from tests.support.models import MIB, REPO, shard
 
-MIB = 1 << 20
-REPO = "acme/doctor"
 HF_SECRET = "hf_doctorTestSecretToken0123456789"
-
-
-def shard(seed: int, size: int) -> bytes:
-    block = hashlib.sha256(b"doctor-%d" % seed).digest() * 2048
-    return (block * (size // len(block) + 1))[:size]
-
-
-@pytest.fixture
-def hub_repo(hub):
-    files = {"config.json": b'{"model_type": "llm"}'}
-    for i in range(2):
-        files[f"model-{i:05d}-of-00002.safetensors"] = shard(i, 2 * MIB)
-    hub.add_repo(REPO, files)
-    return hub
 
 
 def args(command: str, image: str, ws: Path, *extra: str, base: str = "scratch") -> list[str]:

@@ -157,11 +157,6 @@ def model(tmp_path: Path) -> Path:
     return make_model(tmp_path / "model")
 
 
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    return tmp_path / "ws"
-
-
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     # No credentials of the machine's user may leak into a test.

@@ -54,11 +54,6 @@ def repo(hub):
     return hub
 
 
-@pytest.fixture
-def ws(tmp_path) -> Path:
-    return tmp_path / "ws"
-
-
 def fetched_dir(ws: Path, commit: str) -> Path:
     return ws / "files" / f"{REPO.replace('/', '--')}--{commit}"
 
