@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.clitools import run
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
 from tests.support.models import MIB, REPO, model_files
 from tests.support.procwatch import CmdlineWatcher
+from tests.support.waiting import wait_until
 
 _CONF = '[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n'
 
@@ -87,8 +87,7 @@ def podman_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Po
 
 
 def _wait_socket(sock: Path, proc: subprocess.Popen, log: Path, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"daemon exited {proc.returncode}: {log.read_text()[-2000:]}")
         if sock.exists():
@@ -96,9 +95,10 @@ def _wait_socket(sock: Path, proc: subprocess.Popen, log: Path, seconds: float =
                 client = docker.DockerClient(base_url=f"unix://{sock}")
                 client.ping()
                 client.close()
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"no answer on {sock}: {log.read_text()[-2000:]}")
+                return True
+        return False
+
+    wait_until(answers, lambda: f"no answer on {sock}: {log.read_text()[-2000:]}", seconds, 0.2)
 
 
 def _stop_pid(pid: int, proc: subprocess.Popen | None = None) -> None:

@@ -29,6 +29,7 @@ from tests.features import (
     tmpfs_mount,
 )
 from tests.support.hubsim import EDGE_FILES, ROUTE_INFO
+from tests.support.waiting import wait_until
 
 MIB = 1 << 20
 REPO = "acme/tiny"
@@ -291,7 +292,6 @@ def test_forced_overlay_that_cannot_mount_fails_before_downloading(
 def test_sigterm_mid_download_exits_130_and_the_rerun_resumes(repo, tmp_path):
     import signal
     import sys
-    import time
 
     path = "model-00002-of-00002.safetensors"
     repo.stall(REPO, path, seconds=30, after_bytes=MIB)
@@ -301,9 +301,7 @@ def test_sigterm_mid_download_exits_130_and_the_rerun_resumes(repo, tmp_path):
         [sys.executable, "-m", "modelcar_builder", "fetch", REPO, "--workspace", str(ws)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while repo.bytes_served.get((REPO, path), 0) < MIB and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: repo.bytes_served.get((REPO, path), 0) >= MIB, f"1 MiB of {path} served")
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
@@ -409,12 +407,12 @@ def test_a_disk_that_fills_mid_download_is_exit_31_and_the_rerun_resumes(
             """Another writer takes the room once the shard's first MiB is on disk (an
             event, not a clock: a slow machine starts the download later), then the
             stalled shard goes on and meets the full volume."""
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+
+            def first_mib_written() -> bool:
                 parts = list((ws / "partial").rglob("*.part"))
-                if parts and parts[0].stat().st_size >= MIB:
-                    break
-                time.sleep(0.02)
+                return bool(parts) and parts[0].stat().st_size >= MIB
+
+            wait_until(first_mib_written, "a .part file of 1 MiB", timeout=60, interval=0.02)
             with open(ws / "filler", "wb") as f, contextlib.suppress(OSError):
                 f.write(b"\0" * (6 * MIB))
             hub.release_stalls()

@@ -46,6 +46,7 @@ import pytest
 
 from modelcar_builder.oci.image import platform_entry
 from tests.support.ports import free_port, stop_server
+from tests.support.waiting import wait_until
 
 HTTP_SECRET = "modelcar-test-http-secret"  # fixed: resumable uploads survive a restart
 SA_USERNAME = "serviceaccount"
@@ -464,17 +465,16 @@ class RegistryInstance:
 
 
 def _wait_listening(reg: RegistryInstance) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         proc = reg._proc
         if proc is not None and proc.poll() is not None:
             tail = reg.app_log.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"docker-registry exited with {proc.returncode}:\n{tail}")
         with contextlib.suppress(OSError):
-            if _v2_answers(reg):
-                return
-        time.sleep(0.01)
-    raise RuntimeError(f"docker-registry did not answer on {reg.url}/v2/ in {_START_TIMEOUT}s")
+            return _v2_answers(reg)
+        return False
+
+    wait_until(answers, f"docker-registry to answer on {reg.url}/v2/", _START_TIMEOUT, 0.01)
 
 
 def _v2_answers(reg: RegistryInstance) -> bool:
