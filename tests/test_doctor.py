@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -173,17 +172,12 @@ def test_results_dir_is_created_or_refused_before_the_download(
     assert json.loads(report.read_text())
 
 
-def test_healthy_setup_passes_in_seconds_and_moves_nothing(
-    hub_repo, registry, base_image, capsys, tmp_path
-):
+def test_healthy_setup_passes_and_moves_nothing(hub_repo, registry, base_image, capsys, tmp_path):
     image = f"{registry.host}/models/llm:ok"
     mark = registry.mark()
-    started = time.monotonic()
     extra = ("--no-tls-verify", "--results-dir", str(tmp_path / "results"))
     res = run(capsys, *args("doctor", image, tmp_path / "ws", *extra, base=base_image.ref))
-    elapsed = time.monotonic() - started
     assert res.code == 0, res.out + res.err
-    assert elapsed < 15  # seconds, on a loaded 2-core machine
     found = checks(res.out)
     for name in ("image", "base", "source", "workspace", "outputs", "engine", "registry", "disk"):
         assert found[name] and set(found[name]) == {"PASS"}, (name, res.out)

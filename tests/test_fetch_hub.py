@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -443,10 +442,9 @@ def test_a_hub_that_never_answers_its_metadata_call_fails_within_the_read_timeou
     connection and never answers hung a build before its first byte. --read-timeout
     bounds the metadata call too; after three tries: one line, exit 20, nothing fetched."""
     repo.stall(REPO, ROUTE_INFO, seconds=60, times=None)  # silent before the headers
-    began = time.monotonic()
     res = run(capsys, "fetch", REPO, "--workspace", str(ws), "--read-timeout", "1")
+    # Not the stall: a call that waited it out would get its answer and the fetch pass.
     assert res.code == errors.DownloadFailed.exit_code, res.err
-    assert time.monotonic() - began < 20  # 3 × 1 s and 1 + 2 s apart, not the stall
     assert "cannot reach the Hub" in res.err and "ReadTimeout" in res.err, res.err
     assert res.err.count("retrying in") == 2 and "Traceback" not in res.err
     assert [r.path.split("?")[0] for r in repo.requests].count(f"/api/models/{REPO}") == 3

@@ -468,19 +468,26 @@ def test_a_registry_restart_mid_push_is_ridden_out(registry: RegistryInstance) -
     the 4 quick attempts that are all a registry that never answered gets."""
     data = hashlib.sha256(b"w").digest() * (2 * MiB // 32)
     policy = RetryPolicy(attempts=4, initial=0.05, maximum=1.0, window=30.0)
-    opened = []
+    opened: list[bool] = []  # per attempt: was the registry back already?
+    back = threading.Event()
+
+    def restart() -> None:
+        registry.start()
+        back.set()
 
     def open_chunks() -> Iterator[bytes]:
-        opened.append(time.monotonic())
+        opened.append(back.is_set())
         if len(opened) == 1:
             registry.kill()  # gone mid-upload for 6 s, far longer than 4 quick attempts
-            threading.Timer(6.0, registry.start).start()
+            threading.Timer(6.0, restart).start()
         yield data
 
     with client_for(registry, retry=policy) as client:
         client.ping()
         client.upload_blob("outage/blob", digest_of(data), len(data), open_chunks)
-        assert opened[-1] - opened[0] >= 5.5 and client.stats.retries >= 4
+        # More retries than the 4 attempts allow, and the last attempt came after the
+        # restart: the window kept the upload going until the registry was back.
+        assert opened[-1] and client.stats.retries >= 4
         assert client.blob_size("outage/blob", digest_of(data)) == len(data)
 
 
@@ -546,8 +553,8 @@ def test_a_token_server_outage_is_ridden_out_like_the_registrys(
 
 def test_a_registry_that_never_answered_fails_in_seconds() -> None:
     policy = RetryPolicy(attempts=3, initial=0.05, maximum=0.2, window=120.0)
-    started = time.monotonic()
     client = RegistryClient(f"127.0.0.1:{free_port()}", plain_http=True, retry=policy)
     with client, pytest.raises(RegistryUnreachable):
         client.ping()
-    assert time.monotonic() - started < 10  # attempts, not the 120 s window
+    # At most the 3 attempts, not the 120 s window (which retries far past them).
+    assert client.stats.requests <= policy.attempts and client.stats.retries < policy.attempts
