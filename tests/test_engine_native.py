@@ -28,6 +28,7 @@ from tests.features import need, private_read_only_root, run_as_other_uid
 from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
 from tests.support.build_requests import request_for
 from tests.support.models import MIB, REPO, build_args, make_model, model_files
+from tests.support.waiting import wait_until
 
 OPENSHIFT_UID = 1000680000
 
@@ -533,20 +534,34 @@ def test_tokens_that_expire_mid_push_are_renewed(
     hub, registry_token, capsys, tmp_path, monkeypatch
 ):
     """Tokens may live a minute; a model takes longer. Here they live 2 s (and the client
-    believes they last 300 s) while the Hub stalls mid-shard for 4 s: the requests after the
-    stall must get a fresh token, not fail. (2 s, not 1: on a loaded 2-core machine a fresh
-    token could expire before its own request, which no client can help.)"""
+    believes they last 300 s) while the Hub stalls mid-shard until the registry refuses
+    them: the requests after the stall must get a fresh token, not fail. The tokens
+    fetched after that live a minute, so a loaded machine cannot expire one before its
+    own request (which no client can help)."""
     files = model_files(n_shards=2, shard_size=2 * MIB)
     hub.add_repo(REPO, files)
-    hub.stall(REPO, "model-00000-of-00002.safetensors", seconds=4, after_bytes=MIB)
-    registry_token.token_server.set_lifetime(2, expires_in=300)
+    shard0 = "model-00000-of-00002.safetensors"
+    hub.stall(REPO, shard0, seconds=120, after_bytes=MIB)  # released once the token is dead
+    ts = registry_token.token_server
+    ts.set_lifetime(2, expires_in=300)
     auth = tmp_path / "auth.json"
     registry_token.write_authfile(auth)
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
-    issued_before = len(registry_token.token_server.issued)
+    issued_before = len(ts.issued)
+
+    def expire_then_release() -> None:
+        wait_until(lambda: hub.bytes_served.get((REPO, shard0), 0) >= MIB, "the stall", 120)
+        short = ts.issued[-1]
+        ts.set_lifetime(60, expires_in=300)
+        registry_token.wait_expired(short, client_too=False)
+        hub.release_stalls()
+
+    releaser = threading.Thread(target=expire_then_release, daemon=True)
+    releaser.start()
     image = f"{registry_token.host}/models/llm:renewed"
     args = [*build_args(image, tmp_path / "ws", "scratch"), "--stream", "--jobs", "1"]
     res = run(capsys, *args)
+    releaser.join()
     assert res.code == 0, res.err
     assert len(registry_token.token_server.issued) - issued_before >= 2  # renewed at least once
     auth_env = {**os.environ, "REGISTRY_AUTH_FILE": str(auth)}

@@ -161,6 +161,7 @@ class IssuedToken:
     expires_in: int  # what the client was told
     lifetime: int  # how long the registry accepts it
     issued_at: float
+    token: str = field(default="", repr=False)
 
 
 class TokenServer:
@@ -236,7 +237,7 @@ class TokenServer:
         lifetime = self.lifetime
         expires_in = self.expires_in if self.expires_in is not None else lifetime
         token = self._sign(account, scopes, lifetime)
-        self.issued.append(IssuedToken(account, scopes, expires_in, lifetime, time.time()))
+        self.issued.append(IssuedToken(account, scopes, expires_in, lifetime, time.time(), token))
         self._reply(req, 200, {"token": token, "access_token": token, "expires_in": expires_in})
 
     def _check_basic(self, header: str) -> str | None:
@@ -340,6 +341,27 @@ class RegistryInstance:
     @property
     def plain_http(self) -> bool:
         return not self.tls
+
+    def refuses(self, token: str) -> bool:
+        """Whether the registry answers 401 to ``GET /v2/`` with this bearer token."""
+        import requests
+
+        verify = str(self.ca_file) if self.tls and self.ca_file else True
+        headers = {"Authorization": f"Bearer {token}"}
+        return (
+            requests.get(f"{self.url}/v2/", headers=headers, verify=verify, timeout=10).status_code
+            == 401
+        )
+
+    def wait_expired(self, issued: IssuedToken, client_too: bool = True) -> None:
+        """Until the registry refuses ``issued`` and, with ``client_too``, the client is
+        past the ``expires_in`` it was told as well: an event, not a guessed sleep."""
+
+        def dead() -> bool:
+            told = not client_too or time.time() >= issued.issued_at + issued.expires_in
+            return told and self.refuses(issued.token)
+
+        wait_until(dead, f"token of {issued.account} ({issued.lifetime} s) to expire", 30, 0.1)
 
     # process control
 
