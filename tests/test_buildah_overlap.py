@@ -14,9 +14,9 @@ import pytest
 
 from modelcar_builder import errors
 from modelcar_builder.registry import RegistryClient
-from tests.clitools import Result, run
-from tests.features import buildah_builds, need, root
-from tests.imagecheck import assert_models_match, unpack
+from tests.support.clitools import Result, run
+from tests.support.features import buildah_builds, need, root
+from tests.support.imagecheck import assert_models_match, unpack
 from tests.support.models import MIB, REPO, model_files
 
 SHARDS = 3

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder import errors
-from tests.clitools import run
-from tests.features import need, tmpfs_mount
+from tests.support.clitools import run
+from tests.support.features import need, tmpfs_mount
 from tests.support.models import MIB, REPO, shard
 
 HF_SECRET = "hf_doctorTestSecretToken0123456789"

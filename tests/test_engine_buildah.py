@@ -52,7 +52,8 @@ from modelcar_builder.plan import Plan, make_plan
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.selection import Selection
 from modelcar_builder.workspace import Workspace
-from tests.features import (
+from tests.support.build_requests import THRESHOLD, request_for, token_file
+from tests.support.features import (
     mounted_overlay,
     need,
     overlay_mount,
@@ -60,9 +61,8 @@ from tests.features import (
     root,
     setpriv_drops_caps,
 )
-from tests.imagecheck import assert_models_match, unpack
-from tests.support.build_requests import THRESHOLD, request_for, token_file
 from tests.support.hubsim import EDGE_FILES
+from tests.support.imagecheck import assert_models_match, unpack
 from tests.support.models import make_model
 from tests.support.procwatch import CmdlineWatcher
 

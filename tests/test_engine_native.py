@@ -23,10 +23,10 @@ from modelcar_builder import errors
 from modelcar_builder.engines.native import NativeEngine
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.registry import RegistryClient
-from tests.clitools import run
-from tests.features import need, private_read_only_root, run_as_other_uid
-from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
 from tests.support.build_requests import request_for
+from tests.support.clitools import run
+from tests.support.features import need, private_read_only_root, run_as_other_uid
+from tests.support.imagecheck import assert_modelcar_config, assert_models_match, unpack
 from tests.support.models import MIB, REPO, build_args, make_model, model_files
 from tests.support.waiting import wait_until
 

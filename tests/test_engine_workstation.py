@@ -28,8 +28,8 @@ from modelcar_builder import errors
 from modelcar_builder.api import is_local_name, local_name
 from modelcar_builder.build import ENGINES, load_store
 from modelcar_builder.engines.local import context_tar
-from tests.clitools import run
-from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
+from tests.support.clitools import run
+from tests.support.imagecheck import assert_modelcar_config, assert_models_match, unpack
 from tests.support.models import MIB, REPO, model_files
 from tests.support.procwatch import CmdlineWatcher
 from tests.support.waiting import wait_until

@@ -19,8 +19,8 @@ from modelcar_builder.pipeline import resolve
 from modelcar_builder.selection import Selection
 from modelcar_builder.source.download import FetchOptions, fetch
 from modelcar_builder.workspace import Workspace
-from tests.clitools import run
-from tests.features import (
+from tests.support.clitools import run
+from tests.support.features import (
     mounted_overlay,
     need,
     overlay_refuses_upper_on_overlay,

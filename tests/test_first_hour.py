@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from modelcar_builder import errors
-from tests.clitools import run
+from tests.support.clitools import run
 from tests.support.models import SMALL_MODEL, make_model
 from tests.support.ports import free_port
 

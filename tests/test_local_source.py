@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from modelcar_builder import errors
-from tests.clitools import run
+from tests.support.clitools import run
 from tests.support.models import SMALL_MODEL, make_model
 
 

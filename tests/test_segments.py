@@ -17,7 +17,7 @@ import pytest
 
 from modelcar_builder import errors
 from modelcar_builder.source.segments import Segments
-from tests.clitools import run
+from tests.support.clitools import run
 from tests.support.waiting import wait_until
 
 MIB = 1 << 20

@@ -20,8 +20,8 @@ from modelcar_builder.source.hub import HubAccess
 from modelcar_builder.source.readahead import window_segments
 from modelcar_builder.source.stream import HubStreams
 from modelcar_builder.source.transfer import FetchOptions
-from tests.clitools import run
-from tests.imagecheck import assert_models_match, unpack
+from tests.support.clitools import run
+from tests.support.imagecheck import assert_models_match, unpack
 from tests.support.models import MIB, REPO, build_args, model_files
 
 SEG = 256 * 1024  # MODELCAR_SEGMENT_SIZE: the stream's segments are this small here

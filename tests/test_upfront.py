@@ -12,7 +12,7 @@ import pytest
 
 from modelcar_builder import errors
 from modelcar_builder.commands.options import spell_tls_verify
-from tests.clitools import assert_refused, run
+from tests.support.clitools import assert_refused, run
 
 TINY = Path(__file__).parent.parent / "modelcar_builder" / "examples" / "tiny-model"
 

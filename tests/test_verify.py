@@ -18,7 +18,7 @@ from modelcar_builder import errors
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.verify import DeepOptions, verify_push
-from tests.clitools import Result, run
+from tests.support.clitools import Result, run
 from tests.support.registry import RegistryInstance
 
 pytestmark = pytest.mark.slow
