@@ -34,7 +34,7 @@ MIB = 1 << 20
 REPO = "acme/tiny"
 
 
-def model_files(seed: int = 0) -> dict[str, bytes]:
+def fetch_files(seed: int = 0) -> dict[str, bytes]:
     shard = lambda i: hashlib.sha256(b"%d-%d" % (seed, i)).digest() * (MIB // 16)  # noqa: E731
     return {
         "config.json": json.dumps({"model_type": "tiny", "seed": seed}).encode(),
@@ -50,7 +50,7 @@ def model_files(seed: int = 0) -> dict[str, bytes]:
 
 @pytest.fixture
 def repo(hub):
-    hub.add_repo(REPO, model_files())
+    hub.add_repo(REPO, fetch_files())
     return hub
 
 
@@ -103,7 +103,7 @@ def test_branch_moving_mid_build_cannot_mix_revisions(repo, ws):
     assert repo.head(REPO) != old_commit
     result = fetch(resolved.plan, Workspace(ws).ensure(), resolved.access, FetchOptions())
     assert result.files_dir == fetched_dir(ws, old_commit)
-    for path, data in model_files().items():
+    for path, data in fetch_files().items():
         if path not in ("pytorch_model.bin", ".gitattributes"):
             assert (result.files_dir / path).read_bytes() == data, path
 
@@ -122,7 +122,7 @@ def test_prepare_keeps_subdirectories_and_links_without_copying(repo, capsys, ws
     assert res.code == 0, res.err
     ctx = Path(res.last_line)
     layer0 = ctx / "layer-002"  # small files: the last layer
-    assert (layer0 / "config.json").read_bytes() == model_files()["config.json"]
+    assert (layer0 / "config.json").read_bytes() == fetch_files()["config.json"]
     assert (layer0 / "a" / "config.json").read_bytes() == b'{"sub": true}'
     shard = ctx / "layer-000" / "model-00001-of-00002.safetensors"
     fetched = fetched_dir(ws, repo.head(REPO)) / "model-00001-of-00002.safetensors"
@@ -164,7 +164,7 @@ def test_corrupt_small_file_caught_by_git_blob_id(repo, capsys, ws, monkeypatch)
 
 def test_resume_after_cut_fetches_only_the_rest(repo, capsys, ws, monkeypatch):
     path = "model-00002-of-00002.safetensors"
-    size = len(model_files()[path])
+    size = len(fetch_files()[path])
     monkeypatch.setenv("MODELCAR_ATTEMPTS", "1")
     repo.cut(REPO, path, after_bytes=size // 2 + 1000)
     res = run(capsys, "fetch", REPO, "--workspace", str(ws))
@@ -175,7 +175,7 @@ def test_resume_after_cut_fetches_only_the_rest(repo, capsys, ws, monkeypatch):
     assert res.code == 0, res.err
     assert 0 < repo.bytes_served[(REPO, path)] < size
     assert any(r.headers.get("Range", "").startswith("bytes=") for r in repo.requests)
-    assert (fetched_dir(ws, repo.head(REPO)) / path).read_bytes() == model_files()[path]
+    assert (fetched_dir(ws, repo.head(REPO)) / path).read_bytes() == fetch_files()[path]
 
 
 def test_transient_failures_are_retried_within_one_run(repo, capsys, ws, monkeypatch):
@@ -187,7 +187,7 @@ def test_transient_failures_are_retried_within_one_run(repo, capsys, ws, monkeyp
     assert res.code == 0, res.err
     files = fetched_dir(ws, repo.head(REPO))
     for path in ("model-00001-of-00002.safetensors", "tokenizer.json", "config.json"):
-        assert (files / path).read_bytes() == model_files()[path]
+        assert (files / path).read_bytes() == fetch_files()[path]
 
 
 def test_rerun_downloads_nothing_and_says_so(repo, capsys, ws):
@@ -236,7 +236,7 @@ def test_bad_sources_give_one_line_and_exit_code(repo, capsys, source, code, wor
 
 
 def test_gated_repo_needs_a_valid_token(hub, capsys, tmp_path, ws):
-    hub.add_repo("acme/gated", model_files(), gated=True)
+    hub.add_repo("acme/gated", fetch_files(), gated=True)
     hub.tokens.add("hf_valid_token_123")
     res = run(capsys, "plan", "acme/gated")
     assert res.code == errors.AccessDenied.exit_code and "gated" in res.err
@@ -312,7 +312,7 @@ def test_sigterm_mid_download_exits_130_and_the_rerun_resumes(repo, tmp_path):
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert repo.bytes_served[(REPO, path)] < len(model_files()[path])  # resumed, not restarted
+    assert repo.bytes_served[(REPO, path)] < len(fetch_files()[path])  # resumed, not restarted
 
 
 def _true_layer_digests(files_dir: Path, plan) -> dict[str, str]:
@@ -377,7 +377,7 @@ def test_a_corrupt_shard_is_fetched_twice_then_named(repo, capsys, ws, monkeypat
     res = run(capsys, "fetch", REPO, "--workspace", str(ws))
     assert res.code == errors.IntegrityError.exit_code
     assert res.err.splitlines()[-2].startswith(f"error: {path}: sha256 mismatch")
-    size = len(model_files()[path])
+    size = len(fetch_files()[path])
     assert repo.bytes_served[(REPO, path)] == 2 * size
     assert f"{path}: " in res.err and "retrying in" in res.err and "attempt 2 of 5" in res.err
     assert "<unknown>" not in res.err
@@ -469,7 +469,7 @@ def test_one_lost_or_failed_metadata_answer_is_retried(repo, capsys, ws, fault):
     if fault == "429":
         assert "failed (HTTP 429); retrying in 2 s (try 2 of 3)" in res.err, res.err
     files = fetched_dir(ws, repo.head(REPO))
-    assert (files / "config.json").read_bytes() == model_files()["config.json"]
+    assert (files / "config.json").read_bytes() == fetch_files()["config.json"]
 
 
 def test_a_missing_repo_is_not_retried(hub, capsys, ws):
