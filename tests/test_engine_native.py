@@ -611,12 +611,16 @@ def test_a_layer_is_pushed_while_later_shards_still_download(hub, registry, caps
     seen: list[int] = []
     stop = threading.Event()
 
-    def watch() -> None:  # the moment the registry commits a blob, how far is the Hub?
-        while not stop.is_set():
-            if registry.committed_blobs():
-                seen.append(hub.bytes_served.get((REPO, last), 0))
-                return
-            time.sleep(0.05)
+    def committed() -> bool:  # the moment the registry commits a blob, how far is the Hub?
+        if stop.is_set():
+            return True
+        if registry.committed_blobs():
+            seen.append(hub.bytes_served.get((REPO, last), 0))
+            return True
+        return False
+
+    def watch() -> None:
+        wait_until(committed, "a committed blob or the build's end", timeout=600)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
