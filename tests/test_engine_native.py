@@ -417,6 +417,29 @@ def test_upload_chunked_sends_the_base_layer_and_config_in_chunks_too(
     assert (img.rootfs / "bin" / "busybox").is_file()
 
 
+def test_the_413_hints_own_command_passes_a_1_mib_proxy_limit(
+    registry, base_image, cutting_proxy, capsys, tmp_path
+):
+    """The 413 hint's words, typed as a user would: `--upload chunked --chunk-size 1`
+    behind a proxy that refuses bodies over 1 MiB (+ 4 KiB: a 1 MiB PATCH passes), with
+    a busybox base whose one layer is over that limit. It used to go up in one PUT and
+    get the 413 again."""
+    limit = MIB + 4096
+    _, base_manifest = OciLayout(base_image.oci_dir).read_manifest(base_image.tag)
+    assert base_manifest["layers"][0]["size"] > limit  # else this test proves nothing
+    model = make_model(tmp_path / "model")
+    proxy = cutting_proxy(("127.0.0.1", registry.port))
+    proxy.limit_body(limit)
+    res = run(capsys, "build", str(model), "--engine", "native", "--base-image",
+              base_image.ref, "--image", f"{proxy.host}/models/llm:hint", "--workspace",
+              str(tmp_path / "ws"), "--no-tls-verify", "--upload", "chunked",
+              "--chunk-size", "1")  # fmt: skip
+    assert res.code == 0, res.err
+    assert proxy.too_large == []
+    img = unpack(f"docker://{registry.host}/models/llm:hint", tmp_path / "check")
+    assert (img.rootfs / "bin" / "busybox").is_file()
+
+
 def test_chunked_upload_resumes_between_chunks(hub, registry, cutting_proxy, capsys, tmp_path):
     files = model_files(n_shards=1, shard_size=8 * MIB)
     hub.add_repo(REPO, files)
