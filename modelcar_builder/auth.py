@@ -303,9 +303,9 @@ def _decode_entry(entry: Mapping[str, object], source: str, key: str) -> Credent
                 hint="log in again (podman login / docker login) to rewrite it",
             )
         return Credentials(username, password, source)
-    username, password = entry.get("username"), entry.get("password")
-    if isinstance(username, str) and isinstance(password, str) and username:
-        return Credentials(username, password, source)
+    user, secret = entry.get("username"), entry.get("password")
+    if isinstance(user, str) and isinstance(secret, str) and user:
+        return Credentials(user, secret, source)
     return None
 
 

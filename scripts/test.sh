@@ -12,6 +12,7 @@ if [ "$(id -u)" = 0 ]; then
 fi
 python3 -m ruff check modelcar_builder tests scripts
 python3 -m ruff format --check modelcar_builder tests scripts
+python3 -m mypy  # [tool.mypy] in pyproject.toml: modelcar_builder, clean
 # The suite takes ~11 min. A hang that even pytest-timeout cannot break (it interrupts
 # the main thread only) is stopped at 60 min with SIGINT, so pytest still prints its
 # summary and the stacks (faulthandler_timeout) instead of CI killing it silently.

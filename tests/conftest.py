@@ -18,9 +18,11 @@ os.environ.pop("SSL_CERT_FILE", None)
 os.environ.pop("SSL_CERT_DIR", None)
 
 pytest_plugins = [
+    "tests.support.fixtures",
     "tests.support.hub_fixtures",
     "tests.support.registry",
     "tests.support.proxy",
+    "tests.support.dockerd",
 ]
 
 
@@ -48,7 +50,7 @@ def _modelcar_logger_restored():
 # The inner loop (`pytest -m "not slow"`, ~5 min) leaves out every test that runs a daemon
 # or builds an image. Marked by what a test uses, not by hand, so a new test that takes a
 # registry (every registry fixture starts one through registry_launcher) is slow at once.
-_DAEMON_FIXTURES = {"registry_launcher", "base_image"}
+_DAEMON_FIXTURES = {"registry_launcher", "base_image", "dockerd"}
 _IMAGE_MODULES = {  # build images or start daemons of their own (buildah, podman, dockerd)
     "test_engine_buildah", "test_buildah_overlap", "test_buildah_privilege",
     "test_engine_workstation", "test_deploy_run", "test_bench_smoke", "test_parity",

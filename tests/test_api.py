@@ -10,7 +10,7 @@ import pytest
 
 from modelcar_builder import api, errors
 from modelcar_builder.source.download import FetchOptions
-from tests.clitools import run
+from tests.support.clitools import run
 
 TINY = Path(__file__).resolve().parent.parent / "modelcar_builder" / "examples" / "tiny-model"
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from modelcar_builder import errors
 from modelcar_builder.registry import RegistryClient
-from tests.clitools import Result, run
-from tests.features import buildah_builds, need, root
-from tests.imagecheck import assert_models_match, unpack
-from tests.test_engine_native import MIB, REPO, model_files
+from tests.support.clitools import Result, run
+from tests.support.features import buildah_builds, need, root
+from tests.support.imagecheck import assert_models_match, unpack
+from tests.support.models import MIB, REPO, model_files
+from tests.support.waiting import wait_until
 
 SHARDS = 3
 LAST = f"model-{SHARDS - 1:05d}-of-{SHARDS:05d}.safetensors"
@@ -47,13 +47,17 @@ def hub_bytes_at_first_commit(hub, registry):  # type: ignore[no-untyped-def]
     seen: list[int] = []
     stop = threading.Event()
 
+    def committed() -> bool:
+        if stop.is_set():
+            return True
+        if registry.committed_blobs():
+            seen.append(hub.bytes_served.get((REPO, LAST), 0))
+            hub.release_stalls()
+            return True
+        return False
+
     def watch() -> None:
-        while not stop.is_set():
-            if registry.committed_blobs():
-                seen.append(hub.bytes_served.get((REPO, LAST), 0))
-                hub.release_stalls()
-                return
-            time.sleep(0.05)
+        wait_until(committed, "a committed blob or the build's end", timeout=600)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.features import need, root, setpriv_drops_caps
-from tests.imagecheck import assert_models_match, unpack
+from tests.support.features import need, root, setpriv_drops_caps
+from tests.support.imagecheck import assert_models_match, unpack
 
 TINY = Path(__file__).parent.parent / "modelcar_builder" / "examples" / "tiny-model"
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from modelcar_builder.chains import RESULT
-from tests.clitools import run
+from tests.support.clitools import run
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "modelcar_builder" / "examples" / "tiny-model"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clitools import run
-from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
+from tests.support.clitools import run
 from tests.support.hubsim import EDGE_FILES
+from tests.support.imagecheck import assert_modelcar_config, assert_models_match, unpack
 from tests.support.registry import private_containers_env
 
 MIB = 1 << 20

@@ -29,7 +29,6 @@ from tests.support import builder_image
 from tests.support.kubeplay import StepPod, play, pod_manifest
 from tests.support.podman import Podman, make_podman, podman_available
 from tests.support.registry import sa_like_token
-from tests.test_engine_workstation import dockerd  # noqa: F401 (the private dockerd fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -466,7 +465,7 @@ def test_workstation_podman_one_liner_runs_as_written(builder, tmp_path, session
 
 def test_workstation_docker_one_liner_runs_as_written(
     builder,
-    dockerd,  # noqa: F811 (the fixture imported above)
+    dockerd,
     tmp_path,
     session_registry,
     base_image,

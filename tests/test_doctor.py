@@ -4,36 +4,19 @@ imitation, real docker-registry (htpasswd, token, TLS), a real tmpfs, the in-pro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from modelcar_builder import errors
-from tests.clitools import run
-from tests.features import need, tmpfs_mount
+from tests.support.clitools import run
+from tests.support.features import need, tmpfs_mount
+from tests.support.models import MIB, REPO, shard
 
-MIB = 1 << 20
-REPO = "acme/doctor"
 HF_SECRET = "hf_doctorTestSecretToken0123456789"
-
-
-def shard(seed: int, size: int) -> bytes:
-    block = hashlib.sha256(b"doctor-%d" % seed).digest() * 2048
-    return (block * (size // len(block) + 1))[:size]
-
-
-@pytest.fixture
-def hub_repo(hub):
-    files = {"config.json": b'{"model_type": "llm"}'}
-    for i in range(2):
-        files[f"model-{i:05d}-of-00002.safetensors"] = shard(i, 2 * MIB)
-    hub.add_repo(REPO, files)
-    return hub
 
 
 def args(command: str, image: str, ws: Path, *extra: str, base: str = "scratch") -> list[str]:
@@ -189,17 +172,12 @@ def test_results_dir_is_created_or_refused_before_the_download(
     assert json.loads(report.read_text())
 
 
-def test_healthy_setup_passes_in_seconds_and_moves_nothing(
-    hub_repo, registry, base_image, capsys, tmp_path
-):
+def test_healthy_setup_passes_and_moves_nothing(hub_repo, registry, base_image, capsys, tmp_path):
     image = f"{registry.host}/models/llm:ok"
     mark = registry.mark()
-    started = time.monotonic()
     extra = ("--no-tls-verify", "--results-dir", str(tmp_path / "results"))
     res = run(capsys, *args("doctor", image, tmp_path / "ws", *extra, base=base_image.ref))
-    elapsed = time.monotonic() - started
     assert res.code == 0, res.out + res.err
-    assert elapsed < 15  # seconds, on a loaded 2-core machine
     found = checks(res.out)
     for name in ("image", "base", "source", "workspace", "outputs", "engine", "registry", "disk"):
         assert found[name] and set(found[name]) == {"PASS"}, (name, res.out)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder.auth import Credentials
-from modelcar_builder.engines import BuildRequest, BuildResult, RegistryOptions
+from modelcar_builder.engines import BuildResult, RegistryOptions
 from modelcar_builder.engines.buildah import (
     DEFAULT_OVERLAP,
     ENV_OVERLAP,
@@ -51,10 +51,9 @@ from modelcar_builder.pipeline import resolve
 from modelcar_builder.plan import Plan, make_plan
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.selection import Selection
-from modelcar_builder.settings import registry_retry_window
-from modelcar_builder.target import parse_target
 from modelcar_builder.workspace import Workspace
-from tests.features import (
+from tests.support.build_requests import THRESHOLD, request_for, token_file
+from tests.support.features import (
     mounted_overlay,
     need,
     overlay_mount,
@@ -62,36 +61,19 @@ from tests.features import (
     root,
     setpriv_drops_caps,
 )
-from tests.imagecheck import assert_models_match, unpack
 from tests.support.hubsim import EDGE_FILES
-from tests.support.procwatch import ProcPoller
+from tests.support.imagecheck import assert_models_match, unpack
+from tests.support.models import make_model
+from tests.support.procwatch import CmdlineWatcher
 
 pytestmark = pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah not installed")
 
 MIB = 1 << 20
-THRESHOLD = MIB
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO_ID = "org/tiny-model"
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def make_model(root: Path) -> Path:
-    """Two small files (one in a subdir with the same name as a top-level one) and two
-    random shards over the threshold: 3 planned layers."""
-    root.mkdir(parents=True)
-    (root / "a").mkdir()
-    (root / "config.json").write_text('{"top": true}\n')
-    (root / "a" / "config.json").write_text('{"nested": true}\n')
-    (root / "model-00001-of-00002.safetensors").write_bytes(os.urandom(3 * MIB // 2))
-    (root / "model-00002-of-00002.safetensors").write_bytes(os.urandom(5 * MIB // 2))
-    for rel, data in EDGE_FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return root
 
 
 def hub_plan(model: Path) -> Plan:
@@ -102,34 +84,6 @@ def hub_plan(model: Path) -> Plan:
         plan.snapshot, kind="hub", location=REPO_ID, revision="main", commit=COMMIT
     )
     return make_plan(snapshot, THRESHOLD)
-
-
-def request_for(
-    model: Path,
-    workspace: Path,
-    target: str,
-    base: str,
-    registry: RegistryOptions | None = None,
-    compression: str = "gzip",
-    plan: Plan | None = None,
-) -> BuildRequest:
-    return BuildRequest(
-        plan=plan or resolve(str(model), Selection(), threshold=THRESHOLD).plan,
-        files_dir=model,
-        workspace=Workspace(workspace).ensure(),
-        target=parse_target(target),
-        base_image=base,
-        # the outage window from the environment, as the CLI does (conftest keeps it short)
-        registry=registry
-        or RegistryOptions(tls_verify=False, retry_window=registry_retry_window()),
-        compression=compression,
-    )
-
-
-def token_file(path: Path, token: str) -> str:
-    path.write_text(token)
-    path.chmod(0o600)
-    return str(path)
 
 
 def skopeo_to_layout(src: str, dest: Path, *extra: str) -> Path:
@@ -160,28 +114,6 @@ def layer_members(data: bytes) -> list[tuple[tarfile.TarInfo, bytes | None]]:
             body = tar.extractfile(member).read() if member.isfile() else None
             out.append((member, body))
     return out
-
-
-class CmdlineWatcher(ProcPoller):
-    """Reads every /proc/*/cmdline while a build runs: a secret on any child's argv
-    would be world-readable there."""
-
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        self.secret = secret.encode()
-        self.seen: list[str] = []
-        self.subcommands: set[str] = set()  # buildah subcommands seen running
-
-    def visit(self, proc: Path) -> None:
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            return
-        argv = cmdline.decode(errors="replace").split("\0")
-        if argv and argv[0].endswith("buildah"):
-            self.subcommands.update(a for a in argv[1:] if not a.startswith("-"))
-        if self.secret in cmdline:
-            self.seen.append(cmdline.decode(errors="replace"))
 
 
 class LogText(logging.Handler):
@@ -223,11 +155,6 @@ def logs() -> Iterator[LogText]:
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
     return make_model(tmp_path / "model")
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    return tmp_path / "ws"
 
 
 @pytest.fixture(autouse=True)
@@ -624,7 +551,7 @@ import json, sys
 from pathlib import Path
 from modelcar_builder.engines.buildah import BuildahEngine
 from modelcar_builder.errors import ModelcarError
-from tests.test_engine_buildah import request_for
+from tests.support.build_requests import request_for
 model, ws, out, base = sys.argv[1:5]
 try:
     result = BuildahEngine().build(request_for(Path(model), Path(ws), f"oci:{out}:v1", base))

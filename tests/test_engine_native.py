@@ -23,46 +23,14 @@ from modelcar_builder import errors
 from modelcar_builder.engines.native import NativeEngine
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.registry import RegistryClient
-from tests.clitools import run
-from tests.features import need, private_read_only_root, run_as_other_uid
-from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
-from tests.support.hubsim import EDGE_FILES
-from tests.test_engine_buildah import make_model, request_for
+from tests.support.build_requests import request_for
+from tests.support.clitools import run
+from tests.support.features import need, private_read_only_root, run_as_other_uid
+from tests.support.imagecheck import assert_modelcar_config, assert_models_match, unpack
+from tests.support.models import MIB, REPO, build_args, make_model, model_files
+from tests.support.waiting import wait_until
 
-MIB = 1 << 20
-REPO = "acme/llm"
 OPENSHIFT_UID = 1000680000
-
-
-def shard(seed: int, size: int) -> bytes:
-    block = hashlib.sha256(b"seed-%d" % seed).digest() * 2048  # 64 KiB, incompressible-ish
-    return (block * (size // len(block) + 1))[:size]
-
-
-def model_files(n_shards: int = 2, shard_size: int = 2 * MIB) -> dict[str, bytes]:
-    files = {
-        "config.json": b'{"model_type": "llm"}',
-        "a/config.json": b'{"nested": true}',
-        "tokenizer/tokenizer.json": b'{"vocab": {"a": 1}}',
-        **EDGE_FILES,
-    }
-    for i in range(n_shards):
-        files[f"model-{i:05d}-of-{n_shards:05d}.safetensors"] = shard(i, shard_size + i)
-    return files
-
-
-@pytest.fixture
-def hub_repo(hub):
-    hub.add_repo(REPO, model_files())
-    return hub
-
-
-def build_args(image: str, ws: Path, base: str, *extra: str) -> list[str]:
-    return [
-        "build", f"hf://{REPO}@main", "--engine", "native", "--image", image,
-        "--workspace", str(ws), "--base-image", base, "--layer-threshold", str(MIB),
-        "--no-tls-verify", *extra,
-    ]  # fmt: skip
 
 
 def test_hub_to_registry_round_trip(hub_repo, registry, base_image, capsys, tmp_path):
@@ -589,20 +557,34 @@ def test_tokens_that_expire_mid_push_are_renewed(
     hub, registry_token, capsys, tmp_path, monkeypatch
 ):
     """Tokens may live a minute; a model takes longer. Here they live 2 s (and the client
-    believes they last 300 s) while the Hub stalls mid-shard for 4 s: the requests after the
-    stall must get a fresh token, not fail. (2 s, not 1: on a loaded 2-core machine a fresh
-    token could expire before its own request, which no client can help.)"""
+    believes they last 300 s) while the Hub stalls mid-shard until the registry refuses
+    them: the requests after the stall must get a fresh token, not fail. The tokens
+    fetched after that live a minute, so a loaded machine cannot expire one before its
+    own request (which no client can help)."""
     files = model_files(n_shards=2, shard_size=2 * MIB)
     hub.add_repo(REPO, files)
-    hub.stall(REPO, "model-00000-of-00002.safetensors", seconds=4, after_bytes=MIB)
-    registry_token.token_server.set_lifetime(2, expires_in=300)
+    shard0 = "model-00000-of-00002.safetensors"
+    hub.stall(REPO, shard0, seconds=120, after_bytes=MIB)  # released once the token is dead
+    ts = registry_token.token_server
+    ts.set_lifetime(2, expires_in=300)
     auth = tmp_path / "auth.json"
     registry_token.write_authfile(auth)
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
-    issued_before = len(registry_token.token_server.issued)
+    issued_before = len(ts.issued)
+
+    def expire_then_release() -> None:
+        wait_until(lambda: hub.bytes_served.get((REPO, shard0), 0) >= MIB, "the stall", 120)
+        short = ts.issued[-1]
+        ts.set_lifetime(60, expires_in=300)
+        registry_token.wait_expired(short, client_too=False)
+        hub.release_stalls()
+
+    releaser = threading.Thread(target=expire_then_release, daemon=True)
+    releaser.start()
     image = f"{registry_token.host}/models/llm:renewed"
     args = [*build_args(image, tmp_path / "ws", "scratch"), "--stream", "--jobs", "1"]
     res = run(capsys, *args)
+    releaser.join()
     assert res.code == 0, res.err
     assert len(registry_token.token_server.issued) - issued_before >= 2  # renewed at least once
     auth_env = {**os.environ, "REGISTRY_AUTH_FILE": str(auth)}
@@ -652,12 +634,16 @@ def test_a_layer_is_pushed_while_later_shards_still_download(hub, registry, caps
     seen: list[int] = []
     stop = threading.Event()
 
-    def watch() -> None:  # the moment the registry commits a blob, how far is the Hub?
-        while not stop.is_set():
-            if registry.committed_blobs():
-                seen.append(hub.bytes_served.get((REPO, last), 0))
-                return
-            time.sleep(0.05)
+    def committed() -> bool:  # the moment the registry commits a blob, how far is the Hub?
+        if stop.is_set():
+            return True
+        if registry.committed_blobs():
+            seen.append(hub.bytes_served.get((REPO, last), 0))
+            return True
+        return False
+
+    def watch() -> None:
+        wait_until(committed, "a committed blob or the build's end", timeout=600)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()

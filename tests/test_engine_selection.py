@@ -17,7 +17,7 @@ import pytest
 
 from modelcar_builder.cli import cli
 from modelcar_builder.engines.buildah.probe import BUILDAH_NEEDS
-from tests.features import need, root, run_as_other_uid
+from tests.support.features import need, root, run_as_other_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "modelcar_builder" / "examples" / "tiny-model"

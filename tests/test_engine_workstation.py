@@ -8,16 +8,13 @@ in play) and is checked with skopeo + umoci (tests/imagecheck.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +27,12 @@ from modelcar_builder.api import is_local_name, local_name
 from modelcar_builder.engines.catalog import ENGINES
 from modelcar_builder.engines.workstation import context_tar
 from modelcar_builder.run import load_store
-from tests.clitools import run
-from tests.imagecheck import assert_modelcar_config, assert_models_match, unpack
-from tests.test_engine_buildah import CmdlineWatcher
-from tests.test_engine_native import model_files
+from tests.support.clitools import run
+from tests.support.dockerd import stop_pid, wait_socket
+from tests.support.imagecheck import assert_modelcar_config, assert_models_match, unpack
+from tests.support.models import MIB, REPO, model_files
+from tests.support.procwatch import CmdlineWatcher
 
-MIB = 1 << 20
-REPO = "acme/llm"
 _CONF = '[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n'
 
 
@@ -89,57 +85,6 @@ def podman_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Po
     store("rmi", "-a", "-f", check=False)
 
 
-def _wait_socket(sock: Path, proc: subprocess.Popen, log: Path, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited {proc.returncode}: {log.read_text()[-2000:]}")
-        if sock.exists():
-            with contextlib.suppress(Exception):
-                client = docker.DockerClient(base_url=f"unix://{sock}")
-                client.ping()
-                client.close()
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"no answer on {sock}: {log.read_text()[-2000:]}")
-
-
-def _stop_pid(pid: int, proc: subprocess.Popen | None = None) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if proc is not None:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(pid, signal.SIGKILL)
-            proc.wait()
-
-
-@pytest.fixture(scope="session")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private dockerd (Debian's docker.io): data root, exec root, pidfile and socket
-    under tmp; stopped by its pid. Yields its DOCKER_HOST."""
-    if shutil.which("dockerd") is None or os.geteuid() != 0:
-        pytest.skip("dockerd (Debian docker.io) and root are needed")
-    # Short paths: a unix socket path is limited to 107 bytes.
-    top = Path(tmp_path_factory.mktemp("dockerd"))
-    sock = top / "d.sock"
-    log = top / "dockerd.log"
-    argv = [
-        "dockerd", "--data-root", str(top / "data"), "--exec-root", str(top / "exec"),
-        "--pidfile", str(top / "d.pid"), "--host", f"unix://{sock}",
-        "--iptables=false", "--ip6tables=false", "--bridge=none",
-        "--storage-driver=overlay2",
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_socket(sock, proc, log)
-        yield f"unix://{sock}"
-    finally:
-        _stop_pid(proc.pid, proc)
-
-
 @pytest.fixture
 def podman_service(tmp_path: Path, registry_htpasswd) -> Iterator[tuple[str, PodmanStore]]:
     """`podman system service --time=0 unix://SOCK`: podman's Docker-compatible API, with
@@ -157,17 +102,11 @@ def podman_service(tmp_path: Path, registry_htpasswd) -> Iterator[tuple[str, Pod
             env=store.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        _wait_socket(sock, proc, log)
+        wait_socket(sock, proc, log)
         yield f"unix://{sock}", store
     finally:
-        _stop_pid(proc.pid, proc)
+        stop_pid(proc.pid, proc)
         store("rmi", "-a", "-f", check=False)
-
-
-@pytest.fixture
-def hub_repo(hub):
-    hub.add_repo(REPO, model_files())
-    return hub
 
 
 def build_args(engine: str, image: str, ws: Path, base: str, *extra: str) -> list[str]:

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,8 @@ from modelcar_builder.pipeline import resolve
 from modelcar_builder.selection import Selection
 from modelcar_builder.source.download import FetchOptions, fetch
 from modelcar_builder.workspace import Workspace
-from tests.clitools import run
-from tests.features import (
+from tests.support.clitools import run
+from tests.support.features import (
     mounted_overlay,
     need,
     overlay_refuses_upper_on_overlay,
@@ -29,12 +28,13 @@ from tests.features import (
     tmpfs_mount,
 )
 from tests.support.hubsim import EDGE_FILES, ROUTE_INFO
+from tests.support.waiting import wait_until
 
 MIB = 1 << 20
 REPO = "acme/tiny"
 
 
-def model_files(seed: int = 0) -> dict[str, bytes]:
+def fetch_files(seed: int = 0) -> dict[str, bytes]:
     shard = lambda i: hashlib.sha256(b"%d-%d" % (seed, i)).digest() * (MIB // 16)  # noqa: E731
     return {
         "config.json": json.dumps({"model_type": "tiny", "seed": seed}).encode(),
@@ -50,13 +50,8 @@ def model_files(seed: int = 0) -> dict[str, bytes]:
 
 @pytest.fixture
 def repo(hub):
-    hub.add_repo(REPO, model_files())
+    hub.add_repo(REPO, fetch_files())
     return hub
-
-
-@pytest.fixture
-def ws(tmp_path) -> Path:
-    return tmp_path / "ws"
 
 
 def fetched_dir(ws: Path, commit: str) -> Path:
@@ -108,7 +103,7 @@ def test_branch_moving_mid_build_cannot_mix_revisions(repo, ws):
     assert repo.head(REPO) != old_commit
     result = fetch(resolved.plan, Workspace(ws).ensure(), resolved.access, FetchOptions())
     assert result.files_dir == fetched_dir(ws, old_commit)
-    for path, data in model_files().items():
+    for path, data in fetch_files().items():
         if path not in ("pytorch_model.bin", ".gitattributes"):
             assert (result.files_dir / path).read_bytes() == data, path
 
@@ -127,7 +122,7 @@ def test_prepare_keeps_subdirectories_and_links_without_copying(repo, capsys, ws
     assert res.code == 0, res.err
     ctx = Path(res.last_line)
     layer0 = ctx / "layer-002"  # small files: the last layer
-    assert (layer0 / "config.json").read_bytes() == model_files()["config.json"]
+    assert (layer0 / "config.json").read_bytes() == fetch_files()["config.json"]
     assert (layer0 / "a" / "config.json").read_bytes() == b'{"sub": true}'
     shard = ctx / "layer-000" / "model-00001-of-00002.safetensors"
     fetched = fetched_dir(ws, repo.head(REPO)) / "model-00001-of-00002.safetensors"
@@ -169,7 +164,7 @@ def test_corrupt_small_file_caught_by_git_blob_id(repo, capsys, ws, monkeypatch)
 
 def test_resume_after_cut_fetches_only_the_rest(repo, capsys, ws, monkeypatch):
     path = "model-00002-of-00002.safetensors"
-    size = len(model_files()[path])
+    size = len(fetch_files()[path])
     monkeypatch.setenv("MODELCAR_ATTEMPTS", "1")
     repo.cut(REPO, path, after_bytes=size // 2 + 1000)
     res = run(capsys, "fetch", REPO, "--workspace", str(ws))
@@ -180,7 +175,7 @@ def test_resume_after_cut_fetches_only_the_rest(repo, capsys, ws, monkeypatch):
     assert res.code == 0, res.err
     assert 0 < repo.bytes_served[(REPO, path)] < size
     assert any(r.headers.get("Range", "").startswith("bytes=") for r in repo.requests)
-    assert (fetched_dir(ws, repo.head(REPO)) / path).read_bytes() == model_files()[path]
+    assert (fetched_dir(ws, repo.head(REPO)) / path).read_bytes() == fetch_files()[path]
 
 
 def test_transient_failures_are_retried_within_one_run(repo, capsys, ws, monkeypatch):
@@ -192,7 +187,7 @@ def test_transient_failures_are_retried_within_one_run(repo, capsys, ws, monkeyp
     assert res.code == 0, res.err
     files = fetched_dir(ws, repo.head(REPO))
     for path in ("model-00001-of-00002.safetensors", "tokenizer.json", "config.json"):
-        assert (files / path).read_bytes() == model_files()[path]
+        assert (files / path).read_bytes() == fetch_files()[path]
 
 
 def test_rerun_downloads_nothing_and_says_so(repo, capsys, ws):
@@ -241,7 +236,7 @@ def test_bad_sources_give_one_line_and_exit_code(repo, capsys, source, code, wor
 
 
 def test_gated_repo_needs_a_valid_token(hub, capsys, tmp_path, ws):
-    hub.add_repo("acme/gated", model_files(), gated=True)
+    hub.add_repo("acme/gated", fetch_files(), gated=True)
     hub.tokens.add("hf_valid_token_123")
     res = run(capsys, "plan", "acme/gated")
     assert res.code == errors.AccessDenied.exit_code and "gated" in res.err
@@ -296,7 +291,6 @@ def test_forced_overlay_that_cannot_mount_fails_before_downloading(
 def test_sigterm_mid_download_exits_130_and_the_rerun_resumes(repo, tmp_path):
     import signal
     import sys
-    import time
 
     path = "model-00002-of-00002.safetensors"
     repo.stall(REPO, path, seconds=30, after_bytes=MIB)
@@ -306,9 +300,7 @@ def test_sigterm_mid_download_exits_130_and_the_rerun_resumes(repo, tmp_path):
         [sys.executable, "-m", "modelcar_builder", "fetch", REPO, "--workspace", str(ws)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while repo.bytes_served.get((REPO, path), 0) < MIB and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: repo.bytes_served.get((REPO, path), 0) >= MIB, f"1 MiB of {path} served")
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
@@ -320,7 +312,7 @@ def test_sigterm_mid_download_exits_130_and_the_rerun_resumes(repo, tmp_path):
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert repo.bytes_served[(REPO, path)] < len(model_files()[path])  # resumed, not restarted
+    assert repo.bytes_served[(REPO, path)] < len(fetch_files()[path])  # resumed, not restarted
 
 
 def _true_layer_digests(files_dir: Path, plan) -> dict[str, str]:
@@ -385,7 +377,7 @@ def test_a_corrupt_shard_is_fetched_twice_then_named(repo, capsys, ws, monkeypat
     res = run(capsys, "fetch", REPO, "--workspace", str(ws))
     assert res.code == errors.IntegrityError.exit_code
     assert res.err.splitlines()[-2].startswith(f"error: {path}: sha256 mismatch")
-    size = len(model_files()[path])
+    size = len(fetch_files()[path])
     assert repo.bytes_served[(REPO, path)] == 2 * size
     assert f"{path}: " in res.err and "retrying in" in res.err and "attempt 2 of 5" in res.err
     assert "<unknown>" not in res.err
@@ -414,12 +406,12 @@ def test_a_disk_that_fills_mid_download_is_exit_31_and_the_rerun_resumes(
             """Another writer takes the room once the shard's first MiB is on disk (an
             event, not a clock: a slow machine starts the download later), then the
             stalled shard goes on and meets the full volume."""
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+
+            def first_mib_written() -> bool:
                 parts = list((ws / "partial").rglob("*.part"))
-                if parts and parts[0].stat().st_size >= MIB:
-                    break
-                time.sleep(0.02)
+                return bool(parts) and parts[0].stat().st_size >= MIB
+
+            wait_until(first_mib_written, "a .part file of 1 MiB", timeout=60, interval=0.02)
             with open(ws / "filler", "wb") as f, contextlib.suppress(OSError):
                 f.write(b"\0" * (6 * MIB))
             hub.release_stalls()
@@ -450,10 +442,9 @@ def test_a_hub_that_never_answers_its_metadata_call_fails_within_the_read_timeou
     connection and never answers hung a build before its first byte. --read-timeout
     bounds the metadata call too; after three tries: one line, exit 20, nothing fetched."""
     repo.stall(REPO, ROUTE_INFO, seconds=60, times=None)  # silent before the headers
-    began = time.monotonic()
     res = run(capsys, "fetch", REPO, "--workspace", str(ws), "--read-timeout", "1")
+    # Not the stall: a call that waited it out would get its answer and the fetch pass.
     assert res.code == errors.DownloadFailed.exit_code, res.err
-    assert time.monotonic() - began < 20  # 3 × 1 s and 1 + 2 s apart, not the stall
     assert "cannot reach the Hub" in res.err and "ReadTimeout" in res.err, res.err
     assert res.err.count("retrying in") == 2 and "Traceback" not in res.err
     assert [r.path.split("?")[0] for r in repo.requests].count(f"/api/models/{REPO}") == 3
@@ -478,7 +469,7 @@ def test_one_lost_or_failed_metadata_answer_is_retried(repo, capsys, ws, fault):
     if fault == "429":
         assert "failed (HTTP 429); retrying in 2 s (try 2 of 3)" in res.err, res.err
     files = fetched_dir(ws, repo.head(REPO))
-    assert (files / "config.json").read_bytes() == model_files()["config.json"]
+    assert (files / "config.json").read_bytes() == fetch_files()["config.json"]
 
 
 def test_a_missing_repo_is_not_retried(hub, capsys, ws):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from modelcar_builder import errors
-from tests.clitools import run
+from tests.support.clitools import run
+from tests.support.models import SMALL_MODEL, make_model
 from tests.support.ports import free_port
-from tests.test_local_source import make_model
 
 
 def test_an_unreachable_base_names_base_image_in_its_hint(capsys, tmp_path):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     unreachable = f"127.0.0.1:{free_port()}/ubi9/ubi-micro:9"
     res = run(capsys, "build", str(model), "--engine", "native", "--base-image", unreachable,
               "--image", f"oci:{tmp_path}/out:v1", "--workspace", str(tmp_path / "ws"))  # fmt: skip
@@ -32,7 +32,7 @@ def _from_line(res) -> str:
 
 @pytest.mark.slow
 def test_prepare_pins_a_readable_base_by_its_registry_digest(capsys, tmp_path, base_image):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     res = run(capsys, "prepare", str(model), "--workspace", str(tmp_path / "ws"),
               "--base-image", base_image.ref, "--no-tls-verify")  # fmt: skip
     assert res.code == 0, res.err
@@ -40,7 +40,7 @@ def test_prepare_pins_a_readable_base_by_its_registry_digest(capsys, tmp_path, b
 
 
 def test_prepare_keeps_the_tag_of_an_unreadable_base_with_one_warning(capsys, tmp_path):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     unreachable = f"127.0.0.1:{free_port()}/ubi9/ubi-micro:9"
     res = run(capsys, "prepare", str(model), "--workspace", str(tmp_path / "ws"),
               "--base-image", unreachable)  # fmt: skip

@@ -44,7 +44,8 @@ CHUNK_PROBE = 4096  # a mid-body stall point
 
 
 @pytest.fixture
-def repo(hub: HubSim) -> str:
+def commit(hub: HubSim) -> str:
+    """The commit that REPO's main (and tag v1.0) points at."""
     return hub.add_repo(REPO, FILES, tags={"v1.0": "main"})
 
 
@@ -65,9 +66,9 @@ def url(hub: HubSim, path: str, revision: str = "main") -> str:
 # --------------------------------------------------------------------------- metadata routes
 
 
-def test_model_info_with_files_metadata(hub: HubSim, api: HfApi, repo: str) -> None:
+def test_model_info_with_files_metadata(hub: HubSim, api: HfApi, commit: str) -> None:
     info = api.model_info(REPO, files_metadata=True)
-    assert info.id == REPO and info.sha == repo and len(repo) == 40
+    assert info.id == REPO and info.sha == commit and len(commit) == 40
     assert info.private is False and info.gated is False
     siblings = {s.rfilename: s for s in info.siblings or []}
     assert set(siblings) == set(FILES)
@@ -85,39 +86,39 @@ def test_model_info_with_files_metadata(hub: HubSim, api: HfApi, repo: str) -> N
 
 
 def test_revisions_branch_tag_pr_and_sha(
-    hub: HubSim, api: HfApi, repo: str, tmp_path: Path
+    hub: HubSim, api: HfApi, commit: str, tmp_path: Path
 ) -> None:
     pr_sha = hub.commit(REPO, {"config.json": b"{}"}, branch="refs/pr/1")
     dev_sha = hub.commit(REPO, {"extra.txt": b"x"}, branch="dev")
     for revision, sha in [
-        ("main", repo),
-        ("v1.0", repo),
-        ("refs/tags/v1.0", repo),
+        ("main", commit),
+        ("v1.0", commit),
+        ("refs/tags/v1.0", commit),
         ("refs/heads/dev", dev_sha),
         ("dev", dev_sha),
         ("refs/pr/1", pr_sha),
-        (repo, repo),
+        (commit, commit),
     ]:
         assert api.model_info(REPO, revision=revision).sha == sha, revision
     assert download(hub, tmp_path, "config.json", revision="refs/pr/1") == b"{}"
     assert any("/revision/refs%2Fpr%2F1" in r.path for r in hub.requests)
     refs = api.list_repo_refs(REPO, include_pull_requests=True)
     assert {b.name for b in refs.branches} == {"main", "dev"}
-    assert [t.target_commit for t in refs.tags] == [repo]
+    assert [t.target_commit for t in refs.tags] == [commit]
     assert [p.ref for p in refs.pull_requests or []] == ["refs/pr/1"]
 
 
-def test_branch_move_keeps_old_sha(hub: HubSim, api: HfApi, repo: str, tmp_path: Path) -> None:
+def test_branch_move_keeps_old_sha(hub: HubSim, api: HfApi, commit: str, tmp_path: Path) -> None:
     new = hub.commit(REPO, {"config.json": b'{"v": 2}', "README.md": None})
-    assert new != repo and api.model_info(REPO).sha == new
+    assert new != commit and api.model_info(REPO).sha == new
     assert "README.md" not in {s.rfilename for s in api.model_info(REPO).siblings or []}
     assert download(hub, tmp_path, "config.json") == b'{"v": 2}'
-    assert download(hub, tmp_path, "config.json", revision=repo) == CONFIG
-    assert api.model_info(REPO, revision=repo).sha == repo
+    assert download(hub, tmp_path, "config.json", revision=commit) == CONFIG
+    assert api.model_info(REPO, revision=commit).sha == commit
     assert hub.add_repo("acme/other", FILES) == hub.add_repo("acme/other", FILES)  # deterministic
 
 
-def test_list_repo_tree_recursive_paginates(hub: HubSim, api: HfApi, repo: str) -> None:
+def test_list_repo_tree_recursive_paginates(hub: HubSim, api: HfApi, commit: str) -> None:
     entries = list(api.list_repo_tree(REPO, recursive=True))
     files = {e.path: e for e in entries if isinstance(e, RepoFile)}
     folders = {e.path for e in entries if isinstance(e, RepoFolder)}
@@ -134,13 +135,13 @@ def test_list_repo_tree_recursive_paginates(hub: HubSim, api: HfApi, repo: str) 
         "onnx",
         "tokenizer",
     }
-    sub = {e.path for e in api.list_repo_tree(REPO, "tokenizer", recursive=True, revision=repo)}
+    sub = {e.path for e in api.list_repo_tree(REPO, "tokenizer", recursive=True, revision=commit)}
     assert sub == {"tokenizer/vocab.txt", "tokenizer/merges.txt"}
     with pytest.raises(EntryNotFoundError):
         list(api.list_repo_tree(REPO, "nope"))
 
 
-def test_get_paths_info(hub: HubSim, api: HfApi, repo: str) -> None:
+def test_get_paths_info(hub: HubSim, api: HfApi, commit: str) -> None:
     infos = api.get_paths_info(
         REPO, ["model.safetensors", "tokenizer", "missing.bin"], revision="v1.0"
     )
@@ -158,7 +159,7 @@ def test_get_paths_info(hub: HubSim, api: HfApi, repo: str) -> None:
 # --------------------------------------------------------------------------- file routes
 
 
-def test_downloads_lfs_via_cdn_and_plain_from_hub(hub: HubSim, repo: str, tmp_path: Path) -> None:
+def test_downloads_lfs_via_cdn_and_plain_from_hub(hub: HubSim, commit: str, tmp_path: Path) -> None:
     assert download(hub, tmp_path, "config.json") == CONFIG
     assert download(hub, tmp_path, "model.safetensors") == WEIGHTS
     assert download(hub, tmp_path, "tokenizer/vocab.txt") == FILES["tokenizer/vocab.txt"]
@@ -169,18 +170,18 @@ def test_downloads_lfs_via_cdn_and_plain_from_hub(hub: HubSim, repo: str, tmp_pa
     assert (Path(local) / "onnx/model.onnx").read_bytes() == FILES["onnx/model.onnx"]
 
 
-def test_file_metadata_headers(hub: HubSim, repo: str) -> None:
+def test_file_metadata_headers(hub: HubSim, commit: str) -> None:
     plain = get_hf_file_metadata(hf_hub_url(REPO, "config.json", endpoint=hub.endpoint))
-    assert (plain.commit_hash, plain.etag, plain.size) == (repo, git_blob_id(CONFIG), len(CONFIG))
+    assert (plain.commit_hash, plain.etag, plain.size) == (commit, git_blob_id(CONFIG), len(CONFIG))
     lfs = get_hf_file_metadata(url(hub, "model.safetensors"))
     assert lfs.etag == hashlib.sha256(WEIGHTS).hexdigest() and lfs.size == len(WEIGHTS)
-    assert lfs.commit_hash == repo and lfs.location.startswith(hub.cdn_endpoint + "/repos/")
+    assert lfs.commit_hash == commit and lfs.location.startswith(hub.cdn_endpoint + "/repos/")
     head = requests.head(url(hub, "config.json"))
     assert head.headers["Content-Length"] == str(len(CONFIG))
     assert head.headers["ETag"] == f'"{git_blob_id(CONFIG)}"'
 
 
-def test_range_requests_answer_206(hub: HubSim, repo: str) -> None:
+def test_range_requests_answer_206(hub: HubSim, commit: str) -> None:
     partial = requests.get(url(hub, "config.json"), headers={"Range": "bytes=5-"})
     assert partial.status_code == 206 and partial.content == CONFIG[5:]
     assert partial.headers["Content-Range"] == f"bytes 5-{len(CONFIG) - 1}/{len(CONFIG)}"
@@ -192,7 +193,7 @@ def test_range_requests_answer_206(hub: HubSim, repo: str) -> None:
     assert past_end.status_code == 416
 
 
-def test_ignore_ranges_answers_200_with_the_whole_body(hub: HubSim, repo: str) -> None:
+def test_ignore_ranges_answers_200_with_the_whole_body(hub: HubSim, commit: str) -> None:
     hub.ignore_ranges = True
     lfs = requests.get(url(hub, "model.safetensors"), headers={"Range": "bytes=10-19"})
     assert lfs.status_code == 200 and lfs.content == WEIGHTS
@@ -228,7 +229,7 @@ def test_large_file_concurrent_ranges(hub: HubSim) -> None:
 
 
 def test_error_codes_map_to_client_exceptions(
-    hub: HubSim, api: HfApi, repo: str, tmp_path: Path
+    hub: HubSim, api: HfApi, commit: str, tmp_path: Path
 ) -> None:
     with pytest.raises(RepositoryNotFoundError):
         api.model_info("acme/missing")
@@ -273,7 +274,7 @@ def test_private_repo_looks_missing_without_token(hub: HubSim, tmp_path: Path) -
 # --------------------------------------------------------------------------- faults
 
 
-def test_corrupt_flips_one_byte_until_cleared(hub: HubSim, repo: str) -> None:
+def test_corrupt_flips_one_byte_until_cleared(hub: HubSim, commit: str) -> None:
     hub.corrupt(REPO, "model.safetensors")
     for _ in range(2):
         bad = requests.get(url(hub, "model.safetensors")).content
@@ -285,7 +286,7 @@ def test_corrupt_flips_one_byte_until_cleared(hub: HubSim, repo: str) -> None:
     assert requests.get(url(hub, "model.safetensors")).content == WEIGHTS
 
 
-def test_cut_closes_after_n_bytes(hub: HubSim, repo: str) -> None:
+def test_cut_closes_after_n_bytes(hub: HubSim, commit: str) -> None:
     hub.cut(REPO, "model.safetensors", after_bytes=1000)
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
         requests.get(url(hub, "model.safetensors"))
@@ -293,7 +294,7 @@ def test_cut_closes_after_n_bytes(hub: HubSim, repo: str) -> None:
     assert requests.get(url(hub, "model.safetensors")).content == WEIGHTS  # times=1
 
 
-def test_cut_is_resumed_by_the_real_client(hub: HubSim, repo: str, tmp_path: Path) -> None:
+def test_cut_is_resumed_by_the_real_client(hub: HubSim, commit: str, tmp_path: Path) -> None:
     hub.cut(REPO, "model.safetensors", after_bytes=300_000)
     assert download(hub, tmp_path, "model.safetensors") == WEIGHTS
     ranges = [r.headers.get("Range") for r in hub.requests if r.path.startswith("/repos/")]
@@ -301,7 +302,7 @@ def test_cut_is_resumed_by_the_real_client(hub: HubSim, repo: str, tmp_path: Pat
     assert len(ranges) == 2 and ranges[0] is None
 
 
-def test_stall_triggers_client_timeouts(hub: HubSim, repo: str) -> None:
+def test_stall_triggers_client_timeouts(hub: HubSim, commit: str) -> None:
     hub.stall(REPO, "config.json", seconds=2)
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.get(url(hub, "config.json"), timeout=0.3)
@@ -312,7 +313,7 @@ def test_stall_triggers_client_timeouts(hub: HubSim, repo: str) -> None:
     assert requests.get(url(hub, "config.json"), timeout=2).content == CONFIG
 
 
-def test_fail_answers_status_for_n_requests(hub: HubSim, api: HfApi, repo: str) -> None:
+def test_fail_answers_status_for_n_requests(hub: HubSim, api: HfApi, commit: str) -> None:
     hub.fail(REPO, "config.json", status=503, times=2)
     assert [requests.get(url(hub, "config.json")).status_code for _ in range(3)] == [503, 503, 200]
     hub.fail(REPO, "model.safetensors", status=500)
@@ -324,10 +325,10 @@ def test_fail_answers_status_for_n_requests(hub: HubSim, api: HfApi, repo: str) 
     with pytest.raises(HfHubHTTPError) as err:
         api.model_info(REPO)
     assert err.value.response.status_code == 503
-    assert api.model_info(REPO).sha == repo
+    assert api.model_info(REPO).sha == commit
 
 
-def test_counters_record_and_reset(hub: HubSim, repo: str) -> None:
+def test_counters_record_and_reset(hub: HubSim, commit: str) -> None:
     requests.get(url(hub, "config.json"), headers={"Range": "bytes=0-3"})
     assert hub.bytes_served[(REPO, "config.json")] == 4
     assert hub.requests[-1].method == "GET" and hub.requests[-1].headers["Range"] == "bytes=0-3"
@@ -345,13 +346,15 @@ def test_fixture_env_and_harmless_routes(hub: HubSim) -> None:
 def test_stopping_a_server_whose_loop_never_answers_is_bounded():
     """A fixture's teardown runs after a test's timeout has fired: stopping a server whose
     serve_forever loop is not running (stuck, or never started) must still return."""
-    import time
+    import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from tests.support.ports import stop_server
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    began = time.monotonic()
-    stop_server(server, wait=0.5)  # server.shutdown() alone would wait forever here
-    assert time.monotonic() - began < 3
+    # server.shutdown() alone would wait forever here: stop_server must return at all.
+    stopper = threading.Thread(target=stop_server, args=(server,), kwargs={"wait": 0.5})
+    stopper.start()
+    stopper.join(timeout=60)
+    assert not stopper.is_alive(), "stop_server never returned"
     assert server.socket.fileno() == -1  # the listening socket is closed anyway

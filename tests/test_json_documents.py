@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.clitools import run
+from tests.support.clitools import run
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "modelcar_builder" / "examples" / "tiny-model"

@@ -7,15 +7,8 @@ import os
 from pathlib import Path
 
 from modelcar_builder import errors
-from tests.clitools import run
-
-
-def make_model(root: Path) -> Path:
-    (root / "a").mkdir(parents=True)
-    (root / "config.json").write_text('{"top": true}')
-    (root / "a" / "config.json").write_text('{"nested": true}')
-    (root / "model.safetensors").write_bytes(b"\0" * 4096)
-    return root
+from tests.support.clitools import run
+from tests.support.models import SMALL_MODEL, make_model
 
 
 def plan_paths(res) -> list[str]:
@@ -24,7 +17,7 @@ def plan_paths(res) -> list[str]:
 
 
 def test_local_plan_keeps_subdirectories(capsys, tmp_path):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     res = run(capsys, "plan", str(model), "--json")
     assert res.code == 0, res.err
     assert sorted(plan_paths(res)) == ["a/config.json", "config.json", "model.safetensors"]
@@ -32,7 +25,7 @@ def test_local_plan_keeps_subdirectories(capsys, tmp_path):
 
 
 def test_symlink_leaving_the_directory_is_refused(capsys, tmp_path):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     (tmp_path / "secret").write_text("outside")
     os.symlink(tmp_path / "secret", model / "leak.json")
     res = run(capsys, "plan", str(model))
@@ -41,7 +34,7 @@ def test_symlink_leaving_the_directory_is_refused(capsys, tmp_path):
 
 
 def test_symlinks_inside_the_directory_are_followed(capsys, tmp_path):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     os.symlink("config.json", model / "alias.json")
     os.symlink("a", model / "b")
     res = run(capsys, "plan", str(model), "--json")
@@ -52,7 +45,7 @@ def test_symlinks_inside_the_directory_are_followed(capsys, tmp_path):
 
 
 def test_local_prepare_uses_files_in_place(capsys, tmp_path):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     res = run(capsys, "prepare", str(model), "--workspace", str(tmp_path / "ws"))
     assert res.code == 0, res.err
     assert not any((tmp_path / "ws" / "files").iterdir())  # no download, no copy
@@ -61,7 +54,7 @@ def test_local_prepare_uses_files_in_place(capsys, tmp_path):
 
 
 def test_file_with_other_mode_is_copied_not_chmodded(capsys, tmp_path):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     os.chmod(model / "config.json", 0o600)
     res = run(capsys, "prepare", str(model), "--workspace", str(tmp_path / "ws"))
     assert res.code == 0, res.err
@@ -71,14 +64,14 @@ def test_file_with_other_mode_is_copied_not_chmodded(capsys, tmp_path):
 
 
 def test_empty_selection_is_a_clear_error(capsys, tmp_path):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     res = run(capsys, "plan", str(model), "--include", "*.gguf")
     assert res.code == errors.EmptySelection.exit_code
     assert "no files selected" in res.err and "hint:" in res.err
 
 
 def test_options_read_modelcar_environment(capsys, tmp_path, monkeypatch):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     monkeypatch.setenv("MODELCAR_EXCLUDE", "a/*")
     monkeypatch.setenv("MODELCAR_LAYER_THRESHOLD", "1000")
     res = run(capsys, "plan", str(model), "--json")
@@ -88,7 +81,7 @@ def test_options_read_modelcar_environment(capsys, tmp_path, monkeypatch):
 
 
 def test_build_to_a_digest_reference_is_refused(capsys, tmp_path):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     image = "127.0.0.1:5000/m/x@sha256:" + "a" * 64
     ws = str(tmp_path / "ws")
     res = run(
@@ -131,7 +124,7 @@ def test_click_usage_errors_are_one_line_with_a_hint(capsys, tmp_path):
 def test_verify_catches_a_layout_image_with_an_entrypoint(capsys, tmp_path):
     from modelcar_builder.oci.layout import OciLayout
 
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     out = tmp_path / "out"
     ws = str(tmp_path / "ws")
     built = run(capsys, "build", str(model), "--engine", "native", "--workspace", ws,
@@ -153,7 +146,7 @@ def test_verify_catches_a_layout_image_with_an_entrypoint(capsys, tmp_path):
 def test_source_url_makes_local_builds_independent_of_the_path(capsys, tmp_path):
     digests = []
     for where in ("one", "two/deeper"):
-        model = make_model(tmp_path / where / "m")
+        model = make_model(tmp_path / where / "m", SMALL_MODEL)
         ws = str(tmp_path / where / "ws")
         res = run(capsys, "build", str(model), "--engine", "native", "--workspace", ws,
                   "--base-image", "scratch", "--image", f"oci:{tmp_path / where / 'out'}:v1",
@@ -176,7 +169,7 @@ def test_link_loops_and_links_to_a_parent_are_refused(tmp_path, capsys):
         "parent": lambda m: (m / "sub").mkdir() or (m / "sub" / "up").symlink_to(".."),
         "self": lambda m: (m / "here").symlink_to("."),
     }.items():
-        model = make_model(tmp_path / name)
+        model = make_model(tmp_path / name, SMALL_MODEL)
         make(model)
         res = run(capsys, "plan", str(model))
         assert res.code == errors.UnsafeSource.exit_code, (name, res.err)
@@ -185,7 +178,7 @@ def test_link_loops_and_links_to_a_parent_are_refused(tmp_path, capsys):
 
 
 def test_dangling_links_and_fifos_are_reported_not_shipped(tmp_path, capsys):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     (model / "gone.json").symlink_to("missing.json")
     os.mkfifo(model / "pipe")
     res = run(capsys, "plan", str(model), "--json")
@@ -197,7 +190,7 @@ def test_dangling_links_and_fifos_are_reported_not_shipped(tmp_path, capsys):
 
 
 def test_bad_image_references_fail_before_reading_the_source(tmp_path, capsys):
-    model = make_model(tmp_path / "m")
+    model = make_model(tmp_path / "m", SMALL_MODEL)
     for image in ("127.0.0.1:99999/x", "UPPER/case"):
         res = run(capsys, "build", str(model), "--image", image, "--workspace", str(tmp_path))
         assert res.code == errors.UsageError.exit_code, res.err

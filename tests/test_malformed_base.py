@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 
 from modelcar_builder.errors import BaseImageNotFound, MalformedBaseImage
-from tests.clitools import assert_refused, run
+from tests.support.clitools import assert_refused, run
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"

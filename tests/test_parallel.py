@@ -64,5 +64,5 @@ def test_a_background_download_that_breaks_unexpectedly_wakes_its_waiters(
         done.set()
 
     threading.Thread(target=wait, daemon=True).start()
-    assert done.wait(5), "the waiter hangs"
+    assert done.wait(60), "the waiter hangs"  # a bound on a hang, not a measure of speed
     assert caught and "not a ModelcarError" in caught[0].message

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clitools import run
-from tests.imagecheck import assert_models_match, unpack
+from tests.support.clitools import run
 from tests.support.hubsim import EDGE_FILES
+from tests.support.imagecheck import assert_models_match, unpack
 
 MIB = 1 << 20
 REPO = "acme/parity"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder.source.download import CHUNK
-from tests.clitools import run
-from tests.imagecheck import assert_models_match, unpack
+from tests.support.clitools import run
 from tests.support.hubsim import EDGE_FILES, ROUTE_RESOLVE
+from tests.support.imagecheck import assert_models_match, unpack
 from tests.support.podman import make_podman, podman_available
 
 MIB = 1 << 20

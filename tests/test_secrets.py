@@ -35,8 +35,10 @@ from modelcar_builder.engines.secretdir import (
     sweep_stale,
 )
 from modelcar_builder.workspace import Workspace
+from tests.support.build_requests import request_for, token_file
+from tests.support.models import make_model
 from tests.support.procwatch import ProcPoller
-from tests.test_engine_buildah import make_model, request_for, token_file
+from tests.support.waiting import wait_until
 
 REPO_ROOT = Path(__file__).parent.parent
 HUB_REPO = "acme/secret-model"
@@ -342,14 +344,14 @@ def search_roots(*extra: Path) -> list[Path]:
 
 
 def wait_gone(pgid: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def gone() -> bool:
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"process group {pgid} still alive after SIGKILL")
+            return True
+        return False
+
+    wait_until(gone, f"process group {pgid} still alive after SIGKILL", timeout)
 
 
 @pytest.fixture
@@ -412,10 +414,12 @@ def test_kill_9_mid_push_leaves_no_secret_and_the_rerun_sweeps(
             cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            deadline = time.monotonic() + 240
-            while not proxy.stalled.wait(0.2):
+
+            def push_stalled() -> bool:
                 assert proc.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "the push never started"
+                return proxy.stalled.wait(0.2)
+
+            wait_until(push_stalled, "the push never started", timeout=240, interval=0)
             time.sleep(0.5)  # the push is hanging now, whatever else is in flight
             in_memory = sorted(Path("/dev/shm").glob(f"{PREFIX}*/*/auth.json"))
         finally:

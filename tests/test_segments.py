@@ -17,7 +17,8 @@ import pytest
 
 from modelcar_builder import errors
 from modelcar_builder.source.segments import Segments
-from tests.clitools import run
+from tests.support.clitools import run
+from tests.support.waiting import wait_until
 
 MIB = 1 << 20
 SEG = 256 * 1024
@@ -130,19 +131,22 @@ def test_kill_9_mid_download_resumes_each_segment(repo, tmp_path):
            "MODELCAR_SEGMENT_SIZE": str(SEG)}  # fmt: skip
     cmd = [sys.executable, "-m", "modelcar_builder", "fetch", REPO, "--workspace", str(ws)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    done = 0
-    while time.monotonic() < deadline and not done and proc.poll() is None:
-        time.sleep(0.05)
+
+    def segments_done() -> int:
+        assert proc.poll() is None, "the download finished before it could be killed"
+        done = 0
         for record in (ws / "partial").rglob("*.segments"):
             segs = Segments.load(record, size)
             done = segs.done() if segs else 0
+        return done
+
+    done = wait_until(segments_done, "a segment recorded as done")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     assert 0 < done < size, "the download finished before it could be killed"
     repo.connection_rate = None
-    while repo.in_flight[(REPO, BIG)] and time.monotonic() < deadline:
-        time.sleep(0.05)  # the dead client's bodies are still being written off
+    # the dead client's bodies are still being written off
+    wait_until(lambda: not repo.in_flight[(REPO, BIG)], "the killed client's bodies ended")
     repo.reset_counters()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -258,10 +262,8 @@ def test_a_free_connection_goes_to_the_earliest_file_waiting():
         return t
 
     def waiting(ranks: list[int]) -> None:  # an event, not a clock: a loaded CI is slow
-        deadline = time.monotonic() + 30
-        while sorted(budget._waiting) != ranks:
-            assert time.monotonic() < deadline, budget._waiting
-            time.sleep(0.01)
+        wait_until(lambda: sorted(budget._waiting) == ranks, lambda: str(budget._waiting),
+                   interval=0.01)  # fmt: skip
 
     late = wait_for(7)
     waiting([7])

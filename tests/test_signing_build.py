@@ -23,17 +23,11 @@ from securesystemslib.signer import SSlibKey
 
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.signing import flow, keys
-from tests.clitools import run
-from tests.imagecheck import unpack
-from tests.test_engine_native import REPO, build_args, model_files
+from tests.support.clitools import run
+from tests.support.imagecheck import unpack
+from tests.support.models import REPO, build_args, model_files
 
 PASSWORD = "build-signing-password"
-
-
-@pytest.fixture
-def hub_repo(hub):
-    hub.add_repo(REPO, model_files())
-    return hub
 
 
 @pytest.fixture

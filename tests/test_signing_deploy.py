@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.clitools import run
+from tests.support.clitools import run
 from tests.support.kubeplay import StepPod
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.clitools import run
+from tests.support.clitools import run
 from tests.support.podman import make_podman, podman_available
 from tests.support.sigpolicy import make_policy
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from modelcar_builder.errors import UsageError
 from modelcar_builder.signing import keys
-from tests.clitools import run
+from tests.support.clitools import run
 
 PASSWORD = "correct horse battery staple"
 

@@ -13,7 +13,7 @@ import requests
 
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.signing import flow, keys, provenance, referrers
-from tests.clitools import run
+from tests.support.clitools import run
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder import errors
-from tests.clitools import run
+from tests.support.clitools import run
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "modelcar_builder" / "examples" / "tiny-model"

@@ -12,7 +12,7 @@ import pytest
 
 from modelcar_builder import errors
 from modelcar_builder.commands.options import spell_tls_verify
-from tests.clitools import assert_refused, run
+from tests.support.clitools import assert_refused, run
 
 TINY = Path(__file__).parent.parent / "modelcar_builder" / "examples" / "tiny-model"
 
@@ -127,7 +127,7 @@ REPO = "acme/upfront"
 
 
 @pytest.fixture
-def hub_repo(hub):
+def hub_with_private(hub):
     hub.tokens.add(HF_SECRET)
     hub.add_repo(REPO, {"config.json": b"{}", "model.safetensors": b"\0" * 4096})
     hub.add_repo("acme/private", {"config.json": b"{}"}, private=True)
@@ -145,7 +145,7 @@ def hub_repo(hub):
 )
 @pytest.mark.parametrize("where", ["HF_TOKEN", "--hf-token-file"])
 def test_a_malformed_hub_token_is_refused_before_any_request(
-    hub_repo, capsys, tmp_path, monkeypatch, token, where
+    hub_with_private, capsys, tmp_path, monkeypatch, token, where
 ):
     """Even for a public repo (the token is sent anyway): once a UnicodeEncodeError
     traceback, or "cannot reach the Hub" for a second line."""
@@ -163,7 +163,7 @@ def test_a_malformed_hub_token_is_refused_before_any_request(
     assert f"error: the token from {source} is malformed" in res.err
     for part in token.split():
         assert part not in res.out + res.err
-    assert hub_repo.requests == []
+    assert hub_with_private.requests == []
 
     cmd[0] = "doctor"
     out, ws = tmp_path / "out", tmp_path / "ws"
@@ -173,10 +173,10 @@ def test_a_malformed_hub_token_is_refused_before_any_request(
     assert "FAIL  source" in res.out and f"the token from {source} is malformed" in res.out
     for part in token.split():
         assert part not in res.out + res.err
-    assert hub_repo.requests == []
+    assert hub_with_private.requests == []
 
 
-def test_a_token_file_with_one_trailing_newline_is_fine(hub_repo, capsys, tmp_path):
+def test_a_token_file_with_one_trailing_newline_is_fine(hub_with_private, capsys, tmp_path):
     path = tmp_path / "hf-token"
     path.write_text(HF_SECRET + "\n")
     res = run(capsys, "plan", "hf://acme/private@main", "--hf-token-file", str(path))
@@ -186,7 +186,7 @@ def test_a_token_file_with_one_trailing_newline_is_fine(hub_repo, capsys, tmp_pa
 
 @pytest.mark.slow
 def test_a_two_line_registry_token_file_is_refused_before_the_download(
-    hub_repo, registry_htpasswd, capsys, tmp_path
+    hub_with_private, registry_htpasswd, capsys, tmp_path
 ):
     token = tmp_path / "token"
     token.write_text(f"{registry_htpasswd.password}\nsecond-line\n")
@@ -200,7 +200,7 @@ def test_a_two_line_registry_token_file_is_refused_before_the_download(
         assert f"error: the token from token file {token} is malformed" in res.err
         assert registry_htpasswd.password not in res.out + res.err
         assert "second-line" not in res.out + res.err
-        assert not [r for r in hub_repo.requests if "/resolve/" in r.path]
+        assert not [r for r in hub_with_private.requests if "/resolve/" in r.path]
     assert "FAIL  registry" in res.out  # doctor's verdict
     assert registry_htpasswd.upload_requests() == []
 
@@ -241,7 +241,9 @@ def test_a_local_file_name_with_a_control_character_is_refused(capsys, tmp_path,
 
 
 @pytest.mark.slow
-def test_an_oci_layout_that_cannot_be_created_fails_before_the_download(hub_repo, capsys, tmp_path):
+def test_an_oci_layout_that_cannot_be_created_fails_before_the_download(
+    hub_with_private, capsys, tmp_path
+):
     """Root passes os.access on /proc; the mkdir there fails (ENOENT). Once the whole
     model was downloaded first and the run ended in exit 1."""
     cmd = [f"hf://{REPO}@main", "--engine", "native", "--base-image", "scratch",
@@ -249,7 +251,7 @@ def test_an_oci_layout_that_cannot_be_created_fails_before_the_download(hub_repo
     res = run(capsys, "build", *cmd)
     assert_refused(res, errors.OutputNotWritable.exit_code)
     assert "error: OCI layout /proc/modelcar-x: cannot create /proc/modelcar-x" in res.err
-    assert not [r for r in hub_repo.requests if "/resolve/" in r.path]
+    assert not [r for r in hub_with_private.requests if "/resolve/" in r.path]
 
     res = run(capsys, "doctor", *cmd)
     assert_refused(res, errors.OutputNotWritable.exit_code)
@@ -267,7 +269,7 @@ def test_an_oci_layout_that_cannot_be_created_fails_before_the_download(hub_repo
 
 @pytest.mark.slow
 def test_a_base_of_another_platform_fails_before_the_hub_and_the_push(
-    hub_repo, registry, base_image, capsys, tmp_path
+    hub_with_private, registry, base_image, capsys, tmp_path
 ):
     """The busybox base is linux/amd64 (one manifest, no index). Once the mismatch was
     found after the whole model was pushed."""
@@ -276,12 +278,12 @@ def test_a_base_of_another_platform_fails_before_the_hub_and_the_push(
            "--workspace", str(tmp_path / "ws"), "--platform", "linux/arm64"]  # fmt: skip
     for base in (base_image.ref, base_image.oci_ref):  # registry and layout bases alike
         mark, base_mark = registry.mark(), base_image.registry.mark()
-        asked = len(hub_repo.requests)
+        asked = len(hub_with_private.requests)
         res = run(capsys, "build", *cmd, "--base-image", base)
         assert_refused(res, errors.PlatformNotFound.exit_code)
         assert f"error: base image {base} is linux/amd64, not linux/arm64" in res.err
         assert "hint: pass --platform linux/amd64" in res.err
-        assert len(hub_repo.requests) == asked  # the Hub was not even asked for metadata
+        assert len(hub_with_private.requests) == asked  # the Hub was not even asked for metadata
         assert registry.upload_requests(since=mark) == []
         # of the base, its config at most (a registry base): its one layer was not read
         blobs = base_image.registry.requests(since=base_mark, path_contains="/blobs/")
@@ -290,7 +292,9 @@ def test_a_base_of_another_platform_fails_before_the_hub_and_the_push(
         res = run(capsys, "doctor", *cmd, "--base-image", base)
         assert_refused(res, errors.PlatformNotFound.exit_code)
         assert "FAIL  base" in res.out and "is linux/amd64, not linux/arm64" in res.out
-    assert not [r for r in hub_repo.requests if "/resolve/" in r.path]  # doctor: metadata only
+    assert not [
+        r for r in hub_with_private.requests if "/resolve/" in r.path
+    ]  # doctor: metadata only
 
     res = run(capsys, "doctor", *cmd[:-1], "linux/amd64", "--base-image", base_image.ref)
     assert res.code == 0, res.out + res.err  # the same base for its own platform passes
@@ -302,7 +306,7 @@ def test_a_base_of_another_platform_fails_before_the_hub_and_the_push(
      ("linux", "bad --platform"), ("linux//amd64", "bad --platform")],
 )  # fmt: skip
 def test_a_platform_list_or_a_malformed_platform_is_refused(
-    hub_repo, capsys, tmp_path, platform, words
+    hub_with_private, capsys, tmp_path, platform, words
 ):
     cmd = [f"hf://{REPO}@main", "--engine", "native", "--base-image", "scratch",
            "--image", f"oci:{tmp_path / 'out'}:v1", "--workspace", str(tmp_path / "ws"),
@@ -310,7 +314,7 @@ def test_a_platform_list_or_a_malformed_platform_is_refused(
     res = run(capsys, "build", *cmd)
     assert_refused(res, errors.UsageError.exit_code)
     assert words in res.err
-    assert hub_repo.requests == []  # refused before the Hub is asked anything
+    assert hub_with_private.requests == []  # refused before the Hub is asked anything
     res = run(capsys, "doctor", *cmd)
     assert_refused(res, errors.UsageError.exit_code)
     assert "FAIL  image" in res.out
@@ -318,7 +322,7 @@ def test_a_platform_list_or_a_malformed_platform_is_refused(
 
 @pytest.mark.parametrize("value", ["1e309", "-5", "soon"])
 def test_a_bad_source_date_epoch_fails_before_the_download(
-    hub_repo, capsys, tmp_path, monkeypatch, value
+    hub_with_private, capsys, tmp_path, monkeypatch, value
 ):
     """Read when the image config is made, once after the whole download."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
@@ -328,7 +332,7 @@ def test_a_bad_source_date_epoch_fails_before_the_download(
     res = run(capsys, "build", *cmd)
     assert_refused(res, errors.UsageError.exit_code)
     assert "error: SOURCE_DATE_EPOCH must be an integer from 0 to" in res.err
-    assert hub_repo.requests == []  # refused before the Hub is asked anything
+    assert hub_with_private.requests == []  # refused before the Hub is asked anything
     res = run(capsys, "doctor", *cmd)
     assert_refused(res, errors.UsageError.exit_code)
     assert "FAIL  image" in res.out

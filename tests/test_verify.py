@@ -18,7 +18,7 @@ from modelcar_builder import errors
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.verify import DeepOptions, verify_push
-from tests.clitools import Result, run
+from tests.support.clitools import Result, run
 from tests.support.registry import RegistryInstance
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ IMAGE_REPO = "models/tiny"
 FAILED = errors.VerificationFailed.exit_code
 
 
-def model_files(seed: str = "a") -> dict[str, bytes]:
+def tiny_files(seed: str = "a") -> dict[str, bytes]:
     def shard(n: int) -> bytes:
         return hashlib.sha256(f"{seed}-{n}".encode()).digest() * (3 * KIB + n)  # ~96 KiB
 
@@ -43,8 +43,8 @@ def model_files(seed: str = "a") -> dict[str, bytes]:
 
 
 @pytest.fixture
-def hub_repo(hub):
-    hub.add_repo(REPO, model_files())
+def tiny_repo(hub):
+    hub.add_repo(REPO, tiny_files())
     return hub
 
 
@@ -103,11 +103,11 @@ def model_layer(manifest: dict, n: int = 0) -> dict:
 
 
 def test_an_untampered_image_passes_and_says_what_was_checked(
-    hub_repo, registry, base_image, capsys, tmp_path
+    tiny_repo, registry, base_image, capsys, tmp_path
 ):
     image = f"{registry.host}/{IMAGE_REPO}:v1"
     digest = build(capsys, image, tmp_path / "ws", base_image.ref)
-    commit = hub_repo.head(REPO)
+    commit = tiny_repo.head(REPO)
 
     res = reg_verify(capsys, image, "--label", f"org.opencontainers.image.revision={commit}")
     assert res.code == 0, res.err
@@ -135,7 +135,7 @@ def test_an_untampered_image_passes_and_says_what_was_checked(
     assert doc["bytes_read"] == cheap["bytes_read"] + layers
 
 
-def test_a_dropped_layer_fails(hub_repo, registry, capsys, tmp_path):
+def test_a_dropped_layer_fails(tiny_repo, registry, capsys, tmp_path):
     build(capsys, f"{registry.host}/{IMAGE_REPO}:v1", tmp_path / "ws", "scratch")
     manifest = get_manifest(registry, "v1")
     manifest["layers"].remove(model_layer(manifest, 1))
@@ -145,7 +145,7 @@ def test_a_dropped_layer_fails(hub_repo, registry, capsys, tmp_path):
     assert "hint: " in res.err and "Traceback" not in res.err
 
 
-def test_a_swapped_uncompressed_layer_fails_by_default(hub_repo, registry, capsys, tmp_path):
+def test_a_swapped_uncompressed_layer_fails_by_default(tiny_repo, registry, capsys, tmp_path):
     build(capsys, f"{registry.host}/{IMAGE_REPO}:v1", tmp_path / "ws", "scratch")
     manifest = get_manifest(registry, "v1")
     manifest["layers"][0] = dict(manifest["layers"][1])  # another blob where layer 1 was
@@ -156,8 +156,8 @@ def test_a_swapped_uncompressed_layer_fails_by_default(hub_repo, registry, capsy
 
 
 def test_another_images_config_fails(hub, registry, capsys, tmp_path):
-    hub.add_repo(REPO, model_files("a"))
-    hub.add_repo("acme/other", model_files("b"))
+    hub.add_repo(REPO, tiny_files("a"))
+    hub.add_repo("acme/other", tiny_files("b"))
     build(capsys, f"{registry.host}/{IMAGE_REPO}:v1", tmp_path / "ws", "scratch")
     build(capsys, f"{registry.host}/{IMAGE_REPO}:other", tmp_path / "ws2", "scratch",
           repo="acme/other")  # fmt: skip
@@ -169,7 +169,7 @@ def test_another_images_config_fails(hub, registry, capsys, tmp_path):
     assert "org.opencontainers.image.source" in res.err
 
 
-def test_a_flipped_byte_in_storage_is_caught_by_deep(hub_repo, registry, capsys, tmp_path):
+def test_a_flipped_byte_in_storage_is_caught_by_deep(tiny_repo, registry, capsys, tmp_path):
     image = f"{registry.host}/{IMAGE_REPO}:v1"
     build(capsys, image, tmp_path / "ws", "scratch")
     layer = model_layer(get_manifest(registry, "v1"), 1)
@@ -191,7 +191,7 @@ def test_a_missing_tag_is_its_own_error(registry, capsys, tmp_path):
 
 
 def test_gzip_layers_pass_deep_and_a_swap_or_flip_fails_it(
-    hub_repo, registry, base_image, capsys, tmp_path
+    tiny_repo, registry, base_image, capsys, tmp_path
 ):
     image = f"{registry.host}/{IMAGE_REPO}:gz"
     build(capsys, image, tmp_path / "ws", base_image.ref, "--compression", "gzip")
@@ -216,7 +216,7 @@ def test_gzip_layers_pass_deep_and_a_swap_or_flip_fails_it(
     assert f"layer {i + 1} of 4 ({first['digest']}): the blob's bytes hash to" in res.err
 
 
-def test_deep_against_a_report_and_the_hub_selection(hub_repo, registry, capsys, tmp_path):
+def test_deep_against_a_report_and_the_hub_selection(tiny_repo, registry, capsys, tmp_path):
     image = f"{registry.host}/{IMAGE_REPO}:v1"
     report = tmp_path / "report.json"
     build(capsys, image, tmp_path / "ws", "scratch", "--exclude", "tokenizer.json",
@@ -259,7 +259,7 @@ def test_deep_against_a_report_and_the_hub_selection(hub_repo, registry, capsys,
     assert out["deep"]["files_checked"] == 0 and out["deep"]["files_unhashed"] == 3
 
 
-def test_an_oci_layout_gets_the_same_checks(hub_repo, capsys, tmp_path):
+def test_an_oci_layout_gets_the_same_checks(tiny_repo, capsys, tmp_path):
     out = tmp_path / "layout"
     build(capsys, f"oci:{out}:v1", tmp_path / "ws", "scratch")
     res = verify(capsys, f"oci:{out}:v1", "--deep")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder.errors import WorkspaceError
-from tests.features import need, noexec_tmpfs_mount, run_as_other_uid
+from tests.support.features import need, noexec_tmpfs_mount, run_as_other_uid
 
 TINY = Path(__file__).parent.parent / "modelcar_builder" / "examples" / "tiny-model"
 OPENSHIFT_UID = 1000680000

@@ -4,10 +4,11 @@ through the registry (``engines.catalog``) and the ``Engine`` Protocol below."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.progress import Progress
@@ -22,7 +23,7 @@ class StreamOpener(Protocol):
     """Opens one model file as a stream that checks its own bytes (``--stream``): the
     pipeline hands it in, so engines never reach for the Hub themselves."""
 
-    def __call__(self, entry: FileEntry, progress: Progress | None) -> BinaryIO: ...
+    def __call__(self, entry: FileEntry, progress: Progress | None) -> io.RawIOBase: ...
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import IO, cast
 
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
@@ -26,7 +27,7 @@ from modelcar_builder.engines.base_image import BaseSource, load_base
 from modelcar_builder.engines.catalog import check_stream
 from modelcar_builder.errors import BuildFailed, EngineUnavailable, UsageError
 from modelcar_builder.oci import MEDIA_TYPE_LAYER
-from modelcar_builder.oci.layer import DigestingIterator, TarLayer
+from modelcar_builder.oci.layer import Chunk, DigestingIterator, TarLayer
 from modelcar_builder.settings import environment
 from modelcar_builder.verify import VerifyResult, check_local_image
 
@@ -38,7 +39,7 @@ STORES = ("podman", "docker")
 class ArchiveLayer:
     name: str  # member name in the archive
     size: int
-    chunks: Callable[[], Iterable[bytes]]
+    chunks: Callable[[], Iterable[Chunk]]
 
 
 def _member(name: str, size: int) -> bytes:
@@ -115,7 +116,7 @@ def _blob_layers(base: BaseSource) -> list[ArchiveLayer]:
     """The base's layer blobs as they are (compressed or not: the readers inflate)."""
     layers = base.image.layers if base.image else ()
     return [
-        ArchiveLayer(f"{d.digest.split(':')[1]}.tar", d.size, lambda d=d: base.open_blob(d.digest))
+        ArchiveLayer(f"{d.digest.split(':')[1]}.tar", d.size, partial(base.open_blob, d.digest))
         for d in layers
     ]
 

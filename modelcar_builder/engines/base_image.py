@@ -8,6 +8,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from modelcar_builder.engines.sinks import Sink
 from modelcar_builder.errors import BaseImageNotFound, MalformedBaseImage, RegistryUnreachable
@@ -158,6 +159,6 @@ def copy_base(
             if placed is not None:
                 placed(desc, False)
             continue
-        sink.put_blob(desc.digest, desc.size, lambda d=desc.digest: base.open_blob(d))
+        sink.put_blob(desc.digest, desc.size, partial(base.open_blob, desc.digest))
         if placed is not None:
             placed(desc, True)

@@ -34,6 +34,7 @@ from modelcar_builder.engines.workstation import (
 from modelcar_builder.errors import BuildFailed, RegistryAuthError, UsageError
 from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
 from modelcar_builder.plan import Plan
+from modelcar_builder.target import RegistryTarget
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar.engines.docker")
@@ -126,10 +127,10 @@ class DockerEngine:
             )  # fmt: skip
         except APIError as exc:
             raise BuildFailed(f"docker: {scrub(str(exc.explanation or exc), secrets)}") from None
-        digest = aux.get("Digest") or aux.get("status_digest") or _tag_digest(request)
-        if not digest:
+        pushed = aux.get("Digest") or aux.get("status_digest") or _tag_digest(request)
+        if not pushed:
             raise BuildFailed("docker push reported no digest", hint="rerun with --debug")
-        result = pushed_result(request, self.name, digest, base.layers, before)
+        result = pushed_result(request, self.name, pushed, base.layers, before)
         result.timings["total"] = time.monotonic() - started
         return result
 
@@ -155,6 +156,8 @@ def _tag_digest(request: BuildRequest) -> str | None:
     """What the tag points to right after the push, for daemons that report no digest
     (the verification then checks that tag and digest still agree)."""
     target = request.target
+    if not isinstance(target, RegistryTarget):
+        raise UsageError(f"{target}: only a registry target has a tag to read back")
     with request.registry.client_for(target.ref) as client:
         info = client.head_manifest(target.repository, target.tag, accept=_ACCEPT)
     return info.digest if info else None

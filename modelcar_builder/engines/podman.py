@@ -37,6 +37,7 @@ from modelcar_builder.engines.workstation import (
 )
 from modelcar_builder.errors import BuildFailed, EngineUnavailable, UsageError
 from modelcar_builder.plan import Plan
+from modelcar_builder.target import RegistryTarget
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar.engines.podman")
@@ -115,7 +116,10 @@ class PodmanEngine:
                     request, self.name, inspected["id"], inspected["diff_ids"], base.layers
                 )
             before = previous_blobs(request)
-            host = request.target.ref.registry  # type: ignore[union-attr]
+            target = request.target
+            if not isinstance(target, RegistryTarget):
+                raise UsageError(f"{target}: podman pushes to a registry only")
+            host = target.ref.registry
             authfile = stack.enter_context(private_authfile(host, target_creds, secrets_dir))
             digestfile = private / "digest"
             run(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
+from modelcar_builder.oci.layer import Chunk
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.registry import RegistryClient
 
@@ -18,7 +19,7 @@ class Sink(Protocol):
 
     def put_blob(self, digest: str, size: int, open_chunks: Callable[[], Chunks]) -> None: ...
 
-    def put_stream(self, chunks: Chunks) -> tuple[str, int]: ...
+    def put_stream(self, chunks: Iterable[Chunk]) -> tuple[str, int]: ...
 
     def put_resumable(
         self, digest: str, size: int, open_at: Callable[[int], Chunks], chunk_size: int
@@ -58,7 +59,7 @@ class RegistrySink:
 
         self.put_resumable(digest, size, open_at, self.chunk_size)
 
-    def put_stream(self, chunks: Chunks) -> tuple[str, int]:
+    def put_stream(self, chunks: Iterable[Chunk]) -> tuple[str, int]:
         return self.client.upload_blob_stream(self.repo, chunks)
 
     def put_resumable(
@@ -91,7 +92,7 @@ class LayoutSink:
         _, n = self.layout.write_blob(open_chunks(), expected_digest=digest)
         self._written += n
 
-    def put_stream(self, chunks: Chunks) -> tuple[str, int]:
+    def put_stream(self, chunks: Iterable[Chunk]) -> tuple[str, int]:
         digest, n = self.layout.write_blob(chunks)
         self._written += n
         return digest, n

@@ -19,7 +19,7 @@ from pathlib import Path
 from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
 from modelcar_builder.engines.base_image import BaseSource, load_base
 from modelcar_builder.engines.catalog import check_stream
-from modelcar_builder.errors import BuildFailed, ModelcarError, UsageError
+from modelcar_builder.errors import BaseImageNotFound, BuildFailed, ModelcarError, UsageError
 from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
 from modelcar_builder.target import LayoutTarget, RegistryTarget, parse_target
 
@@ -46,10 +46,12 @@ def resolve_base(request: BuildRequest) -> BaseRef:
     base = load_base(request.base_image, request.platform, request.registry)
     try:
         image = base.image
-        n = len(image.layers) if image else 0
+        if image is None:  # only "scratch" has none, answered above
+            raise BaseImageNotFound(f"base image {request.base_image}: no image was read")
+        n = len(image.layers)
         target = parse_target(request.base_image)
         if isinstance(target, RegistryTarget):
-            pinned = f"{target.ref.name}@{image.manifest_digest}" if image else "scratch"
+            pinned = f"{target.ref.name}@{image.manifest_digest}"
             return BaseRef(pinned, n, target, None)
         name = f"localhost/modelcar-base:{image.manifest_digest.split(':')[1][:32]}"
         return BaseRef(name, n, None, target)

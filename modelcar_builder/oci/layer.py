@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -51,7 +52,8 @@ SMALL_FILES_TITLE = "small-files"
 TAR_FORMAT = "pax-v1"  # part of layer cache keys: change it whenever the tar bytes change
 
 Chunk = bytes | memoryview
-OpenEntry = Callable[["LayerEntry"], BinaryIO]
+Readable = BinaryIO | io.RawIOBase  # a member's bytes: a file, an HTTP body, a Hub stream
+OpenEntry = Callable[["LayerEntry"], Readable]
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,7 @@ def _file_from(entry: LayerEntry, skip: int) -> Iterator[bytes]:
             yield block
 
 
-def _open(entry: LayerEntry, open_entry: OpenEntry | None) -> BinaryIO:
+def _open(entry: LayerEntry, open_entry: OpenEntry | None) -> Readable:
     if open_entry is not None:
         return open_entry(entry)
     if entry.source is None:
@@ -258,7 +260,7 @@ def _open(entry: LayerEntry, open_entry: OpenEntry | None) -> BinaryIO:
     return stream
 
 
-def _copy_exact(stream: BinaryIO, entry: LayerEntry, buf: memoryview) -> Iterator[memoryview]:
+def _copy_exact(stream: Readable, entry: LayerEntry, buf: memoryview) -> Iterator[memoryview]:
     """Yield exactly ``entry.size`` bytes of ``stream``; raise if it has fewer or more."""
     remaining = entry.size
     readinto = getattr(stream, "readinto", None)
@@ -285,11 +287,11 @@ def _copy_exact(stream: BinaryIO, entry: LayerEntry, buf: memoryview) -> Iterato
         raise SourceSizeMismatch(f"{entry.path}: source has more than {entry.size} bytes")
 
 
-def _read_into(stream: BinaryIO, readinto: Callable | None, target: memoryview) -> int:
+def _read_into(stream: Readable, readinto: Callable | None, target: memoryview) -> int:
     if readinto is not None:
         with target:
             return readinto(target) or 0
-    data = stream.read(len(target))
+    data = stream.read(len(target)) or b""  # None (non-blocking, nothing yet) ends it too
     target[: len(data)] = data
     return len(data)
 

@@ -187,7 +187,9 @@ class RegistryClient:
         nothing is held in memory beyond the chunk being sent."""
         self._uploads.monolithic(repo, digest, size, open_chunks)
 
-    def upload_blob_stream(self, repo: str, chunks: Iterable[bytes]) -> tuple[str, int]:
+    def upload_blob_stream(
+        self, repo: str, chunks: Iterable[bytes | memoryview]
+    ) -> tuple[str, int]:
         """Upload bytes whose digest is not known yet; returns ``(digest, size)``.
         The body PATCH is not retried (the iterable is consumed once); POST and PUT are."""
         return self._uploads.streamed(repo, chunks)

@@ -24,6 +24,7 @@ from modelcar_builder.auth import Credentials
 from modelcar_builder.errors import RegistryError, RegistryUnreachable
 from modelcar_builder.registry.transport import (
     TLS_HINT,
+    Body,
     TokenServerUnreachable,
     Transient,
     Transport,
@@ -100,9 +101,11 @@ class Authenticator:
         *,
         ok: tuple[int, ...],
         allow: tuple[int, ...] = (),
-        **kwargs: object,
+        headers: dict[str, str] | None = None,
+        data: Body = None,
+        stream: bool = False,
     ) -> requests.Response:
-        resp = self.send(method, path, scopes, **kwargs)  # type: ignore[arg-type]
+        resp = self.send(method, path, scopes, headers=headers, data=data, stream=stream)
         return self._http.check(resp, method, path, ok=ok + allow)
 
     def send(
@@ -112,7 +115,7 @@ class Authenticator:
         scopes: Scopes,
         *,
         headers: dict[str, str] | None = None,
-        data: object = None,
+        data: Body = None,
         stream: bool = False,
         replayable: bool = True,
     ) -> requests.Response:
@@ -223,7 +226,6 @@ class Authenticator:
         http = self._http
         http.count(token_requests=1)
         creds = self.creds
-        kwargs: dict[str, object] = {"verify": http.verify, "timeout": http.timeout}
         try:
             with http.unverified_ok():
                 if creds is not None and creds.identity_token:
@@ -235,9 +237,13 @@ class Authenticator:
                         refresh_token=creds.identity_token,
                         client_id="modelcar-builder",
                     )
-                    return http.session.post(realm, data=form, **kwargs)  # type: ignore[arg-type]
+                    return http.session.post(
+                        realm, data=form, verify=http.verify, timeout=http.timeout
+                    )
                 auth = (creds.username, creds.password) if creds is not None else None
-                return http.session.get(realm, params=query, auth=auth, **kwargs)  # type: ignore[arg-type]
+                return http.session.get(
+                    realm, params=query, auth=auth, verify=http.verify, timeout=http.timeout
+                )
         except requests.exceptions.SSLError as exc:
             raise RegistryUnreachable(
                 f"TLS handshake with token server {url_host(realm)} of registry "

@@ -36,6 +36,8 @@ from modelcar_builder.errors import (
 # A child of "modelcar", the logger the CLI configures (prefix, --debug, --quiet).
 log = logging.getLogger("modelcar.registry.transport")
 _T = TypeVar("_T")
+# A request body: bytes, or chunks sent as they come (a length-aware iterable or a generator).
+Body = bytes | Iterable[bytes | memoryview] | None
 
 _ERROR_BODY_MAX = 200
 TLS_HINT = (
@@ -169,7 +171,7 @@ class Transport:
             yield
 
     def request(
-        self, method: str, url: str, headers: dict[str, str], data: object, stream: bool
+        self, method: str, url: str, headers: dict[str, str], data: Body, stream: bool
     ) -> requests.Response:
         """One counted request, no auth, no retry."""
         self.count(requests=1)
@@ -178,7 +180,9 @@ class Transport:
                 method,
                 url,
                 headers=headers,
-                data=data,
+                # types-requests says Iterable[bytes]; requests/urllib3 send memoryview
+                # chunks as well (a TarLayer yields views of its buffer): the stub is narrow.
+                data=data,  # type: ignore[arg-type]
                 stream=stream,
                 verify=self.verify,  # per request: REQUESTS_CA_BUNDLE beats session.verify
                 timeout=self.timeout,
@@ -240,7 +244,7 @@ class Transport:
 
     def retrying(self, fn: Callable[[], _T]) -> _T:
         policy = self._retry
-        stop = tenacity.stop_after_attempt(policy.attempts)
+        stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(policy.attempts)
         if self._answered:  # at least the attempts, and on until the window has passed
             stop = stop & tenacity.stop_after_delay(policy.window)
         retrying = tenacity.Retrying(

@@ -64,7 +64,7 @@ class BlobUploader:
             http.retrying(attempt)
         http.count(blobs_uploaded=1)
 
-    def streamed(self, repo: str, chunks: Iterable[bytes]) -> tuple[str, int]:
+    def streamed(self, repo: str, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
         """POST, one streaming PATCH (chunked transfer) hashed on the fly, then
         ``PUT ?digest=`` with an empty body. The PATCH cannot be retried (the iterable
         is consumed: the caller sends the layer again); POST and PUT are, through a
@@ -73,7 +73,7 @@ class BlobUploader:
         hasher = hashlib.sha256()
         counter = _Counter()
 
-        def pieces() -> Iterator[bytes]:
+        def pieces() -> Iterator[bytes | memoryview]:
             for chunk in chunks:
                 if chunk:
                     hasher.update(chunk)

@@ -82,7 +82,12 @@ def sign_tree(model_dir: Path, paths: Iterable[str], key: SigningKey) -> bytes:
         with os.fdopen(fd, "wb") as out:
             out.write(key.pkcs8_pem(once.encode()))
         sig = Path(tmp) / SIGNATURE_NAME
-        config = signing.Config().use_elliptic_key_signer(private_key=pem, password=once.encode())
+        # model-signing 1.1.1 annotates password as str, but hands it to cryptography's
+        # load_pem_private_key, which takes bytes (a str raises TypeError): the stub is wrong.
+        config = signing.Config().use_elliptic_key_signer(
+            private_key=pem,
+            password=once.encode(),  # type: ignore[arg-type]
+        )
         config.set_hashing_config(hashing.Config().set_ignored_paths(paths=extra))
         config.sign(model_dir, sig)
         return sig.read_bytes()

@@ -36,7 +36,10 @@ def _snapshot(root: Path, selection: Selection) -> Snapshot:
     files: list[FileEntry] = []
     odd: list[Skipped] = []
     for item in _walk(root):
-        (files if isinstance(item, FileEntry) else odd).append(item)
+        if isinstance(item, FileEntry):
+            files.append(item)
+        else:
+            odd.append(item)
     kept, skipped = select_files(files, selection)
     for s in odd:
         check_repo_path(s.path)  # its name is printed next: the same rule as a file's

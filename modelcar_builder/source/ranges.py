@@ -98,9 +98,8 @@ class RangeSource:
         ModelcarError."""
         while not self.stop.is_set():
             with self.lock:
-                if self.target is None:
-                    self._resolve()
-                (url, headers), generation = self.target, self.generation
+                target = self.target if self.target is not None else self._resolve()
+                (url, headers), generation = target, self.generation
             try:
                 resp = self.session.get(
                     url,
@@ -132,12 +131,13 @@ class RangeSource:
         with self.lock:
             self._resolve()
 
-    def _resolve(self) -> None:
-        self.target = resolve_target(
+    def _resolve(self) -> tuple[str, dict[str, str]]:
+        self.target = target = resolve_target(
             self.session, self.url, self.access, self.entry, self.opts, self.stop
         )
         self.resolves += 1
         self.generation += 1
+        return target
 
     def _resolve_again(self, generation: int, status: int) -> None:
         """The signed CDN URL expired (403/410): ask /resolve/ again, once for all workers."""

@@ -71,7 +71,7 @@ class _Chunks(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, target) -> int:  # type: ignore[override]
+    def readinto(self, target) -> int:
         while not self._buf:
             piece = next(self._it, None)
             if piece is None:
@@ -100,7 +100,7 @@ class _Hashing(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, target) -> int:  # type: ignore[override]
+    def readinto(self, target) -> int:
         data = self._inner.read(len(target))
         if self._digest:
             self.sha256.update(data)
@@ -197,7 +197,7 @@ def _drain_checked(raw: _Chunks, layer: Layer, name: str) -> None:
 
 def _walk_tar(stream: io.RawIOBase, number: int, git: frozenset[str], name: str) -> list[SeenFile]:
     seen: list[SeenFile] = []
-    with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             path = member.name.removeprefix("./")
             if member.isdir() and (path.rstrip("/") + "/").startswith(ROOT):

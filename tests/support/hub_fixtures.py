@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.hubsim import HubSim
+from tests.support.models import REPO, model_files
 
 
 @pytest.fixture
@@ -23,3 +24,10 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubSim]:
         yield sim
     finally:
         sim.stop()
+
+
+@pytest.fixture
+def hub_repo(hub: HubSim) -> HubSim:
+    """The Hub imitation holding ``REPO`` with ``model_files()`` (tests.support.models)."""
+    hub.add_repo(REPO, model_files())
+    return hub

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import yaml
 
 from tests.support.podman import Podman
+from tests.support.waiting import wait_until
 
 WORKSPACE_ROOT = "/workspace"
 RESULTS_DIR = "/tekton/results"
@@ -256,15 +256,13 @@ def play(
         args += ["--network", "none"]
     try:
         podman.run(*args, str(path))
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def exit_code() -> str | None:
             state = podman.run("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
                                container).stdout.split()  # fmt: skip
-            if state[0] in ("exited", "stopped"):
-                code = int(state[1])
-                break
-            assert time.monotonic() < deadline, f"{container} still {state[0]} after {timeout}s"
-            time.sleep(0.5)
+            return state[1] if state[0] in ("exited", "stopped") else None
+
+        code = int(wait_until(exit_code, f"{container} to exit", timeout, 0.5))
         logs = podman.run("logs", container, check=False)
         return PodRun(name, code, logs.stdout + logs.stderr)
     finally:

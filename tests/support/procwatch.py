@@ -33,3 +33,25 @@ class ProcPoller:
                 if entry.name.isdigit():
                     self.visit(entry)
             self._stop.wait(self.interval)
+
+
+class CmdlineWatcher(ProcPoller):
+    """Reads every /proc/*/cmdline while a build runs: a secret on any child's argv
+    would be world-readable there."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret.encode()
+        self.seen: list[str] = []
+        self.subcommands: set[str] = set()  # buildah subcommands seen running
+
+    def visit(self, proc: Path) -> None:
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            return
+        argv = cmdline.decode(errors="replace").split("\0")
+        if argv and argv[0].endswith("buildah"):
+            self.subcommands.update(a for a in argv[1:] if not a.startswith("-"))
+        if self.secret in cmdline:
+            self.seen.append(cmdline.decode(errors="replace"))

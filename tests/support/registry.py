@@ -46,6 +46,7 @@ import pytest
 
 from modelcar_builder.oci.image import platform_entry
 from tests.support.ports import free_port, stop_server
+from tests.support.waiting import wait_until
 
 HTTP_SECRET = "modelcar-test-http-secret"  # fixed: resumable uploads survive a restart
 SA_USERNAME = "serviceaccount"
@@ -160,6 +161,7 @@ class IssuedToken:
     expires_in: int  # what the client was told
     lifetime: int  # how long the registry accepts it
     issued_at: float
+    token: str = field(default="", repr=False)
 
 
 class TokenServer:
@@ -235,7 +237,7 @@ class TokenServer:
         lifetime = self.lifetime
         expires_in = self.expires_in if self.expires_in is not None else lifetime
         token = self._sign(account, scopes, lifetime)
-        self.issued.append(IssuedToken(account, scopes, expires_in, lifetime, time.time()))
+        self.issued.append(IssuedToken(account, scopes, expires_in, lifetime, time.time(), token))
         self._reply(req, 200, {"token": token, "access_token": token, "expires_in": expires_in})
 
     def _check_basic(self, header: str) -> str | None:
@@ -339,6 +341,27 @@ class RegistryInstance:
     @property
     def plain_http(self) -> bool:
         return not self.tls
+
+    def refuses(self, token: str) -> bool:
+        """Whether the registry answers 401 to ``GET /v2/`` with this bearer token."""
+        import requests
+
+        verify = str(self.ca_file) if self.tls and self.ca_file else True
+        headers = {"Authorization": f"Bearer {token}"}
+        return (
+            requests.get(f"{self.url}/v2/", headers=headers, verify=verify, timeout=10).status_code
+            == 401
+        )
+
+    def wait_expired(self, issued: IssuedToken, client_too: bool = True) -> None:
+        """Until the registry refuses ``issued`` and, with ``client_too``, the client is
+        past the ``expires_in`` it was told as well: an event, not a guessed sleep."""
+
+        def dead() -> bool:
+            told = not client_too or time.time() >= issued.issued_at + issued.expires_in
+            return told and self.refuses(issued.token)
+
+        wait_until(dead, f"token of {issued.account} ({issued.lifetime} s) to expire", 30, 0.1)
 
     # process control
 
@@ -464,17 +487,16 @@ class RegistryInstance:
 
 
 def _wait_listening(reg: RegistryInstance) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         proc = reg._proc
         if proc is not None and proc.poll() is not None:
             tail = reg.app_log.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"docker-registry exited with {proc.returncode}:\n{tail}")
         with contextlib.suppress(OSError):
-            if _v2_answers(reg):
-                return
-        time.sleep(0.01)
-    raise RuntimeError(f"docker-registry did not answer on {reg.url}/v2/ in {_START_TIMEOUT}s")
+            return _v2_answers(reg)
+        return False
+
+    wait_until(answers, f"docker-registry to answer on {reg.url}/v2/", _START_TIMEOUT, 0.01)
 
 
 def _v2_answers(reg: RegistryInstance) -> bool:

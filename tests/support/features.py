@@ -181,7 +181,7 @@ def buildah_builds() -> str | None:
     return None if problem is None else problem.message
 
 
-if __name__ == "__main__":  # python3 -m tests.features: what this machine offers
+if __name__ == "__main__":  # python3 -m tests.support.features: what this machine offers
     ALL = (root, setpriv_drops_caps, run_as_other_uid, tmpfs_mount, noexec_tmpfs_mount,
            private_read_only_root, overlay_mount, overlay_refuses_upper_on_overlay,
            buildah_builds)  # fmt: skip
