@@ -29,6 +29,7 @@ from modelcar_builder.errors import (
     TooManyLayers,
     UsageError,
 )
+from modelcar_builder.oci.consumers import consumers_check
 from modelcar_builder.oci.image import parse_platform
 from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
@@ -164,6 +165,7 @@ def diagnose(request: Request, resolve: Callable[[int], Resolved]) -> Report:
     out += check_outputs(request, target, create=False)
     if ws is not None:
         out.append(check_engine(request, ws, resolved))
+    out.append(CheckResult("consumers", *consumers_check(request.compression)))
     if request.push and isinstance(target, RegistryTarget):
         out.append(check_registry(target, registry))
     if resolved is not None and ws is not None:
@@ -179,6 +181,7 @@ def before_download(request: Request, resolved: Resolved, ws: Workspace) -> Repo
     out = [check_workspace(ws.root)[0]]
     out += check_outputs(request, target, create=True)
     out.append(check_engine(request, ws, resolved))
+    out.append(CheckResult("consumers", *consumers_check(request.compression)))
     if request.push and isinstance(target, RegistryTarget):
         out.append(check_registry(target, request.registry(target)))
     out += check_disk(request, resolved.plan, ws)
