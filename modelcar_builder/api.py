@@ -35,7 +35,7 @@ from modelcar_builder.build import (
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE
 from modelcar_builder.errors import UsageError
-from modelcar_builder.oci.image import parse_platform
+from modelcar_builder.oci.index import check_platforms
 from modelcar_builder.pipeline import Resolved, count_base_layers, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.preflight import TEKTON_RESULTS, Request, before_download
@@ -257,12 +257,13 @@ def build(options: BuildOptions) -> Built:
             f"--image {image} names a digest; a push needs a tag",
             hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
         )
-    wanted = parse_platform(options.platform)  # the rule `doctor` applies too
+    platforms = check_platforms(options.platform, options.engine, image, bool(options.load))
+    wanted = platforms[0]
     created_timestamp()  # a bad SOURCE_DATE_EPOCH fails now, not after the download
     registry = options.registry.options(image)
     # The base image's depth counts against --max-layers, and its platform must be the
     # one asked for: read its manifest and config (no layer) before the Hub plan.
-    base_layers = count_base_layers(options.base_image, wanted, registry)
+    base_layers = max(count_base_layers(options.base_image, p, registry) for p in platforms)
     source = options.source_options
     resolved = source.resolve(base_layers, hub_timeout=options.fetch.read_timeout)
     ws = Workspace(Path(options.workspace)).ensure()
@@ -280,6 +281,7 @@ def build(options: BuildOptions) -> Built:
             jobs=options.jobs,
             stream=options.stream,
             platform=wanted,
+            platforms=platforms,
             upload=options.upload,
             chunk_size=options.chunk_size * 1024 * 1024,
             load=options.load,

@@ -30,7 +30,7 @@ from modelcar_builder.errors import (
     UsageError,
 )
 from modelcar_builder.oci.consumers import consumers_check
-from modelcar_builder.oci.image import parse_platform
+from modelcar_builder.oci.index import check_platforms, parse_platforms
 from modelcar_builder.pipeline import Resolved, count_base_layers, disk_needed
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.report import DOCUMENT_VERSION
@@ -214,7 +214,7 @@ def identity(env: Mapping[str, str]) -> list[CheckResult]:
 def check_image(request: Request) -> tuple[CheckResult, Target | None]:
     """The image reference and the platform parse, as `build` parses them."""
     try:
-        parse_platform(request.platform)
+        check_platforms(request.platform, request.engine, request.image, not request.push)
         created_timestamp(request.env)  # the image's `created`: SOURCE_DATE_EPOCH
         target = parse_target(request.image)
         if isinstance(target, RegistryTarget) and target.ref.digest:
@@ -236,7 +236,8 @@ def check_base(request: Request, registry: RegistryOptions) -> tuple[CheckResult
     """The base image exists and its layers leave room in --max-layers."""
     name = request.base_image
     try:
-        layers = count_base_layers(name, parse_platform(request.platform), registry)
+        platforms = parse_platforms(request.platform)  # each one: the base must have it
+        layers = max(count_base_layers(name, p, registry) for p in platforms)
     except ModelcarError as exc:
         return _fail("base", exc), None
     if layers >= request.max_layers:  # the exact fit is the plan's (source check)

@@ -21,6 +21,7 @@ from modelcar_builder.engines import (
 )
 from modelcar_builder.engines.assemble import assemble_image
 from modelcar_builder.engines.base import BaseSource, copy_base, load_base
+from modelcar_builder.engines.multiarch import build_multiarch
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
 from modelcar_builder.errors import (
     RegistryAuthError,
@@ -75,6 +76,8 @@ class NativeEngine:
                 f"--compression {request.compression} is not supported by the native engine",
                 hint="use none (default, fastest) or gzip; KServe cannot read zstd layers",
             )
+        if len(request.platforms) > 1:
+            return build_multiarch(self, request)
         timings: dict[str, float] = {}
         started = time.monotonic()
         sink, client = open_sink(request)
