@@ -34,6 +34,8 @@ from modelcar_builder.build import (
     write_results,
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE
+from modelcar_builder.engines.modelpack import check_modelpack
+from modelcar_builder.engines.modelpack import publish as publish_modelpack
 from modelcar_builder.errors import UsageError
 from modelcar_builder.oci.index import check_platforms
 from modelcar_builder.pipeline import Resolved, count_base_layers, resolve
@@ -179,6 +181,7 @@ class BuildOptions:
     preflight: bool = True  # False: --no-preflight
     sign_key: str | None = None  # cosign-format or PKCS#8 PEM key (README: Signing)
     sign_key_password_file: str | None = None  # else COSIGN_PASSWORD
+    modelpack: bool = False  # also a ModelPack manifest on the same blobs (a referrer)
 
     @property
     def source_options(self) -> SourceOptions:
@@ -259,6 +262,8 @@ def build(options: BuildOptions) -> Built:
         )
     platforms = check_platforms(options.platform, options.engine, image, bool(options.load))
     wanted = platforms[0]
+    if options.modelpack:
+        check_modelpack(image, push)
     created_timestamp()  # a bad SOURCE_DATE_EPOCH fails now, not after the download
     registry = options.registry.options(image)
     # The base image's depth counts against --max-layers, and its platform must be the
@@ -296,6 +301,9 @@ def build(options: BuildOptions) -> Built:
         if key is not None and isinstance(target, RegistryTarget):
             # after the verified push: model.sig layer, image signature, provenance
             outcome = sign_build(outcome, resolved, ws, target, settings, key, started)
+        if options.modelpack and isinstance(target, RegistryTarget):  # docs/decisions.md
+            publish_modelpack(target, registry, outcome.result.manifest_digest,
+                              resolved.plan.snapshot)  # fmt: skip
     finally:
         release()
     _log_summary(outcome, push)

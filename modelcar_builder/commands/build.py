@@ -148,6 +148,13 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     envvar="MODELCAR_SIGN_KEY_PASSWORD_FILE",
     help="File with the --sign-key password (else COSIGN_PASSWORD).",
 )
+@click.option(
+    "--modelpack",
+    is_flag=True,
+    envvar="MODELCAR_MODELPACK",
+    help="Also push a CNCF ModelPack manifest on the same blobs (no layer uploaded "
+    "twice), as an OCI 1.1 referrer of the image (README).",
+)
 @preflight_option
 def build(as_json: bool, **params) -> None:
     """Fetch, build, push and verify a ModelCar. Prints the oci:// URL KServe takes."""
