@@ -20,6 +20,10 @@ import jsonschema
 import pytest
 import requests
 
+from modelcar_builder import errors
+from modelcar_builder.settings import RegistryOptions
+from modelcar_builder.signing.referrers import push_referrer_manifest
+from modelcar_builder.target import parse_target
 from tests.clitools import run
 from tests.support.kserve_fetch import download_oci, expected_digests, tree_digests
 from tests.support.multiarch import build_multiarch_base
@@ -147,8 +151,34 @@ def test_modelpack_manifest_on_the_same_blobs_reachable_from_the_tag(
     fetched = tree_digests(download_oci(image, tmp_path / "fetched"))
     assert fetched.pop("model.sig")  # the signed image's OpenSSF model signature
     assert fetched == expected_digests(model_files())
-    out = run(capsys, "verify", image, "--no-tls-verify")
+    out = run(capsys, "verify", image, "--no-tls-verify", "--json")
     assert out.code == 0, out.err
+    assert (
+        f"ModelPack manifest {modelpack_referrers(registry, repo, digest)[0]['digest'][:19]}"
+        in out.out
+    )
+
+
+@pytest.mark.slow
+def test_verify_refuses_a_modelpack_referrer_on_other_blobs(
+    hub, registry, base_image, capsys, tmp_path
+):
+    hub.add_repo(REPO, model_files())
+    repo, image = "models/mp-bad", f"{registry.host}/models/mp-bad:v1"
+    res = run(capsys, *build_args(image, tmp_path / "ws", base_image.ref, "--modelpack"))
+    assert res.code == 0, res.err
+    digest = res.last_line.rsplit("@", 1)[1]
+    tagged, _ = manifest(registry, repo, "v1")
+    (entry,) = modelpack_referrers(registry, repo, digest)
+    doc, _ = manifest(registry, repo, entry["digest"])
+    # a second ModelPack referrer whose first layer is the busybox base layer, not the model
+    doc["layers"][0] = {**doc["layers"][0], "digest": tagged["layers"][0]["digest"],
+                        "size": tagged["layers"][0]["size"]}  # fmt: skip
+    with RegistryOptions(tls_verify=False).client_for(parse_target(image).ref) as client:
+        push_referrer_manifest(client, repo, doc)
+    out = run(capsys, "verify", image, "--no-tls-verify")
+    assert out.code == errors.VerificationFailed.exit_code, out.err
+    assert "names layers that are not the image's model layers" in out.err
 
 
 @pytest.mark.slow

@@ -75,6 +75,7 @@ def test_index_of_two_platforms_shares_the_model_layers_and_every_consumer_reads
     assert out.code == 0, out.err
     assert "image index of 2 platforms (linux/amd64, linux/arm64)" in out.out + out.err
     assert "model layers are the same blobs on every platform" in out.out + out.err
+    assert "ModelPack" not in out.out + out.err  # no --modelpack, no referrer to check
 
     # KServe's fetch (kserve-storage) resolves the index to linux/amd64 on this machine
     fetch_mark = registry.mark()

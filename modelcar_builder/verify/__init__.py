@@ -35,7 +35,8 @@ from modelcar_builder.verify.coherence import (
 )
 from modelcar_builder.verify.deep import CHUNK, DeepResult, deep_check
 from modelcar_builder.verify.expected import DeepOptions, expected_files
-from modelcar_builder.verify.index import verify_index_entries
+from modelcar_builder.verify.index import model_layers, verify_index_entries
+from modelcar_builder.verify.modelpack import check_modelpack
 
 __all__ = [
     "DeepOptions",
@@ -103,13 +104,16 @@ def verify_push(
             deep.jobs,
             where,
         )
-    return _result(expected_digest, image, len(manifest.body) + len(config), deep_result)
+    result = _result(expected_digest, image, len(manifest.body) + len(config), deep_result)
+    found = check_modelpack(client, repo, expected_digest, model_layers(doc), where)
+    return dataclasses.replace(result, checks=(*result.checks, *found)) if found else result
 
 
 def _verify_index(client, repo, where, digest, labels, deep) -> VerifyResult:
     body = client.get_manifest(repo, digest, accept=(MEDIA_TYPE_INDEX,)).body
     one = lambda d: verify_push(client, repo, d, d, labels, deep)  # noqa: E731
-    results, checks = verify_index_entries(client, repo, where, body, one)
+    results, checks, shared = verify_index_entries(client, repo, where, body, one)
+    checks += check_modelpack(client, repo, digest, shared, where)
     first = results[0]
     return dataclasses.replace(
         first, digest=digest, media_type=MEDIA_TYPE_INDEX, checks=(*checks, *first.checks),

@@ -31,9 +31,10 @@ def verify_index_entries(
     where: str,
     body: bytes,
     verify_one: Callable[[str], Any],
-) -> tuple[list[Any], tuple[str, ...]]:
+) -> tuple[list[Any], tuple[str, ...], list[tuple[str, int]]]:
     """Each runnable entry verified with ``verify_one(digest)`` (a VerifyResult);
-    returns the results and what was proved of the index itself."""
+    returns the results, what was proved of the index itself, and the model layers
+    (digest, size) every platform shares."""
     index = parse_json(body, f"{where}: the image index")
     entries = runnable_entries(index)
     if not entries:
@@ -67,4 +68,4 @@ def verify_index_entries(
         f"image index of {len(models)} platforms ({names}), each manifest verified",
         f"the {len(first)} model layers are the same blobs on every platform",
     )
-    return results, checks
+    return results, checks, first
