@@ -94,7 +94,8 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     default="linux/amd64",
     show_default=True,
     envvar="MODELCAR_PLATFORM",
-    help="OS/ARCH of the base image to use.",
+    help="OS/ARCH of the base image to use; a list (linux/amd64,linux/arm64) builds an "
+    "image index, one manifest per platform on the same model layers (native engine).",
 )
 @click.option(
     "--upload",
