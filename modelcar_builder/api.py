@@ -38,6 +38,7 @@ from modelcar_builder.context import DEFAULT_BASE_IMAGE
 from modelcar_builder.engines.modelpack import check_modelpack
 from modelcar_builder.engines.modelpack import publish as publish_modelpack
 from modelcar_builder.errors import UsageError
+from modelcar_builder.oci.consumers import consumers_check
 from modelcar_builder.oci.index import check_platforms
 from modelcar_builder.pipeline import Resolved, count_base_layers, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan
@@ -282,6 +283,9 @@ def build(options: BuildOptions) -> Built:
             _check_before_download(options, resolved, ws)
         else:
             log.info("preflight skipped (--no-preflight)")
+            status, message, fix = consumers_check(options.compression)  # zstd: still said
+            if status == "WARN":
+                log.warning("%s (fix: %s)", message, fix)
         settings = BuildSettings(
             engine=options.engine,
             base_image=options.base_image,

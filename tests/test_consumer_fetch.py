@@ -90,6 +90,9 @@ def test_kserve_fetch_refuses_a_zstd_image_which_build_and_doctor_warn_about(
     assert {layer["mediaType"] for layer in layers[1:]} == {
         "application/vnd.oci.image.layer.v1.tar+zstd"
     }
+    again = run(capsys, *args, "--no-preflight")  # the warning without the preflight too
+    assert again.code == 0 and again.last_line == res.last_line, again.err
+    assert "tar+zstd" in again.err and "oci+fetch" in again.err
     # ... and the warning is true: KServe's own fetch refuses the image.
     with pytest.raises(RuntimeError, match="zstd-compressed"):
         download_oci(image, tmp_path / "fetched", docker_config=authfile)
