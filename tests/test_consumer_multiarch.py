@@ -125,3 +125,24 @@ def test_an_index_needs_the_native_engine_and_a_registry(hub, capsys, tmp_path, 
     assert res.code == 2, res.err
     assert words in res.err
     assert hub.requests == []  # refused before the Hub is asked anything
+
+
+@pytest.mark.slow
+def test_index_with_stream_uploads_each_model_layer_once(
+    hub, registry, multi_base, capsys, tmp_path
+):
+    hub.add_repo(REPO, model_files())
+    image = f"{registry.host}/models/multi-stream:v1"
+    mark = registry.mark()
+    res = run(capsys, *build_args(image, tmp_path / "ws", multi_base, "--platform", PLATFORMS,
+                                  "--stream"))  # fmt: skip
+    assert res.code == 0, res.err
+    index = _raw(image)
+    layers = [
+        _raw(f"{image.rsplit(':', 1)[0]}@{m['digest']}")["layers"][1:] for m in index["manifests"]
+    ]
+    assert layers[0] == layers[1] and len(layers[0]) == 3
+    uploads = Counter(b.digest for b in registry.committed_blobs(since=mark))
+    assert [uploads[x["digest"]] for x in layers[0]] == [1, 1, 1]
+    out = run(capsys, "verify", image, "--no-tls-verify", "--deep")
+    assert out.code == 0, out.err
