@@ -102,3 +102,15 @@ def _pod_volume_mount() -> dict:
     assert mount["name"] == volume["name"] and mount["readOnly"] is True
     assert (mount["subPath"], mount["mountPath"]) == ("models", "/mnt/models")
     return mount
+
+
+@pytest.mark.slow
+def test_podman_kube_play_refuses_the_pods_image_volume(podman, tmp_path):
+    """Why subPath is covered by a bind of the image root's models/ above: Debian's podman
+    4.3 cannot play the example Pod at all (no image volume source). A podman that can
+    (>= 5.3 mounts image volumes, with subpath=) fails this test: then play the Pod."""
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(POD.read_text().replace("quay.io/YOUR-ORG/your-model:v1", "localhost/m:v1"))
+    out = podman.run("kube", "play", "--start=false", str(pod), check=False)
+    assert out.returncode != 0
+    assert "currently the only supported VolumeSource" in out.stderr
