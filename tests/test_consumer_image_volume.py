@@ -2,7 +2,7 @@
 podman 4.3), as an arbitrary UID of group 0 (OpenShift's restricted-v2 runs pods so).
 
 Kubernetes mounts an image volume with `subPath: models` at /mnt/models. Debian's podman
-4.3 has no `subpath=` for `--mount type=image` (podman >= 5.3 has), and `podman kube play`
+4.3 has no `subpath=` for `--mount type=image`, and `podman kube play`
 refuses image volumes, so subPath is covered in two steps, each with podman's own code:
   1. `--mount type=image,source=IMG,destination=/mnt/models` mounts the whole image root
      read-only: the model is at /mnt/models/models/, every file's sha256 is checked there;
@@ -108,7 +108,7 @@ def _pod_volume_mount() -> dict:
 def test_podman_kube_play_refuses_the_pods_image_volume(podman, tmp_path):
     """Why subPath is covered by a bind of the image root's models/ above: Debian's podman
     4.3 cannot play the example Pod at all (no image volume source). A podman that can
-    (>= 5.3 mounts image volumes, with subpath=) fails this test: then play the Pod."""
+    that plays image volumes fails this test: then play the Pod itself."""
     pod = tmp_path / "pod.yaml"
     pod.write_text(POD.read_text().replace("quay.io/YOUR-ORG/your-model:v1", "localhost/m:v1"))
     out = podman.run("kube", "play", "--start=false", str(pod), check=False)
