@@ -107,7 +107,7 @@ def _pod_volume_mount() -> dict:
 @pytest.mark.slow
 def test_podman_kube_play_refuses_the_pods_image_volume(podman, tmp_path):
     """Why subPath is covered by a bind of the image root's models/ above: Debian's podman
-    4.3 cannot play the example Pod at all (no image volume source). A podman that can
+    4.3 cannot play the example Pod at all (no image volume source). A podman
     that plays image volumes fails this test: then play the Pod itself."""
     pod = tmp_path / "pod.yaml"
     pod.write_text(POD.read_text().replace("quay.io/YOUR-ORG/your-model:v1", "localhost/m:v1"))
