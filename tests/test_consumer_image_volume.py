@@ -13,17 +13,16 @@ refuses image volumes, so subPath is covered in two steps, each with podman's ow
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.clitools import run
-from tests.support.podman import make_podman, podman_available
+from tests.support import podman_fixture
 from tests.test_engine_native import REPO, build_args, model_files
 
+podman = podman_fixture.podman  # the fixture, taken by name
 POD = Path(__file__).resolve().parent.parent / "deploy/kubernetes/pod-image-volume.yaml"
 ARBITRARY_UID = "1000770000"  # an OpenShift-style UID, no /etc/passwd entry; group 0
 
@@ -35,18 +34,6 @@ def _sha256_lines(out: str, prefix: str) -> dict[str, str]:
         assert path.startswith(prefix), path
         found[path[len(prefix) :]] = digest
     return found
-
-
-@pytest.fixture
-def podman():
-    why = podman_available()
-    if why:
-        pytest.skip(why)
-    top = Path(tempfile.mkdtemp(prefix="mc-iv-"))  # podman: a runroot of 50 characters at most
-    pm = make_podman(top)
-    yield pm
-    pm.close()
-    shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.mark.slow

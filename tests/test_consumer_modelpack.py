@@ -27,7 +27,7 @@ from modelcar_builder.target import parse_target
 from tests.clitools import run
 from tests.support.kserve_fetch import download_oci, expected_digests, tree_digests
 from tests.support.multiarch import build_multiarch_base
-from tests.test_consumer_image_volume import podman  # noqa: F401 (fixture, by name)
+from tests.support.podman_fixture import podman  # noqa: F401 (fixture, by name)
 from tests.test_engine_native import REPO, build_args, model_files
 from tests.test_signing_build import PASSWORD
 
