@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from modelcar_builder import errors
+from modelcar_builder.oci import modelpack
 from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.signing.referrers import push_referrer_manifest
 from modelcar_builder.target import parse_target
@@ -205,3 +206,19 @@ def test_modelpack_needs_a_registry(hub, capsys, tmp_path):
                                   "--modelpack"))  # fmt: skip
     assert res.code == 2 and "--modelpack needs a registry" in res.err
     assert hub.requests == []
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [("model-00001-of-00002.safetensors", "weight"), ("model.gguf", "weight"),
+     ("pytorch_model.bin", "weight"), ("config.json", "weight.config"),
+     ("tokenizer/tokenizer.model", "weight.config"), ("README.md", "doc"), ("LICENSE", "doc"),
+     ("modeling_custom.py", "code")],
+)  # fmt: skip
+def test_every_kind_and_compression_is_a_model_spec_media_type(path, kind):
+    assert modelpack.file_kind(path) == kind
+    spec = set(spec_media_types().values())
+    for layer_type in ("application/vnd.oci.image.layer.v1.tar",
+                       "application/vnd.oci.image.layer.v1.tar+gzip",
+                       "application/vnd.oci.image.layer.v1.tar+zstd"):  # fmt: skip
+        assert modelpack.media_type(kind, layer_type) in spec
