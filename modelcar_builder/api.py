@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,7 +25,10 @@ from typing import Any
 
 from modelcar_builder.context import DEFAULT_BASE_IMAGE
 from modelcar_builder.engines.catalog import DEFAULT_ENGINE, ENGINES
+from modelcar_builder.engines.modelpack import check_modelpack
+from modelcar_builder.engines.modelpack import publish as publish_modelpack
 from modelcar_builder.errors import UsageError
+from modelcar_builder.oci.consumers import consumers_check
 from modelcar_builder.pipeline import Resolved, count_base_layers, resolve
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.preflight import TEKTON_RESULTS, Request, before_download, build_target
@@ -181,6 +185,7 @@ class BuildOptions:
     preflight: bool = True  # False: --no-preflight
     sign_key: str | None = None  # cosign-format or PKCS#8 PEM key (README: Signing)
     sign_key_password_file: str | None = None  # else COSIGN_PASSWORD
+    modelpack: bool = False  # also a ModelPack manifest on the same blobs (a referrer)
 
     @property
     def source_options(self) -> SourceOptions:
@@ -252,11 +257,18 @@ def build(options: BuildOptions) -> Built:
     (nothing is lost: the same call again continues)."""
     options.check()
     image, push = options.target_image()
-    target, wanted = build_target(image, options.platform, environment())  # doctor's rule too
+    target, platforms = build_target(image, options.platform, environment(), options.engine,
+                                     load=bool(options.load))  # doctor's rule too  # fmt: skip
+    wanted = platforms[0]
+    if options.modelpack:
+        check_modelpack(image, push)
+    if options.sign_key and len(platforms) > 1:
+        raise UsageError("--sign-key signs one image manifest, not an index of several "
+                         "platforms", hint="sign a single-platform build")  # fmt: skip
     registry = options.registry.options(image)
     # The base image's depth counts against --max-layers, and its platform must be the
     # one asked for: read its manifest and config (no layer) before the Hub plan.
-    base_layers = count_base_layers(options.base_image, wanted, registry)
+    base_layers = max(count_base_layers(options.base_image, p, registry) for p in platforms)
     source = options.source_options
     resolved = source.resolve(base_layers, hub_timeout=options.fetch.read_timeout)
     ws = Workspace(Path(options.workspace)).ensure()
@@ -266,6 +278,9 @@ def build(options: BuildOptions) -> Built:
             _check_before_download(options, resolved, ws)
         else:
             log.info("preflight skipped (--no-preflight)")
+            status, message, fix = consumers_check(options.compression)  # zstd: still said
+            if status == "WARN":
+                log.warning("%s (fix: %s)", message, fix)
         settings = BuildSettings(
             engine=options.engine,
             base_image=options.base_image,
@@ -274,6 +289,7 @@ def build(options: BuildOptions) -> Built:
             jobs=options.jobs,
             stream=options.stream,
             platform=wanted,
+            platforms=platforms,
             upload=options.upload,
             chunk_size=options.chunk_size * 1024 * 1024,
             load=options.load,
@@ -288,6 +304,11 @@ def build(options: BuildOptions) -> Built:
         if key is not None and isinstance(target, RegistryTarget):
             # after the verified push: model.sig layer, image signature, provenance
             outcome = sign_build(outcome, resolved, ws, target, settings, key, started)
+        if options.modelpack and isinstance(target, RegistryTarget):  # docs/decisions.md
+            t0 = time.monotonic()
+            publish_modelpack(target, registry, outcome.result.manifest_digest,
+                              resolved.plan.snapshot)  # fmt: skip
+            outcome.timings["modelpack"] = time.monotonic() - t0
     finally:
         release()
     _log_summary(outcome, push)

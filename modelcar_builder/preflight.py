@@ -33,7 +33,9 @@ from modelcar_builder.errors import (
     TooManyLayers,
     UsageError,
 )
-from modelcar_builder.oci.image import Platform, parse_platform
+from modelcar_builder.oci.consumers import consumers_check
+from modelcar_builder.oci.image import Platform
+from modelcar_builder.oci.index import check_platforms, parse_platforms
 from modelcar_builder.pipeline import Resolved, count_base_layers
 from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
 from modelcar_builder.report import DOCUMENT_VERSION
@@ -166,6 +168,7 @@ def diagnose(request: Request, resolve: Callable[[int], Resolved]) -> Report:
     out += check_outputs(request, target, create=False)
     if ws is not None:
         out.append(check_engine(request, ws, resolved))
+    out.append(CheckResult("consumers", *consumers_check(request.compression)))
     if request.push and isinstance(target, RegistryTarget):
         out.append(check_registry(target, registry))
     if resolved is not None and ws is not None:
@@ -181,6 +184,7 @@ def before_download(request: Request, resolved: Resolved, ws: Workspace) -> Repo
     out = [check_workspace(ws.root)[0]]
     out += check_outputs(request, target, create=True)
     out.append(check_engine(request, ws, resolved))
+    out.append(CheckResult("consumers", *consumers_check(request.compression)))
     if request.push and isinstance(target, RegistryTarget):
         out.append(check_registry(target, request.registry(target)))
     out += check_disk(request, resolved.plan, ws)
@@ -210,24 +214,28 @@ def identity(env: Mapping[str, str]) -> list[CheckResult]:
     return [_pass("identity", who, "INFO"), _pass("identity", f"{pod}; {token}", "INFO")]
 
 
-def build_target(image: str, platform: str, env: Mapping[str, str]) -> tuple[Target, Platform]:
+def build_target(
+    image: str, platform: str, env: Mapping[str, str], engine: str, load: bool = False
+) -> tuple[Target, tuple[Platform, ...]]:
     """--image, --platform and SOURCE_DATE_EPOCH as `build` needs them: the one rule
-    `build` (before it reads anything) and `doctor` (``check_image``) apply."""
+    `build` (before it reads anything) and `doctor` (``check_image``) apply. Several
+    platforms (an index) need the native engine and a registry (check_platforms)."""
     target = parse_target(image)
     if isinstance(target, RegistryTarget) and target.ref.digest:
         raise UsageError(
             f"--image {image} names a digest; a push needs a tag",
             hint="write REGISTRY/REPO:TAG; the digest is printed when the push is verified",
         )
-    wanted = parse_platform(platform)
+    platforms = check_platforms(platform, engine, image, load)
     created_timestamp(env)  # the image's `created`: a bad value fails now, not after the download
-    return target, wanted
+    return target, platforms
 
 
 def check_image(request: Request) -> tuple[CheckResult, Target | None]:
     """The image reference and the platform parse, as `build` parses them."""
     try:
-        target, _ = build_target(request.image, request.platform, request.env)
+        target, _ = build_target(request.image, request.platform, request.env,
+                                 request.engine, load=not request.push)  # fmt: skip
     except ModelcarError as exc:
         return _fail("image", exc), None
     if isinstance(target, RegistryTarget):
@@ -242,7 +250,8 @@ def check_base(request: Request, registry: RegistryOptions) -> tuple[CheckResult
     """The base image exists and its layers leave room in --max-layers."""
     name = request.base_image
     try:
-        layers = count_base_layers(name, parse_platform(request.platform), registry)
+        platforms = parse_platforms(request.platform)  # each one: the base must have it
+        layers = max(count_base_layers(name, p, registry) for p in platforms)
     except ModelcarError as exc:
         return _fail("base", exc), None
     if layers >= request.max_layers:  # the exact fit is the plan's (source check)

@@ -64,6 +64,7 @@ class BuildSettings:
     jobs: int = 2
     stream: bool = False
     platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]
+    platforms: tuple[tuple[str, ...], ...] = ()  # several: an image index (engines/multiarch)
     upload: str = "monolithic"
     chunk_size: int = 64 * 1024 * 1024
     load: str | None = None  # "podman" | "docker" | "auto": also leave it in a local store
@@ -172,6 +173,7 @@ def run_build(
         compression=compression,
         jobs=settings.jobs,
         platform=settings.platform,
+        platforms=settings.platforms,
         streams=streams,
         upload=settings.upload,
         chunk_size=settings.chunk_size,

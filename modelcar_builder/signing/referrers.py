@@ -52,16 +52,21 @@ def push_referrer(
         "subject": dict(subject),
         "annotations": dict(annotations),
     }
-    body_digest = _digest_of(manifest)
-    digest, body = put_json_manifest(client, repo, body_digest, manifest)
+    return push_referrer_manifest(client, repo, manifest)
+
+
+def push_referrer_manifest(client: RegistryClient, repo: str, manifest: Mapping[str, Any]) -> str:
+    """Push an artifact ``manifest`` (its ``subject`` and ``artifactType`` set, its blobs
+    already there) and list it in the subject's referrers tag; returns its digest."""
+    digest, body = put_json_manifest(client, repo, _digest_of(manifest), dict(manifest))
     entry = {
         "mediaType": MEDIA_TYPE_MANIFEST,
         "digest": digest,
         "size": len(body),
-        "artifactType": artifact_type,
-        "annotations": dict(annotations),
+        "artifactType": manifest["artifactType"],
+        "annotations": dict(manifest.get("annotations") or {}),
     }
-    _add_to_index(client, repo, str(subject["digest"]), entry)
+    _add_to_index(client, repo, str(manifest["subject"]["digest"]), entry)
     return digest
 
 

@@ -9,13 +9,19 @@ labels asked for). With ``deep`` every blob is read and its bytes proved (deep.p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from modelcar_builder.errors import ImageNotFound, RegistryError, VerificationFailed
-from modelcar_builder.oci import ANNOTATION_REVISION, DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST
+from modelcar_builder.oci import (
+    ANNOTATION_REVISION,
+    DOCKER_MANIFEST,
+    MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_MANIFEST,
+)
 from modelcar_builder.oci.image import Descriptor
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.registry import RegistryClient
@@ -29,6 +35,8 @@ from modelcar_builder.verify.coherence import (
 )
 from modelcar_builder.verify.deep import CHUNK, DeepResult, deep_check
 from modelcar_builder.verify.expected import DeepOptions, expected_files
+from modelcar_builder.verify.index import model_layers, verify_index_entries
+from modelcar_builder.verify.modelpack import check_modelpack
 
 __all__ = [
     "DeepOptions",
@@ -39,7 +47,7 @@ __all__ = [
     "verify_push",
 ]
 
-# Only single-image manifests: a ModelCar is never an index.
+# Single-image manifests; an index (--platform A,B) is verified manifest by manifest.
 _ACCEPT = (MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST)
 
 
@@ -71,13 +79,15 @@ def verify_push(
 ) -> VerifyResult:
     where = f"{client.host}/{repo}{'@' if tag_or_digest.startswith('sha256:') else ':'}"
     where += tag_or_digest
-    info = client.head_manifest(repo, tag_or_digest, accept=_ACCEPT)
+    info = client.head_manifest(repo, tag_or_digest, accept=(*_ACCEPT, MEDIA_TYPE_INDEX))
     if info is None:
         raise ImageNotFound(f"{where} does not exist")
     if info.digest != expected_digest:
         raise VerificationFailed(
             f"{where} resolves to {info.digest or 'no digest'}, but we pushed {expected_digest}"
         )
+    if info.media_type == MEDIA_TYPE_INDEX:  # --platform A,B: each manifest (verify/index.py)
+        return _verify_index(client, repo, where, expected_digest, expected_labels, deep)
     manifest = client.get_manifest(repo, expected_digest, accept=_ACCEPT)
     doc = parse_json(manifest.body, f"{where}: the manifest")
     _, config_desc, layer_descs = descriptors(doc, manifest.media_type, where)
@@ -94,7 +104,22 @@ def verify_push(
             deep.jobs,
             where,
         )
-    return _result(expected_digest, image, len(manifest.body) + len(config), deep_result)
+    result = _result(expected_digest, image, len(manifest.body) + len(config), deep_result)
+    found = check_modelpack(client, repo, expected_digest, model_layers(doc), where)
+    return dataclasses.replace(result, checks=(*result.checks, *found)) if found else result
+
+
+def _verify_index(client, repo, where, digest, labels, deep) -> VerifyResult:
+    body = client.get_manifest(repo, digest, accept=(MEDIA_TYPE_INDEX,)).body
+    one = lambda d: verify_push(client, repo, d, d, labels, deep)  # noqa: E731
+    results, checks, shared = verify_index_entries(client, repo, where, body, one)
+    checks += check_modelpack(client, repo, digest, shared, where)
+    first = results[0]
+    return dataclasses.replace(
+        first, digest=digest, media_type=MEDIA_TYPE_INDEX, checks=(*checks, *first.checks),
+        bytes_read=len(body) + sum(r.bytes_read for r in results),
+        blobs_present=sum(r.blobs_present for r in results),
+    )  # fmt: skip
 
 
 def _read_config(client: RegistryClient, repo: str, digest: str, where: str) -> bytes:

@@ -15,4 +15,6 @@ OUR_BUILDAH = "modelcar buildah"
 STOCK_BUILDAH = "stock buildah"
 OLOT = "olot + skopeo"
 RAW = "raw curl -T"
-CONTENDERS = (NATIVE, STREAM, OUR_BUILDAH, STOCK_BUILDAH, OLOT, RAW)
+MULTIARCH = "native 2 platforms"  # --platform linux/amd64,linux/arm64: an image index
+MODELPACK = "native --modelpack"  # and a ModelPack manifest on the same blobs
+CONTENDERS = (NATIVE, STREAM, OUR_BUILDAH, STOCK_BUILDAH, OLOT, RAW, MULTIARCH, MODELPACK)

@@ -23,7 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import HUB_REPO, NATIVE, OLOT, OUR_BUILDAH, RAW, STOCK_BUILDAH, STREAM
+from .common import (
+    HUB_REPO,
+    MODELPACK,
+    MULTIARCH,
+    NATIVE,
+    OLOT,
+    OUR_BUILDAH,
+    RAW,
+    STOCK_BUILDAH,
+    STREAM,
+)
 from .model import Model
 from .options import importable
 from .services import HubServer, Registry
@@ -119,6 +129,16 @@ def modelcar(ctx: RunContext, source: str, *extra: str) -> None:
 
 def run_native(ctx: RunContext) -> None:
     modelcar(ctx, str(ctx.model.root), "--engine", "native")
+
+
+def run_multiarch(ctx: RunContext) -> None:
+    """Two manifests (scratch base for both) and an index over the same model layers."""
+    modelcar(ctx, str(ctx.model.root), "--engine", "native", "--platform",
+             "linux/amd64,linux/arm64")  # fmt: skip
+
+
+def run_modelpack(ctx: RunContext) -> None:
+    modelcar(ctx, str(ctx.model.root), "--engine", "native", "--modelpack")
 
 
 def run_stream(ctx: RunContext) -> None:
@@ -268,4 +288,6 @@ def all_contenders(raw_jobs: int) -> dict[str, Contender]:
         STOCK_BUILDAH: Contender(STOCK_BUILDAH, run_stock_buildah, cleanup_stock_buildah),
         OLOT: Contender(OLOT, run_olot),
         RAW: Contender(RAW, lambda ctx: run_raw(ctx, raw_jobs)),
+        MULTIARCH: Contender(MULTIARCH, run_multiarch),
+        MODELPACK: Contender(MODELPACK, run_modelpack),
     }

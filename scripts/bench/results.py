@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .common import GIB, MB, NATIVE, OUR_BUILDAH, RAW, STOCK_BUILDAH, STREAM
+from .common import GIB, MB, MODELPACK, MULTIARCH, NATIVE, OUR_BUILDAH, RAW, STOCK_BUILDAH, STREAM
 
 
 @dataclass
@@ -134,7 +134,30 @@ def targets(
                           (worst.bytes_uploaded == 0) and worst.wall < 5))  # fmt: skip
     else:
         out.append(Target("re-push unchanged: 0 bytes, < 5 s", "not measured", None))
+    out += [_same_blobs(native, summaries[name], what) for name, what in
+            ((MULTIARCH, "an index of 2 platforms"), (MODELPACK, "`--modelpack`"))]  # fmt: skip
     return out
+
+
+SMALL_DOCS = 1 << 20  # allocated by manifests, configs, an index and their link files
+
+
+def _same_blobs(native: Summary, other: Summary, what: str) -> Target:
+    """``other`` against plain native: the registry's storage grows by documents only (0
+    extra weight bytes), and its median wall time is ≤ 5 % more, or inside native's
+    own min–max spread over the rounds."""
+    label = f"{what}: 0 extra weight bytes, ≤ 5 % wall (or within native's spread)"
+    if not (native.ok and other.ok):
+        return Target(label, "not measured", None)
+    extra = other.registry_bytes - native.registry_bytes
+    slower = other.wall / native.wall - 1
+    spread = other.wall <= native.wall_max
+    text = (
+        f"registry storage +{extra / 1024:.0f} KiB allocated (< 1 MiB: documents, no layer), "
+        f"wall {other.wall:.2f} s vs {native.wall:.2f} s ({slower:+.1%}; native "
+        f"{native.wall_min:.2f}–{native.wall_max:.2f} s, {other.runs} rounds)"
+    )
+    return Target(label, text, extra < SMALL_DOCS and (slower <= 0.05 or spread))
 
 
 def linear_fit(runs: list[RunResult]) -> tuple[float, float] | None:
