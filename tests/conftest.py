@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.support.registry",
     "tests.support.proxy",
     "tests.support.dockerd",
+    "tests.support.podman_store",
 ]
 
 

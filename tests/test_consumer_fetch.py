@@ -13,16 +13,12 @@ import subprocess
 
 import pytest
 
-from tests import test_engine_workstation as workstation
-from tests.clitools import run
+from tests.support.clitools import run
 from tests.support.kserve_fetch import assert_fetched, download_oci
-from tests.test_engine_native import model_files
-from tests.test_engine_workstation import build_args
+from tests.support.models import engine_build_args as build_args
+from tests.support.models import model_files
 
 # The workstation tests' fixtures, taken by name (a private dockerd, a private podman store)
-dockerd = workstation.dockerd
-hub_repo = workstation.hub_repo
-podman_store = workstation.podman_store
 
 # engine, extra build arguments, fixtures the engine needs, layer media type expected
 CASES = {

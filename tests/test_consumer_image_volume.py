@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.clitools import run
 from tests.support import podman_fixture
-from tests.test_engine_native import REPO, build_args, model_files
+from tests.support.clitools import run
+from tests.support.models import REPO, build_args, model_files
 
 podman = podman_fixture.podman  # the fixture, taken by name
 POD = Path(__file__).resolve().parent.parent / "deploy/kubernetes/pod-image-volume.yaml"

@@ -25,12 +25,11 @@ from modelcar_builder.oci import modelpack
 from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.signing.referrers import push_referrer_manifest
 from modelcar_builder.target import parse_target
-from tests.clitools import run
+from tests.support.clitools import run
 from tests.support.kserve_fetch import download_oci, expected_digests, tree_digests
+from tests.support.models import REPO, build_args, model_files
 from tests.support.multiarch import build_multiarch_base
 from tests.support.podman_fixture import podman  # noqa: F401 (fixture, by name)
-from tests.test_engine_native import REPO, build_args, model_files
-from tests.test_signing_build import PASSWORD
 
 SPEC = Path(__file__).parent / "data" / "model-spec"
 ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
@@ -114,7 +113,7 @@ def test_modelpack_manifest_on_the_same_blobs_reachable_from_the_tag(
     hub, registry, base_image, capsys, tmp_path, request, monkeypatch
 ):
     hub.add_repo(REPO, model_files())
-    monkeypatch.setenv("COSIGN_PASSWORD", PASSWORD)
+    monkeypatch.setenv("COSIGN_PASSWORD", "modelpack-signing-password")  # keygen's and build's
     assert run(capsys, "keygen", str(tmp_path / "keys")).code == 0
     repo, image = "models/mp", f"{registry.host}/models/mp:v1"
     mark = registry.mark()

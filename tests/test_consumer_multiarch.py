@@ -13,11 +13,11 @@ from collections import Counter
 
 import pytest
 
-from tests.clitools import run
+from tests.support.clitools import run
 from tests.support.kserve_fetch import assert_fetched
+from tests.support.models import REPO, build_args, model_files
 from tests.support.multiarch import ARM64_MARKER, build_multiarch_base
 from tests.support.podman_fixture import podman  # noqa: F401 (fixture, by name)
-from tests.test_engine_native import REPO, build_args, model_files
 
 PLATFORMS = "linux/amd64,linux/arm64"
 

@@ -16,7 +16,6 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import docker  # the test extra installs it: the docker engine is tested, never skipped
@@ -30,59 +29,10 @@ from modelcar_builder.run import load_store
 from tests.support.clitools import run
 from tests.support.dockerd import stop_pid, wait_socket
 from tests.support.imagecheck import assert_modelcar_config, assert_models_match, unpack
-from tests.support.models import MIB, REPO, model_files
+from tests.support.models import REPO, model_files
+from tests.support.models import engine_build_args as build_args
+from tests.support.podman_store import PodmanStore, podman_env
 from tests.support.procwatch import CmdlineWatcher
-
-_CONF = '[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n'
-
-
-# -- fixtures: private podman store, podman's API service, private dockerd ------------------
-
-
-@dataclass
-class PodmanStore:
-    """A podman whose storage and config live under ``root`` (CONTAINERS_* variables,
-    which the podman engine inherits: nothing podman-specific in our code)."""
-
-    root: Path
-    env: dict[str, str]
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)}: {proc.stderr.strip()}")
-        return proc
-
-
-def _podman_env(root: Path, insecure: tuple[str, ...] = ()) -> dict[str, str]:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tmp").mkdir(exist_ok=True)
-    (root / "containers.conf").write_text(_CONF)
-    (root / "storage.conf").write_text(
-        f'[storage]\ndriver = "vfs"\ngraphroot = "{root / "graph"}"\nrunroot = "{root / "run"}"\n'
-    )
-    regs = "".join(f'[[registry]]\nlocation = "{h}"\ninsecure = true\n' for h in insecure)
-    (root / "registries.conf").write_text(regs)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAINERS_", "REGISTRY_"))}
-    env.update(
-        CONTAINERS_CONF=str(root / "containers.conf"),
-        CONTAINERS_STORAGE_CONF=str(root / "storage.conf"),
-        CONTAINERS_REGISTRIES_CONF=str(root / "registries.conf"),
-        TMPDIR=str(root / "tmp"),
-    )
-    return env
-
-
-@pytest.fixture
-def podman_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PodmanStore]:
-    if shutil.which("podman") is None or shutil.which("runc") is None:
-        pytest.skip("podman and runc are needed (scripts/install-deps.sh installs them)")
-    store = PodmanStore(tmp_path / "podman", _podman_env(tmp_path / "podman"))
-    for key in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF"):
-        monkeypatch.setenv(key, store.env[key])
-    yield store
-    store("rm", "-a", "-f", check=False)
-    store("rmi", "-a", "-f", check=False)
 
 
 @pytest.fixture
@@ -93,7 +43,7 @@ def podman_service(tmp_path: Path, registry_htpasswd) -> Iterator[tuple[str, Pod
     if shutil.which("podman") is None or shutil.which("runc") is None:
         pytest.skip("podman and runc are needed")
     root = tmp_path / "psvc"
-    store = PodmanStore(root, _podman_env(root, insecure=(registry_htpasswd.host,)))
+    store = PodmanStore(root, podman_env(root, insecure=(registry_htpasswd.host,)))
     sock = root / "p.sock"
     log = root / "service.log"
     with log.open("wb") as out:
@@ -107,14 +57,6 @@ def podman_service(tmp_path: Path, registry_htpasswd) -> Iterator[tuple[str, Pod
     finally:
         stop_pid(proc.pid, proc)
         store("rmi", "-a", "-f", check=False)
-
-
-def build_args(engine: str, image: str, ws: Path, base: str, *extra: str) -> list[str]:
-    return [
-        "build", f"hf://{REPO}@main", "--engine", engine, "--image", image,
-        "--workspace", str(ws), "--base-image", base, "--layer-threshold", str(MIB),
-        "--no-tls-verify", *extra,
-    ]  # fmt: skip
 
 
 def labels_for(hub) -> dict[str, str]:

@@ -134,3 +134,20 @@ def test_every_module_logs_below_modelcar_under_its_own_name():
                 if not (isinstance(name, ast.Constant) and name.value == own):
                     wrong[str(rel)] = ast.unparse(name)
     assert not wrong, wrong
+
+
+def test_no_test_imports_another_test():
+    """Shared builders and fixtures live in tests/support/; a test module importing another
+    runs that module's fixtures and tests twice and ties the two together."""
+    tests = Path(__file__).parent
+    offenders = []
+    for path in tests.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n.startswith("tests.test_") for n in names):
+                offenders.append(path.name)
+    assert not offenders

@@ -64,8 +64,13 @@ def make_model(root: Path, files: dict[str, bytes] | None = None) -> Path:
 
 def build_args(image: str, ws: Path, base: str, *extra: str) -> list[str]:
     """``modelcar build`` of ``hf://REPO@main`` with the native engine, 1 MiB threshold."""
+    return engine_build_args("native", image, ws, base, *extra)
+
+
+def engine_build_args(engine: str, image: str, ws: Path, base: str, *extra: str) -> list[str]:
+    """``modelcar build`` of ``hf://REPO@main`` with ``engine``, 1 MiB threshold."""
     return [
-        "build", f"hf://{REPO}@main", "--engine", "native", "--image", image,
+        "build", f"hf://{REPO}@main", "--engine", engine, "--image", image,
         "--workspace", str(ws), "--base-image", base, "--layer-threshold", str(MIB),
         "--no-tls-verify", *extra,
     ]  # fmt: skip
