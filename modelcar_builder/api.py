@@ -73,6 +73,7 @@ __all__ = [
 # The range of every numeric option, for the CLI's click types and for the API alike.
 LAYER_THRESHOLD = Bounds(int, 1, 1 << 50, str(DEFAULT_LAYER_THRESHOLD))
 MAX_LAYERS = Bounds(int, 2, 127, str(DEFAULT_MAX_LAYERS))  # CRI-O/podman mount <= 127
+MAX_LAYER_SIZE = Bounds(int, 1, 1 << 50, "10000000000")  # bytes; None (default): no limit
 FETCH_JOBS = Bounds(int, 1, 64, str(FetchOptions.jobs))
 CONNECTIONS = Bounds(int, 1, 256, str(FetchOptions.connections))
 ATTEMPTS = Bounds(int, 1, 100, str(FetchOptions.attempts))
@@ -110,6 +111,8 @@ class SourceOptions:
     hf_token_file: str | None = None
     layer_threshold: int = DEFAULT_LAYER_THRESHOLD
     max_layers: int = DEFAULT_MAX_LAYERS
+    max_layer_size: int | None = None  # bytes: no layer larger (a registry's blob limit)
+    allow_large_layer: bool = False  # a single file over max_layer_size gets its own layer
     allow_incomplete: bool = False
     source_url: str | None = None
     base_image: str | None = None  # plan only: count its layers (default: assume 1)
@@ -119,6 +122,8 @@ class SourceOptions:
         adds to the layer count, ``hub_timeout`` bounds the Hub's metadata calls."""
         _number(self.layer_threshold, "--layer-threshold", LAYER_THRESHOLD)
         _number(self.max_layers, "--max-layers", MAX_LAYERS)
+        if self.max_layer_size is not None:
+            _number(self.max_layer_size, "--max-layer-size", MAX_LAYER_SIZE)
         selection = Selection(tuple(self.include), tuple(self.exclude), self.all_files)
         return resolve(
             self.source,
@@ -130,6 +135,8 @@ class SourceOptions:
             base_layers=base_layers,
             allow_incomplete=self.allow_incomplete,
             hub_timeout=hub_timeout,
+            max_layer_size=self.max_layer_size,
+            allow_large_layer=self.allow_large_layer,
         )
 
 

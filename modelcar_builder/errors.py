@@ -93,12 +93,34 @@ class IncompleteModel(ModelcarError):
 
 
 class TooManyLayers(ModelcarError):
-    """The base image alone uses the whole --max-layers budget."""
+    """The base image alone uses the whole --max-layers budget (subclasses: a file over
+    --max-layer-size, or the two limits in conflict; all exit 16)."""
 
     exit_code = 16
     default_hint = (
         "use a base image with fewer layers (ubi-micro and busybox have one), "
         "or raise --max-layers if every runtime that runs the image allows it"
+    )
+
+
+class LayerTooLarge(TooManyLayers):
+    """A single file is larger than --max-layer-size: a layer holds whole files, so no
+    plan keeps that layer within the limit (a registry that caps blobs refuses it)."""
+
+    default_hint = (
+        "raise --max-layer-size to at least the file's size, or pass --allow-large-layer "
+        "if the registry takes a blob that large"
+    )
+
+
+class LayerLimitsConflict(TooManyLayers):
+    """--max-layers and --max-layer-size cannot both hold: the model needs more layers
+    than allowed, or larger ones."""
+
+    default_hint = (
+        "raise --max-layers (if every runtime that runs the image allows it) or "
+        "--max-layer-size (if the registry takes blobs that large), or use a base image "
+        "with fewer layers"
     )
 
 

@@ -42,6 +42,8 @@ def resolve(
     base_layers: int = 0,
     allow_incomplete: bool = False,
     hub_timeout: float | None = None,
+    max_layer_size: int | None = None,
+    allow_large_layer: bool = False,
 ) -> Resolved:
     """Pin the source (a Hub revision becomes its commit), check that every shard its
     indexes name is selected, and plan the layers within the layer budget."""
@@ -66,7 +68,10 @@ def resolve(
         snapshot = replace(snapshot, url=source_url)
     if not allow_incomplete:
         check_complete(snapshot, lambda entry: _read(snapshot, access, entry))
-    return Resolved(make_plan(snapshot, threshold, max_layers, base_layers), access)
+    plan = make_plan(
+        snapshot, threshold, max_layers, base_layers, max_layer_size, allow_large_layer
+    )
+    return Resolved(plan, access)
 
 
 def _read(snapshot: Snapshot, access: HubAccess | None, entry: FileEntry) -> bytes:

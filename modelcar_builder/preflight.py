@@ -171,6 +171,8 @@ def diagnose(request: Request, resolve: Callable[[int], Resolved]) -> Report:
     out.append(CheckResult("consumers", *consumers_check(request.compression)))
     if request.push and isinstance(target, RegistryTarget):
         out.append(check_registry(target, registry))
+    if resolved is not None and isinstance(target, RegistryTarget):
+        out += check_blob_limit(target, resolved.plan)
     if resolved is not None and ws is not None:
         out += check_disk(request, resolved.plan, ws)
     return Report(tuple(out), time.monotonic() - started)
@@ -187,6 +189,8 @@ def before_download(request: Request, resolved: Resolved, ws: Workspace) -> Repo
     out.append(CheckResult("consumers", *consumers_check(request.compression)))
     if request.push and isinstance(target, RegistryTarget):
         out.append(check_registry(target, request.registry(target)))
+    if isinstance(target, RegistryTarget):
+        out += check_blob_limit(target, resolved.plan)
     out += check_disk(request, resolved.plan, ws)
     return Report(tuple(out), time.monotonic() - started)
 
@@ -383,6 +387,37 @@ def check_registry(target: RegistryTarget, registry: RegistryOptions) -> CheckRe
         return _fail("registry", exc)
     tls = "plain HTTP, no TLS" if base.startswith("http://") else cas
     return _pass("registry", f"{base} reachable, {tls}; {creds} may push to {ref.repository}")
+
+
+# Registries whose largest blob is documented (or measured): host -> (bytes, why).
+BLOB_LIMITS: dict[str, tuple[int, str]] = {
+    "docker.io": (10 * 10**9, "Docker Hub: about 10 GB in practice, it refused a 23 GB blob"),
+    "quay.io": (50 * 10**9, "Quay with its default 5 MB S3 chunks caps a blob at 50 GB"),
+}
+_HOST_ALIASES = {"registry-1.docker.io": "docker.io", "index.docker.io": "docker.io"}
+
+
+def check_blob_limit(target: RegistryTarget, plan: Plan) -> list[CheckResult]:
+    """WARN when the registry is one whose blob limit is documented and a planned layer
+    is larger than it (--max-layer-size keeps every layer within it)."""
+    host = target.ref.registry
+    known = BLOB_LIMITS.get(_HOST_ALIASES.get(host, host))
+    if known is None:
+        return []
+    limit, why = known
+    over = [layer for layer in plan.layers if layer.size > limit]
+    if not over:
+        return [_pass("blob-limit", f"every layer is within {host}'s blob limit ({why})")]
+    largest = max(over, key=lambda layer: layer.size)
+    return [
+        _warn(
+            "blob-limit",
+            f"{len(over)} planned layer(s) exceed {host}'s blob limit of {human(limit)} "
+            f"({why}); the largest, {largest.name}, is {human(largest.size)}",
+            f"pass --max-layer-size {limit} (a single larger file needs "
+            "--allow-large-layer and a registry that takes it)",
+        )
+    ]
 
 
 def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]:

@@ -10,7 +10,16 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Source", ("hf_token_file", "source_url", "workspace")),
     (
         "Selection and layers",
-        ("include", "exclude", "all_files", "allow_incomplete", "layer_threshold", "max_layers"),
+        (
+            "include",
+            "exclude",
+            "all_files",
+            "allow_incomplete",
+            "layer_threshold",
+            "max_layers",
+            "max_layer_size",
+            "allow_large_layer",
+        ),
     ),
     (
         "Image and base",

@@ -18,6 +18,7 @@ from modelcar_builder.api import (
     CONNECTIONS,
     FETCH_JOBS,
     LAYER_THRESHOLD,
+    MAX_LAYER_SIZE,
     MAX_LAYERS,
     PROGRESS_INTERVAL,
     READ_TIMEOUT,
@@ -126,6 +127,23 @@ def source_params(fn):
             envvar="MODELCAR_MAX_LAYERS",
             help="Most layers the image may have, base included: CRI-O and podman cannot "
             "mount more than 127. Over it, consecutive large files share layers.",
+        ),
+        click.option(
+            "--max-layer-size",
+            type=Number(MAX_LAYER_SIZE),
+            default=None,
+            envvar="MODELCAR_MAX_LAYER_SIZE",
+            metavar="BYTES",
+            help="No layer larger than BYTES (a registry's blob limit: Docker Hub refuses "
+            "blobs near 10 GB and more, Quay with its default chunking 50 GB). A single "
+            "file larger than it is an error (exit 16) unless --allow-large-layer.",
+        ),
+        click.option(
+            "--allow-large-layer",
+            is_flag=True,
+            envvar="MODELCAR_ALLOW_LARGE_LAYER",
+            help="With --max-layer-size: a single file larger than it gets a layer of its "
+            "own instead of an error.",
         ),
         click.option(
             "--allow-incomplete",
