@@ -407,12 +407,12 @@ def check_blob_limit(target: RegistryTarget, plan: Plan) -> list[CheckResult]:
     limit, why = known
     over = [layer for layer in plan.layers if layer.size > limit]
     if not over:
-        return [_pass("blob-limit", f"every layer is within {host}'s blob limit ({why})")]
+        return [_pass("blob-size", f"every layer is within {host}'s blob limit ({why})")]
     largest = max(over, key=lambda layer: layer.size)
     return [
         _warn(
-            "blob-limit",
-            f"{len(over)} planned layer(s) exceed {host}'s blob limit of {human(limit)} "
+            "blob-size",
+            f"{len(over)} planned layer(s) exceed {host}'s blob limit of {limit // 10**9} GB "
             f"({why}); the largest, {largest.name}, is {human(largest.size)}",
             f"pass --max-layer-size {limit} (a single larger file needs "
             "--allow-large-layer and a registry that takes it)",

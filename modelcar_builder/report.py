@@ -53,7 +53,8 @@ def plan_text(plan: Plan, disk: dict[str, int], free: int | None) -> str:
         f"files   {len(snap.files)} selected, {len(snap.skipped)} skipped, "
         f"{human(plan.total_bytes)} in {len(plan.layers)} layers",
         f"layers  {len(plan.layers)} model + {plan.base_layers} base = {plan.total_layers} "
-        f"(--max-layers {plan.max_layers})",
+        f"(--max-layers {plan.max_layers}"
+        + (f", --max-layer-size {plan.max_layer_size})" if plan.max_layer_size else ")"),
     ]
     if plan.grouping:
         out.append(f"grouped {plan.grouping}")
