@@ -1,6 +1,7 @@
 """What the workspace holds for one snapshot, so a rerun continues instead of restarting:
-the files already verified, the digest of every layer already built, and each engine's
-own cache. One typed, versioned record with one reader and one writer.
+the files already verified, the digest of every layer already built, where each layer
+blob was pushed (the sources of a cross-repository mount), and each engine's own cache.
+One typed, versioned record with one reader and one writer.
 
 The file is rewritten atomically (a crash never leaves half of it). A record from an
 older version is migrated; one from a newer version, or a damaged one, is set aside and
@@ -22,7 +23,9 @@ from modelcar_builder.oci.layer import layer_cache_key
 from modelcar_builder.plan import LayerPlan
 
 log = logging.getLogger("modelcar.state")
-STATE_VERSION = 2  # 1: the untyped sections "verified", "layers", "buildah" (no "version")
+# 1: the untyped sections "verified", "layers", "buildah" (no "version"); 2: typed, with
+# "version"; 3: adds "pushes" (layer digest -> the registry repositories that hold it)
+STATE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class BuildState:
         self.sha256: dict[str, str] = {}
         self.layers: dict[str, LayerRecord] = {}  # layer_key -> what was built
         self._engines: dict[str, dict[str, Any]] = {}  # engine name -> its own cache
+        # layer blob digest -> "HOST/REPO" of every repository it was pushed or mounted to
+        self.pushes: dict[str, list[str]] = {}
         self._load()
 
     # -- files --------------------------------------------------------------------------
@@ -97,6 +102,22 @@ class BuildState:
         with self._lock:
             self.layers[key] = record
 
+    # -- pushes ---------------------------------------------------------------------------
+
+    def remember_push(self, digest: str, host: str, repo: str) -> None:
+        """``digest`` is in ``host``'s ``repo`` (uploaded, mounted or found there)."""
+        where = f"{host}/{repo}"
+        with self._lock:
+            known = self.pushes.setdefault(digest, [])
+            if where not in known:
+                known.append(where)
+
+    def pushed_to(self, digest: str, host: str) -> list[str]:
+        """The repositories of ``host`` that ``digest`` was pushed to, oldest first."""
+        with self._lock:
+            places = list(self.pushes.get(digest, ()))
+        return [p.split("/", 1)[1] for p in places if p.split("/", 1)[0] == host]
+
     def engine_cache(self, engine: str) -> dict[str, Any]:
         """An engine's private cache; the engine owns its schema (JSON-able values) and
         changes it only under :meth:`locked` (the download may be saving meanwhile)."""
@@ -119,6 +140,7 @@ class BuildState:
             "verified": dict(sorted(self.verified.items())),
             "sha256": dict(sorted(self.sha256.items())),
             "layers": {k: r.to_json() for k, r in sorted(self.layers.items())},
+            "pushes": {k: list(v) for k, v in sorted(self.pushes.items())},
             "engines": self._engines,
         }
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -136,7 +158,9 @@ class BuildState:
             return
         version = doc.get("version", 1) if isinstance(doc, dict) else None
         if version == 1:
-            doc = _migrate_v1(doc)
+            doc = _migrate_v2(_migrate_v1(doc))
+        elif version == 2:
+            doc = _migrate_v2(doc)
         elif version != STATE_VERSION:
             self._start_clean(f"it has version {version!r}, this tool writes {STATE_VERSION}")
             return
@@ -145,8 +169,14 @@ class BuildState:
             self.sha256 = {str(k): str(v) for k, v in doc.get("sha256", {}).items()}
             self.layers = {k: LayerRecord.from_json(v) for k, v in doc.get("layers", {}).items()}
             self._engines = dict(doc.get("engines", {}))
+            self.pushes = {
+                str(k): [str(p) for p in v if "/" in str(p)]
+                for k, v in doc.get("pushes", {}).items()
+                if isinstance(v, list)
+            }
         except (AttributeError, KeyError, TypeError, ValueError):
             self.verified, self.sha256, self.layers, self._engines = {}, {}, {}, {}
+            self.pushes = {}
             self._start_clean("its records are malformed")
 
     def _start_clean(self, why: str) -> None:
@@ -164,3 +194,9 @@ def _migrate_v1(doc: dict[str, Any]) -> dict[str, Any]:
         "layers": doc.get("layers", {}),
         "engines": engines,
     }
+
+
+def _migrate_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 did not record where layers were pushed: no mount source is known yet
+    (the next push records its own); every other section is kept as it was."""
+    return {**doc, "version": STATE_VERSION, "pushes": {}}

@@ -63,3 +63,40 @@ def test_layer_key_depends_on_content_and_compression(tmp_path):
 
     os.utime(tmp_path / "w.bin", ns=(1, 1))
     assert layer_key(local, "none", tmp_path) != before
+
+
+def test_pushes_are_recorded_per_host_and_survive_a_save(tmp_path):
+    path = tmp_path / "s.json"
+    state = BuildState(path)
+    state.remember_push("sha256:1", "reg.example:5000", "models/a")
+    state.remember_push("sha256:1", "reg.example:5000", "models/a")  # once
+    state.remember_push("sha256:1", "reg.example:5000", "team/models/b")
+    state.remember_push("sha256:1", "quay.io", "org/c")
+    state.save()
+    again = BuildState(path)
+    assert again.pushed_to("sha256:1", "reg.example:5000") == ["models/a", "team/models/b"]
+    assert again.pushed_to("sha256:1", "quay.io") == ["org/c"]
+    assert again.pushed_to("sha256:2", "quay.io") == []
+
+
+def test_version_2_records_migrate_with_no_pushes_known(tmp_path):
+    path = tmp_path / "s.json"
+    key = layer_key(LAYER, "none")
+    v2 = {
+        "version": 2,
+        "verified": {"model.safetensors": "ab" * 32},
+        "sha256": {},
+        "layers": {key: {"digest": "sha256:1", "size": 20, "diff_id": "sha256:1"}},
+        "engines": {"buildah": {"per_layer": {"a": 1}}},
+    }
+    path.write_text(json.dumps(v2))
+    state = BuildState(path)
+    assert state.layer(key) == LayerRecord("sha256:1", 20, "sha256:1")
+    assert state.engine_cache("buildah") == {"per_layer": {"a": 1}}
+    assert state.pushed_to("sha256:1", "reg.example") == []
+    assert not (tmp_path / "s.json.old").exists()  # migrated, not set aside
+    state.remember_push("sha256:1", "reg.example", "models/a")
+    state.save()
+    doc = json.loads(path.read_text())
+    assert doc["version"] == STATE_VERSION == 3
+    assert doc["pushes"] == {"sha256:1": ["reg.example/models/a"]}
