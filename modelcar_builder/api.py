@@ -52,7 +52,7 @@ from modelcar_builder.signed_build import check_signing, sign_build
 from modelcar_builder.signing.flow import verify_signed
 from modelcar_builder.source.download import FetchOptions
 from modelcar_builder.source.hub import hub_access
-from modelcar_builder.target import RegistryTarget, parse_target
+from modelcar_builder.target import RegistryTarget, Target, parse_target
 from modelcar_builder.verify import DeepOptions, VerifyResult
 from modelcar_builder.workspace import Workspace
 
@@ -193,6 +193,7 @@ class BuildOptions:
     sign_key: str | None = None  # cosign-format or PKCS#8 PEM key (README: Signing)
     sign_key_password_file: str | None = None  # else COSIGN_PASSWORD
     modelpack: bool = False  # also a ModelPack manifest on the same blobs (a referrer)
+    mount_from: tuple[str, ...] = ()  # repositories of --image's registry to mount from
 
     @property
     def source_options(self) -> SourceOptions:
@@ -301,6 +302,7 @@ def build(options: BuildOptions) -> Built:
             chunk_size=options.chunk_size * 1024 * 1024,
             load=options.load,
             push=push,
+            mount_from=mount_sources(options.mount_from, target),
         )
         key = None
         if options.sign_key:  # refused before the download when it could not sign
@@ -346,16 +348,48 @@ def _check_before_download(options: BuildOptions, resolved: Resolved, ws: Worksp
 def _log_summary(outcome: BuildOutcome, push: bool) -> None:
     result = outcome.result
     uploaded = sum(1 for layer in result.layers if layer.uploaded)
+    mounted = sum(1 for layer in result.layers if layer.mounted)
     log.info(
-        "%s %s with %s: %d model layers (%d uploaded, %d already there), %s verified",
+        "%s %s with %s: %d model layers (%d uploaded, %d mounted, %d already there), %s verified",
         "pushed" if push else "loaded",
         result.target,
         result.engine,
         len(result.layers),
         uploaded,
-        len(result.layers) - uploaded,
+        mounted,
+        len(result.layers) - uploaded - mounted,
         result.manifest_digest,
     )
+
+
+def mount_sources(repos: tuple[str, ...], target: Target) -> tuple[str, ...]:
+    """--mount-from as repositories of --image's registry: ``REPO`` or ``HOST/REPO``
+    with --image's own host; another host is a usage error (a mount never crosses
+    registries), as is --mount-from with a target that is not a registry."""
+    if not repos:
+        return ()
+    if not isinstance(target, RegistryTarget):
+        raise UsageError("--mount-from mounts blobs within a registry: --image is not one",
+                         hint="drop --mount-from, or push to a registry")  # fmt: skip
+    ref = target.ref
+    out: list[str] = []
+    for text in repos:
+        first, sep, rest = text.strip().strip("/").partition("/")
+        if sep and first in (ref.registry, ref.api_host):
+            repo = rest
+        elif sep and ("." in first or ":" in first or first == "localhost"):
+            raise UsageError(
+                f"--mount-from {text}: another registry than --image's {ref.registry}",
+                hint="a mount only works within one registry: name a repository of it",
+            )
+        else:
+            repo = f"{first}{sep}{rest}"
+        if not repo or "@" in repo or ":" in repo:
+            raise UsageError(f"--mount-from {text!r} is not a repository",
+                             hint="e.g. --mount-from models/dev (no tag, no digest)")  # fmt: skip
+        if repo not in out:
+            out.append(repo)
+    return tuple(out)
 
 
 @dataclass(frozen=True)

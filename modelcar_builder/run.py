@@ -69,6 +69,7 @@ class BuildSettings:
     chunk_size: int = 64 * 1024 * 1024
     load: str | None = None  # "podman" | "docker" | "auto": also leave it in a local store
     push: bool = True  # False: --load of a local name (localhost/NAME:TAG), nothing pushed
+    mount_from: tuple[str, ...] = ()  # --mount-from: repositories to mount layer blobs from
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ def run_build(
         ready=background.wait if background else None,
         give_up=background.give_up if background else None,
         push=settings.push,
+        mount_from=settings.mount_from,
     )
     try:
         result, verified = _build_and_verify(engine, request, store, timings)

@@ -116,6 +116,15 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
 )
 @registry_options
 @click.option(
+    "--mount-from",
+    multiple=True,
+    envvar="MODELCAR_MOUNT_FROM",
+    metavar="REPO",
+    help="A repository of --image's registry that may hold the model's layers "
+    "(repeatable): a layer it has is mounted, not uploaded. Where this workspace pushed "
+    "the model before is tried first.",
+)
+@click.option(
     "--results-dir",
     type=click.Path(file_okay=False),
     envvar="MODELCAR_RESULTS_DIR",

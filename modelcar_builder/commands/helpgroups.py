@@ -25,7 +25,10 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "Image and base",
         ("image", "base_image", "platform", "compression", "load", "labels", "modelpack"),
     ),
-    ("Registry and auth", ("authfile", "registry_token_file", "tls_verify", "ca_file")),
+    (
+        "Registry and auth",
+        ("authfile", "registry_token_file", "tls_verify", "ca_file", "mount_from"),
+    ),
     ("Engine", ("engine", "stream", "jobs", "upload", "chunk_size")),
     (
         "Download tuning",

@@ -69,6 +69,9 @@ class BuildRequest:
     chunk_size: int = 64 * 1024 * 1024
     push: bool = True  # False: `--load` of a local name; engines building locally skip the push
     progress_interval: float | None = None  # --progress-interval, for the push line too
+    # --mount-from: repositories of the target's registry a layer blob may be mounted
+    # from (besides where the workspace's record says it was pushed)
+    mount_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class BuiltLayer:
     size: int
     diff_id: str
     uploaded: bool = True
+    mounted: bool = False  # placed by a cross-repository mount: no byte sent
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class LayerResult:
     media_type: str
     files: tuple[str, ...]  # paths under /models; empty for base layers
     uploaded: bool  # False when the target already had it
+    mounted: bool = False  # mounted from another repository of the same registry
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,13 @@ def build_multiarch(engine, request: BuildRequest) -> BuildResult:
     timings["total"] = time.monotonic() - started
     layers = tuple(
         LayerResult(
-            p.digest, p.size, p.diff_id, media_type, tuple(f.path for f in lp.files), p.uploaded
+            p.digest,
+            p.size,
+            p.diff_id,
+            media_type,
+            tuple(f.path for f in lp.files),
+            p.uploaded,
+            p.mounted,
         )
         for lp, p in zip(request.plan.layers, pushed, strict=True)
     )

@@ -45,7 +45,7 @@ from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.progress import HighWater, Progress, counted
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
-from modelcar_builder.target import LayoutTarget
+from modelcar_builder.target import LayoutTarget, RegistryTarget
 from modelcar_builder.workspace import Workspace
 
 log = logging.getLogger("modelcar.engines.native")
@@ -105,7 +105,13 @@ class NativeEngine:
         media_type = layer_media_type(request.compression)
         layers = tuple(
             LayerResult(
-                p.digest, p.size, p.diff_id, media_type, tuple(f.path for f in lp.files), p.uploaded
+                p.digest,
+                p.size,
+                p.diff_id,
+                media_type,
+                tuple(f.path for f in lp.files),
+                p.uploaded,
+                p.mounted,
             )
             for lp, p in zip(request.plan.layers, pushed, strict=True)
         )
@@ -153,7 +159,10 @@ class NativeEngine:
         cached = state.layer(key)
         if cached and sink.has_blob(cached.digest, cached.size):
             log.info("%s already in the target (%s)", layer.name, cached.digest[:19])
+            _record_push(request, state, cached.digest)
             return BuiltLayer(cached.digest, cached.size, cached.diff_id, uploaded=False)
+        if cached and _mount(request, sink, state, layer, cached.digest):
+            return BuiltLayer(cached.digest, cached.size, cached.diff_id, False, mounted=True)
         request.wait_for(layer)  # its files may still be downloading
         cached = state.layer(key)  # the download may just have hashed it
         tar = _tar_for(request, layer)
@@ -173,18 +182,23 @@ class NativeEngine:
             # Known size, digest by one read pass: a monolithic PUT works on every registry.
             digest = cached.digest if cached else tar.digest()
             there = sink.has_blob(digest, tar.size)  # e.g. pushed from another workspace
+            mounted = not there and _mount(request, sink, state, layer, digest)
             if there:
                 log.info("%s already in the target (%s)", layer.name, digest[:19])
+            elif mounted:
+                pass
             elif request.upload == "chunked":
                 sink.put_resumable(digest, tar.size, tar_chunks_from, request.chunk_size)
             else:
                 sink.put_blob(digest, tar.size, tar_chunks)
-            pushed = BuiltLayer(digest, tar.size, digest, uploaded=not there)
+            sent = not (there or mounted)
+            pushed = BuiltLayer(digest, tar.size, digest, uploaded=sent, mounted=mounted)
         else:
             # Digest unknown until the last byte (gzip, or bytes still arriving from the
             # Hub): one streaming upload that hashes as it goes.
             pushed = _stream_layer(request, sink, layer, tar_chunks)
         state.remember_layer(key, LayerRecord(pushed.digest, pushed.size, pushed.diff_id))
+        _record_push(request, state, pushed.digest)
         return pushed
 
     # -- config and manifest ------------------------------------------------------------------
@@ -195,6 +209,32 @@ class NativeEngine:
             sink.put_blob(docs.config_digest, len(docs.config), lambda: [docs.config])
         digest = sink.put_manifest(docs.manifest, MEDIA_TYPE_MANIFEST, request.target.tag)
         return digest, docs.config_digest
+
+
+def _mount(
+    request: BuildRequest, sink: Sink, state: BuildState, layer: LayerPlan, digest: str
+) -> bool:
+    """Mount ``digest`` into the target repository from another repository of the same
+    registry that holds it: first where the workspace's record says it was pushed, then
+    each --mount-from. No byte of the layer is sent; False when no source has it."""
+    target = request.target
+    if not isinstance(target, RegistryTarget):
+        return False
+    host, repo = target.ref.api_host, target.ref.repository
+    sources = [r for r in state.pushed_to(digest, host) if r != repo]
+    sources += [r for r in request.mount_from if r != repo and r not in sources]
+    for source in sources:
+        if sink.mount(digest, host, source):
+            log.info("%s mounted from %s (%s)", layer.name, source, digest[:19])
+            _record_push(request, state, digest)
+            return True
+    return False
+
+
+def _record_push(request: BuildRequest, state: BuildState, digest: str) -> None:
+    target = request.target
+    if isinstance(target, RegistryTarget):
+        state.remember_push(digest, target.ref.api_host, target.ref.repository)
 
 
 def _stream_layer(request: BuildRequest, sink: Sink, layer: LayerPlan, tar_chunks) -> BuiltLayer:
