@@ -36,6 +36,12 @@ def test_the_same_model_to_a_second_repository_is_mounted(hub_repo, registry, ca
     assert all(m.query["from"] == "models/a" for m in mounts)
     assert f"(0 uploaded, {len(layers)} mounted, 0 already there)" in res.err
 
+    # --stream knows a layer's digest only from the workspace's record: enough here
+    res, again, committed, mounts = pushed(capsys, registry, f"{registry.host}/models/c:v1",
+                                           ws, tmp_path / "c.json", "--stream")  # fmt: skip
+    assert again == layers and {m.query["mount"] for m in mounts} == layers
+    assert sum(b.size for b in committed if b.digest in layers) == 0, committed
+
 
 def test_mount_from_names_the_source_for_a_fresh_workspace(hub_repo, registry, capsys, tmp_path):
     _, layers, _, _ = pushed(capsys, registry, f"{registry.host}/models/dev:v1",
