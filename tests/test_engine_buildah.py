@@ -281,6 +281,16 @@ def test_reproducible_and_repush_uploads_nothing(model, tmp_path, registry, base
     assert len(registry.mounts(since=mark)) == 1 + len(moved.layers)
     assert moved.bytes_uploaded == 0
 
+    # A fresh workspace knows no earlier push: --mount-from names the source.
+    mark = registry.mark()
+    promoted = f"{registry.host}/models/promoted:v1"
+    request = request_for(model, tmp_path / "ws3", promoted, base_image.ref)
+    built = BuildahEngine().build(dataclasses.replace(request, mount_from=("models/tiny",)))
+    assert built.manifest_digest == first.manifest_digest
+    mounted = {e.query["mount"] for e in registry.mounts(since=mark)}
+    assert mounted >= {x.digest for x in built.layers}
+    assert [b.digest for b in registry.committed_blobs(since=mark)] in ([], [built.config_digest])
+
     # From scratch (new workspace: empty storage, empty caches): the very same digest.
     fresh = BuildahEngine().build(
         request_for(model, tmp_path / "ws2", f"{registry.host}/models/fresh:v1", base_image.ref)

@@ -201,21 +201,27 @@ class PerLayerBuilder:
         self, sink: LayoutSink | RegistrySink, digest: str, size: int, note: bool = True
     ) -> bool:
         """The target has the blob, or gets it by a mount from another repository of the
-        same registry that an earlier run pushed it to (workspace state). ``note=False``
-        leaves the noting to the caller (the upload thread writes no builder state)."""
+        same registry that an earlier run pushed it to (workspace state), or from a
+        --mount-from repository. ``note=False`` leaves the noting to the caller (the
+        upload thread writes no builder state)."""
         if sink.has_blob(digest, size):
             if note:
                 self._note(digest)
             return True
         if isinstance(sink, RegistrySink):
             here = f"{self._registry()}/"
-            for name in self.cache.repos_holding(digest):
-                if name.startswith(here) and name != f"{here}{sink.repo}":
-                    with contextlib.suppress(ModelcarError):
-                        if sink.client.mount_blob(sink.repo, digest, name.removeprefix(here)):
-                            if note:
-                                self._note(digest)
-                            return True
+            sources = [
+                name.removeprefix(here)
+                for name in self.cache.repos_holding(digest)
+                if name.startswith(here) and name != f"{here}{sink.repo}"
+            ]
+            sources += [r for r in self.request.mount_from if r not in sources and r != sink.repo]
+            for source in sources:
+                with contextlib.suppress(ModelcarError):
+                    if sink.client.mount_blob(sink.repo, digest, source):
+                        if note:
+                            self._note(digest)
+                        return True
         return False
 
     def _note(self, digest: str) -> None:
