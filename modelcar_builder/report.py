@@ -27,6 +27,7 @@ def plan_document(plan: Plan, disk: dict[str, int]) -> dict[str, Any]:
         "total_bytes": plan.total_bytes,
         "layer_threshold": plan.threshold,
         "max_layers": plan.max_layers,
+        "max_layer_size": plan.max_layer_size,
         "base_layers": plan.base_layers,
         "grouping": plan.grouping,
         "layers": [
@@ -113,6 +114,7 @@ def build_document(plan: Plan, outcome) -> dict[str, Any]:
                 "diff_id": p.diff_id,
                 "media_type": p.media_type,
                 "uploaded": p.uploaded,
+                "mounted": p.mounted,
             }
             for p in result.layers
         ],

@@ -4,6 +4,7 @@ told by its host name. A local model directory and the in-process CLI; no networ
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,11 @@ def test_a_file_over_the_limit_exits_16_naming_it_unless_allowed(model, capsys, 
     res = run(capsys, "plan", str(model), "--layer-threshold", "1000", "--max-layer-size", "5000",
               "--allow-large-layer", "--json")  # fmt: skip
     assert res.code == 0, res.err
-    assert "model-00001-of-00003.safetensors" in res.out
+    doc = json.loads(res.out)
+    assert doc["max_layer_size"] == 5000
+    sizes = {layer["name"]: layer["size"] for layer in doc["layers"]}
+    assert sizes["layer-001"] == 9000  # the lone large file, in a layer of its own
+    assert all(size <= 5000 for name, size in sizes.items() if name != "layer-001")
 
 
 def test_limits_that_cannot_both_hold_exit_16_naming_both(model, capsys):

@@ -35,6 +35,8 @@ def test_the_same_model_to_a_second_repository_is_mounted(hub_repo, registry, ca
     assert {m.query["mount"] for m in mounts} == layers
     assert all(m.query["from"] == "models/a" for m in mounts)
     assert f"(0 uploaded, {len(layers)} mounted, 0 already there)" in res.err
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert all(layer["mounted"] and not layer["uploaded"] for layer in report["layers"])
 
     # --stream knows a layer's digest only from the workspace's record: enough here
     res, again, committed, mounts = pushed(capsys, registry, f"{registry.host}/models/c:v1",
