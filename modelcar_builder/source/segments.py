@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,11 @@ from modelcar_builder.workspace import SHARED_FILE_MODE, make_dir, take_over
 
 log = logging.getLogger("modelcar")
 HASH_BLOCK = 8 * CHUNK
+# The layer digest's second core: a few long-lived threads for the whole process, not one
+# thread per block (a 10 GB file would start ~1,250). One per file fetched at once is
+# enough (--jobs defaults to 4); a busy pool only delays, it never deadlocks: the file's
+# thread waits on its own block only.
+_SIDE_HASHERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="layer-hash")
 SAVE_EVERY = 1.0  # seconds between saves of the segment record
 
 
@@ -257,10 +263,9 @@ class SegmentedDownload:
         if hashes.layer is None or len(block) < CHUNK:
             hashes.update(block)
             return
-        side = threading.Thread(target=hashes.layer.update, args=(block,))
-        side.start()
+        side = _SIDE_HASHERS.submit(hashes.layer.update, block)
         hashes.update_file(block)
-        side.join()
+        side.result()
 
     # ---- workers
 
