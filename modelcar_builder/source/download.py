@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import requests
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -38,7 +37,7 @@ from modelcar_builder.plan import Plan
 from modelcar_builder.progress import HighWater, Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source import segments
-from modelcar_builder.source.ranges import NoRanges
+from modelcar_builder.source.ranges import NoRanges, RangeSource, read_body
 from modelcar_builder.source.transfer import (
     CHUNK,
     ConnectionBudget,
@@ -50,7 +49,6 @@ from modelcar_builder.source.transfer import (
     disk_full,
     expected_id,
     hub_session,
-    wait_rate_limit,
 )
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.units import human
@@ -327,56 +325,41 @@ def _download(
         _rehash_prefix(part, offset, h)
         _check_digest(h, entry, part)
         return h
-    headers = access.headers()
+    source = RangeSource(session, url, access, entry, opts, threading.Event(), whole=True)
+    try:
+        resp = source.open(offset, entry.size)
+    except NoRanges:
+        # The server ignored Range resuming the file: start over rather than append twice.
+        log.info("%s: the server ignored Range; downloading it again from byte 0", entry.path)
+        part.unlink(missing_ok=True)
+        offset = 0
+        resp = source.open(0, entry.size)
+    if resp is None:  # only a stop, which this source never sets
+        raise Interrupted("download stopped: the build ended")
+    h = Hashes(entry, frame)
     if offset:
-        headers["Range"] = f"bytes={offset}-"
-    while True:
-        try:
-            resp = session.get(
-                url,
-                headers=headers,
-                stream=True,
-                allow_redirects=True,
-                timeout=(opts.connect_timeout, opts.read_timeout),
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise Transient(f"{type(exc).__name__} contacting the Hub") from None
-        if resp.status_code != 429:
-            break
-        resp.close()
-        wait_rate_limit(resp, entry.path, None)  # not a fault: no attempt spent
-    with resp:
-        check_status(resp, entry)
-        if offset and resp.status_code != 206:
-            offset = 0  # the server ignored Range: start over rather than append twice
-        h = Hashes(entry, frame)
-        mode = "ab" if offset else "wb"
-        if offset:
-            take_over(part)  # another UID of the group may have started it
-            _rehash_prefix(part, offset, h)
-        received = offset
-        try:
-            with open(part, mode) as out:
-                if not offset:
-                    os.fchmod(out.fileno(), SHARED_FILE_MODE)  # ours: 0664 whatever the umask
-                for block in resp.iter_content(CHUNK):
-                    if opts.cancelled():
-                        raise Interrupted("download stopped: the build ended")
-                    out.write(block)
-                    h.update(block)
-                    received += len(block)
-                    counter.add(len(block))
-                    progress.reached(received)
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as exc:
-            raise Transient(f"connection lost at byte {received} ({type(exc).__name__})") from None
-        except OSError as exc:  # after the requests errors above, which are OSErrors too
-            if exc.errno == errno.ENOSPC:
-                raise disk_full(part, entry, received) from None
-            raise
+        take_over(part)  # another UID of the group may have started it
+        _rehash_prefix(part, offset, h)
+    received = offset
+    with resp, open(part, "ab" if offset else "wb") as out:
+        if not offset:
+            os.fchmod(out.fileno(), SHARED_FILE_MODE)  # ours: 0664 whatever the umask
+
+        def keep(block: memoryview, pos: int) -> int:
+            try:
+                out.write(block)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise disk_full(part, entry, pos) from None
+                raise
+            h.update(block)
+            counter.add(len(block))
+            progress.reached(pos + len(block))
+            return pos + len(block)
+
+        received = read_body(resp, offset, entry.size, keep, lambda: not opts.cancelled())
+    if opts.cancelled():
+        raise Interrupted("download stopped: the build ended")
     if received != entry.size:
         raise Transient(f"got {received} of {entry.size} bytes")
     _check_digest(h, entry, part)

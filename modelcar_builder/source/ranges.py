@@ -33,6 +33,28 @@ class NoRanges(Exception):
     """The server ignored a Range request: the file goes over one connection instead."""
 
 
+def get_answer(session, url: str, headers, opts: FetchOptions, what: str, stop, follow: bool):
+    """One GET of a file's bytes, its body not read yet. The one place of the rule for a
+    429: wait as it asks, saying so, and spend no attempt (a rate limit is not a fault).
+    Returns None once ``stop`` is set during such a wait."""
+    while stop is None or not stop.is_set():
+        try:
+            resp = session.get(
+                url,
+                headers=headers,
+                stream=True,
+                allow_redirects=follow,
+                timeout=(opts.connect_timeout, opts.read_timeout),
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+        if resp.status_code != 429:
+            return resp
+        resp.close()
+        wait_rate_limit(resp, what, stop)
+    return None
+
+
 def resolve_target(session, url: str, access, entry: FileEntry, opts: FetchOptions, stop):
     """Where the bytes are, asked once: HEAD /resolve/ and keep the redirect to another
     origin (the CDN's signed URL) without following it. The real Hub counts every
@@ -84,9 +106,9 @@ class RangeSource:
     it expires (403/410). A 429 is waited out as it asks, spending no try."""
 
     def __init__(self, session, url: str, access, entry: FileEntry, opts: FetchOptions,
-                 stop: threading.Event) -> None:  # fmt: skip
+                 stop: threading.Event, whole: bool = False) -> None:  # fmt: skip
         self.session, self.url, self.access, self.entry = session, url, access, entry
-        self.opts, self.stop = opts, stop
+        self.opts, self.stop, self.whole = opts, stop, whole
         self.lock = threading.Lock()
         self.target: tuple[str, dict[str, str]] | None = None
         self.resolves = 0
@@ -94,33 +116,32 @@ class RangeSource:
 
     def open(self, pos: int, end: int) -> requests.Response | None:
         """A 206 answer for bytes [pos, end), its body not read yet; None once stopped.
+        A whole-file source (one connection) asks /resolve/ itself each time, following
+        its redirect, with no Range from byte 0 (a 200 is then the answer asked for).
         Raises Transient (worth a retry), NoRanges (the server ignored Range) or a
         ModelcarError."""
         while not self.stop.is_set():
-            with self.lock:
-                if self.target is None:
-                    self._resolve()
-                (url, headers), generation = self.target, self.generation
-            try:
-                resp = self.session.get(
-                    url,
-                    headers={**headers, "Range": f"bytes={pos}-{end - 1}"},
-                    stream=True,
-                    timeout=(self.opts.connect_timeout, self.opts.read_timeout),
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise Transient(f"{type(exc).__name__} contacting the Hub") from None
-            if resp.status_code == 429:
-                resp.close()
-                wait_rate_limit(resp, self.entry.path, self.stop)
-                continue
+            if self.whole:
+                url, headers, generation = self.url, self.access.headers(), self.generation
+            else:
+                with self.lock:
+                    if self.target is None:
+                        self._resolve()
+                    (url, headers), generation = self.target, self.generation
+            ranged = pos > 0 or end < self.entry.size or not self.whole
+            if ranged:
+                headers = {**headers, "Range": f"bytes={pos}-{end - 1}"}
+            resp = get_answer(self.session, url, headers, self.opts, self.entry.path, self.stop,
+                              follow=self.whole)  # fmt: skip
+            if resp is None:
+                return None
             if resp.status_code in (403, 410) and url != self.url:
                 resp.close()
                 self._resolve_again(generation, resp.status_code)
                 continue
             try:
                 check_status(resp, self.entry)
-                if resp.status_code != 206 or _content_start(resp) != pos:
+                if ranged and (resp.status_code != 206 or _content_start(resp) != pos):
                     raise NoRanges(f"the server ignored a Range request (HTTP {resp.status_code})")
             except BaseException:
                 resp.close()

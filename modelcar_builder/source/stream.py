@@ -20,17 +20,15 @@ from modelcar_builder.errors import DownloadFailed, IntegrityError
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source import readahead
-from modelcar_builder.source.ranges import NoRanges
+from modelcar_builder.source.ranges import NoRanges, RangeSource
 from modelcar_builder.source.readahead import STREAM_HINT, BufferWindow, ReadAhead, spend_try
 from modelcar_builder.source.transfer import (
     ConnectionBudget,
     FetchOptions,
     Hashes,
     Transient,
-    check_status,
     expected_id,
     hub_session,
-    wait_rate_limit,
 )
 
 if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
@@ -70,6 +68,10 @@ class HubFileStream(io.RawIOBase):
         self.received = 0
         self._session, self._access, self._opts = session, access, opts
         self._url = access.file_url(repo_id, entry.path, commit)
+        # One connection: a whole-file source, through /resolve/ each time as the Hub's
+        # own client does (no stop: a --stream read is stopped by closing it).
+        self._source = RangeSource(session, self._url, access, entry, opts, threading.Event(),
+                                   whole=True)  # fmt: skip
         self._hash = Hashes(entry, None)  # with the sha256 of a git-stored file, for --report
         self.on_verified = on_verified
         self._resp: requests.Response | None = None
@@ -137,37 +139,16 @@ class HubFileStream(io.RawIOBase):
     def _connect(self) -> None:
         """Open the body at ``self.received``: retried like a download, never from 0."""
         while True:
-            headers = self._access.headers()
-            if self.received:
-                headers["Range"] = f"bytes={self.received}-"
             try:
-                resp = self._session.get(
-                    self._url,
-                    headers=headers,
-                    stream=True,
-                    allow_redirects=True,
-                    timeout=(self._opts.connect_timeout, self._opts.read_timeout),
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                self._fault(f"{type(exc).__name__} contacting the Hub")
-                continue
-            if resp.status_code == 429:
-                resp.close()
-                wait_rate_limit(resp, self.entry.path, None)  # not a fault: no try spent
-                continue
-            try:
-                check_status(resp, self.entry)
+                self._resp = self._source.open(self.received, self.entry.size)
             except Transient as exc:
-                resp.close()
                 self._fault(str(exc))
                 continue
-            if self.received and resp.status_code != 206:
-                resp.close()
+            except NoRanges:
                 raise DownloadFailed(
                     f"the Hub ignored the Range request resuming {self.entry.path}",
                     hint=STREAM_HINT,
-                )
-            self._resp = resp
+                ) from None
             return
 
     def _fault(self, why: str) -> None:
