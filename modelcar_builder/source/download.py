@@ -17,13 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    wait_exponential,
-)
-
 from modelcar_builder.errors import (
     DownloadFailed,
     IntegrityError,
@@ -49,6 +42,7 @@ from modelcar_builder.source.transfer import (
     disk_full,
     expected_id,
     hub_session,
+    retrying,
 )
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.units import human
@@ -253,15 +247,14 @@ def _fetch_one(
     url = access.file_url(repo_id, entry.path, commit)
     shown = HighWater(progress, _part_size(part))
     budget = budget or ConnectionBudget(opts.connections)
-    retrying = Retrying(
-        stop=_stop_for(opts.attempts),
-        wait=wait_exponential(multiplier=0.5, max=opts.backoff_max),
-        retry=retry_if_exception_type((Transient, IntegrityError)),
-        before_sleep=lambda rs: _log_retry(entry, rs, opts.attempts),
-        reraise=True,
-    )
+
+    def say(exc: BaseException | None, wait: float, tries: int) -> None:
+        log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)",
+                    entry.path, exc, wait, tries + 1, opts.attempts)  # fmt: skip
+
+    policy = retrying(opts, say, retry_on=(Transient, IntegrityError), give_up=_same_wrong_bytes)
     try:
-        for attempt in retrying:
+        for attempt in policy:
             with attempt:
                 hashes = _download(
                     session, url, access, entry, part, opts, shown, counter, frame, budget, rank
@@ -276,27 +269,10 @@ def _fetch_one(
     return hashes.layer_digest(), hashes.file_sha256()
 
 
-def _stop_for(attempts: int):
-    """Stop after ``attempts`` tries, but after two sha256 mismatches at once: the same
-    wrong bytes twice are not a network accident, and each try of a 10 GB shard costs
-    10 GB."""
-
-    def stop(state: RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, IntegrityError) and state.attempt_number >= 2:
-            return True
-        return state.attempt_number >= attempts
-
-    return stop
-
-
-def _log_retry(entry: FileEntry, state: RetryCallState, attempts: int) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    wait = state.next_action.sleep if state.next_action else 0
-    log.warning(
-        "%s: %s; retrying in %.1f s (attempt %d of %d)",
-        entry.path, exc, wait, state.attempt_number + 1, attempts,
-    )  # fmt: skip
+def _same_wrong_bytes(exc: BaseException | None, tries: int) -> bool:
+    """Stop after two sha256 mismatches at once: the same wrong bytes twice are not a
+    network accident, and each try of a 10 GB shard costs 10 GB."""
+    return isinstance(exc, IntegrityError) and tries >= 2
 
 
 def _download(

@@ -11,12 +11,13 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TextIO
 
 import requests
+import tenacity
 
 from modelcar_builder.errors import AccessDenied, DownloadFailed, InsufficientSpace, SourceNotFound
 from modelcar_builder.snapshot import FileEntry
@@ -53,6 +54,44 @@ class FetchOptions:
 
 class Transient(Exception):
     """A failure worth retrying: 5xx, a cut connection, a stall."""
+
+
+def retrying(
+    opts: FetchOptions,
+    on_retry: Callable[[BaseException | None, float, int], None],
+    *,
+    retry_on: tuple[type[BaseException], ...] = (Transient,),
+    spent: int = 0,
+    give_up: Callable[[BaseException | None, int], bool] | None = None,
+    sleep: Callable[[float], object] | None = None,
+) -> tenacity.Retrying:
+    """The downloads' one retry policy: ``opts.attempts`` tries in all (``spent`` of them
+    used before), waiting 0.5 s, 1 s, 2 s ... up to ``backoff_max`` between them. A 429
+    never reaches it (``ranges.get_answer`` waits one out without spending a try).
+    ``on_retry(fault, wait, tries so far)`` says so before each wait; ``give_up(fault,
+    tries)`` may stop early; ``sleep`` is the wait (a stop event's ``wait`` cuts it short)."""
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        tries = spent + state.attempt_number
+        exc = state.outcome.exception() if state.outcome else None
+        return tries >= opts.attempts or (give_up is not None and give_up(exc, tries))
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        return min(opts.backoff_max, 0.5 * 2 ** (spent + state.attempt_number - 1))
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        pause = state.next_action.sleep if state.next_action else 0.0
+        on_retry(exc, pause, spent + state.attempt_number)
+
+    return tenacity.Retrying(
+        stop=stop,
+        wait=wait,
+        retry=tenacity.retry_if_exception_type(retry_on),
+        before_sleep=before_sleep,
+        sleep=sleep or time.sleep,
+        reraise=True,
+    )
 
 
 def hasher_for(entry: FileEntry):
