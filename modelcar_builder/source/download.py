@@ -38,6 +38,7 @@ from modelcar_builder.source.transfer import (
     FetchOptions,
     Hashes,
     Transient,
+    check_digest,
     check_status,
     disk_full,
     expected_id,
@@ -342,13 +343,8 @@ def _download(
     return h
 
 
-def _check_digest(h, entry: FileEntry, part: Path) -> None:
-    if h.hexdigest() != expected_id(entry):
-        part.unlink()
-        kind = "sha256" if entry.sha256 else "git blob id"
-        raise IntegrityError(
-            f"{entry.path}: {kind} mismatch (expected {expected_id(entry)}, got {h.hexdigest()})"
-        )
+def _check_digest(h: Hashes, entry: FileEntry, part: Path) -> None:
+    check_digest(h, entry, part.unlink)
 
 
 def _rehash_prefix(part: Path, offset: int, h) -> None:

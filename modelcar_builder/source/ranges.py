@@ -12,7 +12,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from modelcar_builder.errors import AccessDenied
+from modelcar_builder.errors import AccessDenied, Interrupted
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source.transfer import (
     CHUNK,
@@ -33,13 +33,15 @@ class NoRanges(Exception):
     """The server ignored a Range request: the file goes over one connection instead."""
 
 
-def get_answer(session, url: str, headers, opts: FetchOptions, what: str, stop, follow: bool):
+def get_answer(session, url: str, headers, opts: FetchOptions, what: str, stop, follow: bool,
+               method: str = "GET"):  # fmt: skip
     """One GET of a file's bytes, its body not read yet. The one place of the rule for a
     429: wait as it asks, saying so, and spend no attempt (a rate limit is not a fault).
     Returns None once ``stop`` is set during such a wait."""
     while stop is None or not stop.is_set():
         try:
-            resp = session.get(
+            resp = session.request(
+                method,
                 url,
                 headers=headers,
                 stream=True,
@@ -64,19 +66,10 @@ def resolve_target(session, url: str, access, entry: FileEntry, opts: FetchOptio
     while True:
         same = _origin(current) == _origin(url)
         headers = access.headers() if same else {}
-        try:
-            resp = session.head(
-                current,
-                headers=headers,
-                allow_redirects=False,
-                timeout=(opts.connect_timeout, opts.read_timeout),
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+        resp = get_answer(session, current, headers, opts, entry.path, stop, False, "HEAD")
+        if resp is None:
+            raise Interrupted("download stopped: the build ended")
         with resp:
-            if resp.status_code == 429:
-                wait_rate_limit(resp, entry.path, stop)
-                continue
             if resp.is_redirect and hops < 10:
                 hops += 1
                 current = urljoin(current, resp.headers["Location"])

@@ -35,6 +35,7 @@ from modelcar_builder.source.transfer import (
     FetchOptions,
     Transient,
     retrying,
+    spans_segments,
 )
 
 log = logging.getLogger("modelcar")
@@ -55,8 +56,7 @@ def window_segments(opts: FetchOptions) -> int:
 
 
 def wanted(entry: FileEntry, opts: FetchOptions) -> bool:
-    """The disk path's rule (segments.wanted), with the stream's segment size."""
-    return opts.connections > 1 and entry.size >= 2 * stream_segment(opts)
+    return spans_segments(entry.size, stream_segment(opts), opts)
 
 
 def stream_retrying(

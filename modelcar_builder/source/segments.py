@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelcar_builder.errors import IntegrityError, Interrupted
+from modelcar_builder.errors import Interrupted
 from modelcar_builder.progress import HighWater
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source.ranges import RangeSource, read_body
@@ -37,8 +37,9 @@ from modelcar_builder.source.transfer import (
     FetchOptions,
     Hashes,
     Transient,
+    check_digest,
     disk_full,
-    expected_id,
+    spans_segments,
 )
 from modelcar_builder.workspace import SHARED_FILE_MODE, make_dir, take_over
 
@@ -69,7 +70,7 @@ def wanted(entry: FileEntry, part: Path, opts: FetchOptions) -> bool:
     """Large files go over several connections; a file already begun that way goes on so."""
     if record_path(part).exists():
         return True
-    return opts.connections > 1 and entry.size >= 2 * segment_for(entry.size, opts)
+    return spans_segments(entry.size, segment_for(entry.size, opts), opts)
 
 
 def discard(part: Path) -> None:
@@ -193,13 +194,7 @@ class SegmentedDownload:
             raise self.fault
         if hashed != self.entry.size:
             raise Transient(f"got {hashed} of {self.entry.size} bytes")
-        if hashes.hexdigest() != expected_id(self.entry):
-            discard(self.part)
-            kind = "sha256" if self.entry.sha256 else "git blob id"
-            raise IntegrityError(
-                f"{self.entry.path}: {kind} mismatch "
-                f"(expected {expected_id(self.entry)}, got {hashes.hexdigest()})"
-            )
+        check_digest(hashes, self.entry, lambda: discard(self.part))
         self.record.unlink(missing_ok=True)
         return hashes
 

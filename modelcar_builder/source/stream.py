@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 import requests
 import urllib3
 
-from modelcar_builder.errors import DownloadFailed, IntegrityError
+from modelcar_builder.errors import DownloadFailed
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source import readahead
@@ -33,7 +33,7 @@ from modelcar_builder.source.transfer import (
     FetchOptions,
     Hashes,
     Transient,
-    expected_id,
+    check_digest,
     hub_session,
 )
 
@@ -178,9 +178,7 @@ class HubFileStream(io.RawIOBase):
             ) from None
 
     def _check(self, h: Hashes) -> None:
-        if h.hexdigest() != expected_id(self.entry):
-            kind = "sha256" if self.entry.sha256 else "git blob id"
-            raise IntegrityError(f"{self.entry.path}: {kind} mismatch while streaming")
+        check_digest(h, self.entry, how="while streaming")
         if self.on_verified is not None:
             self.on_verified(self.entry, h.file_sha256())
 

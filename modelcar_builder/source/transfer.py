@@ -19,7 +19,13 @@ from typing import Protocol, TextIO
 import requests
 import tenacity
 
-from modelcar_builder.errors import AccessDenied, DownloadFailed, InsufficientSpace, SourceNotFound
+from modelcar_builder.errors import (
+    AccessDenied,
+    DownloadFailed,
+    InsufficientSpace,
+    IntegrityError,
+    SourceNotFound,
+)
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.units import human
 
@@ -105,6 +111,28 @@ def hasher_for(entry: FileEntry):
 
 def expected_id(entry: FileEntry) -> str | None:
     return entry.sha256 or entry.blob_id
+
+
+def check_digest(
+    h: Hashes, entry: FileEntry, drop: Callable[[], None] | None = None, how: str = ""
+) -> None:
+    """The one check of a file's bytes against the Hub's id; ``drop`` removes what holds
+    them first (a file that fails is never used). ``how`` replaces the digests in the
+    message (--stream says where it was caught)."""
+    got = h.hexdigest()
+    if got == expected_id(entry):
+        return
+    if drop is not None:
+        drop()
+    kind = "sha256" if entry.sha256 else "git blob id"
+    detail = how or f"(expected {expected_id(entry)}, got {got})"
+    raise IntegrityError(f"{entry.path}: {kind} mismatch {detail}")
+
+
+def spans_segments(size: int, segment: int, opts: FetchOptions) -> bool:
+    """The one rule for a multi-connection read (disk or --stream): at least two segments
+    and more than one connection."""
+    return opts.connections > 1 and size >= 2 * segment
 
 
 class Hashes:
