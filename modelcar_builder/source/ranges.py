@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import cast
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -120,7 +121,8 @@ class RangeSource:
                 with self.lock:
                     if self.target is None:
                         self._resolve()
-                    (url, headers), generation = self.target, self.generation
+                    target = cast("tuple[str, dict[str, str]]", self.target)  # set just above
+                    (url, headers), generation = target, self.generation
             ranged = pos > 0 or end < self.entry.size or not self.whole
             if ranged:
                 headers = {**headers, "Range": f"bytes={pos}-{end - 1}"}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import requests
 
@@ -69,7 +70,13 @@ def stream_retrying(
         log.warning("%s: %s; resuming at byte %d in %.1f s (attempt %d of %d)",
                     path, exc, where(), wait, tries + 1, opts.attempts)  # fmt: skip
 
-    return retrying(opts, say, spent=spent, sleep=stop.wait if stop is not None else None)
+    def pause(seconds: float) -> None:
+        if stop is not None:
+            stop.wait(seconds)  # a closed stream stops waiting at once
+        else:
+            time.sleep(seconds)
+
+    return retrying(opts, say, spent=spent, sleep=pause)
 
 
 def gave_up(path: str, opts: FetchOptions, exc: BaseException) -> DownloadFailed:

@@ -254,7 +254,8 @@ class SegmentedDownload:
 
     def _hash(self, hashes: Hashes, block: memoryview) -> None:
         """Both digests of a one-file layer at once, on two cores (hashlib lets go of the
-        GIL): the file's sha256 and the layer digest are each one core's sha256 rate."""
+        GIL; the second is a long-lived pool thread): the file's sha256 and the layer
+        digest are each one core's sha256 rate."""
         if hashes.layer is None or len(block) < CHUNK:
             hashes.update(block)
             return

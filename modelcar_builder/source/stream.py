@@ -154,11 +154,11 @@ class HubFileStream(io.RawIOBase):
         return data
 
     def _read_ahead(self, target: memoryview) -> int:
-        assert self._ahead is not None
+        ahead = cast(ReadAhead, self._ahead)  # only called while there is one
         try:
-            return self._ahead.readinto(target)
+            return ahead.readinto(target)
         except NoRanges as exc:
-            self._ahead.close()
+            ahead.close()
             self._ahead = None
             if self.received:
                 raise DownloadFailed(

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Protocol, TextIO, cast
 
 import requests
 import tenacity
@@ -69,7 +69,7 @@ def retrying(
     retry_on: tuple[type[BaseException], ...] = (Transient,),
     spent: int = 0,
     give_up: Callable[[BaseException | None, int], bool] | None = None,
-    sleep: Callable[[float], object] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> tenacity.Retrying:
     """The downloads' one retry policy: ``opts.attempts`` tries in all (``spent`` of them
     used before), waiting 0.5 s, 1 s, 2 s ... up to ``backoff_max`` between them. A 429
@@ -165,7 +165,10 @@ class Hashes:
         return self.file.hexdigest()
 
     def file_sha256(self) -> str:
-        return self._known_sha256 or self.sha256.hexdigest()  # type: ignore[union-attr]
+        if self._known_sha256:
+            return self._known_sha256
+        # A git-stored file: its sha256 was hashed alongside (set in __init__).
+        return cast("hashlib._Hash", self.sha256).hexdigest()
 
     def layer_digest(self) -> str | None:
         if self.layer is None or self.frame is None:
