@@ -17,14 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import requests
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    wait_exponential,
-)
-
 from modelcar_builder.errors import (
     DownloadFailed,
     IntegrityError,
@@ -38,7 +30,7 @@ from modelcar_builder.plan import Plan
 from modelcar_builder.progress import HighWater, Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source import segments
-from modelcar_builder.source.ranges import NoRanges
+from modelcar_builder.source.ranges import NoRanges, RangeSource, read_body
 from modelcar_builder.source.transfer import (
     CHUNK,
     ConnectionBudget,
@@ -46,11 +38,12 @@ from modelcar_builder.source.transfer import (
     FetchOptions,
     Hashes,
     Transient,
+    check_digest,
     check_status,
     disk_full,
     expected_id,
     hub_session,
-    wait_rate_limit,
+    retrying,
 )
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.units import human
@@ -65,7 +58,7 @@ from modelcar_builder.workspace import (
 if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
     from modelcar_builder.source.hub import HubAccess
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.source.download")
 __all__ = ["CHUNK", "FetchOptions", "FetchResult", "Transient", "check_status", "fetch"]
 
 
@@ -255,15 +248,14 @@ def _fetch_one(
     url = access.file_url(repo_id, entry.path, commit)
     shown = HighWater(progress, _part_size(part))
     budget = budget or ConnectionBudget(opts.connections)
-    retrying = Retrying(
-        stop=_stop_for(opts.attempts),
-        wait=wait_exponential(multiplier=0.5, max=opts.backoff_max),
-        retry=retry_if_exception_type((Transient, IntegrityError)),
-        before_sleep=lambda rs: _log_retry(entry, rs, opts.attempts),
-        reraise=True,
-    )
+
+    def say(exc: BaseException | None, wait: float, tries: int) -> None:
+        log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)",
+                    entry.path, exc, wait, tries + 1, opts.attempts)  # fmt: skip
+
+    policy = retrying(opts, say, retry_on=(Transient, IntegrityError), give_up=_same_wrong_bytes)
     try:
-        for attempt in retrying:
+        for attempt in policy:
             with attempt:
                 hashes = _download(
                     session, url, access, entry, part, opts, shown, counter, frame, budget, rank
@@ -278,27 +270,10 @@ def _fetch_one(
     return hashes.layer_digest(), hashes.file_sha256()
 
 
-def _stop_for(attempts: int):
-    """Stop after ``attempts`` tries, but after two sha256 mismatches at once: the same
-    wrong bytes twice are not a network accident, and each try of a 10 GB shard costs
-    10 GB."""
-
-    def stop(state: RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, IntegrityError) and state.attempt_number >= 2:
-            return True
-        return state.attempt_number >= attempts
-
-    return stop
-
-
-def _log_retry(entry: FileEntry, state: RetryCallState, attempts: int) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    wait = state.next_action.sleep if state.next_action else 0
-    log.warning(
-        "%s: %s; retrying in %.1f s (attempt %d of %d)",
-        entry.path, exc, wait, state.attempt_number + 1, attempts,
-    )  # fmt: skip
+def _same_wrong_bytes(exc: BaseException | None, tries: int) -> bool:
+    """Stop after two sha256 mismatches at once: the same wrong bytes twice are not a
+    network accident, and each try of a 10 GB shard costs 10 GB."""
+    return isinstance(exc, IntegrityError) and tries >= 2
 
 
 def _download(
@@ -327,69 +302,49 @@ def _download(
         _rehash_prefix(part, offset, h)
         _check_digest(h, entry, part)
         return h
-    headers = access.headers()
+    source = RangeSource(session, url, access, entry, opts, threading.Event(), whole=True)
+    try:
+        resp = source.open(offset, entry.size)
+    except NoRanges:
+        # The server ignored Range resuming the file: start over rather than append twice.
+        log.info("%s: the server ignored Range; downloading it again from byte 0", entry.path)
+        part.unlink(missing_ok=True)
+        offset = 0
+        resp = source.open(0, entry.size)
+    if resp is None:  # only a stop, which this source never sets
+        raise Interrupted("download stopped: the build ended")
+    h = Hashes(entry, frame)
     if offset:
-        headers["Range"] = f"bytes={offset}-"
-    while True:
-        try:
-            resp = session.get(
-                url,
-                headers=headers,
-                stream=True,
-                allow_redirects=True,
-                timeout=(opts.connect_timeout, opts.read_timeout),
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise Transient(f"{type(exc).__name__} contacting the Hub") from None
-        if resp.status_code != 429:
-            break
-        resp.close()
-        wait_rate_limit(resp, entry.path, None)  # not a fault: no attempt spent
-    with resp:
-        check_status(resp, entry)
-        if offset and resp.status_code != 206:
-            offset = 0  # the server ignored Range: start over rather than append twice
-        h = Hashes(entry, frame)
-        mode = "ab" if offset else "wb"
-        if offset:
-            take_over(part)  # another UID of the group may have started it
-            _rehash_prefix(part, offset, h)
-        received = offset
-        try:
-            with open(part, mode) as out:
-                if not offset:
-                    os.fchmod(out.fileno(), SHARED_FILE_MODE)  # ours: 0664 whatever the umask
-                for block in resp.iter_content(CHUNK):
-                    if opts.cancelled():
-                        raise Interrupted("download stopped: the build ended")
-                    out.write(block)
-                    h.update(block)
-                    received += len(block)
-                    counter.add(len(block))
-                    progress.reached(received)
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as exc:
-            raise Transient(f"connection lost at byte {received} ({type(exc).__name__})") from None
-        except OSError as exc:  # after the requests errors above, which are OSErrors too
-            if exc.errno == errno.ENOSPC:
-                raise disk_full(part, entry, received) from None
-            raise
+        take_over(part)  # another UID of the group may have started it
+        _rehash_prefix(part, offset, h)
+    received = offset
+    with resp, open(part, "ab" if offset else "wb") as out:
+        if not offset:
+            os.fchmod(out.fileno(), SHARED_FILE_MODE)  # ours: 0664 whatever the umask
+
+        def keep(block: memoryview, pos: int) -> int:
+            try:
+                out.write(block)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise disk_full(part, entry, pos) from None
+                raise
+            h.update(block)
+            counter.add(len(block))
+            progress.reached(pos + len(block))
+            return pos + len(block)
+
+        received = read_body(resp, offset, entry.size, keep, lambda: not opts.cancelled())
+    if opts.cancelled():
+        raise Interrupted("download stopped: the build ended")
     if received != entry.size:
         raise Transient(f"got {received} of {entry.size} bytes")
     _check_digest(h, entry, part)
     return h
 
 
-def _check_digest(h, entry: FileEntry, part: Path) -> None:
-    if h.hexdigest() != expected_id(entry):
-        part.unlink()
-        kind = "sha256" if entry.sha256 else "git blob id"
-        raise IntegrityError(
-            f"{entry.path}: {kind} mismatch (expected {expected_id(entry)}, got {h.hexdigest()})"
-        )
+def _check_digest(h: Hashes, entry: FileEntry, part: Path) -> None:
+    check_digest(h, entry, part.unlink)
 
 
 def _rehash_prefix(part: Path, offset: int, h) -> None:

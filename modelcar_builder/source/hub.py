@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from modelcar_builder.errors import (
     UsageError,
 )
 from modelcar_builder.selection import Selection, select_files
+from modelcar_builder.settings import environment
 from modelcar_builder.snapshot import FileEntry, Snapshot
 from modelcar_builder.source.transfer import READ_TIMEOUT, rate_limit_wait
 
@@ -37,7 +37,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 METADATA_ATTEMPTS = 3  # one lost or stalled answer, or a 5xx blip, must not end a build
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 
-log = logging.getLogger("modelcar.hub")
+log = logging.getLogger("modelcar.source.hub")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class HubAccess:
 
 
 def hub_access(token_file: str | None = None, env: Mapping[str, str] | None = None) -> HubAccess:
-    env = os.environ if env is None else env
+    env = environment() if env is None else env
     endpoint = env.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
     if token_file:
         try:

@@ -11,7 +11,7 @@ from modelcar_builder.errors import SourceNotFound, UnsafeSource
 from modelcar_builder.selection import Selection, check_repo_path, select_files
 from modelcar_builder.snapshot import FileEntry, Skipped, Snapshot
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.source.local")
 
 
 def local_snapshot(directory: str, selection: Selection) -> Snapshot:

@@ -12,7 +12,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from modelcar_builder.errors import AccessDenied
+from modelcar_builder.errors import AccessDenied, Interrupted
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source.transfer import (
     CHUNK,
@@ -22,7 +22,7 @@ from modelcar_builder.source.transfer import (
     wait_rate_limit,
 )
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.source.ranges")
 # Bytes handed on at once. Each worker thread holds its block and what read1 returned in
 # its own malloc arena: 1 MiB blocks cost about 6 MB of RSS per connection.
 READ_BLOCK = CHUNK // 4
@@ -31,6 +31,30 @@ MAX_RESOLVES = 4  # per attempt: an expired CDN URL is resolved again, a few tim
 
 class NoRanges(Exception):
     """The server ignored a Range request: the file goes over one connection instead."""
+
+
+def get_answer(session, url: str, headers, opts: FetchOptions, what: str, stop, follow: bool,
+               method: str = "GET"):  # fmt: skip
+    """One GET of a file's bytes, its body not read yet. The one place of the rule for a
+    429: wait as it asks, saying so, and spend no attempt (a rate limit is not a fault).
+    Returns None once ``stop`` is set during such a wait."""
+    while stop is None or not stop.is_set():
+        try:
+            resp = session.request(
+                method,
+                url,
+                headers=headers,
+                stream=True,
+                allow_redirects=follow,
+                timeout=(opts.connect_timeout, opts.read_timeout),
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+        if resp.status_code != 429:
+            return resp
+        resp.close()
+        wait_rate_limit(resp, what, stop)
+    return None
 
 
 def resolve_target(session, url: str, access, entry: FileEntry, opts: FetchOptions, stop):
@@ -42,19 +66,10 @@ def resolve_target(session, url: str, access, entry: FileEntry, opts: FetchOptio
     while True:
         same = _origin(current) == _origin(url)
         headers = access.headers() if same else {}
-        try:
-            resp = session.head(
-                current,
-                headers=headers,
-                allow_redirects=False,
-                timeout=(opts.connect_timeout, opts.read_timeout),
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise Transient(f"{type(exc).__name__} contacting the Hub") from None
+        resp = get_answer(session, current, headers, opts, entry.path, stop, False, "HEAD")
+        if resp is None:
+            raise Interrupted("download stopped: the build ended")
         with resp:
-            if resp.status_code == 429:
-                wait_rate_limit(resp, entry.path, stop)
-                continue
             if resp.is_redirect and hops < 10:
                 hops += 1
                 current = urljoin(current, resp.headers["Location"])
@@ -84,9 +99,9 @@ class RangeSource:
     it expires (403/410). A 429 is waited out as it asks, spending no try."""
 
     def __init__(self, session, url: str, access, entry: FileEntry, opts: FetchOptions,
-                 stop: threading.Event) -> None:  # fmt: skip
+                 stop: threading.Event, whole: bool = False) -> None:  # fmt: skip
         self.session, self.url, self.access, self.entry = session, url, access, entry
-        self.opts, self.stop = opts, stop
+        self.opts, self.stop, self.whole = opts, stop, whole
         self.lock = threading.Lock()
         self.target: tuple[str, dict[str, str]] | None = None
         self.resolves = 0
@@ -94,32 +109,31 @@ class RangeSource:
 
     def open(self, pos: int, end: int) -> requests.Response | None:
         """A 206 answer for bytes [pos, end), its body not read yet; None once stopped.
+        A whole-file source (one connection) asks /resolve/ itself each time, following
+        its redirect, with no Range from byte 0 (a 200 is then the answer asked for).
         Raises Transient (worth a retry), NoRanges (the server ignored Range) or a
         ModelcarError."""
         while not self.stop.is_set():
-            with self.lock:
-                target = self.target if self.target is not None else self._resolve()
-                (url, headers), generation = target, self.generation
-            try:
-                resp = self.session.get(
-                    url,
-                    headers={**headers, "Range": f"bytes={pos}-{end - 1}"},
-                    stream=True,
-                    timeout=(self.opts.connect_timeout, self.opts.read_timeout),
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise Transient(f"{type(exc).__name__} contacting the Hub") from None
-            if resp.status_code == 429:
-                resp.close()
-                wait_rate_limit(resp, self.entry.path, self.stop)
-                continue
+            if self.whole:
+                url, headers, generation = self.url, self.access.headers(), self.generation
+            else:
+                with self.lock:
+                    target = self.target if self.target is not None else self._resolve()
+                    (url, headers), generation = target, self.generation
+            ranged = pos > 0 or end < self.entry.size or not self.whole
+            if ranged:
+                headers = {**headers, "Range": f"bytes={pos}-{end - 1}"}
+            resp = get_answer(self.session, url, headers, self.opts, self.entry.path, self.stop,
+                              follow=self.whole)  # fmt: skip
+            if resp is None:
+                return None
             if resp.status_code in (403, 410) and url != self.url:
                 resp.close()
                 self._resolve_again(generation, resp.status_code)
                 continue
             try:
                 check_status(resp, self.entry)
-                if resp.status_code != 206 or _content_start(resp) != pos:
+                if ranged and (resp.status_code != 206 or _content_start(resp) != pos):
                     raise NoRanges(f"the server ignored a Range request (HTTP {resp.status_code})")
             except BaseException:
                 resp.close()

@@ -23,15 +23,23 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import requests
 
 from modelcar_builder.errors import DownloadFailed, Interrupted
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source.ranges import RangeSource, read_body
-from modelcar_builder.source.transfer import CHUNK, ConnectionBudget, FetchOptions, Transient
+from modelcar_builder.source.transfer import (
+    CHUNK,
+    ConnectionBudget,
+    FetchOptions,
+    Transient,
+    retrying,
+    spans_segments,
+)
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.source.readahead")
 STREAM_SEGMENT = 4 * CHUNK  # 16 of them in flight: 64 MiB, well under the 200 MB RSS target
 STREAM_WINDOW = 16  # segments held at once, all streams of a build together
 STREAM_HINT = (
@@ -49,26 +57,32 @@ def window_segments(opts: FetchOptions) -> int:
 
 
 def wanted(entry: FileEntry, opts: FetchOptions) -> bool:
-    """The disk path's rule (segments.wanted), with the stream's segment size."""
-    return opts.connections > 1 and entry.size >= 2 * stream_segment(opts)
+    return spans_segments(entry.size, stream_segment(opts), opts)
 
 
-def spend_try(
-    path: str, why: str, at: int, faults: int, opts: FetchOptions, stop: threading.Event | None
-) -> None:
-    """Fault number ``faults`` of one read: give up after ``attempts``, else wait the
-    exponential backoff (cut short when ``stop`` is set), saying where it resumes."""
-    if faults >= opts.attempts:
-        raise DownloadFailed(
-            f"streaming {path} failed after {opts.attempts} attempts: {why}", hint=STREAM_HINT
-        )
-    wait = min(opts.backoff_max, 0.5 * 2 ** (faults - 1))
-    log.warning("%s: %s; resuming at byte %d in %.1f s (attempt %d of %d)",
-                path, why, at, wait, faults + 1, opts.attempts)  # fmt: skip
-    if stop is not None:
-        stop.wait(wait)
-    else:
-        threading.Event().wait(wait)
+def stream_retrying(
+    path: str, opts: FetchOptions, where, spent: int = 0, stop: threading.Event | None = None
+):
+    """The downloads' retry policy for a stream read, saying where it resumes
+    (``where()``); after the last try the caller raises ``gave_up``."""
+
+    def say(exc: BaseException | None, wait: float, tries: int) -> None:
+        log.warning("%s: %s; resuming at byte %d in %.1f s (attempt %d of %d)",
+                    path, exc, where(), wait, tries + 1, opts.attempts)  # fmt: skip
+
+    def pause(seconds: float) -> None:
+        if stop is not None:
+            stop.wait(seconds)  # a closed stream stops waiting at once
+        else:
+            time.sleep(seconds)
+
+    return retrying(opts, say, spent=spent, sleep=pause)
+
+
+def gave_up(path: str, opts: FetchOptions, exc: BaseException) -> DownloadFailed:
+    return DownloadFailed(
+        f"streaming {path} failed after {opts.attempts} attempts: {exc}", hint=STREAM_HINT
+    )
 
 
 class BufferWindow:
@@ -212,43 +226,57 @@ class ReadAhead:
                 self.cond.notify_all()
 
     def _fetch(self, i: int) -> None:
+        """Segment ``i`` into its buffer, resumed at the byte reached after a fault."""
         start, end = self.bounds(i)
-        faults = 0
-        while not self.stop.is_set():
+        reached = [start]
+
+        def where() -> int:
+            with self.cond:
+                return start + self.reached.get(i, reached[0] - start)
+
+        try:
+            for attempt in stream_retrying(self.entry.path, self.opts, where, stop=self.stop):
+                with attempt:
+                    self._fetch_once(i, start, end, reached)
+        except Transient as exc:
+            if not self.stop.is_set():
+                raise gave_up(self.entry.path, self.opts, exc) from None
+
+    def _fetch_once(self, i: int, start: int, end: int, reached: list[int]) -> None:
+        if self.opts.cancelled():
+            raise Interrupted("streaming stopped: the build ended")
+        with self.cond:
+            # Gone: the reader has read it out and freed it (it may do so the moment
+            # the last block lands, before this thread looks again), or the stream
+            # was closed. Either way nothing is left to fetch.
+            data = self.buffers.get(i)
+            if data is None or self.stop.is_set():
+                return
+            pos = reached[0] = start + self.reached[i]
+        if pos >= end:
+            return
+        try:
+            resp = self.source.open(pos, end)
+            if resp is None:
+                return
+            with self.cond:
+                self.responses.add(resp)
+            try:
+                with resp:
+                    keep = self._keeper(i, start, end, data)
+                    pos = reached[0] = read_body(resp, pos, end, keep, self._going)
+            finally:
+                with self.cond:
+                    self.responses.discard(resp)
+        except Transient:
+            if self.stop.is_set():
+                return  # closed under it: not a fault
+            raise
+        if pos < end:
+            if self._going():
+                raise Transient(f"the body ended early at byte {pos}")
             if self.opts.cancelled():
                 raise Interrupted("streaming stopped: the build ended")
-            with self.cond:
-                # Gone: the reader has read it out and freed it (it may do so the moment
-                # the last block lands, before this thread looks again), or the stream
-                # was closed. Either way nothing is left to fetch.
-                data = self.buffers.get(i)
-                if data is None:
-                    return
-                pos = start + self.reached[i]
-            if pos >= end:
-                return
-            try:
-                resp = self.source.open(pos, end)
-                if resp is None:
-                    return
-                with self.cond:
-                    self.responses.add(resp)
-                try:
-                    with resp:
-                        keep = self._keeper(i, start, end, data)
-                        pos = read_body(resp, pos, end, keep, self._going)
-                finally:
-                    with self.cond:
-                        self.responses.discard(resp)
-                if pos >= end:
-                    return
-                if self._going():
-                    raise Transient(f"the body ended early at byte {pos}")
-            except Transient as exc:
-                if self.stop.is_set():
-                    return
-                faults += 1
-                spend_try(self.entry.path, str(exc), pos, faults, self.opts, self.stop)
 
     def _keeper(self, i: int, start: int, end: int, data: bytearray):
         def keep(block: memoryview, pos: int) -> int:

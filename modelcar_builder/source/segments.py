@@ -21,10 +21,11 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelcar_builder.errors import IntegrityError, Interrupted
+from modelcar_builder.errors import Interrupted
 from modelcar_builder.progress import HighWater
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source.ranges import RangeSource, read_body
@@ -36,13 +37,19 @@ from modelcar_builder.source.transfer import (
     FetchOptions,
     Hashes,
     Transient,
+    check_digest,
     disk_full,
-    expected_id,
+    spans_segments,
 )
 from modelcar_builder.workspace import SHARED_FILE_MODE, make_dir, take_over
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.source.segments")
 HASH_BLOCK = 8 * CHUNK
+# The layer digest's second core: a few long-lived threads for the whole process, not one
+# thread per block (a 10 GB file would start ~1,250). One per file fetched at once is
+# enough (--jobs defaults to 4); a busy pool only delays, it never deadlocks: the file's
+# thread waits on its own block only.
+_SIDE_HASHERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="layer-hash")
 SAVE_EVERY = 1.0  # seconds between saves of the segment record
 
 
@@ -63,7 +70,7 @@ def wanted(entry: FileEntry, part: Path, opts: FetchOptions) -> bool:
     """Large files go over several connections; a file already begun that way goes on so."""
     if record_path(part).exists():
         return True
-    return opts.connections > 1 and entry.size >= 2 * segment_for(entry.size, opts)
+    return spans_segments(entry.size, segment_for(entry.size, opts), opts)
 
 
 def discard(part: Path) -> None:
@@ -187,13 +194,7 @@ class SegmentedDownload:
             raise self.fault
         if hashed != self.entry.size:
             raise Transient(f"got {hashed} of {self.entry.size} bytes")
-        if hashes.hexdigest() != expected_id(self.entry):
-            discard(self.part)
-            kind = "sha256" if self.entry.sha256 else "git blob id"
-            raise IntegrityError(
-                f"{self.entry.path}: {kind} mismatch "
-                f"(expected {expected_id(self.entry)}, got {hashes.hexdigest()})"
-            )
+        check_digest(hashes, self.entry, lambda: discard(self.part))
         self.record.unlink(missing_ok=True)
         return hashes
 
@@ -253,14 +254,14 @@ class SegmentedDownload:
 
     def _hash(self, hashes: Hashes, block: memoryview) -> None:
         """Both digests of a one-file layer at once, on two cores (hashlib lets go of the
-        GIL): the file's sha256 and the layer digest are each one core's sha256 rate."""
+        GIL; the second is a long-lived pool thread): the file's sha256 and the layer
+        digest are each one core's sha256 rate."""
         if hashes.layer is None or len(block) < CHUNK:
             hashes.update(block)
             return
-        side = threading.Thread(target=hashes.layer.update, args=(block,))
-        side.start()
+        side = _SIDE_HASHERS.submit(hashes.layer.update, block)
         hashes.update_file(block)
-        side.join()
+        side.result()
 
     # ---- workers
 

@@ -11,32 +11,36 @@ import io
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import requests
 import urllib3
 
-from modelcar_builder.errors import DownloadFailed, IntegrityError
+from modelcar_builder.errors import DownloadFailed
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.source import readahead
-from modelcar_builder.source.ranges import NoRanges
-from modelcar_builder.source.readahead import STREAM_HINT, BufferWindow, ReadAhead, spend_try
+from modelcar_builder.source.ranges import NoRanges, RangeSource
+from modelcar_builder.source.readahead import (
+    STREAM_HINT,
+    BufferWindow,
+    ReadAhead,
+    gave_up,
+    stream_retrying,
+)
 from modelcar_builder.source.transfer import (
     ConnectionBudget,
     FetchOptions,
     Hashes,
     Transient,
-    check_status,
-    expected_id,
+    check_digest,
     hub_session,
-    wait_rate_limit,
 )
 
 if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
     from modelcar_builder.source.hub import HubAccess
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.source.stream")
 
 
 class HubFileStream(io.RawIOBase):
@@ -70,6 +74,10 @@ class HubFileStream(io.RawIOBase):
         self.received = 0
         self._session, self._access, self._opts = session, access, opts
         self._url = access.file_url(repo_id, entry.path, commit)
+        # One connection: a whole-file source, through /resolve/ each time as the Hub's
+        # own client does (no stop: a --stream read is stopped by closing it).
+        self._source = RangeSource(session, self._url, access, entry, opts, threading.Event(),
+                                   whole=True)  # fmt: skip
         self._hash = Hashes(entry, None)  # with the sha256 of a git-stored file, for --report
         self.on_verified = on_verified
         self._resp: requests.Response | None = None
@@ -82,7 +90,19 @@ class HubFileStream(io.RawIOBase):
         if connections is not None and window is not None and readahead.wanted(entry, opts):
             self._ahead = ReadAhead(session, self._url, access, entry, opts, connections, window)
         else:
-            self._connect()
+            self._connect_first()
+
+    def _connect_first(self) -> None:
+        """The first connection, retried like any other read."""
+        policy = stream_retrying(self.entry.path, self._opts, lambda: 0)
+        try:
+            for attempt in policy:
+                with attempt:
+                    self._connect()
+        except Transient as exc:
+            raise gave_up(self.entry.path, self._opts, exc) from None
+        finally:
+            self._faults += policy.statistics.get("attempt_number", 1) - 1
 
     def readable(self) -> bool:
         return True
@@ -102,83 +122,63 @@ class HubFileStream(io.RawIOBase):
         return n
 
     def _read_one(self, target: memoryview) -> int:
-        if self._resp is None:
-            return 0
-        while True:
-            try:
-                data = self._resp.raw.read(len(target))
-            except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut or stalled
-                data, why = b"", f"connection lost ({type(exc).__name__})"
-            else:
-                why = "the body ended early"
-            if data:
-                break
-            self._resp.close()
-            self._fault(f"{why} at byte {self.received}")
-            self._connect()
+        """Bytes from the one connection, reopened with Range at the byte reached after
+        a fault: ``attempts`` tries for the whole file (faults so far are spent)."""
+        policy = stream_retrying(self.entry.path, self._opts, lambda: self.received,
+                                 self._faults)  # fmt: skip
+        try:
+            for attempt in policy:
+                with attempt:
+                    data = self._read_block(len(target))
+        except Transient as exc:
+            raise gave_up(self.entry.path, self._opts, exc) from None
+        finally:
+            self._faults += policy.statistics.get("attempt_number", 1) - 1
         target[: len(data)] = data
         return len(data)
 
-    def _read_ahead(self, target: memoryview) -> int:
-        assert self._ahead is not None
+    def _read_block(self, n: int) -> bytes:
+        if self._resp is None:
+            self._connect()
+        resp = cast("requests.Response", self._resp)
         try:
-            return self._ahead.readinto(target)
+            data = resp.raw.read(n)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut or stalled
+            data, why = b"", f"connection lost ({type(exc).__name__})"
+        else:
+            why = "the body ended early"
+        if not data:
+            resp.close()
+            self._resp = None
+            raise Transient(f"{why} at byte {self.received}")
+        return data
+
+    def _read_ahead(self, target: memoryview) -> int:
+        ahead = cast(ReadAhead, self._ahead)  # only called while there is one
+        try:
+            return ahead.readinto(target)
         except NoRanges as exc:
-            self._ahead.close()
+            ahead.close()
             self._ahead = None
             if self.received:
                 raise DownloadFailed(
                     f"the Hub ignored a Range request reading {self.entry.path}", hint=STREAM_HINT
                 ) from None
             log.warning("%s: %s; streaming it over one connection", self.entry.path, exc)
-            self._connect()
             return self._read_one(target)
 
     def _connect(self) -> None:
-        """Open the body at ``self.received``: retried like a download, never from 0."""
-        while True:
-            headers = self._access.headers()
-            if self.received:
-                headers["Range"] = f"bytes={self.received}-"
-            try:
-                resp = self._session.get(
-                    self._url,
-                    headers=headers,
-                    stream=True,
-                    allow_redirects=True,
-                    timeout=(self._opts.connect_timeout, self._opts.read_timeout),
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                self._fault(f"{type(exc).__name__} contacting the Hub")
-                continue
-            if resp.status_code == 429:
-                resp.close()
-                wait_rate_limit(resp, self.entry.path, None)  # not a fault: no try spent
-                continue
-            try:
-                check_status(resp, self.entry)
-            except Transient as exc:
-                resp.close()
-                self._fault(str(exc))
-                continue
-            if self.received and resp.status_code != 206:
-                resp.close()
-                raise DownloadFailed(
-                    f"the Hub ignored the Range request resuming {self.entry.path}",
-                    hint=STREAM_HINT,
-                )
-            self._resp = resp
-            return
-
-    def _fault(self, why: str) -> None:
-        """Spend one try of the file's budget, wait (exponential backoff), or give up."""
-        self._faults += 1
-        spend_try(self.entry.path, why, self.received, self._faults, self._opts, None)
+        """Open the body at ``self.received`` (never from 0 again once begun)."""
+        try:
+            self._resp = self._source.open(self.received, self.entry.size)
+        except NoRanges:
+            raise DownloadFailed(
+                f"the Hub ignored the Range request resuming {self.entry.path}",
+                hint=STREAM_HINT,
+            ) from None
 
     def _check(self, h: Hashes) -> None:
-        if h.hexdigest() != expected_id(self.entry):
-            kind = "sha256" if self.entry.sha256 else "git blob id"
-            raise IntegrityError(f"{self.entry.path}: {kind} mismatch while streaming")
+        check_digest(h, self.entry, how="while streaming")
         if self.on_verified is not None:
             self.on_verified(self.entry, h.file_sha256())
 

@@ -11,18 +11,25 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Protocol, TextIO, cast
 
 import requests
+import tenacity
 
-from modelcar_builder.errors import AccessDenied, DownloadFailed, InsufficientSpace, SourceNotFound
+from modelcar_builder.errors import (
+    AccessDenied,
+    DownloadFailed,
+    InsufficientSpace,
+    IntegrityError,
+    SourceNotFound,
+)
 from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.units import human
 
-log = logging.getLogger("modelcar")
+log = logging.getLogger("modelcar.source.transfer")
 CHUNK = 1024 * 1024
 SEGMENT_SIZE = 64 * CHUNK  # a file of at least two segments is fetched over several connections
 MIN_SEGMENT = 8 * CHUNK  # smaller segments for mid-size files, so each gets every connection
@@ -55,6 +62,44 @@ class Transient(Exception):
     """A failure worth retrying: 5xx, a cut connection, a stall."""
 
 
+def retrying(
+    opts: FetchOptions,
+    on_retry: Callable[[BaseException | None, float, int], None],
+    *,
+    retry_on: tuple[type[BaseException], ...] = (Transient,),
+    spent: int = 0,
+    give_up: Callable[[BaseException | None, int], bool] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> tenacity.Retrying:
+    """The downloads' one retry policy: ``opts.attempts`` tries in all (``spent`` of them
+    used before), waiting 0.5 s, 1 s, 2 s ... up to ``backoff_max`` between them. A 429
+    never reaches it (``ranges.get_answer`` waits one out without spending a try).
+    ``on_retry(fault, wait, tries so far)`` says so before each wait; ``give_up(fault,
+    tries)`` may stop early; ``sleep`` is the wait (a stop event's ``wait`` cuts it short)."""
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        tries = spent + state.attempt_number
+        exc = state.outcome.exception() if state.outcome else None
+        return tries >= opts.attempts or (give_up is not None and give_up(exc, tries))
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        return min(opts.backoff_max, 0.5 * 2 ** (spent + state.attempt_number - 1))
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        pause = state.next_action.sleep if state.next_action else 0.0
+        on_retry(exc, pause, spent + state.attempt_number)
+
+    return tenacity.Retrying(
+        stop=stop,
+        wait=wait,
+        retry=tenacity.retry_if_exception_type(retry_on),
+        before_sleep=before_sleep,
+        sleep=sleep or time.sleep,
+        reraise=True,
+    )
+
+
 def hasher_for(entry: FileEntry):
     """sha256 for LFS files; for git-stored files the blob id, sha1('blob N\\0' + bytes)."""
     if entry.sha256:
@@ -66,6 +111,28 @@ def hasher_for(entry: FileEntry):
 
 def expected_id(entry: FileEntry) -> str | None:
     return entry.sha256 or entry.blob_id
+
+
+def check_digest(
+    h: Hashes, entry: FileEntry, drop: Callable[[], None] | None = None, how: str = ""
+) -> None:
+    """The one check of a file's bytes against the Hub's id; ``drop`` removes what holds
+    them first (a file that fails is never used). ``how`` replaces the digests in the
+    message (--stream says where it was caught)."""
+    got = h.hexdigest()
+    if got == expected_id(entry):
+        return
+    if drop is not None:
+        drop()
+    kind = "sha256" if entry.sha256 else "git blob id"
+    detail = how or f"(expected {expected_id(entry)}, got {got})"
+    raise IntegrityError(f"{entry.path}: {kind} mismatch {detail}")
+
+
+def spans_segments(size: int, segment: int, opts: FetchOptions) -> bool:
+    """The one rule for a multi-connection read (disk or --stream): at least two segments
+    and more than one connection."""
+    return opts.connections > 1 and size >= 2 * segment
 
 
 class Hashes:
@@ -98,7 +165,10 @@ class Hashes:
         return self.file.hexdigest()
 
     def file_sha256(self) -> str:
-        return self._known_sha256 or self.sha256.hexdigest()  # type: ignore[union-attr]
+        if self._known_sha256:
+            return self._known_sha256
+        # A git-stored file: its sha256 was hashed alongside (set in __init__).
+        return cast("hashlib._Hash", self.sha256).hexdigest()
 
     def layer_digest(self) -> str | None:
         if self.layer is None or self.frame is None:
