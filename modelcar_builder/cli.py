@@ -44,7 +44,8 @@ class _StderrHandler(logging.StreamHandler):
 
 EXIT_CODES = """Exit codes (README.md lists each): 0 ok; 1 unexpected I/O; 2 usage;
 10-18 source, selection, plan and base image; 20-21 download; 30-32 workspace and
-outputs; 40-43 engine; 50-52 registry; 60 verification; 130 interrupted (rerun to continue)."""
+outputs; 40-43 engine; 50-52 registry; 60-61 verification (61: no such image);
+130 interrupted (rerun to continue)."""
 
 
 class _Commands(click.Group):
