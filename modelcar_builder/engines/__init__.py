@@ -5,7 +5,7 @@ through the registry (``engines.catalog``) and the ``Engine`` Protocol below."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -95,6 +95,25 @@ class LayerResult:
     files: tuple[str, ...]  # paths under /models; empty for base layers
     uploaded: bool  # False when the target already had it
     mounted: bool = False  # mounted from another repository of the same registry
+
+
+def layer_results(
+    plan: Plan, built: Sequence[BuiltLayer], media_type: str
+) -> tuple[LayerResult, ...]:
+    """What an engine that pushed ``built`` (one per planned layer, in plan order) reports
+    for each: native and its multi-arch index give the same model layers."""
+    return tuple(
+        LayerResult(
+            b.digest,
+            b.size,
+            b.diff_id,
+            media_type,
+            tuple(f.path for f in lp.files),
+            b.uploaded,
+            b.mounted,
+        )
+        for lp, b in zip(plan.layers, built, strict=True)
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import logging
 import time
 from functools import partial
 
-from modelcar_builder.engines import BuildRequest, BuildResult, LayerResult
+from modelcar_builder.engines import BuildRequest, BuildResult, layer_results
 from modelcar_builder.engines.assemble import assemble_image
 from modelcar_builder.engines.base_image import copy_base, load_base
 from modelcar_builder.oci import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST
@@ -67,18 +67,7 @@ def build_multiarch(engine, request: BuildRequest) -> BuildResult:
         if client is not None:
             client.close()
     timings["total"] = time.monotonic() - started
-    layers = tuple(
-        LayerResult(
-            p.digest,
-            p.size,
-            p.diff_id,
-            media_type,
-            tuple(f.path for f in lp.files),
-            p.uploaded,
-            p.mounted,
-        )
-        for lp, p in zip(request.plan.layers, pushed, strict=True)
-    )
+    layers = layer_results(request.plan, pushed, media_type)
     return BuildResult(
         engine=engine.name,
         target=str(request.target),

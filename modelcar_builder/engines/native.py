@@ -16,9 +16,9 @@ from modelcar_builder.engines import (
     BuildRequest,
     BuildResult,
     BuiltLayer,
-    LayerResult,
     Readiness,
     fetched_bytes,
+    layer_results,
 )
 from modelcar_builder.engines.assemble import assemble_image
 from modelcar_builder.engines.base_image import BaseSource, copy_base, load_base
@@ -103,18 +103,7 @@ class NativeEngine:
                 client.close()
         timings["total"] = time.monotonic() - started
         media_type = layer_media_type(request.compression)
-        layers = tuple(
-            LayerResult(
-                p.digest,
-                p.size,
-                p.diff_id,
-                media_type,
-                tuple(f.path for f in lp.files),
-                p.uploaded,
-                p.mounted,
-            )
-            for lp, p in zip(request.plan.layers, pushed, strict=True)
-        )
+        layers = layer_results(request.plan, pushed, media_type)
         return BuildResult(
             engine=self.name,
             target=str(request.target),
