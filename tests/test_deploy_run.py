@@ -530,6 +530,15 @@ def test_indexed_job_builds_the_line_of_its_index(builder, tmp_path, session_reg
     assert (volume / "model-1" / "report.json").is_file()
 
 
+def _ca_directory(directory: Path, ca_file: Path, name: str) -> Path:
+    """A directory holding the registry's CA as ``name``, readable by the pod's UID."""
+    directory.mkdir()
+    shutil.copyfile(ca_file, directory / name)
+    directory.chmod(0o755)
+    (directory / name).chmod(0o644)
+    return directory
+
+
 def test_native_task_trusts_the_bundle_openshift_pipelines_injects(
     builder, tmp_path, session_registry_tls
 ):
@@ -538,11 +547,7 @@ def test_native_task_trusts_the_bundle_openshift_pipelines_injects(
     cluster's trusted bundle at /tekton-custom-certs/ca-bundle.crt and SSL_CERT_DIR naming
     it, and the build trusts it."""
     reg = session_registry_tls
-    certs = tmp_path / "tekton-custom-certs"
-    certs.mkdir()
-    shutil.copyfile(reg.ca_file, certs / "ca-bundle.crt")
-    certs.chmod(0o755)
-    (certs / "ca-bundle.crt").chmod(0o644)
+    certs = _ca_directory(tmp_path / "tekton-custom-certs", reg.ca_file, "ca-bundle.crt")
     volume = _volume(tmp_path / "pvc")
     results = _results_dir(tmp_path / "results")
     step = StepPod(
@@ -577,11 +582,7 @@ def test_native_task_trusts_the_ca_bundle_workspace(builder, tmp_path, session_r
     (a ConfigMap with ca.crt), through the Task's step param to the StepAction's
     CA_BUNDLE_DIR and the entrypoint's MODELCAR_CA_FILE; no SSL_CERT_DIR."""
     reg = session_registry_tls
-    bundle = tmp_path / "ca-bundle"
-    bundle.mkdir()
-    shutil.copyfile(reg.ca_file, bundle / "ca.crt")
-    bundle.chmod(0o755)
-    (bundle / "ca.crt").chmod(0o644)
+    bundle = _ca_directory(tmp_path / "ca-bundle", reg.ca_file, "ca.crt")
     volume = _volume(tmp_path / "pvc")
     results = _results_dir(tmp_path / "results")
     step = StepPod(
