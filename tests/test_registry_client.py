@@ -31,6 +31,7 @@ from modelcar_builder.registry import (
     RetryPolicy,
 )
 from modelcar_builder.verify import verify_push
+from tests.support.logwatch import on_nth_warning
 from tests.support.ports import free_port
 from tests.support.registry import (
     BaseImage,
@@ -503,25 +504,11 @@ def test_the_blob_head_before_an_upload_rides_out_a_restart(registry: RegistryIn
     `connection refused` inside the retry window. Restarted only at the third retry
     (past the 2 quick attempts: the window, not the attempts, keeps it going)."""
     policy = RetryPolicy(attempts=2, initial=0.05, maximum=0.2, window=30.0)
-    refused: list[str] = []
-
-    class RestartOnThirdRetry(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "connection refused" in record.getMessage():
-                refused.append(record.getMessage())
-                if len(refused) == 3:
-                    registry.start()
-
-    handler = RestartOnThirdRetry(logging.WARNING)
-    logger = logging.getLogger("modelcar.registry")
-    logger.addHandler(handler)
-    try:
-        with client_for(registry, retry=policy) as client:
-            client.ping()
-            registry.kill()
-            assert client.blob_size("outage/head", digest_of(b"absent")) is None
-    finally:
-        logger.removeHandler(handler)
+    watch = on_nth_warning("modelcar.registry", "connection refused", 3, registry.start)
+    with watch as refused, client_for(registry, retry=policy) as client:
+        client.ping()
+        registry.kill()
+        assert client.blob_size("outage/head", digest_of(b"absent")) is None
     assert len(refused) == 3, refused
 
 
@@ -534,26 +521,12 @@ def test_a_token_server_outage_is_ridden_out_like_the_registrys(
     ts = registry_token.token_server
     assert ts is not None
     policy = RetryPolicy(attempts=2, initial=0.05, maximum=0.2, window=30.0)
-    lines: list[str] = []
-
-    class StartOnThirdRetry(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "cannot reach token server" in record.getMessage():
-                lines.append(record.getMessage())
-                if len(lines) == 3:
-                    ts.start()
-
-    handler = StartOnThirdRetry(logging.WARNING)
-    logger = logging.getLogger("modelcar.registry")
-    logger.addHandler(handler)
-    try:
-        with client_for(registry_token, creds_for(registry_token), retry=policy) as client:
-            client.ping()
-            ts.stop()
-            # A repository not asked about yet: its pull token must be fetched now.
-            assert client.blob_size("outage/token", digest_of(b"absent")) is None
-    finally:
-        logger.removeHandler(handler)
+    watch = on_nth_warning("modelcar.registry", "cannot reach token server", 3, ts.start)
+    with watch as lines, client_for(registry_token, creds_for(registry_token), retry=policy) as c:
+        c.ping()
+        ts.stop()
+        # A repository not asked about yet: its pull token must be fetched now.
+        assert c.blob_size("outage/token", digest_of(b"absent")) is None
     assert len(lines) == 3, lines
 
 
