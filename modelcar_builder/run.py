@@ -8,6 +8,7 @@ back from the target rather than trusting what the push reported.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import shutil
@@ -79,8 +80,9 @@ class BuildOutcome:
     image_url: str  # oci://registry/repo@sha256:... (KServe storageUri) or oci:PATH@sha256
     downloaded_bytes: int
     timings: dict[str, float] = field(default_factory=dict)
-    # path -> sha256 of each file whose sha256 the source does not give; called by
-    # --report only, as it may have to read local files (see file_sha256s)
+    # path -> sha256 of each file whose sha256 the source does not give. Computed on the
+    # first call only, and only where asked (the report, the provenance): it may have to
+    # read a local model's files again (see file_sha256s)
     file_sha256: Callable[[], dict[str, str]] = dict
 
 
@@ -210,7 +212,7 @@ def run_build(
     hashed = dict(state.sha256)
     return BuildOutcome(
         result, verified, url, downloaded, timings,
-        lambda: file_sha256s(plan, files_dir, hashed),
+        functools.cache(functools.partial(file_sha256s, plan, files_dir, hashed)),
     )  # fmt: skip
 
 

@@ -91,7 +91,7 @@ def sign_build(
             image_name=f"{ref.registry}/{repo}",
             image_digest=digest,
             snapshot=snapshot,
-            files=provenance.file_digests(snapshot.files, files_dir),
+            files=provenance.file_digests(snapshot.files, outcome.file_sha256()),
             base=base,
             parameters=_parameters(snapshot, target, settings),
             internal=_internal(plan, settings),

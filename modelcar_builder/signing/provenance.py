@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -38,15 +36,16 @@ class BaseImageDep:
     layers: tuple[str, ...]  # the base layers' digests as they are in the pushed image
 
 
-def file_digests(entries: Iterable[FileEntry], model_dir: Path | None) -> dict[str, dict[str, str]]:
-    """Per path: sha256 (from the plan, else hashed from the verified file on disk) and
-    the git blob id where the Hub gave one."""
+def file_digests(
+    entries: Iterable[FileEntry], computed: Mapping[str, str]
+) -> dict[str, dict[str, str]]:
+    """Per path: sha256 (from the plan, else ``computed``: what the build hashed, or read
+    back from the verified file, for files the source gives none of) and the git blob id
+    where the Hub gave one."""
     out: dict[str, dict[str, str]] = {}
     for entry in entries:
         digest: dict[str, str] = {}
-        sha = entry.sha256
-        if sha is None and model_dir is not None:
-            sha = _sha256_file(model_dir / entry.path)
+        sha = entry.sha256 or computed.get(entry.path)
         if sha:
             digest["sha256"] = sha
         if entry.blob_id:
@@ -181,11 +180,3 @@ def _base_uri(reference: str) -> str:
 
 def _rfc3339(when: datetime.datetime) -> str:
     return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
