@@ -16,6 +16,7 @@ checked by the CLI's own rule (finite, in range), choices against the CLI's choi
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -246,8 +247,14 @@ class Built:
 
     image_url: str  # oci://REGISTRY/REPO@sha256:… (or oci:PATH@sha256:…)
     digest: str
-    report: dict[str, Any]
+    plan: Plan
     outcome: BuildOutcome
+
+    @functools.cached_property
+    def report(self) -> dict[str, Any]:
+        """The `--report` document. Made when first asked for: it may read a local
+        model's files again for their sha256 (run.file_sha256s)."""
+        return build_document(self.plan, self.outcome)
 
 
 def plan(options: SourceOptions | str) -> Plan:
@@ -321,13 +328,13 @@ def build(options: BuildOptions) -> Built:
     finally:
         release()
     _log_summary(outcome, push)
-    report = build_document(resolved.plan, outcome)
+    built = Built(outcome.image_url, outcome.result.manifest_digest, resolved.plan, outcome)
     if options.report_file:
-        Path(options.report_file).write_text(dumps(report) + "\n")
+        Path(options.report_file).write_text(dumps(built.report) + "\n")
     results = Path(options.results_dir) if options.results_dir else TEKTON_RESULTS
     if push and (options.results_dir or results.is_dir()):
         write_results(outcome, target, results)
-    return Built(outcome.image_url, outcome.result.manifest_digest, report, outcome)
+    return built
 
 
 def _check_before_download(options: BuildOptions, resolved: Resolved, ws: Workspace) -> None:
