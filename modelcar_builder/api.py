@@ -89,10 +89,6 @@ UPLOADS = ("monolithic", "chunked")
 LOADS = ("auto", "podman", "docker")
 
 
-def _number(value: float, option: str, bounds: Bounds) -> None:
-    check_number(value, option, bounds)
-
-
 def _choice(value: str | None, option: str, choices: tuple[str, ...]) -> None:
     if value is not None and value not in choices:
         raise UsageError(
@@ -121,10 +117,10 @@ class SourceOptions:
     def resolve(self, base_layers: int = 1, hub_timeout: float | None = None) -> Resolved:
         """Pin the source and plan its layers; ``base_layers`` is what the base image
         adds to the layer count, ``hub_timeout`` bounds the Hub's metadata calls."""
-        _number(self.layer_threshold, "--layer-threshold", LAYER_THRESHOLD)
-        _number(self.max_layers, "--max-layers", MAX_LAYERS)
+        check_number(self.layer_threshold, "--layer-threshold", LAYER_THRESHOLD)
+        check_number(self.max_layers, "--max-layers", MAX_LAYERS)
         if self.max_layer_size is not None:
-            _number(self.max_layer_size, "--max-layer-size", MAX_LAYER_SIZE)
+            check_number(self.max_layer_size, "--max-layer-size", MAX_LAYER_SIZE)
         selection = Selection(tuple(self.include), tuple(self.exclude), self.all_files)
         return resolve(
             self.source,
@@ -161,13 +157,13 @@ class RegistryAccess:
 
 
 def check_fetch(opts: FetchOptions) -> None:
-    _number(opts.jobs, "--fetch-jobs", FETCH_JOBS)
-    _number(opts.connections, "--connections", CONNECTIONS)
-    _number(opts.attempts, "--attempts", ATTEMPTS)
-    _number(opts.read_timeout, "--read-timeout", READ_TIMEOUT)
+    check_number(opts.jobs, "--fetch-jobs", FETCH_JOBS)
+    check_number(opts.connections, "--connections", CONNECTIONS)
+    check_number(opts.attempts, "--attempts", ATTEMPTS)
+    check_number(opts.read_timeout, "--read-timeout", READ_TIMEOUT)
     if opts.progress_interval is not None:
-        _number(opts.progress_interval, "--progress-interval", PROGRESS_INTERVAL)
-    _number(opts.segment_size, "MODELCAR_SEGMENT_SIZE", SEGMENT_SIZE)
+        check_number(opts.progress_interval, "--progress-interval", PROGRESS_INTERVAL)
+    check_number(opts.segment_size, "MODELCAR_SEGMENT_SIZE", SEGMENT_SIZE)
 
 
 @dataclass(frozen=True)
@@ -206,8 +202,8 @@ class BuildOptions:
         _choice(self.compression, "--compression", COMPRESSIONS)
         _choice(self.upload, "--upload", UPLOADS)
         _choice(self.load, "--load", LOADS)
-        _number(self.jobs, "--jobs", JOBS)
-        _number(self.chunk_size, "--chunk-size", CHUNK_SIZE)
+        check_number(self.jobs, "--jobs", JOBS)
+        check_number(self.chunk_size, "--chunk-size", CHUNK_SIZE)
         check_fetch(self.fetch)
 
     def target_image(self) -> tuple[str, bool]:
