@@ -61,7 +61,7 @@ def repo_files(repo: str, size: int) -> dict[str, int]:
 
 
 def serve_hub_repos(spec: str) -> None:
-    """Child side: a HubSim holding the repos of ``spec`` (JSON: size, cap), printed
+    """Child side: a HubSim holding the repos of ``spec`` (JSON: size, cap, repos), printed
     endpoint, served until stdin closes. Bytes are random (incompressible), seeded."""
     sys.path.insert(0, str(REPO_ROOT))
     from tests.support.hubsim import HubSim
@@ -69,9 +69,10 @@ def serve_hub_repos(spec: str) -> None:
     params = json.loads(spec)
     hub = HubSim(connection_rate=params["cap"]).start()
     rng = random.Random(7)
-    for repo in (ONE_FILE, SHARDED):
-        files = {path: _random(rng, n) for path, n in repo_files(repo, params["size"]).items()}
-        hub.add_repo(repo, files)
+    # "repos" (repo -> path -> size) for another layout (scripts/bench/peers.py)
+    layout = params.get("repos") or {r: repo_files(r, params["size"]) for r in (ONE_FILE, SHARDED)}
+    for repo, sizes in layout.items():
+        hub.add_repo(repo, {path: _random(rng, n) for path, n in sizes.items()})
     print(json.dumps({"endpoint": hub.endpoint}), flush=True)
     sys.stdin.read()
     hub.stop()
