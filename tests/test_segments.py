@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from modelcar_builder import errors
-from modelcar_builder.source.segments import Segments
+from modelcar_builder.source.pool import Segments
 from tests.support.clitools import run
 from tests.support.waiting import wait_until
 
@@ -251,7 +251,7 @@ def test_layer_0_is_downloaded_first_with_most_connections(hub, tmp_path):
 def test_a_free_connection_goes_to_the_earliest_file_waiting():
     import threading
 
-    from modelcar_builder.source.transfer import ConnectionBudget
+    from modelcar_builder.source.connections import ConnectionBudget
 
     budget = ConnectionBudget(2)
     budget.acquire(0)

@@ -16,10 +16,10 @@ import pytest
 from modelcar_builder import errors
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.snapshot import FileEntry
+from modelcar_builder.source.fetch_options import FetchOptions
 from modelcar_builder.source.hub import HubAccess
-from modelcar_builder.source.readahead import window_segments
 from modelcar_builder.source.stream import HubStreams
-from modelcar_builder.source.transfer import FetchOptions
+from modelcar_builder.source.window import window_segments
 from tests.support.clitools import run
 from tests.support.imagecheck import assert_models_match, unpack
 from tests.support.models import MIB, REPO, build_args, model_files
@@ -169,16 +169,16 @@ def test_a_worker_finds_its_segment_already_read_and_freed(big_repo, monkeypatch
     take that as done (a KeyError here once failed a --stream build under load). The
     worker is held for a moment after each body so that the reader always gets there
     first: the interleaving the race needs, every time."""
-    from modelcar_builder.source import readahead
+    from modelcar_builder.source import pool
 
-    real = readahead.read_body
+    real = pool.read_body
 
     def then_pause(*args):  # type: ignore[no-untyped-def]
         reached = real(*args)
         time.sleep(0.05)  # the reader, right behind, reads the segment out and frees it
         return reached
 
-    monkeypatch.setattr(readahead, "read_body", then_pause)
+    monkeypatch.setattr(pool, "read_body", then_pause)
     data = model_files(n_shards=1, shard_size=3 * MIB)[BIG]
     opts = FetchOptions(connections=4, segment_size=SEG)
     streams = HubStreams(HubAccess(big_repo.endpoint), REPO, big_repo.head(REPO), opts)

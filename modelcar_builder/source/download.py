@@ -8,7 +8,6 @@ file that fails is deleted, never used.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -20,7 +19,6 @@ from typing import TYPE_CHECKING
 from modelcar_builder.errors import (
     DownloadFailed,
     IntegrityError,
-    Interrupted,
     ModelcarError,
     SourceNotFound,
 )
@@ -29,31 +27,15 @@ from modelcar_builder.parallel import run_parallel
 from modelcar_builder.plan import Plan
 from modelcar_builder.progress import HighWater, Progress
 from modelcar_builder.snapshot import FileEntry
-from modelcar_builder.source import segments
-from modelcar_builder.source.ranges import NoRanges, RangeSource, read_body
-from modelcar_builder.source.transfer import (
-    CHUNK,
-    ConnectionBudget,
-    Counter,
-    FetchOptions,
-    Hashes,
-    Transient,
-    check_digest,
-    check_status,
-    disk_full,
-    expected_id,
-    hub_session,
-    retrying,
-)
+from modelcar_builder.source import partfile
+from modelcar_builder.source.connections import ConnectionBudget
+from modelcar_builder.source.digest import Hashes, expected_id
+from modelcar_builder.source.fetch_options import CHUNK, FetchOptions
+from modelcar_builder.source.http import Transient, check_status, hub_session, retrying
+from modelcar_builder.source.pool import Counter
 from modelcar_builder.state import BuildState, LayerRecord, layer_key
 from modelcar_builder.units import human
-from modelcar_builder.workspace import (
-    FILE_MODE,
-    SHARED_FILE_MODE,
-    Workspace,
-    make_dir,
-    take_over,
-)
+from modelcar_builder.workspace import FILE_MODE, Workspace, make_dir
 
 if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
     from modelcar_builder.source.hub import HubAccess
@@ -114,7 +96,7 @@ def fetch(
         log.info("all %d files already downloaded and verified; nothing to fetch", len(reused))
         return FetchResult(files_dir, 0, (), tuple(reused))
 
-    have = sum(segments.partial_bytes(partial_dir / f"{e.path}.part", e.size) for e in todo)
+    have = sum(partfile.partial_bytes(partial_dir / f"{e.path}.part", e.size) for e in todo)
     need = sum(e.size for e in todo) - have
     workspace.require_space(need, f"downloading {len(todo)} files")
     log.info(
@@ -257,7 +239,7 @@ def _fetch_one(
     try:
         for attempt in policy:
             with attempt:
-                hashes = _download(
+                hashes = partfile.download_part(
                     session, url, access, entry, part, opts, shown, counter, frame, budget, rank
                 )
     except Transient as exc:
@@ -274,85 +256,3 @@ def _same_wrong_bytes(exc: BaseException | None, tries: int) -> bool:
     """Stop after two sha256 mismatches at once: the same wrong bytes twice are not a
     network accident, and each try of a 10 GB shard costs 10 GB."""
     return isinstance(exc, IntegrityError) and tries >= 2
-
-
-def _download(
-    session, url, access, entry, part: Path, opts, progress, counter, frame, budget, rank=0
-) -> Hashes:
-    if segments.wanted(entry, part, opts):
-        try:
-            return segments.SegmentedDownload(
-                session, url, access, entry, part, opts, progress, counter, frame, budget, rank
-            ).run()
-        except NoRanges as exc:
-            log.warning("%s: %s; downloading it over one connection", entry.path, exc)
-            segments.discard(part)
-    make_dir(part.parent)
-    offset = _part_size(part)
-    if offset > entry.size:
-        part.unlink()
-        offset = 0
-    if offset == entry.size:
-        # Complete but not yet renamed (a crash right at the end), or an empty file whose
-        # content is known from its size alone: check it, no request. touch() gives an
-        # empty file its .part (a crash-free first run never created one).
-        part.touch(mode=FILE_MODE, exist_ok=True)
-        take_over(part)  # it gets chmod-ed and renamed next: it must be ours
-        h = Hashes(entry, frame)
-        _rehash_prefix(part, offset, h)
-        _check_digest(h, entry, part)
-        return h
-    source = RangeSource(session, url, access, entry, opts, threading.Event(), whole=True)
-    try:
-        resp = source.open(offset, entry.size)
-    except NoRanges:
-        # The server ignored Range resuming the file: start over rather than append twice.
-        log.info("%s: the server ignored Range; downloading it again from byte 0", entry.path)
-        part.unlink(missing_ok=True)
-        offset = 0
-        resp = source.open(0, entry.size)
-    if resp is None:  # only a stop, which this source never sets
-        raise Interrupted("download stopped: the build ended")
-    h = Hashes(entry, frame)
-    if offset:
-        take_over(part)  # another UID of the group may have started it
-        _rehash_prefix(part, offset, h)
-    received = offset
-    with resp, open(part, "ab" if offset else "wb") as out:
-        if not offset:
-            os.fchmod(out.fileno(), SHARED_FILE_MODE)  # ours: 0664 whatever the umask
-
-        def keep(block: memoryview, pos: int) -> int:
-            try:
-                out.write(block)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise disk_full(part, entry, pos) from None
-                raise
-            h.update(block)
-            counter.add(len(block))
-            progress.reached(pos + len(block))
-            return pos + len(block)
-
-        received = read_body(resp, offset, entry.size, keep, lambda: not opts.cancelled())
-    if opts.cancelled():
-        raise Interrupted("download stopped: the build ended")
-    if received != entry.size:
-        raise Transient(f"got {received} of {entry.size} bytes")
-    _check_digest(h, entry, part)
-    return h
-
-
-def _check_digest(h: Hashes, entry: FileEntry, part: Path) -> None:
-    check_digest(h, entry, part.unlink)
-
-
-def _rehash_prefix(part: Path, offset: int, h) -> None:
-    with open(part, "rb") as f:
-        remaining = offset
-        while remaining:
-            block = f.read(min(8 * CHUNK, remaining))
-            if not block:
-                break
-            h.update(block)
-            remaining -= len(block)

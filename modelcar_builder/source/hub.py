@@ -31,7 +31,8 @@ from modelcar_builder.errors import (
 from modelcar_builder.selection import Selection, select_files
 from modelcar_builder.settings import environment
 from modelcar_builder.snapshot import FileEntry, Snapshot
-from modelcar_builder.source.transfer import READ_TIMEOUT, rate_limit_wait
+from modelcar_builder.source.fetch_options import READ_TIMEOUT
+from modelcar_builder.source.http import rate_limit_wait
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 METADATA_ATTEMPTS = 3  # one lost or stalled answer, or a 5xx blip, must not end a build

@@ -1,9 +1,9 @@
 """A Hub file as a self-checking stream, for ``--stream`` (Hub -> tar -> registry, with
 no disk for the model): resumed with Range on faults, checked on its last byte. A large
-file is read ahead as parallel Range segments (``readahead.py``: at most
-min(--connections, 16) segments of 4 MiB held in memory for the whole build, 64 MiB with
-the default 16 connections); a small one, or one whose server ignores Range, over one
-connection."""
+file is read ahead as parallel Range segments by the segment pool into its in-memory
+sink (``window.py``: at most min(--connections, 16) segments of 4 MiB held in memory for
+the whole build, 64 MiB with the default 16 connections); a small one, or one whose server
+ignores Range, is read over one connection on the reader's own thread."""
 
 from __future__ import annotations
 
@@ -19,22 +19,18 @@ import urllib3
 from modelcar_builder.errors import DownloadFailed
 from modelcar_builder.progress import Progress
 from modelcar_builder.snapshot import FileEntry
-from modelcar_builder.source import readahead
-from modelcar_builder.source.ranges import NoRanges, RangeSource
-from modelcar_builder.source.readahead import (
+from modelcar_builder.source.connections import ConnectionBudget
+from modelcar_builder.source.digest import Hashes, check_digest
+from modelcar_builder.source.fetch_options import FetchOptions
+from modelcar_builder.source.http import NoRanges, RangeSource, Transient, hub_session, resuming
+from modelcar_builder.source.window import (
     STREAM_HINT,
     BufferWindow,
     ReadAhead,
     gave_up,
-    stream_retrying,
-)
-from modelcar_builder.source.transfer import (
-    ConnectionBudget,
-    FetchOptions,
-    Hashes,
-    Transient,
-    check_digest,
-    hub_session,
+    stream_segment,
+    wanted,
+    window_segments,
 )
 
 if TYPE_CHECKING:  # huggingface_hub is slow to import; local builds never need it
@@ -87,14 +83,14 @@ class HubFileStream(io.RawIOBase):
             # Nothing to read: check the empty content's id now (the last byte "arrived").
             self._check(self._hash)
             return
-        if connections is not None and window is not None and readahead.wanted(entry, opts):
+        if connections is not None and window is not None and wanted(entry, opts):
             self._ahead = ReadAhead(session, self._url, access, entry, opts, connections, window)
         else:
             self._connect_first()
 
     def _connect_first(self) -> None:
         """The first connection, retried like any other read."""
-        policy = stream_retrying(self.entry.path, self._opts, lambda: 0)
+        policy = resuming(self.entry.path, self._opts, lambda: 0)
         try:
             for attempt in policy:
                 with attempt:
@@ -124,8 +120,7 @@ class HubFileStream(io.RawIOBase):
     def _read_one(self, target: memoryview) -> int:
         """Bytes from the one connection, reopened with Range at the byte reached after
         a fault: ``attempts`` tries for the whole file (faults so far are spent)."""
-        policy = stream_retrying(self.entry.path, self._opts, lambda: self.received,
-                                 self._faults)  # fmt: skip
+        policy = resuming(self.entry.path, self._opts, lambda: self.received, self._faults)
         try:
             for attempt in policy:
                 with attempt:
@@ -199,7 +194,7 @@ class HubStreams:
         self.access, self.repo_id, self.commit, self.opts = access, repo_id, commit, opts
         self.session = hub_session(opts)
         self.connections = ConnectionBudget(opts.connections)
-        self.window = BufferWindow(readahead.window_segments(opts), readahead.stream_segment(opts))
+        self.window = BufferWindow(window_segments(opts), stream_segment(opts))
         self.sha256: dict[str, str] = {}  # git blob id -> sha256, of files streamed whole
         self._lock = threading.Lock()
 

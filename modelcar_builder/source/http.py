@@ -1,32 +1,168 @@
-"""One file's HTTP Range requests, whoever keeps the bytes (the disk path's segments,
-``--stream``'s read-ahead): the /resolve/ URL resolved once to the CDN's signed URL and
-again when it expires, 429s waited out, a 206 checked to start where it was asked to,
-and the body handed on in blocks up to the byte a cut reached."""
+"""The one road of an HTTP GET to the Hub, whoever keeps the bytes (the disk path, or
+``--stream``): the session, the one retry policy (tenacity), the status rules with the
+one 429/``RateLimit`` rule (wait as asked, spend no attempt), the /resolve/ URL resolved
+once to the CDN's signed URL and again when it expires, a 206 checked to start where it
+was asked to, and the body handed on in blocks up to the byte a cut reached."""
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import re
 import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import tenacity
 import urllib3
 
-from modelcar_builder.errors import AccessDenied, Interrupted
+from modelcar_builder.errors import AccessDenied, DownloadFailed, Interrupted, SourceNotFound
 from modelcar_builder.snapshot import FileEntry
-from modelcar_builder.source.transfer import (
-    CHUNK,
-    FetchOptions,
-    Transient,
-    check_status,
-    wait_rate_limit,
-)
+from modelcar_builder.source.fetch_options import CHUNK, FetchOptions
 
-log = logging.getLogger("modelcar.source.ranges")
+log = logging.getLogger("modelcar.source.http")
+RATE_LIMIT_DEFAULT_WAIT = 5.0  # a 429 that does not say how long
+RATE_LIMIT_MAX_WAIT = 600.0
 # Bytes handed on at once. Each worker thread holds its block and what read1 returned in
 # its own malloc arena: 1 MiB blocks cost about 6 MB of RSS per connection.
 READ_BLOCK = CHUNK // 4
 MAX_RESOLVES = 4  # per attempt: an expired CDN URL is resolved again, a few times at most
+
+
+class Transient(Exception):
+    """A failure worth retrying: 5xx, a cut connection, a stall."""
+
+
+def retrying(
+    opts: FetchOptions,
+    on_retry: Callable[[BaseException | None, float, int], None],
+    *,
+    retry_on: tuple[type[BaseException], ...] = (Transient,),
+    spent: int = 0,
+    give_up: Callable[[BaseException | None, int], bool] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> tenacity.Retrying:
+    """The downloads' one retry policy: ``opts.attempts`` tries in all (``spent`` of them
+    used before), waiting 0.5 s, 1 s, 2 s ... up to ``backoff_max`` between them. A 429
+    never reaches it (``get_answer`` waits one out without spending a try).
+    ``on_retry(fault, wait, tries so far)`` says so before each wait; ``give_up(fault,
+    tries)`` may stop early; ``sleep`` is the wait (a stop event's ``wait`` cuts it short)."""
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        tries = spent + state.attempt_number
+        exc = state.outcome.exception() if state.outcome else None
+        return tries >= opts.attempts or (give_up is not None and give_up(exc, tries))
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        return min(opts.backoff_max, 0.5 * 2 ** (spent + state.attempt_number - 1))
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        pause = state.next_action.sleep if state.next_action else 0.0
+        on_retry(exc, pause, spent + state.attempt_number)
+
+    return tenacity.Retrying(
+        stop=stop,
+        wait=wait,
+        retry=tenacity.retry_if_exception_type(retry_on),
+        before_sleep=before_sleep,
+        sleep=sleep or time.sleep,
+        reraise=True,
+    )
+
+
+def resuming(
+    path: str, opts: FetchOptions, where: Callable[[], int], spent: int = 0,
+    stop: threading.Event | None = None,
+) -> tenacity.Retrying:  # fmt: skip
+    """The retry policy for a read that resumes where it stopped (a segment, a stream),
+    saying at which byte (``where()``); ``stop`` cuts a wait short (a closed stream)."""
+
+    def say(exc: BaseException | None, wait: float, tries: int) -> None:
+        log.warning("%s: %s; resuming at byte %d, retrying in %.1f s (attempt %d of %d)",
+                    path, exc, where(), wait, tries + 1, opts.attempts)  # fmt: skip
+
+    def pause(seconds: float) -> None:
+        if stop is not None:
+            stop.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    return retrying(opts, say, spent=spent, sleep=pause)
+
+
+def hub_session(opts: FetchOptions) -> requests.Session:
+    """One HTTP session for the run, its pool as large as the connection budget (the
+    default 10 per host would drop and reopen connections to the CDN)."""
+    session = requests.Session()
+    size = max(opts.connections, opts.jobs) + 2
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def check_status(resp: requests.Response, entry: FileEntry) -> None:
+    code = resp.status_code
+    if code in (200, 206):
+        return
+    if code in (401, 403):
+        raise AccessDenied(f"the Hub refused the download of {entry.path} (HTTP {code})")
+    if code == 404:
+        raise SourceNotFound(f"{entry.path} vanished from the Hub (HTTP 404)")
+    if code == 416:
+        raise Transient("range not satisfiable")
+    if code >= 500 or code == 429:
+        raise Transient(f"HTTP {code} from {resp.url.split('?')[0]}")
+    raise DownloadFailed(f"unexpected HTTP {code} downloading {entry.path}")
+
+
+_RATELIMIT_T = re.compile(r"(?:^|[;,\s])t=(\d+(?:\.\d+)?)")
+
+
+class _Answer(Protocol):
+    """What the rate-limit parser reads: a requests or an httpx (huggingface_hub) response."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def rate_limit_wait(resp: _Answer, now: float | None = None) -> float:
+    """Seconds a 429 asks to wait: Retry-After (seconds or an HTTP date), else the
+    RateLimit header's t= (the Hub sends ``RateLimit: "resolvers";r=0;t=42``) or
+    RateLimit-Reset; a default when none says."""
+    headers = resp.headers
+    wait: float | None = None
+    value = headers.get("Retry-After", "").strip()
+    if value:
+        try:
+            wait = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value).timestamp()
+                wait = when - (time.time() if now is None else now)
+            except (TypeError, ValueError):
+                wait = None
+    if wait is None and (m := _RATELIMIT_T.search(headers.get("RateLimit", ""))):
+        wait = float(m.group(1))
+    if wait is None and headers.get("RateLimit-Reset", "").strip().isdigit():
+        wait = float(headers["RateLimit-Reset"])
+    if wait is None:
+        wait = RATE_LIMIT_DEFAULT_WAIT
+    return min(max(wait, 0.0), RATE_LIMIT_MAX_WAIT)
+
+
+def wait_rate_limit(resp: requests.Response, what: str, stop: threading.Event | None) -> None:
+    """Wait as a 429 says, saying so: a rate limit is not a fault, it spends no attempt."""
+    wait = rate_limit_wait(resp)
+    log.warning("%s: the Hub is rate limiting (HTTP 429); waiting %.0f s as it asks", what, wait)
+    if stop is not None:
+        stop.wait(wait)
+    else:
+        time.sleep(wait)
 
 
 class NoRanges(Exception):
