@@ -185,7 +185,7 @@ class NativeEngine:
         else:
             # Digest unknown until the last byte (gzip, or bytes still arriving from the
             # Hub): one streaming upload that hashes as it goes.
-            pushed = _stream_layer(request, sink, layer, tar_chunks)
+            pushed = _stream_layer(request, sink, layer, tar_chunks, tar.size)
         state.remember_layer(key, LayerRecord(pushed.digest, pushed.size, pushed.diff_id))
         _record_push(request, state, pushed.digest)
         return pushed
@@ -226,15 +226,21 @@ def _record_push(request: BuildRequest, state: BuildState, digest: str) -> None:
         state.remember_push(digest, target.ref.api_host, target.ref.repository)
 
 
-def _stream_layer(request: BuildRequest, sink: Sink, layer: LayerPlan, tar_chunks) -> BuiltLayer:
+def _stream_layer(
+    request: BuildRequest, sink: Sink, layer: LayerPlan, tar_chunks, tar_size: int
+) -> BuiltLayer:
     """One streaming upload; a registry that drops it mid-layer (a cut, a restart, a 5xx)
     gets the layer again from its first byte: a stream cannot be replayed or resumed
     where the registry lost it. The Hub side keeps its own retries (source/stream.py)."""
     for attempt in range(1, LAYER_RESTARTS + 1):
-        plain = DigestingIterator(tar_chunks())
-        body = gzip_chunks(plain) if request.compression == "gzip" else plain
+        # Uncompressed, the blob is the tar: its digest (hashed by the upload) is the
+        # diff_id too. Hashing the tar again here cost --stream one more sha256 of the
+        # model on the thread that feeds the upload.
+        plain = DigestingIterator(tar_chunks()) if request.compression == "gzip" else None
+        body = gzip_chunks(plain) if plain is not None else tar_chunks()
         try:
-            digest, size = sink.put_stream(body)
+            # Uncompressed, the size is known: sent with Content-Length, not chunked.
+            digest, size = sink.put_stream(body, None if plain is not None else tar_size)
         except (RegistryUnreachable, RegistryError) as exc:
             if attempt == LAYER_RESTARTS or isinstance(exc, RegistryAuthError):
                 raise
@@ -245,7 +251,7 @@ def _stream_layer(request: BuildRequest, sink: Sink, layer: LayerPlan, tar_chunk
             )  # fmt: skip
             time.sleep(wait)
             continue
-        return BuiltLayer(digest, size, plain.digest, uploaded=True)
+        return BuiltLayer(digest, size, plain.digest if plain else digest, uploaded=True)
     raise RegistryError(f"{layer.name}: upload failed")  # unreachable: the loop returns
 
 

@@ -19,7 +19,7 @@ class Sink(Protocol):
 
     def put_blob(self, digest: str, size: int, open_chunks: Callable[[], Chunks]) -> None: ...
 
-    def put_stream(self, chunks: Iterable[Chunk]) -> tuple[str, int]: ...
+    def put_stream(self, chunks: Iterable[Chunk], size: int | None = None) -> tuple[str, int]: ...
 
     def put_resumable(
         self, digest: str, size: int, open_at: Callable[[int], Chunks], chunk_size: int
@@ -59,8 +59,8 @@ class RegistrySink:
 
         self.put_resumable(digest, size, open_at, self.chunk_size)
 
-    def put_stream(self, chunks: Iterable[Chunk]) -> tuple[str, int]:
-        return self.client.upload_blob_stream(self.repo, chunks)
+    def put_stream(self, chunks: Iterable[Chunk], size: int | None = None) -> tuple[str, int]:
+        return self.client.upload_blob_stream(self.repo, chunks, size)
 
     def put_resumable(
         self, digest: str, size: int, open_at: Callable[[int], Chunks], chunk_size: int
@@ -92,7 +92,7 @@ class LayoutSink:
         _, n = self.layout.write_blob(open_chunks(), expected_digest=digest)
         self._written += n
 
-    def put_stream(self, chunks: Iterable[Chunk]) -> tuple[str, int]:
+    def put_stream(self, chunks: Iterable[Chunk], size: int | None = None) -> tuple[str, int]:
         digest, n = self.layout.write_blob(chunks)
         self._written += n
         return digest, n

@@ -188,11 +188,12 @@ class RegistryClient:
         self._uploads.monolithic(repo, digest, size, open_chunks)
 
     def upload_blob_stream(
-        self, repo: str, chunks: Iterable[bytes | memoryview]
+        self, repo: str, chunks: Iterable[bytes | memoryview], size: int | None = None
     ) -> tuple[str, int]:
-        """Upload bytes whose digest is not known yet; returns ``(digest, size)``.
-        The body PATCH is not retried (the iterable is consumed once); POST and PUT are."""
-        return self._uploads.streamed(repo, chunks)
+        """Upload bytes whose digest is not known yet (their ``size`` may be); returns
+        ``(digest, size)``. The body PATCH is not retried (the iterable is consumed
+        once); POST and PUT are."""
+        return self._uploads.streamed(repo, chunks, size)
 
     def upload_blob_chunked(
         self,

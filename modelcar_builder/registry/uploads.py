@@ -64,11 +64,15 @@ class BlobUploader:
             http.retrying(attempt)
         http.count(blobs_uploaded=1)
 
-    def streamed(self, repo: str, chunks: Iterable[bytes | memoryview]) -> tuple[str, int]:
-        """POST, one streaming PATCH (chunked transfer) hashed on the fly, then
-        ``PUT ?digest=`` with an empty body. The PATCH cannot be retried (the iterable
-        is consumed: the caller sends the layer again); POST and PUT are, through a
-        registry restart too, so that a resent layer waits for the registry to return."""
+    def streamed(
+        self, repo: str, chunks: Iterable[bytes | memoryview], size: int | None = None
+    ) -> tuple[str, int]:
+        """POST, one streaming PATCH hashed on the fly, then ``PUT ?digest=`` with an
+        empty body. The PATCH cannot be retried (the iterable is consumed: the caller
+        sends the layer again); POST and PUT are, through a registry restart too, so that
+        a resent layer waits for the registry to return. ``size``, when known, goes as
+        Content-Length and every chunk is sent as it is; without it the body is sent
+        chunked, and urllib3 copies every chunk into a new bytes to frame it."""
         http, scopes = self._http, push(repo)
         hasher = hashlib.sha256()
         counter = _Counter()
@@ -87,7 +91,7 @@ class BlobUploader:
                 "PATCH",
                 location,
                 scopes,
-                data=pieces(),
+                data=pieces() if size is None else _Sized(pieces(), size),
                 headers={"Content-Type": OCTET},
                 replayable=False,
             )
@@ -262,6 +266,19 @@ class _Body:
             raise SourceFailed(
                 BuildFailed(f"the data for {self._label} ended at {sent} of {self._size} bytes")
             )
+
+
+class _Sized:
+    """An iterable body of known length: requests sends it with Content-Length."""
+
+    def __init__(self, chunks: Iterable[bytes | memoryview], size: int) -> None:
+        self._chunks, self._size = chunks, size
+
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        return iter(self._chunks)
+
+    def __len__(self) -> int:
+        return self._size
 
 
 def _add_query(url: str, **params: str) -> str:
