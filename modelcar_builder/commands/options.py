@@ -229,7 +229,8 @@ def fetch_params(fn):
             type=Number(ATTEMPTS),
             default=FetchOptions.attempts,
             envvar="MODELCAR_ATTEMPTS",
-            help="Tries per file before the download counts as failed.",
+            help="Tries per Range segment (a file over one connection is one) before the "
+            "download counts as failed.",
         ),
         click.option(
             "--read-timeout",

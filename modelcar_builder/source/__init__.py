@@ -1,7 +1,10 @@
 """Sources: where a model comes from. ``parse_source`` reads a SOURCE argument;
 ``hub.py`` and ``local.py`` turn it into a pinned Snapshot (nothing is downloaded there);
 ``download.py`` brings a Hub snapshot's bytes onto the workspace, verified; ``stream.py``
-reads them as self-checking streams for ``--stream``."""
+reads them as self-checking streams for ``--stream``. Both take one road: ``http.py``
+(every GET, its retry policy and 429 rule), ``pool.py`` (one segment pool) with its two
+sinks ``partfile.py`` (the ``.part`` file) and ``window.py`` (the in-memory window),
+``digest.py``, ``connections.py`` and ``fetch_options.py``."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """Download a Hub snapshot onto the workspace, verified and resumable.
 
-huggingface_hub 2.4 neither resumes across processes nor checks sha256, so
-bytes are streamed here with requests: partial files survive a crash and continue with
-HTTP Range, every file is checked against the Hub's LFS sha256 or its git blob id, and a
-file that fails is deleted, never used.
+huggingface_hub 2.4 neither resumes across processes nor checks sha256, so bytes are
+fetched here with requests, each file by the segment pool into its ``.part``
+(``partfile.py``): partial files survive a crash and continue with HTTP Range, every file
+is checked against the Hub's LFS sha256 or its git blob id, and a file that fails is
+deleted, never used. This module decides which files, in which order, with which
+connections, retries a file whose bytes failed their check, and records what verified.
 """
 
 from __future__ import annotations
