@@ -12,8 +12,9 @@ order of the contenders turns every round. Contenders:
 - ``snapshot_download`` + olot + skopeo: huggingface_hub's download (xet disabled), olot's
   layers on an empty umoci layout, skopeo copy to the registry.
 
-Ratios are against the disk path of the same run, so a shared machine moves them less
-than the times; ``uptime``'s load before and after is printed and written beside them.
+Ratios are against the disk path of the same rounds, so a shared machine moves them less
+than the times; ``--repeat`` measures again that many times (the table gives medians), and
+the load average before, between and after each measurement is written beside them.
 The table is spliced into --out under "### Peers side by side" (in "## From the Hub").
 """
 
@@ -134,48 +135,81 @@ def load() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def section(uncapped: list[HubRun], capped: list[HubRun], shard: tuple[int, int], cap: float,
-            rounds: int, loads: list[str], names: tuple[str, ...]) -> list[str]:  # fmt: skip
-    def med(runs: list[HubRun], name: str) -> float | None:
-        ok = [r.wall for r in runs if r.contender == name and r.status == "ok"]
-        return statistics.median(ok) if ok else None
+def _median(runs: list[HubRun], name: str) -> float | None:
+    ok = [r.wall for r in runs if r.contender == name and r.status == "ok"]
+    return statistics.median(ok) if ok else None
 
-    def cell(runs: list[HubRun], name: str) -> str:
-        wall, base = med(runs, name), med(runs, DISK)
-        if wall is None:
-            bad = [r.status for r in runs if r.contender == name]
+
+Measured = tuple[list[HubRun], list[HubRun], list[str]]  # uncapped, capped, load averages
+
+
+def _runs(m: Measured, capped: int) -> list[HubRun]:
+    return m[1] if capped else m[0]
+
+
+def section(measured: list[Measured],
+            shard: tuple[int, int], cap: float, rounds: int,
+            names: tuple[str, ...]) -> list[str]:  # fmt: skip
+    """The Markdown: per contender, the median over the measurements of each one's
+    median wall time, and of its ratio to the disk path measured in the same rounds."""
+
+    def cell(k: int, name: str) -> str:
+        walls: list[float] = []
+        ratios: list[float] = []
+        bad: list[str] = []
+        for m in measured:
+            wall, base = _median(_runs(m, k), name), _median(_runs(m, k), DISK)
+            if wall is None:
+                bad += [r.status for r in _runs(m, k) if r.contender == name]
+                continue
+            walls.append(wall)
+            if base:
+                ratios.append(wall / base)
+        if not walls:
             return bad[0] if bad else "not run"
-        ratio = f" ({wall / base:.2f}x)" if base else ""
-        return f"{wall:.1f} s{ratio}"
+        ratio = f" ({statistics.median(ratios):.2f}x)" if ratios else ""
+        return f"{statistics.median(walls):.1f} s{ratio}"
 
+    n = len(measured)
     out = [
         HEADING,
         "",
-        f"`python3 -m scripts.bench.peers --rounds {rounds}`: Hub imitation -> loopback "
-        f"registry, end to end. Uncapped: 4 x {shard[0] // MIB} MiB; capped: 4 x "
-        f"{shard[1] // MIB} MiB at {cap / MB:.0f} MB/s per connection. Each time is the "
-        f"median wall time of {rounds} fresh builds (fresh workspace, fresh registry, a "
-        "repository of its own); the ratio is against the disk path of the same run. "
-        f"Load average (1, 5, 15 min) before, between and after: {'; '.join(loads)} "
-        f"on {os.cpu_count()} cores.",
+        f"`python3 -m scripts.bench.peers --rounds {rounds} --repeat {n}`: Hub imitation -> "
+        f"loopback registry, end to end. Uncapped: 4 x {shard[0] // MIB} MiB; capped: 4 x "
+        f"{shard[1] // MIB} MiB at {cap / MB:.0f} MB/s per connection. A measurement is the "
+        f"median wall time of {rounds} fresh builds of each contender (fresh workspace, fresh "
+        "registry, a repository of its own; the order turns every round); the table gives "
+        f"the median of {n} such measurement(s), and in brackets the median of the ratios to "
+        "the disk path measured in the same rounds. The machine was shared with other work "
+        f"({os.cpu_count()} cores): the load average of each measurement is below.",
         "",
         f"| contender | uncapped | {cap / MB:.0f} MB/s per connection |",
         "|---|---|---|",
     ]
     for name in names:
         shown = f"`{name}`" + (f" ({OCI_MODELCAR_VERSION})" if name == OCI_MODELCAR else "")
-        out.append(f"| {shown} | {cell(uncapped, name)} | {cell(capped, name)} |")
+        out.append(f"| {shown} | {cell(0, name)} | {cell(1, name)} |")
     out.append("")
-    if DISK in names and STREAM in names:
-        rows = []
-        for label, runs in (("uncapped", uncapped), ("capped", capped)):
-            d, s = med(runs, DISK), med(runs, STREAM)
-            ratio = s / d if d and s else 0.0
-            met = "yes" if 0 < ratio <= 1.11 else "**no**"
-            rows.append(f"| --stream <= 1.11 x the disk path's wall, {label} | {ratio:.2f} x "
-                        f"| {met} |")  # fmt: skip
-        out += ["| target | measured | met |", "|---|---|---|", *rows, ""]
-    return out
+    if DISK not in names or STREAM not in names:
+        return out
+    per_run: list[str] = []
+    medians: dict[int, list[float]] = {0: [], 1: []}
+    for i, (uncapped, capped, loads) in enumerate(measured, 1):
+        ratios = []
+        for k, runs in ((0, uncapped), (1, capped)):
+            d, st = _median(runs, DISK), _median(runs, STREAM)
+            ratio = st / d if d and st else 0.0
+            medians[k].append(ratio)
+            ratios.append(f"{ratio:.2f} x")
+        per_run.append(f"- measurement {i}: --stream / disk path {ratios[0]} uncapped, "
+                       f"{ratios[1]} capped; load average (1, 5, 15 min) before, between "
+                       f"and after: {'; '.join(loads)}")  # fmt: skip
+    rows = []
+    for k, label in ((0, "uncapped"), (1, "capped")):
+        ratio = statistics.median(medians[k]) if medians[k] else 0.0
+        met = "yes" if 0 < ratio <= 1.11 else "**no**"
+        rows.append(f"| --stream <= 1.11 x the disk path's wall, {label} | {ratio:.2f} x | {met} |")
+    return [*out, "| target | measured | met |", "|---|---|---|", *rows, "", *per_run, ""]
 
 
 def splice(path: Path, lines: list[str]) -> None:
@@ -202,7 +236,8 @@ def splice(path: Path, lines: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m scripts.bench.peers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="fresh builds per measurement")
+    p.add_argument("--repeat", type=int, default=1, help="measurements, each of --rounds")
     p.add_argument("--shard-mib", type=int, default=512, help="uncapped shard size")
     p.add_argument("--capped-shard-mib", type=int, default=256)
     p.add_argument("--cap-mbs", type=float, default=40.0, help="MB/s per connection")
@@ -218,12 +253,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = tuple(n for n in CONTENDERS if n in a.contenders.split(","))
     shard, capped_shard, cap = a.shard_mib * MIB, a.capped_shard_mib * MIB, a.cap_mbs * MB
-    loads = [load()]
-    uncapped = run_section(a.workdir, shard, 0, a.rounds, a.peers_venv, names)
-    loads.append(load())
-    capped = run_section(a.workdir, capped_shard, cap, a.rounds, a.peers_venv, names)
-    loads.append(load())
-    lines = section(uncapped, capped, (shard, capped_shard), cap, a.rounds, loads, names)
+    measured: list[Measured] = []
+    for _ in range(max(1, a.repeat)):
+        loads = [load()]
+        uncapped = run_section(a.workdir, shard, 0, a.rounds, a.peers_venv, names)
+        loads.append(load())
+        capped = run_section(a.workdir, capped_shard, cap, a.rounds, a.peers_venv, names)
+        loads.append(load())
+        measured.append((uncapped, capped, loads))
+    lines = section(measured, (shard, capped_shard), cap, a.rounds, names)
     print("\n".join(lines))
     if not a.no_splice:
         splice(a.out, lines)
