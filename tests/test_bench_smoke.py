@@ -148,3 +148,32 @@ def test_verify_bench_writes_its_section_and_keeps_the_rest(tmp_path: Path) -> N
     deep_read = int(rows[1].split("|")[4])
     assert deep_read > 10 * 1024 * 1024  # --deep read the whole ~10 MiB model
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("modelcar-bench-")] == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_peers_bench_writes_its_table_inside_from_the_hub(tmp_path: Path) -> None:
+    """scripts/bench/peers.py at a tiny size, our two contenders only (the peers' venv
+    would need PyPI): a row each with a time and a ratio, the --stream target, the load,
+    spliced at the end of "## From the Hub" and the rest of the report kept."""
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n## From the Hub\n\nhub\n\n## verify\n\nkept\n")
+    argv = [sys.executable, "-m", "scripts.bench.peers", "--rounds", "1", "--shard-mib", "2",
+            "--capped-shard-mib", "1", "--contenders",
+            "modelcar build --engine native,modelcar build --stream",
+            "--workdir", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    hub, _, rest = text.partition("### Peers side by side")
+    assert hub.endswith("## From the Hub\n\nhub\n\n") and rest.endswith("\n## verify\n\nkept\n")
+    rows = [line for line in rest.splitlines() if line.startswith("| `modelcar")]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "`modelcar build --engine native`",
+        "`modelcar build --stream`",
+    ]
+    for row in rows:
+        for cell in row.strip("|").split("|")[1:]:
+            assert cell.strip().endswith("x)") and " s (" in cell, row  # a time and a ratio
+    assert "| --stream <= 1.11 x the disk path's wall, capped |" in rest
+    assert "load average" in rest
