@@ -18,6 +18,12 @@ one already uploaded):
   olot + skopeo     umoci new (scratch) + olot layers + skopeo copy oci: -> docker://
   raw curl -T       hash the files (openssl), then POST + PUT each one with curl -T: the ceiling
 
+From the Hub, two more entry points splice their sections into the report:
+``--hub-only`` (hub_fetch, hub_build: fetch, snapshot_download, build and --stream under a
+per-connection cap, and the overlap) and ``python3 -m scripts.bench.peers --repeat 3``
+(peers: the disk path and --stream next to oci-modelcar, installed into a venv of its own,
+and snapshot_download + olot + skopeo, 4 x 512 MiB uncapped and 4 x 256 MiB capped).
+
 Measured per run: wall time, peak RSS of the whole process tree (sampled from /proc),
 peak extra disk (sampled: workspace, TMPDIR, buildah storage, /var/tmp), CPU seconds
 (wait4 rusage), registry CPU and storage (reported apart).
@@ -26,4 +32,5 @@ peak extra disk (sampled: workspace, TMPDIR, buildah storage, /var/tmp), CPU sec
 # Modules, one job each: options (command line), model (the generated model), services
 # (registry, Hub imitation), measurement (/proc sampling), contenders (each way of
 # building), results (runs, summaries, targets), runner (phases, one measured run),
-# native_profile (native's stages alone), report (BENCHMARKS.md), charts (PNGs).
+# native_profile (native's stages alone), report (BENCHMARKS.md), charts (PNGs); hub_fetch,
+# hub_build, hub_runs ("From the Hub"), peers (its peers side by side).
