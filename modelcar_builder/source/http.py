@@ -303,27 +303,35 @@ class RangeSource:
             self._resolve()
 
 
-def read_body(resp: requests.Response, pos: int, end: int, keep, going) -> int:
+def read_body(resp: requests.Response, pos: int, end: int, keep, going,
+              into: memoryview | None = None, base: int = 0) -> int:  # fmt: skip
     """Hand the body on to ``keep(block, pos) -> new pos`` (a memoryview it consumes in
-    full) in blocks of READ_BLOCK while ``going()``. One buffer serves the whole body: growing
-    and freeing a fresh one per block cost the kernel page faults and unmaps that were a
-    fifth of the download's CPU. What arrived before a cut is handed on too (read1 never
-    holds bytes back), so the range resumes right there. Returns the byte reached."""
-    view = memoryview(bytearray(max(1, min(READ_BLOCK, end - pos))))
+    full) in blocks of READ_BLOCK while ``going()``. The blocks are received into ``into``
+    (the memory of bytes [base, end), where the caller keeps them: no second copy) or into
+    one buffer that serves the whole body: growing and freeing a fresh one per block cost
+    the kernel page faults and unmaps that were a fifth of the download's CPU. What arrived
+    before a cut is handed on too (read1 never holds bytes back), so the range resumes
+    right there. Returns the byte reached."""
+    if into is None:
+        view, at = memoryview(bytearray(max(1, min(READ_BLOCK, end - pos)))), 0
+    else:
+        view, at = into, pos - base  # view[at:] is where byte pos goes
     # No decoding layer for an identity body (its queue copies every block once more).
     plain = resp.headers.get("Content-Encoding", "identity") == "identity"
-    filled = 0
+    filled = 0  # bytes received since the last hand-on, at view[at:at + filled]
     try:
         while pos + filled < end and going():
-            want = min(len(view) - filled, end - pos - filled)
+            room = len(view) - at if into is None else READ_BLOCK
+            want = min(room - filled, end - pos - filled)
             block = resp.raw.read1(want, decode_content=False) if plain else resp.raw.read1(want)
             if not block:
                 break
-            view[filled : filled + len(block)] = block
+            view[at + filled : at + filled + len(block)] = block
             filled += len(block)
-            if filled == len(view):
-                pos, filled = keep(view[:filled], pos), 0
+            if filled == room:
+                pos = keep(view[at : at + filled], pos)
+                at, filled = (0 if into is None else at + filled), 0
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        pos = keep(view[:filled], pos)
+        pos = keep(view[at : at + filled], pos)
         raise Transient(f"connection lost at byte {pos} ({type(exc).__name__})") from None
-    return keep(view[:filled], pos)
+    return keep(view[at : at + filled], pos)

@@ -136,6 +136,9 @@ class PartFile:
     def admit(self, i: int, start: int, end: int) -> bool:
         return True
 
+    def memory(self, i: int) -> memoryview | None:
+        return None  # bytes go to the file through write()
+
     def write(self, i: int, block: memoryview, pos: int) -> None:
         view = block
         while view:

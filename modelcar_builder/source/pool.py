@@ -120,12 +120,15 @@ class Segments:
 
 class Sink(Protocol):
     """Where a pool's bytes go. ``admit`` makes room for segment i before a worker
-    fetches it (False: no room now); ``write`` keeps bytes [pos, pos + len(block)) of it;
-    ``room`` is how many more segments it could admit now."""
+    fetches it (False: no room now); ``room`` is how many more segments it could admit
+    now. Bytes land in ``memory(i)`` (segment i's own memory, received in place) or,
+    where it has none (None), are handed to ``write``, bytes [pos, pos + len(block))."""
 
     def room(self) -> int: ...
 
     def admit(self, i: int, start: int, end: int) -> bool: ...
+
+    def memory(self, i: int) -> memoryview | None: ...
 
     def write(self, i: int, block: memoryview, pos: int) -> None: ...
 
@@ -150,7 +153,10 @@ class SegmentPool:
         self.fault: BaseException | None = None
         self.active = 0  # workers alive
         self.starting = 0  # workers started that have not taken a segment yet
-        self.busy: set[int] = set()
+        # Each segment is taken once (a worker retries its own; a fault stops them all),
+        # lowest first: the first not taken and the number left are all a take needs.
+        self.next = 0
+        self.untaken = len(segments.pending())
         self.responses: set[requests.Response] = set()
         self.threads: list[threading.Thread] = []
 
@@ -168,7 +174,7 @@ class SegmentPool:
         budget has a connection free (none that an earlier file wants)."""
         while not self.stop.is_set():
             with self.cond:
-                waiting = len(self.segments.pending()) - len(self.busy) - self.starting
+                waiting = self.untaken - self.starting
             self.budget.want(self.rank, waiting)
             if min(waiting, self.sink.room()) <= 0 or not self.budget.try_acquire(self.rank):
                 return
@@ -185,18 +191,24 @@ class SegmentPool:
             thread.start()
 
     def _take(self) -> int | None:
+        segments = self.segments
         with self.cond:
             if self.stop.is_set():
                 return None
-            for i in self.segments.pending():
-                if i in self.busy:
-                    continue
-                start, end = self.segments.bounds(i)
-                if not self.sink.admit(i, start, end):
-                    return None  # in order: no later segment before this one
-                self.busy.add(i)
-                return i
-        return None
+            count = len(segments.reached)
+            while (
+                self.next < count and segments.reached[self.next] >= segments.bounds(self.next)[1]
+            ):
+                self.next += 1  # done before this run (a resumed .part)
+            if self.next >= count:
+                return None
+            i = self.next
+            start, end = segments.bounds(i)
+            if not self.sink.admit(i, start, end):
+                return None  # in order: no later segment before this one
+            self.next += 1
+            self.untaken -= 1
+            return i
 
     def _worker(self, owns_slot: bool) -> None:
         first = True
@@ -211,11 +223,7 @@ class SegmentPool:
                         self.starting -= 1
                 if i is None:
                     return
-                try:
-                    self._segment(i)
-                finally:
-                    with self.cond:
-                        self.busy.discard(i)
+                self._segment(i)
         except BaseException as exc:  # handed to the pool's owner
             with self.cond:
                 if self.fault is None:
@@ -254,6 +262,7 @@ class SegmentPool:
             pos = self.segments.reached[i]
         if pos >= end or self.stop.is_set():
             return
+        into = self.sink.memory(i)
         try:
             resp = self.source.open(pos, end)
             if resp is None:
@@ -262,7 +271,10 @@ class SegmentPool:
                 self.responses.add(resp)
             try:
                 with resp:
-                    pos = read_body(resp, pos, end, self._keeper(i, end), self.going)
+                    keep = self._keeper(i, end, into is None)
+                    pos = read_body(
+                        resp, pos, end, keep, self.going, into, self.segments.bounds(i)[0]
+                    )
             finally:
                 with self.cond:
                     self.responses.discard(resp)
@@ -276,12 +288,13 @@ class SegmentPool:
             if self.opts.cancelled():
                 raise Interrupted("download stopped: the build ended")
 
-    def _keeper(self, i: int, end: int) -> Callable[[memoryview, int], int]:
+    def _keeper(self, i: int, end: int, write: bool) -> Callable[[memoryview, int], int]:
         def keep(block: memoryview, pos: int) -> int:
             n = min(len(block), end - pos)  # never past the segment
             if n <= 0:
                 return pos
-            self.sink.write(i, block[:n], pos)
+            if write:  # else read_body received it in place, in the sink's memory
+                self.sink.write(i, block[:n], pos)
             with self.cond:
                 self.segments.reached[i] = pos + n
                 self.cond.notify_all()

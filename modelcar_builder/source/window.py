@@ -127,12 +127,16 @@ class ReadAhead:
         self.buffers[i] = buffer
         return True
 
-    def write(self, i: int, block: memoryview, pos: int) -> None:
+    def memory(self, i: int) -> memoryview | None:
+        """Segment i's buffer: the pool receives its bytes there, in place."""
         data = self.buffers.get(i)
         if data is None:
-            return  # closed under the worker: nothing keeps these bytes
-        lo = pos - i * self.segment
-        data[lo : lo + len(block)] = block
+            return None  # closed under the worker: nothing keeps these bytes
+        start, end = self.segments.bounds(i)
+        return memoryview(data)[: end - start]
+
+    def write(self, i: int, block: memoryview, pos: int) -> None:
+        """Only for a segment closed under its worker (no memory): nothing to keep."""
 
     def _gave_up(self, exc: Transient) -> DownloadFailed:
         return gave_up(self.entry.path, self.opts, exc)
