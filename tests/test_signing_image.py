@@ -1,5 +1,13 @@
 """Image signatures in cosign's format, judged by containers/image: skopeo and podman
-with a policy.json that requires a sigstore signature by our public key."""
+with a policy.json that requires a sigstore signature by our public key.
+
+The judging skopeo and podman are the binaries MODELCAR_TEST_SKOPEO and
+MODELCAR_TEST_PODMAN name (paths), else the ones on PATH. Debian's skopeo 1.9.3 and
+podman 4.3.1 are built with sigstore cut out: with them the enforcement tests skip and
+say why, and the Debian-only test below checks what such a skopeo still reads. To run
+the enforcement tests, point the variables at an upstream build (skopeo 1.13.3 and
+podman 4.4.4, built from their vendored sources with Go 1.19, pass them all); the
+other skopeo calls here (pushing, re-pushing, copying the signature out) use PATH's."""
 
 from __future__ import annotations
 
@@ -11,10 +19,12 @@ import pytest
 
 from tests.support.clitools import run
 from tests.support.podman import make_podman, podman_available
-from tests.support.sigpolicy import make_policy
+from tests.support.sigpolicy import judging_tool, make_policy, tool_version
 
 PASSWORD = "s3cret-for-tests"
 DEBIAN_DISABLED = "sigstore disabled"
+NO_SIGNATURE = "A signature was required, but no signature exists"
+REFUSED_KEY = "cryptographic signature verification failed"  # a signature, by another key
 
 
 def skip_if_sigstore_disabled(proc: subprocess.CompletedProcess[str], tool: str) -> None:
@@ -24,8 +34,13 @@ def skip_if_sigstore_disabled(proc: subprocess.CompletedProcess[str], tool: str)
     say why, rather than count its refusal as a pass."""
     if proc.returncode != 0 and DEBIAN_DISABLED in proc.stderr:
         line = proc.stderr.strip().splitlines()[-1]
-        print(f"{tool} here cannot check sigstore signatures: {line}")
-        pytest.skip(f"{tool} is built without sigstore support: {line}")
+        which = tool_version(judging_tool(tool))
+        print(f"{which} cannot check sigstore signatures: {line}")
+        pytest.skip(
+            f"{which} is built without sigstore support (MODELCAR_TEST_{tool.upper()} "
+            f"may name one that has it): {line}"
+        )
+    print(f"judged by {tool_version(judging_tool(tool))}")
 
 
 @pytest.fixture
@@ -66,13 +81,17 @@ def test_skopeo_policy_accepts_signed_refuses_unsigned_and_repushed(
     assert ok2.returncode == 0, ok2.stderr
 
     refused = policy.skopeo_copy(f"docker://{unsigned}", f"dir:{tmp_path / 'out-unsigned'}")
-    assert refused.returncode != 0
-    assert "signature" in refused.stderr.lower()
+    assert refused.returncode != 0 and NO_SIGNATURE in refused.stderr, refused.stderr
+
+    assert run(capsys, "keygen", str(tmp_path / "stranger")).code == 0
+    stranger = make_policy(tmp_path / "stranger-policy", registry.host,
+                           tmp_path / "stranger" / "cosign.pub")  # fmt: skip
+    not_theirs = stranger.skopeo_copy(f"docker://{signed}", f"dir:{tmp_path / 'out-stranger'}")
+    assert not_theirs.returncode != 0 and REFUSED_KEY in not_theirs.stderr, not_theirs.stderr
 
     repush_other_image(base_image, signed)
     replaced = policy.skopeo_copy(f"docker://{signed}", f"dir:{tmp_path / 'out-repushed'}")
-    assert replaced.returncode != 0
-    assert "signature" in replaced.stderr.lower()
+    assert replaced.returncode != 0 and NO_SIGNATURE in replaced.stderr, replaced.stderr
 
 
 @pytest.mark.slow
@@ -128,11 +147,9 @@ def test_skopeo_signs_with_a_keygen_key_and_we_verify_it(
     pw.write_text(PASSWORD)
     dest = f"{registry.host}/sig/by-skopeo:v1"
     policy = make_policy(tmp_path / "policy", registry.host, public)
-    proc = subprocess.run(
-        ["skopeo", "--registries.d", str(policy.registries_d), "copy", "-q",
-         "--dest-tls-verify=false", "--sign-by-sigstore-private-key", str(private),
-         "--sign-passphrase-file", str(pw), base_image.oci_ref, f"docker://{dest}"],
-        env=policy.env, capture_output=True, text=True, check=False,
+    proc = policy.skopeo(
+        "copy", "-q", "--dest-tls-verify=false", "--sign-by-sigstore-private-key", str(private),
+        "--sign-passphrase-file", str(pw), base_image.oci_ref, f"docker://{dest}",
     )  # fmt: skip
     skip_if_sigstore_disabled(proc, "skopeo")
     assert proc.returncode == 0, proc.stderr
@@ -146,11 +163,17 @@ def test_skopeo_signs_with_a_keygen_key_and_we_verify_it(
     assert other.code == 60
 
 
+def judging_podman(podman, *args: str) -> list[str]:
+    """``podman.argv(args)`` run by the judging podman (MODELCAR_TEST_PODMAN) on the
+    same private storage."""
+    return [judging_tool("podman"), *podman.argv(*args)[1:]]
+
+
 def podman_pull(podman, policy, image: str) -> subprocess.CompletedProcess[str]:
-    """``podman pull`` under ``policy`` (registries.d from $HOME/.config, which
-    containers/image reads before /etc for root too)."""
-    argv = podman.argv("pull", "-q", "--tls-verify=false", "--signature-policy",
-                       str(policy.policy), f"docker://{image}")  # fmt: skip
+    """``podman pull`` under ``policy`` (podman has no registries.d flag: it reads
+    $HOME/.config/containers/registries.d before /etc, for root too)."""
+    argv = judging_podman(podman, "pull", "-q", "--tls-verify=false", "--signature-policy",
+                          str(policy.policy), f"docker://{image}")  # fmt: skip
     env = {**podman.env, "HOME": policy.env["HOME"]}
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
 
@@ -165,7 +188,9 @@ def test_podman_pull_enforces_the_signature(
     podman = make_podman(tmp_path_factory.mktemp("podman"))
     try:
         check_podman_pulls(podman, registry, base_image, keypair, capsys, tmp_path)
-    finally:
+    finally:  # the judging podman removes what it pulled, then PATH's cleans up
+        subprocess.run(judging_podman(podman, "rmi", "-a", "-f"), env=podman.env, check=False,
+                       capture_output=True)  # fmt: skip
         podman.close()
 
 
@@ -179,10 +204,15 @@ def check_podman_pulls(podman, registry, base_image, keypair, capsys, tmp_path) 
     skip_if_sigstore_disabled(ok, "podman")
     assert ok.returncode == 0, ok.stderr
     refused = podman_pull(podman, policy, unsigned)
-    assert refused.returncode != 0 and "signature" in refused.stderr.lower()
+    assert refused.returncode != 0 and NO_SIGNATURE in refused.stderr, refused.stderr
+    assert run(capsys, "keygen", str(tmp_path / "stranger")).code == 0
+    stranger = make_policy(tmp_path / "stranger-policy", registry.host,
+                           tmp_path / "stranger" / "cosign.pub")  # fmt: skip
+    not_theirs = podman_pull(podman, stranger, signed)
+    assert not_theirs.returncode != 0 and REFUSED_KEY in not_theirs.stderr, not_theirs.stderr
     repush_other_image(base_image, signed)
     replaced = podman_pull(podman, policy, signed)
-    assert replaced.returncode != 0 and "signature" in replaced.stderr.lower()
+    assert replaced.returncode != 0 and NO_SIGNATURE in replaced.stderr, replaced.stderr
 
 
 @pytest.mark.slow
@@ -229,8 +259,9 @@ def test_debian_skopeo_finds_our_attachments_where_it_cannot_verify_them(
     """Debian's containers/image still reads sigstore attachments (the .sig tag, the
     layers' media type and annotations) before its stub refuses to verify. Its messages
     then say how many signatures it found: one, two after a second signer, none on an
-    unsigned image or on a tag re-pushed with another image. Where skopeo can verify,
-    the policy test above runs instead and this one is skipped."""
+    unsigned image or on a tag re-pushed with another image. It runs PATH's skopeo even
+    when MODELCAR_TEST_SKOPEO names another; where PATH's skopeo can verify, the policy
+    test above covers it and this one is skipped."""
     private, public = keypair
     signed = base_image.copy_to(registry, "sig/found", "v1")
     unsigned = base_image.copy_to(registry, "sig/found-unsigned", "v1")
@@ -239,7 +270,7 @@ def test_debian_skopeo_finds_our_attachments_where_it_cannot_verify_them(
 
     def copy(image: str) -> str:
         out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
-        proc = policy.skopeo_copy(f"docker://{image}", f"dir:{out}")
+        proc = policy.skopeo_copy(f"docker://{image}", f"dir:{out}", tool="skopeo")  # PATH's
         if proc.returncode == 0:
             pytest.skip("this skopeo verifies sigstore signatures: the policy test applies")
         return proc.stderr
