@@ -95,6 +95,31 @@ def test_skopeo_policy_accepts_signed_refuses_unsigned_and_repushed(
 
 
 @pytest.mark.slow
+def test_skopeo_accepts_an_image_signed_by_digest_when_pulled_by_that_digest(
+    registry, base_image, keypair, capsys, tmp_path
+):
+    """`modelcar sign host/repo@sha256:…` vouches for that digest: the policy's
+    matchRepoDigestOrExact accepts a pull by it (a name-only identity it would refuse,
+    "Signature for identity host/repo is not accepted") and refuses the tag, which the
+    signer never named."""
+    private, public = keypair
+    tagged = base_image.copy_to(registry, "sig/by-digest", "v1")
+    pinned = f"{registry.host}/sig/by-digest@{base_image.digest}"
+    res = run(capsys, "sign", pinned, "--key", str(private), "--no-tls-verify")
+    assert res.code == 0, res.err
+    assert (
+        run(capsys, "sign", "--verify", pinned, "--key", str(public), "--no-tls-verify").code == 0
+    )
+    policy = make_policy(tmp_path / "policy", registry.host, public)
+    ok = policy.skopeo_copy(f"docker://{pinned}", f"dir:{tmp_path / 'out-digest'}")
+    skip_if_sigstore_disabled(ok, "skopeo")
+    assert ok.returncode == 0, ok.stderr
+    by_tag = policy.skopeo_copy(f"docker://{tagged}", f"dir:{tmp_path / 'out-tag'}")
+    assert by_tag.returncode != 0, by_tag.stderr
+    assert f"Signature for identity {pinned} is not accepted" in by_tag.stderr, by_tag.stderr
+
+
+@pytest.mark.slow
 def test_our_verify_accepts_signed_refuses_unsigned_and_repushed(
     registry, base_image, keypair, capsys
 ):
@@ -198,11 +223,14 @@ def check_podman_pulls(podman, registry, base_image, keypair, capsys, tmp_path) 
     private, public = keypair
     signed = base_image.copy_to(registry, "sig/podman", "v1")
     unsigned = base_image.copy_to(registry, "sig/podman-unsigned", "v1")
-    assert run(capsys, "sign", signed, "--key", str(private), "--no-tls-verify").code == 0
+    res = run(capsys, "sign", signed, "--key", str(private), "--no-tls-verify")
+    assert res.code == 0, res.err
     policy = make_policy(tmp_path / "policy", registry.host, public)  # registries.d via HOME
     ok = podman_pull(podman, policy, signed)
     skip_if_sigstore_disabled(ok, "podman")
     assert ok.returncode == 0, ok.stderr
+    by_digest = podman_pull(podman, policy, res.out.split()[-1])  # host/repo@sha256:…
+    assert by_digest.returncode == 0, by_digest.stderr
     refused = podman_pull(podman, policy, unsigned)
     assert refused.returncode != 0 and NO_SIGNATURE in refused.stderr, refused.stderr
     assert run(capsys, "keygen", str(tmp_path / "stranger")).code == 0

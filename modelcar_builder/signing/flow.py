@@ -22,9 +22,13 @@ log = logging.getLogger("modelcar.signing.flow")
 def identity(ref: ImageRef, tag: str | None) -> str:
     """The docker reference a signature vouches for: ``host/repo:tag`` when there is a
     tag (a policy's default matchRepoDigestOrExact then accepts that tag and any pull
-    by digest), else ``host/repo``."""
+    by digest), else ``host/repo@sha256:…`` (pulls by digest), as containers/image
+    writes it when it signs. Never ``host/repo`` alone for a digest: matchRepoDigestOrExact
+    refuses a name-only identity ("Signature for identity … is not accepted")."""
     name = f"{ref.registry}/{ref.repository}"
-    return f"{name}:{tag}" if tag else name
+    if tag:
+        return f"{name}:{tag}"
+    return f"{name}@{ref.digest}" if ref.digest else name
 
 
 def sign_pushed(ref: ImageRef, registry: RegistryOptions, key: SigningKey) -> str:
