@@ -7,7 +7,8 @@ podman 4.3.1 are built with sigstore cut out: with them the enforcement tests sk
 say why, and the Debian-only test below checks what such a skopeo still reads. To run
 the enforcement tests, point the variables at an upstream build (skopeo 1.13.3 and
 podman 4.4.4, built from their vendored sources with Go 1.19, pass them all); the
-other skopeo calls here (pushing, re-pushing, copying the signature out) use PATH's."""
+other skopeo calls here (pushing, re-pushing, copying the signature out) use PATH's.
+The run prints one line naming the skopeo and podman that judged."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import subprocess
 import pytest
 
 from tests.support.clitools import run
+from tests.support.models import build_args
 from tests.support.podman import make_podman, podman_available
 from tests.support.sigpolicy import judging_tool, make_policy, tool_version
 
@@ -40,7 +42,17 @@ def skip_if_sigstore_disabled(proc: subprocess.CompletedProcess[str], tool: str)
             f"{which} is built without sigstore support (MODELCAR_TEST_{tool.upper()} "
             f"may name one that has it): {line}"
         )
-    print(f"judged by {tool_version(judging_tool(tool))}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def say_which_tools_judge(pytestconfig):
+    """One line in the terminal: which skopeo and podman the policy tests ran."""
+    tools = "; ".join(tool_version(judging_tool(t)) for t in ("skopeo", "podman"))
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nsignature policies judged by: {tools}")
 
 
 @pytest.fixture
@@ -192,6 +204,31 @@ def judging_podman(podman, *args: str) -> list[str]:
     """``podman.argv(args)`` run by the judging podman (MODELCAR_TEST_PODMAN) on the
     same private storage."""
     return [judging_tool("podman"), *podman.argv(*args)[1:]]
+
+
+@pytest.mark.slow
+def test_skopeo_accepts_what_build_sign_key_pushed(
+    hub_repo, registry, base_image, keypair, capsys, tmp_path
+):
+    """The product itself: an image `build --sign-key` pushed (model.sig layer on top,
+    provenance referrer beside it) passes the policy by tag and by digest; the same
+    build unsigned does not."""
+    private, public = keypair
+    signed, unsigned = (f"{registry.host}/models/llm:{t}" for t in ("signed", "unsigned"))
+    res = run(capsys, *build_args(signed, tmp_path / "ws", base_image.ref),
+              "--sign-key", str(private))  # fmt: skip
+    assert res.code == 0, res.err
+    plain = run(capsys, *build_args(unsigned, tmp_path / "ws", base_image.ref))
+    assert plain.code == 0, plain.err
+    policy = make_policy(tmp_path / "policy", registry.host, public)
+    ok = policy.skopeo_copy(f"docker://{signed}", f"dir:{tmp_path / 'out-tag'}")
+    skip_if_sigstore_disabled(ok, "skopeo")
+    assert ok.returncode == 0, ok.stderr
+    pinned = f"{registry.host}/models/llm@{res.last_line.split('@')[1]}"
+    by_digest = policy.skopeo_copy(f"docker://{pinned}", f"dir:{tmp_path / 'out-digest'}")
+    assert by_digest.returncode == 0, by_digest.stderr
+    refused = policy.skopeo_copy(f"docker://{unsigned}", f"dir:{tmp_path / 'out-unsigned'}")
+    assert refused.returncode != 0 and NO_SIGNATURE in refused.stderr, refused.stderr
 
 
 def podman_pull(podman, policy, image: str) -> subprocess.CompletedProcess[str]:

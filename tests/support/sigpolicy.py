@@ -36,7 +36,10 @@ def judging_tool(name: str) -> str:
 
 def tool_version(tool: str) -> str:
     """``skopeo version 1.13.3 (/usr/bin/skopeo)``: which tool judged, for the test log."""
-    out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
+    try:
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
+    except OSError as exc:
+        return f"{tool}: {exc.strerror}"
     return f"{out.stdout.strip()} ({shutil.which(tool) or tool})"
 
 
