@@ -212,7 +212,7 @@ def test_skopeo_accepts_what_build_sign_key_pushed(
 ):
     """The product itself: an image `build --sign-key` pushed (model.sig layer on top,
     provenance referrer beside it) passes the policy by tag and by digest; the same
-    build unsigned does not."""
+    build unsigned does not. The policy is scoped as README's snippet is: host/models."""
     private, public = keypair
     signed, unsigned = (f"{registry.host}/models/llm:{t}" for t in ("signed", "unsigned"))
     res = run(capsys, *build_args(signed, tmp_path / "ws", base_image.ref),
@@ -220,7 +220,7 @@ def test_skopeo_accepts_what_build_sign_key_pushed(
     assert res.code == 0, res.err
     plain = run(capsys, *build_args(unsigned, tmp_path / "ws", base_image.ref))
     assert plain.code == 0, plain.err
-    policy = make_policy(tmp_path / "policy", registry.host, public)
+    policy = make_policy(tmp_path / "policy", f"{registry.host}/models", public)
     ok = policy.skopeo_copy(f"docker://{signed}", f"dir:{tmp_path / 'out-tag'}")
     skip_if_sigstore_disabled(ok, "skopeo")
     assert ok.returncode == 0, ok.stderr

@@ -1,7 +1,7 @@
 """containers/image's own signature checks, configured in a private directory: a
 policy.json that requires a sigstore signature by one public key for the test registry
-(and accepts anything else: the base image), and a registries.d file that turns on
-sigstore attachments for that registry. skopeo and podman read both; neither is ours.
+or a namespace in it (and accepts anything else: the base image), and a registries.d
+file that turns on sigstore attachments there. skopeo and podman read both; neither is ours.
 
 Which skopeo and podman judge: the binary named by MODELCAR_TEST_SKOPEO /
 MODELCAR_TEST_PODMAN (a path, e.g. an upstream build with sigstore support; Debian's
@@ -62,8 +62,10 @@ class SigPolicy:
         return self.skopeo("copy", "-q", "--src-tls-verify=false", source, dest, tool=tool)
 
 
-def make_policy(directory: Path, host: str, public_key: Path) -> SigPolicy:
-    """``host`` needs a signature by ``public_key``; everything else is accepted."""
+def make_policy(directory: Path, scope: str, public_key: Path) -> SigPolicy:
+    """``scope`` (a registry host, or ``host/namespace`` as README's snippet has it) needs
+    a signature by ``public_key``, in policy.json and registries.d alike; everything else
+    is accepted."""
     home = directory / "home"
     config = home / ".config" / "containers"
     registries_d = config / "registries.d"
@@ -72,7 +74,7 @@ def make_policy(directory: Path, host: str, public_key: Path) -> SigPolicy:
         "default": [{"type": "insecureAcceptAnything"}],
         "transports": {
             "docker": {
-                host: [
+                scope: [
                     {
                         "type": "sigstoreSigned",
                         "keyPath": str(public_key),
@@ -85,7 +87,7 @@ def make_policy(directory: Path, host: str, public_key: Path) -> SigPolicy:
     policy_file = config / "policy.json"
     policy_file.write_text(json.dumps(policy, indent=2))
     (registries_d / "modelcar-test.yaml").write_text(
-        f"docker:\n  {host}:\n    use-sigstore-attachments: true\n"
+        f"docker:\n  {scope}:\n    use-sigstore-attachments: true\n"
     )
     env = private_containers_env(directory / "containers")
     env["HOME"] = str(home)
