@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from modelcar_builder.api import (
+from modelcar_builder.buildopts import (
     ATTEMPTS,
     CONNECTIONS,
     FETCH_JOBS,
