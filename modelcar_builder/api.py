@@ -11,6 +11,8 @@ the CLI exits with and prints.
 The options are frozen dataclasses, one per command, whose fields are the CLI's options
 (``--read-timeout`` is ``FetchOptions.read_timeout``); defaults are the CLI's. Numbers are
 checked by the CLI's own rule (finite, in range), choices against the CLI's choices.
+``SourceOptions``, ``BuildOptions`` and ``RegistryAccess`` live in ``buildopts`` (the one
+carrier the run hands the engines) and are re-exported here.
 """
 
 from __future__ import annotations
