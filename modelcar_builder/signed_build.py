@@ -18,11 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from modelcar_builder.buildopts import BuildOptions
 from modelcar_builder.errors import ModelcarError, RegistryError, UsageError
 from modelcar_builder.oci.layout import OciLayout
 from modelcar_builder.pipeline import Resolved
 from modelcar_builder.reference import ImageRef
-from modelcar_builder.run import BuildOutcome, BuildSettings, image_url
+from modelcar_builder.run import BuildOutcome, image_url
+from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.signing import cosign, flow, modelsig, provenance
 from modelcar_builder.signing.keys import SigningKey, load_private_key, read_password
 from modelcar_builder.target import RegistryTarget, Target
@@ -33,21 +35,21 @@ log = logging.getLogger("modelcar.signed_build")
 
 
 def check_signing(
-    key_path: str, password_file: str | None, settings: BuildSettings, target: Target
+    key_path: str, password_file: str | None, options: BuildOptions, target: Target
 ) -> SigningKey:
     """Everything that would stop the signing, before the download: then load the key."""
-    if not isinstance(target, RegistryTarget) or not settings.push:
+    if not isinstance(target, RegistryTarget) or not options.target_image()[1]:
         raise UsageError(
             "--sign-key signs a pushed image: --image must name a registry",
             hint="push to a registry (REGISTRY/REPO:TAG), or drop --sign-key",
         )
-    if settings.stream:
+    if options.stream:
         raise UsageError(
             "--stream with --sign-key: the model signature (model_signing) hashes the "
             "files on disk, and --stream keeps none",
             hint="drop --stream to sign (the model then needs room on disk), or drop --sign-key",
         )
-    if settings.load:
+    if options.load:
         raise UsageError(
             "--load with --sign-key: the local copy would lack /models/model.sig",
             hint="pull the signed image by digest instead, or drop --load",
@@ -61,7 +63,9 @@ def sign_build(
     resolved: Resolved,
     workspace: Workspace,
     target: RegistryTarget,
-    settings: BuildSettings,
+    options: BuildOptions,
+    registry: RegistryOptions,
+    platform: tuple[str, ...],
     key: SigningKey,
     started: datetime.datetime,
 ) -> BuildOutcome:
@@ -71,7 +75,7 @@ def sign_build(
     files_dir = workspace.files_dir(snapshot)
     paths = [f.path for f in snapshot.files]
     signature = modelsig.sign_tree(files_dir, paths, key)
-    with settings.registry.client_for(ref) as client:
+    with registry.client_for(ref) as client:
         digest, sig_layer = modelsig.append_layer(
             client, repo, tag, outcome.result.manifest_digest,
             modelsig.signature_layer(signature), modelsig.layer_annotations(signature),
@@ -83,8 +87,8 @@ def sign_build(
             raise ModelcarError(f"{ref.registry}/{repo}@{digest} vanished while signing")
         manifest_layers = _layers(client, repo, digest)
         base = provenance.BaseImageDep(
-            settings.base_image,
-            _base_digest(settings),
+            options.base_image,
+            _base_digest(options.base_image, registry),
             tuple(manifest_layers[: outcome.result.base_layers]),
         )
         doc = provenance.statement(
@@ -93,8 +97,8 @@ def sign_build(
             snapshot=snapshot,
             files=provenance.file_digests(snapshot.files, outcome.file_sha256()),
             base=base,
-            parameters=_parameters(snapshot, target, settings),
-            internal=_internal(plan, settings),
+            parameters=_parameters(snapshot, target, options.base_image, platform),
+            internal=_internal(plan, options),
             started=started,
             finished=datetime.datetime.now(datetime.UTC),
         )
@@ -127,10 +131,9 @@ def _layers(client, repo: str, digest: str) -> list[str]:
     return [str(layer["digest"]) for layer in doc.get("layers") or []]
 
 
-def _base_digest(settings: BuildSettings) -> str | None:
+def _base_digest(base: str, registry: RegistryOptions) -> str | None:
     """The digest the base reference names now (index or manifest); None for scratch or
     when it cannot be read (the base layers' digests are recorded either way)."""
-    base = settings.base_image
     if base == "scratch":
         return None
     try:
@@ -140,7 +143,7 @@ def _base_digest(settings: BuildSettings) -> str | None:
         bref = ImageRef.parse(base)
         if bref.digest:
             return bref.digest
-        with settings.registry.client_for(bref) as client:
+        with registry.client_for(bref) as client:
             info = client.head_manifest(bref.repository, bref.tag or "latest")
             return info.digest if info else None
     except (ModelcarError, OSError, ValueError) as exc:
@@ -148,22 +151,24 @@ def _base_digest(settings: BuildSettings) -> str | None:
         return None
 
 
-def _parameters(snapshot, target: RegistryTarget, settings: BuildSettings) -> dict[str, Any]:
+def _parameters(
+    snapshot, target: RegistryTarget, base_image: str, platform: tuple[str, ...]
+) -> dict[str, Any]:
     """What the user chose. No secret: no password, token, authfile or key path."""
     return {
         "source": snapshot.canonical,
         "revision": snapshot.revision,
         "image": f"{target.ref.registry}/{target.ref.repository}:{target.tag}",
-        "baseImage": settings.base_image,
-        "platform": "/".join(settings.platform),
+        "baseImage": base_image,
+        "platform": "/".join(platform),
     }
 
 
-def _internal(plan, settings: BuildSettings) -> dict[str, Any]:
+def _internal(plan, options: BuildOptions) -> dict[str, Any]:
     return {
-        "engine": settings.engine,
-        "compression": settings.compression,
+        "engine": options.engine,
+        "compression": options.compression,
         "layerThreshold": plan.threshold,
         "maxLayers": plan.max_layers,
-        "upload": settings.upload,
+        "upload": options.upload,
     }

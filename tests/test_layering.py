@@ -15,7 +15,7 @@ RANKS = [  # (rank, module prefixes); the longest matching prefix decides
     (8, ("commands", "api", "chains")),
     (7, ("run", "signed_build")),
     (6, ("pipeline", "report", "preflight")),
-    (5, ("engines",)),
+    (5, ("engines", "buildopts")),
     (4, ("context", "verify", "source", "shards", "signing")),
     (3, ("registry", "settings", "workspace", "state")),
     (2, ("oci", "auth", "reference", "target", "plan", "selection", "progress", "parallel")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from modelcar_builder import api
-from modelcar_builder.api import CHUNK_SIZE, COMPRESSIONS, JOBS, LOADS, UPLOADS
+from modelcar_builder.buildopts import CHUNK_SIZE, COMPRESSIONS, JOBS, LOADS, UPLOADS
 from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import (
     Number,

@@ -34,7 +34,7 @@ def build_multiarch(engine, request: BuildRequest) -> BuildResult:
     bases = []
     try:
         for platform in request.platforms:  # every base is read before a model byte moves
-            bases.append(load_base(request.base_image, platform, request.registry))
+            bases.append(load_base(request.options.base_image, platform, request.registry))
         for base in bases:
             copy_base(base, sink)
         timings["base"] = time.monotonic() - started

@@ -87,7 +87,7 @@ class NativeEngine:
         timings: dict[str, float] = {}
         started = time.monotonic()
         sink, client = open_sink(request)
-        base = load_base(request.base_image, request.platform, request.registry)
+        base = load_base(request.options.base_image, request.platform, request.registry)
         try:
             copy_base(base, sink)
             timings["base"] = time.monotonic() - started
@@ -121,7 +121,7 @@ class NativeEngine:
         self, request: BuildRequest, sink: Sink, state: BuildState
     ) -> list[BuiltLayer]:
         total = sum(_tar_for(request, layer).size for layer in request.plan.layers)
-        progress = Progress("push", total, interval=request.progress_interval)
+        progress = Progress("push", total, interval=request.options.fetch.progress_interval)
         failed: list[BaseException] = []
 
         def one(layer: LayerPlan) -> BuiltLayer:
@@ -133,7 +133,7 @@ class NativeEngine:
                 raise
 
         try:
-            results = run_parallel(one, request.plan.layers, request.jobs)
+            results = run_parallel(one, request.plan.layers, request.options.jobs)
         except BaseException:
             if failed:
                 raise failed[0] from None  # not a waiter's Interrupted that it caused
@@ -176,8 +176,8 @@ class NativeEngine:
                 log.info("%s already in the target (%s)", layer.name, digest[:19])
             elif mounted:
                 pass
-            elif request.upload == "chunked":
-                sink.put_resumable(digest, tar.size, tar_chunks_from, request.chunk_size)
+            elif request.options.upload == "chunked":
+                sink.put_resumable(digest, tar.size, tar_chunks_from, request.chunk_bytes)
             else:
                 sink.put_blob(digest, tar.size, tar_chunks)
             sent = not (there or mounted)
