@@ -140,8 +140,10 @@ def _disagreeing(records: dict[int, PartRecord], n: int) -> dict[int, str]:
             odd[k] = f"it planned {r.source} (plan {r.plan[:19]}), part {ref.k}/{n} {ref.source} " \
                 f"(plan {ref.plan[:19]})"  # fmt: skip
         elif r.template.digest != ref.template.digest:
-            odd[k] = f"its image settings (base image, created timestamp, platform or " \
-                f"compression) differ from part {ref.k}/{n}'s"  # fmt: skip
+            odd[k] = (
+                "its image settings (base image, created timestamp, platform, compression or "
+                f"modelcar version) differ from part {ref.k}/{n}'s"
+            )
     return odd
 
 

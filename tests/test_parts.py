@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 import requests
 
@@ -17,7 +18,9 @@ from modelcar_builder.shares import Part, parse_part, shares
 from modelcar_builder.snapshot import FileEntry, Snapshot
 from tests.support.clitools import assert_refused, run
 from tests.support.models import MIB, REPO, build_args, model_files
-from tests.support.pods import finish, registry_digest, run_pod, start_pod
+from tests.support.pods import ROOT, finish, registry_digest, run_pod, start_pod
+
+REPORT_SCHEMA = ROOT / "docs" / "schemas" / "build-report.v1.schema.json"
 
 
 def build_parts(hub, image: str, n: int, tmp_path, base: str, *extra: str) -> list[str]:
@@ -140,13 +143,17 @@ def test_part_index_takes_k_from_the_indexed_job(hub_repo, registry, capsys, tmp
                                                 monkeypatch):  # fmt: skip
     image = f"{registry.host}/models/indexed:v1"
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
-    res = run(capsys, *build_args(image, tmp_path / "ws", "scratch", "--part", "index/2"))
+    monkeypatch.setenv("MODELCAR_PART", "index/2")  # the option's variable, as a Job sets it
+    res = run(capsys, *build_args(image, tmp_path / "ws", "scratch", "--json"))
     assert res.code == 0, res.err
     assert "part 2/2: " in res.err
-    registry_digest(registry.host, "models/indexed", record_tag("v1", 2, 2))  # raises if absent
+    record = registry_digest(registry.host, "models/indexed", record_tag("v1", 2, 2))
+    report = json.loads(res.out)  # a part's --json is a build report of its share
+    jsonschema.Draft202012Validator(json.loads(REPORT_SCHEMA.read_text())).validate(report)
+    assert report["image_url"].endswith(record)
 
     monkeypatch.delenv("JOB_COMPLETION_INDEX")
-    res = run(capsys, *build_args(image, tmp_path / "ws", "scratch", "--part", "index/2"))
+    res = run(capsys, *build_args(image, tmp_path / "ws", "scratch"))
     assert_refused(res, errors.UsageError.exit_code)
     assert "JOB_COMPLETION_INDEX is not set" in res.err
 
