@@ -223,3 +223,33 @@ def test_more_parts_than_layers_leave_the_last_empty(hub_repo, registry, capsys,
     assert registry_digest(registry.host, "models/many", "v1") == registry_digest(
         registry.host, "models/one", "v1"
     )
+
+
+def test_parts_and_assemble_take_the_registry_credentials(hub_repo, registry_htpasswd, capsys,
+                                                         tmp_path):  # fmt: skip
+    reg = registry_htpasswd
+    auth = str(reg.write_authfile(tmp_path / "auth.json"))
+    image = f"{reg.host}/models/private:v1"
+    for k in (1, 2):
+        res = run(capsys, *build_args(image, tmp_path / f"ws-{k}", "scratch", "--part", f"{k}/2",
+                                      "--authfile", auth))  # fmt: skip
+        assert res.code == 0, res.err
+    base = ("assemble", "--image", image, "--parts", "2", "--no-tls-verify", "--wait", "0")
+    res = run(capsys, *base)  # no credentials
+    assert_refused(res, errors.RegistryAuthError.exit_code)
+    res = run(capsys, *base, "--authfile", auth, "--results-dir", str(tmp_path))
+    assert res.code == 0, res.err
+    assert res.last_line == (tmp_path / "IMAGE_REF").read_text()
+    assert reg.password not in res.out + res.err
+
+
+def test_a_part_with_another_created_timestamp_is_refused(hub_repo, registry, capsys, tmp_path,
+                                                          monkeypatch):  # fmt: skip
+    image = f"{registry.host}/models/created:v1"
+    assert run(capsys, *build_args(image, tmp_path / "ws-1", "scratch", "--part", "1/2")).code == 0
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert run(capsys, *build_args(image, tmp_path / "ws-2", "scratch", "--part", "2/2")).code == 0
+    res = run(capsys, "assemble", "--image", image, "--parts", "2", "--wait", "0",
+              "--no-tls-verify")  # fmt: skip
+    assert_refused(res, errors.PartsDisagree.exit_code)
+    assert "part 2/2: its image settings (base image, created timestamp" in res.err
