@@ -115,7 +115,8 @@ def _wait_for_records(
             return [records[k] for k in range(1, n + 1)]
         elapsed = time.monotonic() - started
         if elapsed >= wait:
-            _give_up(target, n, missing, odd, records, wait)
+            foreign = [k for k, (_, r) in seen.items() if r is None]
+            _give_up(target, n, missing, odd, records, wait, foreign)
         now = f"{n - len(missing)} of {n} parts recorded"
         if now != said or time.monotonic() - said_at >= PROGRESS_EVERY:
             log.info("assemble %s: %s; waiting for %s (%.0f s of %.0f s)", target, now,
@@ -147,10 +148,12 @@ def _disagreeing(records: dict[int, PartRecord], n: int) -> dict[int, str]:
     return odd
 
 
-def _give_up(target, n: int, missing: list[int], odd: dict[int, str], records, wait) -> None:
+def _give_up(target, n: int, missing, odd: dict[int, str], records, wait, foreign) -> None:
     waited = f"after {wait:g} s"
     if missing:
         also = f"; and {_why(odd, n)}" if odd else ""
+        if foreign:  # a tag that holds something else (another tool's, a newer version's)
+            also += f"; the tag of {_names(foreign, n)} holds no part record this version reads"
         raise PartsMissing(f"{target}: no record of {_names(missing, n)} {waited} "
                            f"({len(records)} of {n} recorded){also}")  # fmt: skip
     raise PartsDisagree(f"{target}: the parts are not of one build {waited}: {_why(odd, n)}")

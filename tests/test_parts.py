@@ -253,3 +253,15 @@ def test_a_part_with_another_created_timestamp_is_refused(hub_repo, registry, ca
               "--no-tls-verify")  # fmt: skip
     assert_refused(res, errors.PartsDisagree.exit_code)
     assert "part 2/2: its image settings (base image, created timestamp" in res.err
+
+
+def test_a_tag_holding_something_else_is_named(hub_repo, registry, capsys, tmp_path):
+    image = f"{registry.host}/models/foreign:v1"
+    one_pod(capsys, f"{image}.part-2-of-2", tmp_path, "scratch")  # an image, not a record
+    res = run(capsys, *build_args(image, tmp_path / "ws-1", "scratch", "--part", "1/2"))
+    assert res.code == 0, res.err
+    res = run(capsys, "assemble", "--image", image, "--parts", "2", "--wait", "0",
+              "--no-tls-verify")  # fmt: skip
+    assert_refused(res, errors.PartsMissing.exit_code)
+    assert "no record of part 2/2" in res.err
+    assert "the tag of part 2/2 holds no part record this version reads" in res.err

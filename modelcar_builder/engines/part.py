@@ -93,12 +93,12 @@ def prepare_part(
     share = share_of(plan, part)
     record_target = RegistryTarget(target.ref.with_tag(record_tag(target.tag, part.k, part.n)))
     media_type = layer_media_type(compression or default_compression("native"))
-    kn = (part.k, part.n)
+    ours = (digest, part.k, part.n, media_type)
     with registry.client_for(target.ref) as client:
         earlier = read_record(client, record_target)
         done: tuple[PartLayer, ...] = ()
-        same = earlier is not None and (earlier.plan, earlier.k, earlier.n) == (digest, *kn)
-        if earlier is not None and same and earlier.template.layer_media_type == media_type:
+        if earlier is not None and ours == (earlier.plan, earlier.k, earlier.n,
+                                            earlier.template.layer_media_type):  # fmt: skip
             wanted = {lp.index for lp in share}
             done = tuple(
                 x for x in earlier.layers
