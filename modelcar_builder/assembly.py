@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelcar_builder.engines.part import read_record
-from modelcar_builder.errors import PartsDisagree, PartsMissing, UsageError
+from modelcar_builder.errors import OutputNotWritable, PartsDisagree, PartsMissing, UsageError
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.image import Descriptor
 from modelcar_builder.oci.partrecord import PartLayer, PartRecord, record_tag
@@ -27,6 +27,7 @@ from modelcar_builder.settings import Bounds, RegistryOptions, check_number
 from modelcar_builder.shares import MAX_PARTS
 from modelcar_builder.target import RegistryTarget, parse_target
 from modelcar_builder.verify import VerifyResult
+from modelcar_builder.workspace import writable_problem
 
 log = logging.getLogger("modelcar.assembly")
 
@@ -60,6 +61,7 @@ def assemble(
     if not isinstance(target, RegistryTarget) or target.ref.digest:
         raise UsageError(f"--image {image}: assemble writes a tag in a registry",
                          hint="give --image REGISTRY/REPO:TAG, as the parts had")  # fmt: skip
+    results = _results_dir(results_dir)  # before the wait: a path that fails, fails now
     with registry.client_for(target.ref) as client:
         client.ping()
         records = _wait_for_records(client, target, parts, wait)
@@ -85,10 +87,20 @@ def assemble(
     verified = verify_target(target, digest, dict(template.labels), registry)
     log.info("assembled %s from %d parts: %d model layers, %s verified", target, parts,
              len(layers), digest)  # fmt: skip
-    results = Path(results_dir) if results_dir else TEKTON_RESULTS
-    if results_dir or results.is_dir():
+    if results is not None:
         write_image_results(target, digest, results)
     return Assembled(image_url(target, digest), digest, parts, len(layers), verified)
+
+
+def _results_dir(given: str | None) -> Path | None:
+    """Where the Tekton results go (--results-dir, else /tekton/results when present),
+    made and probed as build's preflight does (exit 32)."""
+    results = Path(given) if given else TEKTON_RESULTS if TEKTON_RESULTS.is_dir() else None
+    if results is not None:
+        problem = writable_problem(results, None, create=True)
+        if problem is not None:
+            raise OutputNotWritable(f"--results-dir {results}: {problem}")
+    return results
 
 
 def _wait_for_records(

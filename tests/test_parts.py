@@ -265,3 +265,9 @@ def test_a_tag_holding_something_else_is_named(hub_repo, registry, capsys, tmp_p
     assert_refused(res, errors.PartsMissing.exit_code)
     assert "no record of part 2/2" in res.err
     assert "the tag of part 2/2 holds no part record this version reads" in res.err
+
+
+def test_assemble_checks_its_results_dir_before_the_wait(capsys):
+    res = run(capsys, "assemble", "--image", "127.0.0.1:9/models/x:v1", "--parts", "2",
+              "--results-dir", "/proc/modelcar-results")  # fmt: skip
+    assert_refused(res, errors.OutputNotWritable.exit_code)  # not 50: no registry asked yet
