@@ -33,7 +33,9 @@ log = logging.getLogger("modelcar.assembly")
 
 PARTS = Bounds(int, 1, MAX_PARTS, "4")
 WAIT = Bounds(float, 0, 7 * 86400, "3600")  # seconds
-POLL = 2.0  # seconds between two looks at the records
+# Seconds between two looks at the records (N HEADs each): 2 at first, growing with the
+# wait to 30, so a long wait on many parts does not hammer the registry.
+POLL, MAX_POLL = 2.0, 30.0
 PROGRESS_EVERY = 30.0  # seconds between two "waiting" lines when nothing changes
 
 
@@ -134,7 +136,7 @@ def _wait_for_records(
             log.info("assemble %s: %s; waiting for %s (%.0f s of %.0f s)", target, now,
                      _names(missing, n) or f"{_names(odd, n)} to agree", elapsed, wait)  # fmt: skip
             said, said_at = now, time.monotonic()
-        time.sleep(min(POLL, max(0.0, wait - elapsed)))
+        time.sleep(min(POLL + elapsed / 20, MAX_POLL, max(0.0, wait - elapsed)))
 
 
 def _disagreeing(records: dict[int, PartRecord], n: int) -> dict[int, str]:

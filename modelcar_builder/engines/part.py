@@ -111,6 +111,7 @@ def prepare_part(
         human(sum(lp.size for lp in share)), human(plan.total_bytes),
         f"; {len(done)} already recorded by an earlier run of this part" if done else "",
     )  # fmt: skip
+    log.debug("part %s builds %s", part, ", ".join(lp.name for lp in todo) or "nothing")
     return narrowed(plan, todo), record_target, PartJob(part, plan, digest, done)
 
 
