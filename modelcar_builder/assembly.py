@@ -122,7 +122,9 @@ def _wait_for_records(
                 seen.pop(k, None)
             elif k not in seen or seen[k][0] != info.digest:
                 seen[k] = (info.digest, read_record(client, where))
-        records = {k: r for k, (_, r) in seen.items() if r is not None}
+        records = {k: r for k, (_, r) in seen.items() if r is not None and r.complete}
+        # parts still pushing (or that died mid-way): their records say how far they got
+        busy = {k: len(r.layers) for k, (_, r) in seen.items() if r is not None and not r.complete}
         missing = [k for k in range(1, n + 1) if k not in records]
         odd = _disagreeing(records, n)
         if not missing and not odd:
@@ -130,12 +132,13 @@ def _wait_for_records(
         elapsed = time.monotonic() - started
         if elapsed >= wait:
             foreign = [k for k, (_, r) in seen.items() if r is None]
-            _give_up(target, n, missing, odd, records, wait, foreign)
+            _give_up(target, n, _awaited(missing, busy, n), odd, len(records), wait, foreign)
         now = f"{n - len(missing)} of {n} parts recorded"
-        if now != said or time.monotonic() - said_at >= PROGRESS_EVERY:
+        awaited = _awaited(missing, busy, n)
+        if now + awaited != said or time.monotonic() - said_at >= PROGRESS_EVERY:
             log.info("assemble %s: %s; waiting for %s (%.0f s of %.0f s)", target, now,
-                     _names(missing, n) or f"{_names(odd, n)} to agree", elapsed, wait)  # fmt: skip
-            said, said_at = now, time.monotonic()
+                     awaited or f"{_names(odd, n)} to agree", elapsed, wait)  # fmt: skip
+            said, said_at = now + awaited, time.monotonic()
         time.sleep(min(POLL + elapsed / 20, MAX_POLL, max(0.0, wait - elapsed)))
 
 
@@ -162,14 +165,28 @@ def _disagreeing(records: dict[int, PartRecord], n: int) -> dict[int, str]:
     return odd
 
 
-def _give_up(target, n: int, missing, odd: dict[int, str], records, wait, foreign) -> None:
+def _awaited(missing: list[int], busy: dict[int, int], n: int) -> str:
+    """``part 2/4 (3 layers pushed so far), 4/4``: the parts without a finished record."""
+    if not missing:
+        return ""
+    names = [f"{k}/{n}" + (f" ({_layers_word(busy[k])} pushed so far)" if k in busy else "")
+             for k in missing]  # fmt: skip
+    return ("part " if len(names) == 1 else "parts ") + ", ".join(names)
+
+
+def _layers_word(count: int) -> str:
+    return f"{count} layer" if count == 1 else f"{count} layers"
+
+
+def _give_up(target, n: int, awaited: str, odd: dict[int, str], recorded: int, wait,
+             foreign) -> None:  # fmt: skip
     waited = f"after {wait:g} s"
-    if missing:
+    if awaited:
         also = f"; and {_why(odd, n)}" if odd else ""
         if foreign:  # a tag that holds something else (another tool's, a newer version's)
             also += f"; the tag of {_names(foreign, n)} holds no part record this version reads"
-        raise PartsMissing(f"{target}: no record of {_names(missing, n)} {waited} "
-                           f"({len(records)} of {n} recorded){also}")  # fmt: skip
+        raise PartsMissing(f"{target}: no finished record of {awaited} {waited} "
+                           f"({recorded} of {n} recorded){also}")  # fmt: skip
     raise PartsDisagree(f"{target}: the parts are not of one build {waited}: {_why(odd, n)}")
 
 

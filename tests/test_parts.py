@@ -18,7 +18,8 @@ from modelcar_builder.shares import Part, parse_part, shares
 from modelcar_builder.snapshot import FileEntry, Snapshot
 from tests.support.clitools import assert_refused, run
 from tests.support.models import MIB, REPO, build_args, model_files
-from tests.support.pods import ROOT, finish, registry_digest, run_pod, start_pod
+from tests.support.pods import MANIFEST_TYPES, ROOT, finish, registry_digest, run_pod, start_pod
+from tests.support.waiting import wait_until
 
 REPORT_SCHEMA = ROOT / "docs" / "schemas" / "build-report.v1.schema.json"
 
@@ -108,7 +109,7 @@ def test_a_missing_part_is_named(hub_repo, registry, capsys, tmp_path):
     res = run(capsys, "assemble", "--image", image, "--parts", "3", "--wait", "1",
               "--no-tls-verify")  # fmt: skip
     assert_refused(res, errors.PartsMissing.exit_code)
-    assert "no record of part 2/3 after 1 s (2 of 3 recorded)" in res.err
+    assert "no finished record of part 2/3 after 1 s (2 of 3 recorded)" in res.err
     assert "waiting for part 2/3" in res.err
 
 
@@ -263,7 +264,7 @@ def test_a_tag_holding_something_else_is_named(hub_repo, registry, capsys, tmp_p
     res = run(capsys, "assemble", "--image", image, "--parts", "2", "--wait", "0",
               "--no-tls-verify")  # fmt: skip
     assert_refused(res, errors.PartsMissing.exit_code)
-    assert "no record of part 2/2" in res.err
+    assert "no finished record of part 2/2" in res.err
     assert "the tag of part 2/2 holds no part record this version reads" in res.err
 
 
@@ -271,3 +272,44 @@ def test_assemble_checks_its_results_dir_before_the_wait(capsys):
     res = run(capsys, "assemble", "--image", "127.0.0.1:9/models/x:v1", "--parts", "2",
               "--results-dir", "/proc/modelcar-results")  # fmt: skip
     assert_refused(res, errors.OutputNotWritable.exit_code)  # not 50: no registry asked yet
+
+
+def test_a_part_killed_mid_way_is_retried_from_its_record(hub, registry, capsys, tmp_path):
+    """A pod killed after its first layer (SIGKILL: evicted, OOM) left a record of it; its
+    retry, on a fresh volume, streams only the layers that record lacks."""
+    files = model_files(n_shards=3, shard_size=2 * MIB)
+    hub.add_repo(REPO, files)
+    hub.stall(REPO, "model-00001-of-00003.safetensors", seconds=120)  # layer 1 hangs
+    image = f"{registry.host}/models/killed:v1"
+    args = [*build_args(image, tmp_path / "ws-1", "scratch", "--part", "1/1", "--stream",
+                        "--jobs", "1")]  # fmt: skip
+    pod = start_pod(*args, hub_endpoint=hub.endpoint)
+    try:
+        wait_until(lambda: _has_tag(registry, "models/killed", record_tag("v1", 1, 1)),
+                   "the part's first record", timeout=120)  # fmt: skip
+    finally:
+        pod.kill()
+        finish(pod)
+    res = run(capsys, "assemble", "--image", image, "--parts", "1", "--wait", "0",
+              "--no-tls-verify")  # fmt: skip
+    assert_refused(res, errors.PartsMissing.exit_code)
+    assert "no finished record of part 1/1 (1 layer pushed so far)" in res.err
+
+    hub.clear_faults()
+    first = {b.digest for b in registry.committed_blobs()}
+    mark = registry.mark()
+    args[args.index(str(tmp_path / "ws-1"))] = str(tmp_path / "ws-retry")
+    res = run(capsys, *args)
+    assert res.code == 0, res.err
+    assert "1 already recorded by an earlier run of this part" in res.err
+    again = {b.digest for b in registry.committed_blobs(since=mark)}
+    model = {b.digest for b in registry.committed_blobs() if b.size >= 2 * MIB}
+    assert not (again & first & model)  # the layer the killed pod pushed is not sent again
+    res = run(capsys, "assemble", "--image", image, "--parts", "1", "--no-tls-verify")
+    assert res.code == 0, res.err
+
+
+def _has_tag(registry, repo: str, tag: str) -> bool:
+    resp = requests.head(f"http://{registry.host}/v2/{repo}/manifests/{tag}",
+                         headers={"Accept": MANIFEST_TYPES}, timeout=30)  # fmt: skip
+    return resp.status_code == 200
