@@ -17,6 +17,7 @@ carrier the run hands the engines) and are re-exported here.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import logging
@@ -29,6 +30,7 @@ from typing import Any
 from modelcar_builder.buildopts import BuildOptions, RegistryAccess, SourceOptions
 from modelcar_builder.engines.modelpack import check_modelpack
 from modelcar_builder.engines.modelpack import publish as publish_modelpack
+from modelcar_builder.engines.part import prepare_part, start_part
 from modelcar_builder.errors import UsageError
 from modelcar_builder.oci.consumers import consumers_check
 from modelcar_builder.pipeline import Resolved, count_base_layers, resolve_source
@@ -108,12 +110,20 @@ def build(options: BuildOptions) -> Built:
     if options.sign_key and len(platforms) > 1:
         raise UsageError("--sign-key signs one image manifest, not an index of several "
                          "platforms", hint="sign a single-platform build")  # fmt: skip
+    part = start_part(options.part, environment(), engine=options.engine, platforms=platforms,
+                      load=options.load, target=target, sign_key=options.sign_key,
+                      modelpack=options.modelpack) if options.part else None  # fmt: skip
     registry = options.registry.options(image)
     # The base image's depth counts against --max-layers, and its platform must be the
     # one asked for: read its manifest and config (no layer) before the Hub plan.
     base_layers = max(count_base_layers(options.base_image, p, registry) for p in platforms)
     source = options.source_options
     resolved = resolve_source(source, base_layers, hub_timeout=options.fetch.read_timeout)
+    job = None
+    if part is not None and isinstance(target, RegistryTarget):  # its share, to its record
+        share, target, job = prepare_part(resolved.plan, part, target, registry,
+                                          options.compression)  # fmt: skip
+        resolved = dataclasses.replace(resolved, plan=share)
     ws = Workspace(Path(options.workspace)).ensure()
     release = ws.lock()
     try:
@@ -131,7 +141,7 @@ def build(options: BuildOptions) -> Built:
                                 target)  # fmt: skip
         started = datetime.datetime.now(datetime.UTC)
         outcome = run_build(resolved, ws, target, options, registry=registry,
-                            platforms=platforms, mount_from=mount_from)  # fmt: skip
+                            platforms=platforms, mount_from=mount_from, part=job)  # fmt: skip
         if key is not None and isinstance(target, RegistryTarget):
             # after the verified push: model.sig layer, image signature, provenance
             outcome = sign_build(outcome, resolved, ws, target, options, registry, wanted, key,
@@ -148,7 +158,7 @@ def build(options: BuildOptions) -> Built:
     if options.report_file:
         Path(options.report_file).write_text(dumps(built.report) + "\n")
     results = Path(options.results_dir) if options.results_dir else TEKTON_RESULTS
-    if push and (options.results_dir or results.is_dir()):
+    if push and job is None and (options.results_dir or results.is_dir()):  # a part: no image
         write_results(outcome, target, results)
     return built
 

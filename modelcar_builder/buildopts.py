@@ -132,6 +132,7 @@ class BuildOptions:
     sign_key_password_file: str | None = None  # else COSIGN_PASSWORD
     modelpack: bool = False  # also a ModelPack manifest on the same blobs (a referrer)
     mount_from: tuple[str, ...] = ()  # repositories of --image's registry to mount from
+    part: str | None = None  # --part K/N or index/N: one share of the layers (README)
 
     @property
     def source_options(self) -> SourceOptions:
