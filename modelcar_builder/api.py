@@ -273,9 +273,6 @@ def build(options: BuildOptions) -> Built:
     wanted = platforms[0]
     if options.modelpack:
         check_modelpack(image, push)
-    if options.sign_key and len(platforms) > 1:
-        raise UsageError("--sign-key signs one image manifest, not an index of several "
-                         "platforms", hint="sign a single-platform build")  # fmt: skip
     registry = options.registry.options(image)
     # The base image's depth counts against --max-layers, and its platform must be the
     # one asked for: read its manifest and config (no layer) before the Hub plan.
