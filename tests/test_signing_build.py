@@ -24,7 +24,13 @@ from modelcar_builder.signing import flow, keys
 from tests.support.clitools import run
 from tests.support.imagecheck import unpack
 from tests.support.models import REPO, build_args, model_files
-from tests.support.signing import PASSWORD, make_keypair, model_signing_verify
+from tests.support.signing import (
+    PASSWORD,
+    make_keypair,
+    model_signing_verify,
+    raw_blob,
+    raw_manifest,
+)
 
 
 @pytest.fixture
@@ -32,21 +38,6 @@ def keypair(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COSIGN_PASSWORD", PASSWORD)
     pair = make_keypair(capsys, tmp_path / "keys")
     return pair.private, pair.public
-
-
-def raw_manifest(registry, repo: str, reference: str) -> dict:
-    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
-    resp = requests.get(f"{registry.url}/v2/{repo}/manifests/{reference}",
-                        headers={"Accept": accept}, timeout=30)  # fmt: skip
-    resp.raise_for_status()
-    return resp.json()
-
-
-def raw_blob(registry, repo: str, digest: str) -> bytes:
-    resp = requests.get(f"{registry.url}/v2/{repo}/blobs/{digest}", timeout=30)
-    resp.raise_for_status()
-    assert f"sha256:{hashlib.sha256(resp.content).hexdigest()}" == digest
-    return resp.content
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.support.clitools import run
 from tests.support.features import buildah_builds, need, root
@@ -19,11 +18,9 @@ from tests.support.signing import (
     KeyPair,
     extracted_tree_verifies,
     make_keypair,
+    raw_manifest,
     verify_with_key,
 )
-
-ACCEPT = "application/vnd.oci.image.manifest.v1+json, " \
-    "application/vnd.docker.distribution.manifest.v2+json"  # fmt: skip
 
 
 @pytest.fixture
@@ -45,10 +42,7 @@ def signed_round_trip(engine: str, registry, base: str, keypair: KeyPair, capsys
     assert res.code == 0, res.err
     assert PASSWORD not in res.out + res.err
     digest = res.last_line.split("@")[1]
-    resp = requests.get(f"{registry.url}/v2/signed/{engine}/manifests/{digest}",
-                        headers={"Accept": ACCEPT}, timeout=30)  # fmt: skip
-    resp.raise_for_status()
-    manifest = resp.json()
+    manifest = raw_manifest(registry, f"signed/{engine}", digest)
     top = manifest["layers"][-1]
     assert top["annotations"]["org.cncf.model.filepath"] == "/models/model.sig"
     verify_with_key(capsys, image, keypair.public, len(model_files()) if deep else None)

@@ -88,7 +88,15 @@ def verify_image(
             )
         for platform, desc in found.platforms:
             each = str(desc["digest"])
-            cosign.require_signature(client, ref.repository, each, public, where)
+            try:  # a pull by tag checks the index's signature, then the chosen platform's
+                cosign.require_signature(client, ref.repository, each, public, where)
+            except VerificationFailed:
+                raise VerificationFailed(
+                    f"{where}@{digest}: its {platform} manifest {each} has no signature "
+                    "by this key",
+                    hint="sign the index and every platform manifest (`modelcar sign` "
+                    "does, as `cosign sign --recursive`)",
+                ) from None
             if docs and not verified_provenance(client, ref.repository, each, public):
                 raise VerificationFailed(
                     f"{where}@{digest}: its {platform} manifest {each} has no provenance "

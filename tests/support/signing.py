@@ -4,12 +4,14 @@ library's own `model_signing verify key` on the tree skopeo + umoci extracted.""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.support.clitools import Result, run
 from tests.support.imagecheck import Unpacked, unpack
@@ -66,3 +68,25 @@ def extracted_tree_verifies(src: str, workdir: Path, public: Path) -> Unpacked:
     victim.write_bytes(bytes(data))
     assert model_signing_verify(models, public).returncode != 0
     return img
+
+
+ACCEPT = ", ".join((
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+))  # fmt: skip
+
+
+def raw_manifest(registry, repo: str, reference: str) -> dict:
+    """A manifest or index as the registry serves it, read with plain HTTP."""
+    resp = requests.get(f"{registry.url}/v2/{repo}/manifests/{reference}",
+                        headers={"Accept": ACCEPT}, timeout=30)  # fmt: skip
+    resp.raise_for_status()
+    return resp.json()
+
+
+def raw_blob(registry, repo: str, digest: str) -> bytes:
+    resp = requests.get(f"{registry.url}/v2/{repo}/blobs/{digest}", timeout=30)
+    resp.raise_for_status()
+    assert f"sha256:{hashlib.sha256(resp.content).hexdigest()}" == digest
+    return resp.content
