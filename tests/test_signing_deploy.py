@@ -5,15 +5,22 @@ MODELCAR_SIGN_KEY and its password file; an unbound workspace ("") changes nothi
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
 
+from tests.support import builder_image
 from tests.support.clitools import run
-from tests.support.kubeplay import StepPod
+from tests.support.kubeplay import PodRun, StepPod, play
+from tests.support.podman import Podman, make_podman, podman_available
+from tests.support.signing import PASSWORD, extracted_tree_verifies, make_keypair, raw_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "containerfiles" / "entrypoint.sh"
@@ -80,3 +87,120 @@ def test_task_and_job_wire_the_signing_secret_to_the_entrypoint(task_file, job_f
     job_env = {e["name"]: e.get("value") for e in container["env"]}
     assert job_env["SIGNING_SECRET_DIR"] == mount["mountPath"]
     assert "SIGNING_SECRET_DIR" in ENTRYPOINT.read_text()
+
+
+# -- the Tasks as the cluster runs them (podman kube play) -------------------------------------
+
+TEKTON = ROOT / "deploy" / "components" / "tekton"
+TINY = ROOT / "modelcar_builder" / "examples" / "tiny-model"
+
+
+@pytest.fixture(scope="module")
+def builder(session_registry) -> Iterator[tuple[Podman, str]]:
+    """The builder image (containerfiles/Containerfile, with the sign extra), built
+    offline by podman into a private store the pods run it from."""
+    why = podman_available()
+    if why:
+        pytest.skip(why)
+    for made in (builder_image.debian_base_tar(), builder_image.wheelhouse()):
+        if isinstance(made, str):
+            print(f"skipping: {made}")
+            pytest.skip(made)
+    top = Path(tempfile.mkdtemp(prefix="mc-sd-"))
+    podman = make_podman(top)
+    try:
+        base = builder_image.import_base(podman, cast(Path, builder_image.debian_base_tar()))
+        image = builder_image.build_builder_image(
+            podman, base, cast(Path, builder_image.wheelhouse())
+        )
+        yield podman, image
+    finally:
+        podman.close()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _secret_like(directory: Path, capsys, monkeypatch) -> Path:
+    """A directory laid out as a Secret volume with Chains' signing-secrets keys: files
+    0644 (the kubelet's defaultMode), so any UID of the pod reads them."""
+    monkeypatch.setenv("COSIGN_PASSWORD", PASSWORD)
+    make_keypair(capsys, directory)
+    monkeypatch.delenv("COSIGN_PASSWORD")
+    (directory / "cosign.password").write_text(PASSWORD)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    return directory
+
+
+def _run_buildah_task(builder, tmp_path: Path, registry, base_image, repo: str,
+                      signing: Path | None) -> tuple[PodRun, str, Path]:  # fmt: skip
+    """The buildah Task's step, from deploy/ as written, on a PVC-like volume holding the
+    tiny model; ``signing`` binds the signing-secret workspace."""
+    podman, image = builder
+    task = yaml.safe_load((TEKTON / "task-modelcar-build-buildah.yaml").read_text())
+    volume = tmp_path / "pvc"
+    shutil.copytree(TINY, volume / "models" / "tiny")
+    results = tmp_path / "results"
+    results.mkdir()
+    results.chmod(0o777)
+    workspaces = {"source": volume, **({"signing-secret": signing} if signing else {})}
+    step = StepPod(
+        task=task,
+        step_name="build",
+        image=image,
+        params={
+            "source": "models/tiny",
+            "image": f"{registry.host}/{repo}:v1",
+            "base-image": base_image.ref,
+            "tls-verify": "false",
+        },
+        workspaces=workspaces,
+        results_dir=results,
+        run_as=None,  # the Task asks for UID 0 itself
+    )
+    pod = play(podman, step.pod(repo.replace("/", "-")), tmp_path)
+    assert pod.exit_code == 0, pod.logs
+    assert PASSWORD not in pod.logs
+    return pod, (results / "IMAGE_DIGEST").read_text(), volume / "modelcar" / "report.json"
+
+
+@pytest.mark.slow
+def test_buildah_task_with_the_signing_secret_signs_and_without_it_does_not(
+    builder, session_registry, base_image, capsys, tmp_path, monkeypatch
+):
+    secret = _secret_like(tmp_path / "signing-secret", capsys, monkeypatch)
+    public = secret / "cosign.pub"
+    pod, digest, report = _run_buildah_task(
+        builder, tmp_path / "signed", session_registry, base_image, "tekton/signed-buildah", secret
+    )
+    assert "with buildah" in pod.logs, pod.logs
+    image = f"{session_registry.host}/tekton/signed-buildah@{digest}"
+    check = run(capsys, "verify", image, "--deep", "--report", str(report), "--key",
+                    str(public), "--no-tls-verify")  # fmt: skip
+    assert check.code == 0, check.err
+    files = sum(1 for p in TINY.rglob("*") if p.is_file())
+    assert f"ok: {files} files = the provenance; " in check.out
+    extracted_tree_verifies(f"docker://{image}", tmp_path / "check", public)
+
+    # unbound: the same Task builds, unsigned (no model.sig, no signature)
+    _, plain, _ = _run_buildah_task(builder, tmp_path / "plain", session_registry, base_image,
+                                    "tekton/plain-buildah", None)  # fmt: skip
+    unsigned = f"{session_registry.host}/tekton/plain-buildah@{plain}"
+    assert run(capsys, "verify", unsigned, "--no-tls-verify").code == 0
+    refused = run(capsys, "verify", unsigned, "--key", str(public), "--no-tls-verify")
+    assert refused.code == 60 and "no signature" in refused.err
+    top = raw_manifest(session_registry, "tekton/plain-buildah", plain)["layers"][-1]
+    assert top["annotations"]["org.cncf.model.filepath"] != "/models/model.sig"
+
+
+def test_the_pipeline_binds_the_signing_secret_to_the_task_it_runs():
+    """The deploy Pipeline's optional signing-secret reaches its build Task's workspace of
+    that name (the native Task's step then sets SIGNING_SECRET_DIR, as checked above)."""
+    pipeline = yaml.safe_load((TEKTON / "pipeline-modelcar-deploy.yaml").read_text())
+    (ws,) = [w for w in pipeline["spec"]["workspaces"] if w["name"] == "signing-secret"]
+    assert ws["optional"] is True
+    build = next(t for t in pipeline["spec"]["tasks"] if t["name"] == "build")
+    bound = {w["name"]: w["workspace"] for w in build["workspaces"]}
+    assert bound["signing-secret"] == "signing-secret"
+    task = yaml.safe_load((TEKTON / f"task-{build['taskRef']['name']}.yaml").read_text())
+    (declared,) = [w for w in task["spec"]["workspaces"] if w["name"] == "signing-secret"]
+    assert declared["optional"] and declared["readOnly"]
