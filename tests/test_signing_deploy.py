@@ -131,14 +131,23 @@ def _secret_like(directory: Path, capsys, monkeypatch) -> Path:
     return directory
 
 
-def _run_buildah_task(builder, tmp_path: Path, registry, base_image, repo: str,
-                      signing: Path | None) -> tuple[PodRun, str, Path]:  # fmt: skip
-    """The buildah Task's step, from deploy/ as written, on a PVC-like volume holding the
-    tiny model; ``signing`` binds the signing-secret workspace."""
+OPENSHIFT_UID = 1000680000  # what restricted-v2 injects: no passwd entry, group 0
+
+
+def _run_task(builder, tmp_path: Path, registry, base_image, task_name: str, repo: str,
+              signing: Path | None) -> tuple[PodRun, str, Path]:  # fmt: skip
+    """A Task's build step, from deploy/ as written (the native Task's StepAction
+    resolved), on a PVC-like volume holding the tiny model (another owner, group 0
+    writable); ``signing`` binds the signing-secret workspace. The native Task runs as
+    restricted-v2's arbitrary UID, the buildah Task as the UID 0 it asks for."""
     podman, image = builder
-    task = yaml.safe_load((TEKTON / "task-modelcar-build-buildah.yaml").read_text())
+    task = yaml.safe_load((TEKTON / f"task-{task_name}.yaml").read_text())
+    action = yaml.safe_load((TEKTON / "stepaction-modelcar-build.yaml").read_text())
     volume = tmp_path / "pvc"
     shutil.copytree(TINY, volume / "models" / "tiny")
+    for path in [volume, *volume.rglob("*")]:
+        os.chown(path, 4242, 0)
+        path.chmod(0o2775 if path.is_dir() else 0o664)
     results = tmp_path / "results"
     results.mkdir()
     results.chmod(0o777)
@@ -155,7 +164,8 @@ def _run_buildah_task(builder, tmp_path: Path, registry, base_image, repo: str,
         },
         workspaces=workspaces,
         results_dir=results,
-        run_as=None,  # the Task asks for UID 0 itself
+        run_as=(OPENSHIFT_UID, 0),  # injected only where the step sets no runAsUser
+        step_actions={"modelcar-build": action},
     )
     pod = play(podman, step.pod(repo.replace("/", "-")), tmp_path)
     assert pod.exit_code == 0, pod.logs
@@ -163,30 +173,44 @@ def _run_buildah_task(builder, tmp_path: Path, registry, base_image, repo: str,
     return pod, (results / "IMAGE_DIGEST").read_text(), volume / "modelcar" / "report.json"
 
 
-@pytest.mark.slow
-def test_buildah_task_with_the_signing_secret_signs_and_without_it_does_not(
-    builder, session_registry, base_image, capsys, tmp_path, monkeypatch
-):
-    secret = _secret_like(tmp_path / "signing-secret", capsys, monkeypatch)
-    public = secret / "cosign.pub"
-    pod, digest, report = _run_buildah_task(
-        builder, tmp_path / "signed", session_registry, base_image, "tekton/signed-buildah", secret
-    )
-    assert "with buildah" in pod.logs, pod.logs
-    image = f"{session_registry.host}/tekton/signed-buildah@{digest}"
+def _check_signed(capsys, registry, repo: str, digest: str, report: Path, public: Path,
+                  tmp_path: Path) -> None:  # fmt: skip
+    """verify --deep --key (every file against the report, the provenance and model.sig)
+    and model_signing's own verify of the extracted tree."""
+    image = f"{registry.host}/{repo}@{digest}"
     check = run(capsys, "verify", image, "--deep", "--report", str(report), "--key",
-                    str(public), "--no-tls-verify")  # fmt: skip
+                str(public), "--no-tls-verify")  # fmt: skip
     assert check.code == 0, check.err
     files = sum(1 for p in TINY.rglob("*") if p.is_file())
     assert f"ok: {files} files = the provenance; " in check.out
     extracted_tree_verifies(f"docker://{image}", tmp_path / "check", public)
 
+
+@pytest.mark.slow
+def test_buildah_task_with_the_signing_secret_signs_and_without_it_does_not(
+    builder, session_registry, base_image, capsys, tmp_path, monkeypatch
+):
+    secret = _secret_like(tmp_path / "signing-secret", capsys, monkeypatch)
+    pod, digest, report = _run_task(
+        builder,
+        tmp_path / "signed",
+        session_registry,
+        base_image,
+        "modelcar-build-buildah",
+        "tekton/signed-buildah",
+        secret,
+    )
+    assert "with buildah" in pod.logs, pod.logs
+    _check_signed(capsys, session_registry, "tekton/signed-buildah", digest, report,
+                  secret / "cosign.pub", tmp_path)  # fmt: skip
+
     # unbound: the same Task builds, unsigned (no model.sig, no signature)
-    _, plain, _ = _run_buildah_task(builder, tmp_path / "plain", session_registry, base_image,
-                                    "tekton/plain-buildah", None)  # fmt: skip
+    _, plain, _ = _run_task(builder, tmp_path / "plain", session_registry, base_image,
+                            "modelcar-build-buildah", "tekton/plain-buildah", None)  # fmt: skip
     unsigned = f"{session_registry.host}/tekton/plain-buildah@{plain}"
     assert run(capsys, "verify", unsigned, "--no-tls-verify").code == 0
-    refused = run(capsys, "verify", unsigned, "--key", str(public), "--no-tls-verify")
+    refused = run(capsys, "verify", unsigned, "--key", str(secret / "cosign.pub"),
+                  "--no-tls-verify")  # fmt: skip
     assert refused.code == 60 and "no signature" in refused.err
     top = raw_manifest(session_registry, "tekton/plain-buildah", plain)["layers"][-1]
     assert top["annotations"]["org.cncf.model.filepath"] != "/models/model.sig"
@@ -204,3 +228,24 @@ def test_the_pipeline_binds_the_signing_secret_to_the_task_it_runs():
     task = yaml.safe_load((TEKTON / f"task-{build['taskRef']['name']}.yaml").read_text())
     (declared,) = [w for w in task["spec"]["workspaces"] if w["name"] == "signing-secret"]
     assert declared["optional"] and declared["readOnly"]
+
+
+@pytest.mark.slow
+def test_native_task_signs_as_an_arbitrary_uid_with_a_read_only_root(
+    builder, session_registry, base_image, capsys, tmp_path, monkeypatch
+):
+    """The native Task (its StepAction: restricted-v2's UID, no capability, read-only
+    root fs) with the signing-secret bound, as the deploy Pipeline binds it."""
+    secret = _secret_like(tmp_path / "signing-secret", capsys, monkeypatch)
+    pod, digest, report = _run_task(
+        builder,
+        tmp_path / "signed",
+        session_registry,
+        base_image,
+        "modelcar-build",
+        "tekton/signed-native",
+        secret,
+    )
+    assert "signed " in pod.logs, pod.logs
+    _check_signed(capsys, session_registry, "tekton/signed-native", digest, report,
+                  secret / "cosign.pub", tmp_path)  # fmt: skip
