@@ -21,7 +21,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import SSlibKey
 
 from modelcar_builder.registry import RegistryClient
-from modelcar_builder.signing import cosign, keys
+from modelcar_builder.signing import cosign, flow, keys
 from tests.support.clitools import run
 from tests.support.models import REPO, build_args, model_files
 from tests.support.multiarch import build_multiarch_base
@@ -137,7 +137,8 @@ def test_verify_key_refuses_an_index_whose_platform_manifest_is_unsigned(
     hub, registry, multi_base, keypair, capsys, tmp_path
 ):
     """An unsigned two-platform build whose index and amd64 manifest are then signed:
-    the arm64 manifest's signature is missing, and verify --key says so."""
+    the arm64 manifest's signature is missing, and verify --key says so; once all are
+    signed, a provenance referring to the index alone is refused the same way."""
     hub.add_repo(REPO, model_files())
     image = f"{registry.host}/models/multi-half:v1"
     res = run(capsys, *build_args(image, tmp_path / "ws", multi_base, "--platform", PLATFORMS))
@@ -160,3 +161,14 @@ def test_verify_key_refuses_an_index_whose_platform_manifest_is_unsigned(
     again = run(capsys, "sign", "--verify", image, "--key", str(keypair.public), "--no-tls-verify")
     assert again.code == 0, again.err
     assert "ok: linux/arm64" in again.out and "note: no provenance" in again.out
+    # a provenance for the index alone: the platform manifests lack theirs, and verify says so
+    statement = {"_type": "https://in-toto.io/Statement/v1",
+                 "subject": [{"name": image, "digest": {"sha256": index_digest[7:]}}],
+                 "predicateType": "https://slsa.dev/provenance/v1", "predicate": {}}  # fmt: skip
+    with RegistryClient(registry.host, plain_http=True) as client:
+        info = client.head_manifest("models/multi-half", index_digest)
+        subject = {"mediaType": info.media_type, "digest": index_digest, "size": info.size}
+        flow.push_provenance(client, "models/multi-half", subject, statement, key)
+    partial = run(capsys, "verify", image, "--key", str(keypair.public), "--no-tls-verify")
+    assert partial.code == 60
+    assert f"its linux/amd64 manifest {amd64} has no provenance signed by this key" in partial.err
