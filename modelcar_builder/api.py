@@ -107,9 +107,6 @@ def build(options: BuildOptions) -> Built:
     wanted = platforms[0]
     if options.modelpack:
         check_modelpack(image, push)
-    if options.sign_key and len(platforms) > 1:
-        raise UsageError("--sign-key signs one image manifest, not an index of several "
-                         "platforms", hint="sign a single-platform build")  # fmt: skip
     part = start_part(options.part, environment(), engine=options.engine, platforms=platforms,
                       load=options.load, target=target, sign_key=options.sign_key,
                       modelpack=options.modelpack) if options.part else None  # fmt: skip
