@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelcar_builder.assembly import WAIT, Assembled
+from modelcar_builder.assembly import assemble as assemble_parts
 from modelcar_builder.buildopts import BuildOptions, RegistryAccess, SourceOptions
 from modelcar_builder.engines.modelpack import check_modelpack
 from modelcar_builder.engines.modelpack import publish as publish_modelpack
@@ -58,12 +60,15 @@ from modelcar_builder.workspace import Workspace
 log = logging.getLogger("modelcar.api")
 
 __all__ = [
+    "AssembleOptions",
+    "Assembled",
     "BuildOptions",
     "Built",
     "FetchOptions",
     "RegistryAccess",
     "SourceOptions",
     "VerifyOptions",
+    "assemble",
     "build",
     "plan",
     "verify",
@@ -265,3 +270,23 @@ def verify(options: VerifyOptions | str) -> Verified:
         verify_signed(target, registry, opts.key, result.digest, result.deep) if opts.key else []
     )
     return Verified(image_url(target, result.digest), result, signed)
+
+
+@dataclass(frozen=True)
+class AssembleOptions:
+    """Everything `modelcar assemble` takes: the --image every part was built with, how
+    many parts, how long to wait for their records, registry access, Tekton results."""
+
+    image: str
+    parts: int
+    wait: float = float(WAIT.example)  # seconds
+    registry: RegistryAccess = field(default_factory=RegistryAccess)
+    results_dir: str | None = None
+
+
+def assemble(options: AssembleOptions) -> Assembled:
+    """`modelcar assemble`: the image of a model built by N parts (`build --part K/N`),
+    with the digest a one-pod build gives; raises PartsMissing (62) or PartsDisagree (63)."""
+    registry = options.registry.options(options.image)
+    return assemble_parts(options.image, options.parts, registry, options.wait,
+                          options.results_dir)  # fmt: skip

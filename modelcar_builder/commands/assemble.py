@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from modelcar_builder.api import RegistryAccess
-from modelcar_builder.assembly import PARTS, WAIT, assemble
+from modelcar_builder.api import AssembleOptions, RegistryAccess, assemble
+from modelcar_builder.assembly import PARTS, WAIT
 from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import Number, registry_options
 
@@ -60,5 +60,5 @@ def assemble_cmd(
     for every part's record in the registry, check its layers, push the config and
     manifest (the digest a one-pod build gives), verify. Prints the oci:// URL."""
     access = RegistryAccess(authfile, registry_token_file, tls_verify, ca_file)
-    done = assemble(image, parts, access.options(image), wait, results_dir)
+    done = assemble(AssembleOptions(image, parts, wait, access, results_dir))
     click.echo(done.image_url)
