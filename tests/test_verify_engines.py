@@ -170,3 +170,17 @@ def test_a_signed_podman_image_passes_deep_with_its_model_sig(
     assert f"ok: {N_FILES} files = the provenance; {N_FILES} = /models/model.sig" in res.out
     res = verify(capsys, image, "--deep", "--report", str(report))
     assert res.code == 0, res.err
+
+
+def test_podman_zstd_layers_are_refused_by_deep_saying_why(
+    hub_repo, registry, base_image, podman_store, capsys, tmp_path
+):
+    """Python's tarfile (before 3.14) cannot unpack tar+zstd: the blobs are hashed, the
+    files cannot be read, and the refusal names the layers it could not unpack."""
+    image = f"{registry.host}/models/podman:zstd"
+    build(capsys, "podman", image, tmp_path / "ws", base_image.ref, "--compression", "zstd")
+    assert verify(capsys, image).code == 0
+    res = verify(capsys, image, "--deep")
+    assert res.code == FAILED, res.out
+    assert "models/a/config.json is missing from the image" in res.err
+    assert "tar+zstd, not unpacked by --deep" in res.err and "layer 2 of 4 (" in res.err

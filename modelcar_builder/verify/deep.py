@@ -36,6 +36,7 @@ class LayerRead:
     bytes_read: int = 0
     diff_id_checked: bool = False
     files: LayerFiles = field(default_factory=LayerFiles)
+    unpacked: bool = False  # False: a zstd layer, hashed but its tar unread
 
     @property
     def is_model(self) -> bool:
@@ -145,6 +146,7 @@ def _read_layer(
             # Every layer's tar is read: one without our annotation (a base layer, or a
             # Containerfile build's COPY) shows only here whether it holds /models files.
             out.files = walk_layer(unpacked, layer.number, layer.annotated, git, name)
+            out.unpacked = True
             _drain(unpacked)
     except (RegistryError, VerificationFailed):
         # The client's own digest check, at the blob's end; or what the tar holds: a
@@ -222,7 +224,10 @@ def _compare(reads: list[LayerRead], expected: Expected, where: str) -> tuple[in
         problems.append(f"models/{path} in layer {found[path].layer} is not expected")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise VerificationFailed(
-            f"{where}: /models differs from {expected.source}: {'; '.join(problems[:3])}{more}"
-        )
+        # What is missing may sit in a layer Python's tarfile cannot unpack: say which.
+        unread = [r.layer.name(len(reads)) for r in reads if not r.unpacked]
+        why = f"; {', '.join(unread)}: tar+zstd, not unpacked by --deep" if unread else ""
+        listed = "; ".join(problems[:3])
+        raise VerificationFailed(f"{where}: /models differs from {expected.source}: "
+                                 f"{listed}{more}{why}")  # fmt: skip
     return checked, unhashed
