@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -184,3 +185,24 @@ def test_podman_zstd_layers_are_refused_by_deep_saying_why(
     assert res.code == FAILED, res.out
     assert "models/a/config.json is missing from the image" in res.err
     assert "tar+zstd, not unpacked by --deep" in res.err and "layer 2 of 4 (" in res.err
+
+
+def test_buildah_image_passes_deep_as_before(hub_repo, registry, base_image, capsys, tmp_path):
+    """buildah's layers are our own tars, annotated: --deep reads them as it always did
+    (and now reads the base's tar too, finding no /models there)."""
+    if shutil.which("buildah") is None:
+        pytest.skip("buildah is needed (scripts/install-deps.sh installs it)")
+    image = f"{registry.host}/models/buildah:v1"
+    report = tmp_path / "report.json"
+    ws = tmp_path / "ws"
+    build(capsys, "buildah", image, ws, base_image.ref, "--report", str(report))
+    annotated = [la for la in layers_of(image) if "org.cncf.model.filepath" in
+                 (la.get("annotations") or {})]  # fmt: skip
+    assert len(annotated) == 3
+    assert "not told" not in verify(capsys, image).out
+    for extra in ((), ("--report", str(report))):
+        res = verify(capsys, image, "--deep", "--json", *extra)
+        assert res.code == 0, res.err
+        deep = json.loads(res.out)["deep"]
+        assert (deep["model_layers"], deep["files_checked"]) == (3, N_FILES)
+    assert_changed_file_refused(capsys, hub_repo, "buildah", image, report, ws, base_image.ref)
