@@ -247,23 +247,44 @@ def play(
 ) -> PodRun:
     """``podman kube play`` the pod, wait for one container (default: the first) to exit,
     collect its logs, remove the pod."""
-    name = manifest["metadata"]["name"]
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    container = f"{name}-{wait_for or manifest['spec']['containers'][0]['name']}"
-    args = ["kube", "play", "--replace"]
-    if not manifest["spec"].get("hostNetwork"):
-        args += ["--network", "none"]
+    (run,) = play_all(podman, [manifest], workdir, timeout, wait_for)
+    return run
+
+
+def play_all(
+    podman: Podman,
+    manifests: list[dict[str, Any]],
+    workdir: Path,
+    timeout: float = 600,
+    wait_for: str | None = None,
+) -> list[PodRun]:
+    """Every pod started before any is waited for (as a Job's pods, or a matrix's
+    TaskRuns, run at once), then each one's container (``wait_for``, default its first)
+    waited for to exit, its logs collected; every pod removed at the end."""
+    started: list[tuple[str, str]] = []
     try:
-        podman.run(*args, str(path))
-
-        def exit_code() -> str | None:
-            state = podman.run("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
-                               container).stdout.split()  # fmt: skip
-            return state[1] if state[0] in ("exited", "stopped") else None
-
-        code = int(wait_until(exit_code, f"{container} to exit", timeout, 0.5))
-        logs = podman.run("logs", container, check=False)
-        return PodRun(name, code, logs.stdout + logs.stderr)
+        for manifest in manifests:
+            name = manifest["metadata"]["name"]
+            path = workdir / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+            container = f"{name}-{wait_for or manifest['spec']['containers'][0]['name']}"
+            args = ["kube", "play", "--replace"]
+            if not manifest["spec"].get("hostNetwork"):
+                args += ["--network", "none"]
+            started.append((name, container))
+            podman.run(*args, str(path))
+        return [_wait_exit(podman, name, container, timeout) for name, container in started]
     finally:
-        podman.run("pod", "rm", "-f", name, check=False)
+        for name, _ in started:
+            podman.run("pod", "rm", "-f", name, check=False)
+
+
+def _wait_exit(podman: Podman, name: str, container: str, timeout: float) -> PodRun:
+    def exit_code() -> str | None:
+        state = podman.run("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
+                           container).stdout.split()  # fmt: skip
+        return state[1] if state[0] in ("exited", "stopped") else None
+
+    code = int(wait_until(exit_code, f"{container} to exit", timeout, 0.5))
+    logs = podman.run("logs", container, check=False)
+    return PodRun(name, code, logs.stdout + logs.stderr)
