@@ -15,6 +15,7 @@ checked by the CLI's own rule (finite, in range), choices against the CLI's choi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import logging
@@ -28,6 +29,7 @@ from modelcar_builder.context import DEFAULT_BASE_IMAGE
 from modelcar_builder.engines.catalog import DEFAULT_ENGINE, ENGINES
 from modelcar_builder.engines.modelpack import check_modelpack
 from modelcar_builder.engines.modelpack import publish as publish_modelpack
+from modelcar_builder.engines.part import prepare_part, start_part
 from modelcar_builder.errors import UsageError
 from modelcar_builder.oci.consumers import consumers_check
 from modelcar_builder.pipeline import Resolved, count_base_layers, resolve
@@ -191,6 +193,7 @@ class BuildOptions:
     sign_key_password_file: str | None = None  # else COSIGN_PASSWORD
     modelpack: bool = False  # also a ModelPack manifest on the same blobs (a referrer)
     mount_from: tuple[str, ...] = ()  # repositories of --image's registry to mount from
+    part: str | None = None  # --part K/N or index/N: one share of the layers (README)
 
     @property
     def source_options(self) -> SourceOptions:
@@ -276,12 +279,20 @@ def build(options: BuildOptions) -> Built:
     if options.sign_key and len(platforms) > 1:
         raise UsageError("--sign-key signs one image manifest, not an index of several "
                          "platforms", hint="sign a single-platform build")  # fmt: skip
+    part = start_part(options.part, environment(), engine=options.engine, platforms=platforms,
+                      load=options.load, target=target, sign_key=options.sign_key,
+                      modelpack=options.modelpack) if options.part else None  # fmt: skip
     registry = options.registry.options(image)
     # The base image's depth counts against --max-layers, and its platform must be the
     # one asked for: read its manifest and config (no layer) before the Hub plan.
     base_layers = max(count_base_layers(options.base_image, p, registry) for p in platforms)
     source = options.source_options
     resolved = source.resolve(base_layers, hub_timeout=options.fetch.read_timeout)
+    job = None
+    if part is not None and isinstance(target, RegistryTarget):  # its share, to its record
+        share, target, job = prepare_part(resolved.plan, part, target, registry,
+                                          options.compression)  # fmt: skip
+        resolved = dataclasses.replace(resolved, plan=share)
     ws = Workspace(Path(options.workspace)).ensure()
     release = ws.lock()
     try:
@@ -306,6 +317,7 @@ def build(options: BuildOptions) -> Built:
             load=options.load,
             push=push,
             mount_from=mount_sources(options.mount_from, target),
+            part=job,
         )
         key = None
         if options.sign_key:  # refused before the download when it could not sign
@@ -328,7 +340,7 @@ def build(options: BuildOptions) -> Built:
     if options.report_file:
         Path(options.report_file).write_text(dumps(built.report) + "\n")
     results = Path(options.results_dir) if options.results_dir else TEKTON_RESULTS
-    if push and (options.results_dir or results.is_dir()):
+    if push and job is None and (options.results_dir or results.is_dir()):  # a part: no image
         write_results(outcome, target, results)
     return built
 

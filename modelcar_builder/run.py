@@ -26,6 +26,7 @@ from modelcar_builder.engines.catalog import (
     default_compression,
     make_engine,
 )
+from modelcar_builder.engines.part import PartEngine, PartJob
 from modelcar_builder.errors import (
     ImageNotFound,
     Interrupted,
@@ -71,6 +72,7 @@ class BuildSettings:
     load: str | None = None  # "podman" | "docker" | "auto": also leave it in a local store
     push: bool = True  # False: --load of a local name (localhost/NAME:TAG), nothing pushed
     mount_from: tuple[str, ...] = ()  # --mount-from: repositories to mount layer blobs from
+    part: PartJob | None = None  # --part K/N: this share of the layers, then its record
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,8 @@ def run_build(
         raise UsageError("nothing to do: no push and no --load", hint="add --load")
     compression = settings.compression or default_compression(settings.engine)
     engine = make_engine(settings.engine)
+    if settings.part is not None:  # start_part refused every engine but native
+        engine = PartEngine(settings.part)
     engine.check_compression(compression)  # before the download, with or without the preflight
     log.info("%s", engine_line(settings.engine, compression))
     store = None
@@ -260,7 +264,9 @@ def _build_and_verify(
     result = engine.build(request)
     timings["build_push"] = time.monotonic() - t1
     t2 = time.monotonic()
-    if request.push:
+    if isinstance(engine, PartEngine):  # a part's record, not an image
+        verified = engine.verify(request, result)
+    elif request.push:
         verified = verify_target(request.target, result.manifest_digest, labels, request.registry)
     else:
         name = local_name(request)
@@ -403,10 +409,15 @@ def image_url(target: Target, digest: str) -> str:
 def write_results(outcome: BuildOutcome, target: Target, results_dir: Path) -> None:
     """Tekton results: IMAGE_URL and IMAGE_DIGEST (the names Tekton Chains reads), and
     IMAGE_REF, the oci://…@sha256:… an InferenceService's storageUri takes."""
+    write_image_results(target, outcome.result.manifest_digest, results_dir)
+
+
+def write_image_results(target: Target, digest: str, results_dir: Path) -> None:
+    """The three results for the image ``digest`` at ``target`` (build and assemble)."""
     if isinstance(target, RegistryTarget):
         url = f"{target.ref.registry}/{target.ref.repository}:{target.tag}"
     else:
         url = str(target)
     (results_dir / "IMAGE_URL").write_text(url)
-    (results_dir / "IMAGE_DIGEST").write_text(outcome.result.manifest_digest)
-    (results_dir / "IMAGE_REF").write_text(outcome.image_url)
+    (results_dir / "IMAGE_DIGEST").write_text(digest)
+    (results_dir / "IMAGE_REF").write_text(image_url(target, digest))

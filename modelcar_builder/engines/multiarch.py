@@ -39,7 +39,7 @@ def build_multiarch(engine, request: BuildRequest) -> BuildResult:
             copy_base(base, sink)
         timings["base"] = time.monotonic() - started
         state = request.build_state()
-        pushed = engine._push_layers(request, sink, state)  # once, for every platform
+        pushed = engine.push_layers(request, sink, state)  # once, for every platform
         for layer in request.plan.layers:
             request.wait_for(layer)
         timings["layers"] = time.monotonic() - started - timings["base"]

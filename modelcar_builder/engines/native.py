@@ -92,7 +92,7 @@ class NativeEngine:
             copy_base(base, sink)
             timings["base"] = time.monotonic() - started
             state = request.build_state()
-            pushed = self._push_layers(request, sink, state)
+            pushed = self.push_layers(request, sink, state)
             for layer in request.plan.layers:
                 request.wait_for(layer)  # the manifest waits until every file is verified
             timings["layers"] = time.monotonic() - started - timings["base"]
@@ -117,9 +117,7 @@ class NativeEngine:
 
     # -- model layers -----------------------------------------------------------------------
 
-    def _push_layers(
-        self, request: BuildRequest, sink: Sink, state: BuildState
-    ) -> list[BuiltLayer]:
+    def push_layers(self, request: BuildRequest, sink: Sink, state: BuildState) -> list[BuiltLayer]:
         total = sum(_tar_for(request, layer).size for layer in request.plan.layers)
         progress = Progress("push", total, interval=request.progress_interval)
         failed: list[BaseException] = []
