@@ -55,9 +55,10 @@ def _one_pod_digest(hub, tmp_path: Path, host: str, base: str, repo: str, epoch:
     return registry_digest(host, repo, "v1")
 
 
-def _assert_all_succeeded(runs: list[PodRun]) -> None:
+def _assert_all_succeeded(runs: list[PodRun], pods: list[dict]) -> None:
     for run in runs:
         assert run.exit_code == 0, f"{run.name}:\n{run.logs}"
+    assert len(runs) == len(pods)
 
 
 # -- the Indexed Job and the assemble Job -------------------------------------------------------
@@ -110,7 +111,7 @@ def test_indexed_job_parts_and_assemble_give_the_one_pod_digest(
     pods.append(_job_pod(builder, assemble, "parts-assemble", config,
                          {"MODELCAR_TLS_VERIFY": "false"}))  # fmt: skip
     runs = play_all(builder.podman, pods, tmp_path, timeout=900)
-    _assert_all_succeeded(runs)
+    _assert_all_succeeded(runs, pods)
     digest = registry_digest(host, "parts/job", "v1")
     assert f"oci://{host}/parts/job@{digest}" in runs[-1].logs.splitlines(), runs[-1].logs
     one = _one_pod_digest(hub, tmp_path, host, base_image.ref, "parts/one-job", None)
@@ -173,7 +174,7 @@ def test_pipeline_matrix_of_parts_then_assemble_give_the_one_pod_digest(
                        step_actions=builder.step_actions())  # fmt: skip
         pods.append(step.pod(f"parts-tekton-{k}"))
     assert pods[0]["spec"]["containers"][0]["image"] == builder.image
-    _assert_all_succeeded(play_all(builder.podman, pods, tmp_path, timeout=900))
+    _assert_all_succeeded(play_all(builder.podman, pods, tmp_path, timeout=900), pods)
 
     assert tasks["assemble"]["runAfter"] == ["part"]
     results = results_dir(tmp_path / "results")

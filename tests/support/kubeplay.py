@@ -260,10 +260,14 @@ def play_all(
 ) -> list[PodRun]:
     """Every pod started before any is waited for (as a Job's pods, or a matrix's
     TaskRuns, run at once), then each one's container (``wait_for``, default its first)
-    waited for to exit, its logs collected; every pod removed at the end."""
+    waited for to exit in order, its logs collected, up to the first that fails (the
+    runs returned end there); every pod removed at the end."""
     started: list[tuple[str, str]] = []
+    volumes: list[str] = []
     try:
         for manifest in manifests:
+            manifest, owned = _own_empty_dirs(manifest)
+            volumes += owned
             name = manifest["metadata"]["name"]
             path = workdir / f"{name}.yaml"
             path.write_text(yaml.safe_dump(manifest, sort_keys=False))
@@ -273,10 +277,33 @@ def play_all(
                 args += ["--network", "none"]
             started.append((name, container))
             podman.run(*args, str(path))
-        return [_wait_exit(podman, name, container, timeout) for name, container in started]
+        runs: list[PodRun] = []
+        for name, container in started:
+            runs.append(_wait_exit(podman, name, container, timeout))
+            if runs[-1].exit_code != 0:
+                break  # the later pods may wait for this one (an assemble for its parts)
+        return runs
     finally:
         for name, _ in started:
             podman.run("pod", "rm", "-f", name, check=False)
+        if volumes:
+            podman.run("volume", "rm", "-f", *volumes, check=False)
+
+
+def _own_empty_dirs(manifest: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The pod with each emptyDir renamed after it: podman kube play makes an emptyDir a
+    named volume shared by every pod that names it, where the kubelet gives each pod its
+    own (pods run at once would share /work). Returns the volume names to remove."""
+    pod = copy.deepcopy(manifest)
+    prefix = pod["metadata"]["name"]
+    renamed = {v["name"]: f"{prefix}-{v['name']}" for v in pod["spec"]["volumes"]
+               if "emptyDir" in v}  # fmt: skip
+    for v in pod["spec"]["volumes"]:
+        v["name"] = renamed.get(v["name"], v["name"])
+    for c in pod["spec"]["containers"]:
+        for m in c.get("volumeMounts", []):
+            m["name"] = renamed.get(m["name"], m["name"])
+    return pod, list(renamed.values())
 
 
 def _wait_exit(podman: Podman, name: str, container: str, timeout: float) -> PodRun:
