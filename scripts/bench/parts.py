@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             order = [0, *ns]
             order = order[r % len(order) :] + order[: r % len(order)]  # no N always first
             for n in order:
-                run = _one(workdir / f"{r}-{n}", hub.endpoint, n, a.connections)
+                run = _one(workdir / f"{r}-{n}", hub.endpoint, n, a.connections, threshold(a))
                 runs.append(run)
                 label = n or "one pod"
                 print(f"bench parts: round {r} N={label}: {run.wall:.2f} s", file=sys.stderr)
@@ -91,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _one(run_dir: Path, endpoint: str, n: int, connections: int) -> Run:
+def threshold(a: argparse.Namespace) -> int:
+    """Half a shard: every shard a layer of its own, as a real model's multi-GB shards are
+    at the default 64 MiB (a small repo's shards would all share one layer, one part)."""
+    return max(1, int(a.size_mib * MIB) // a.shards // 2)
+
+
+def _one(run_dir: Path, endpoint: str, n: int, connections: int, layer_threshold: int) -> Run:
     """One build of the repo into a fresh registry: N parts then assemble, or (n = 0) the
     plain one-pod build."""
     registry = Registry.start(run_dir / "registry")
@@ -101,19 +108,23 @@ def _one(run_dir: Path, endpoint: str, n: int, connections: int) -> Run:
         env.pop("SOURCE_DATE_EPOCH", None)
         common = ["--image", image, "--engine", "native", "--base-image", "scratch",
                   "--no-tls-verify", "--stream", "--connections", str(connections),
-                  "--no-preflight"]  # fmt: skip
+                  "--no-preflight", "--layer-threshold", str(layer_threshold)]  # fmt: skip
         t0 = time.monotonic()
         if n == 0:
             cmds = [_build(run_dir / "ws", common)]
         else:
             cmds = [_build(run_dir / f"ws-{k}", [*common, "--part", f"{k}/{n}"])
                     for k in range(1, n + 1)]  # fmt: skip
-        walls, cpu = _all_at_once(cmds, env, t0)
+        walls, cpu, logs = _all_at_once(cmds, env, t0)
+        for log in logs if n else ():  # each part must have had a share, or N is not N
+            share = re.search(r"part \d+/\d+: (\d+) of the model's (\d+) layers", log)
+            if not share or int(share.group(1)) == 0:
+                raise SystemExit(f"bench parts: a part had no layer to build:\n{log[-1500:]}")
         parts_wall = time.monotonic() - t0
         assemble_wall = 0.0
         if n:
             t1 = time.monotonic()
-            more, c = _all_at_once(
+            more, c, _ = _all_at_once(
                 [_modelcar("assemble", "--image", image, "--parts", str(n), "--wait", "60",
                            "--no-tls-verify")], env, t1,
             )  # fmt: skip
@@ -134,14 +145,17 @@ def _build(ws: Path, args: list[str]) -> list[str]:
 
 def _all_at_once(
     cmds: list[list[str]], env: dict[str, str], t0: float
-) -> tuple[list[float], float]:
-    """Start every command, wait for each; each one's wall time from ``t0`` and their
-    CPU seconds together. A failure stops the benchmark: a number of a broken build is no
-    number."""
+) -> tuple[list[float], float, list[str]]:
+    """Start every command, wait for each; each one's wall time from ``t0``, their CPU
+    seconds together and each one's stderr (through a file: a pipe read only at the end
+    could fill and stall it). A failure stops the benchmark: a number of a broken build
+    is no number."""
+    # Closed below once read, after every process has ended.
+    errs = [tempfile.TemporaryFile() for _ in cmds]  # noqa: SIM115
     procs = [
-        subprocess.Popen(c, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, start_new_session=True)
-        for c in cmds
+        subprocess.Popen(c, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=e,
+                         start_new_session=True)
+        for c, e in zip(cmds, errs, strict=True)
     ]  # fmt: skip
     walls, cpu = [0.0] * len(procs), 0.0
     pending = dict(enumerate(procs))
@@ -155,14 +169,18 @@ def _all_at_once(
             proc.returncode = os.waitstatus_to_exitcode(status)
             del pending[i]
         time.sleep(0.02)
-    for p, c in zip(procs, cmds, strict=True):
-        err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    logs = []
+    for p, c, e in zip(procs, cmds, errs, strict=True):
+        e.seek(0)
+        err = e.read().decode(errors="replace")
+        e.close()
+        logs.append(err)
         if p.returncode != 0:
             for q in procs:
                 stop_process(q)
             what = " ".join(c[3:5])
             raise SystemExit(f"bench parts: {what} exited {p.returncode}:\n{err[-2000:]}")
-    return walls, cpu
+    return walls, cpu, logs
 
 
 def _digest(host: str) -> str:
@@ -230,7 +248,9 @@ def section(runs: list[Run], a: argparse.Namespace, size: int, load0, load1) -> 
         f"average {load0[0]:.1f} before, {load1[0]:.1f} after: the machine was shared). "
         f"A {size / MB:.0f} MB repo ({a.shards} shards, one layer each) from the Hub "
         f"imitation capped at {cap:g} MB/s per connection, into a fresh loopback registry "
-        f"per run. Each part is its own process with its own `--connections "
+        f"per run; `--layer-threshold {threshold(a)}` makes each shard a layer of its own "
+        "(a real model's multi-GB shards are at the default). Each part is its own "
+        "process with its own `--connections "
         f"{a.connections}` (a pod's own NIC: {a.connections} x {cap:g} = "
         f"{a.connections * cap:g} MB/s each), all started at once, `--stream`; then "
         "`modelcar assemble`. `one pod` is the plain `modelcar build --stream` with the "
