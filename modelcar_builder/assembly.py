@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelcar_builder.engines.part import read_record
-from modelcar_builder.errors import PartsDisagree, PartsMissing, UsageError
+from modelcar_builder.errors import OutputNotWritable, PartsDisagree, PartsMissing, UsageError
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.image import Descriptor
 from modelcar_builder.oci.partrecord import PartLayer, PartRecord, record_tag
@@ -27,12 +27,15 @@ from modelcar_builder.settings import Bounds, RegistryOptions, check_number
 from modelcar_builder.shares import MAX_PARTS
 from modelcar_builder.target import RegistryTarget, parse_target
 from modelcar_builder.verify import VerifyResult
+from modelcar_builder.workspace import writable_problem
 
 log = logging.getLogger("modelcar.assembly")
 
 PARTS = Bounds(int, 1, MAX_PARTS, "4")
 WAIT = Bounds(float, 0, 7 * 86400, "3600")  # seconds
-POLL = 2.0  # seconds between two looks at the records
+# Seconds between two looks at the records (N HEADs each): 2 at first, growing with the
+# wait to 30, so a long wait on many parts does not hammer the registry.
+POLL, MAX_POLL = 2.0, 30.0
 PROGRESS_EVERY = 30.0  # seconds between two "waiting" lines when nothing changes
 
 
@@ -60,6 +63,7 @@ def assemble(
     if not isinstance(target, RegistryTarget) or target.ref.digest:
         raise UsageError(f"--image {image}: assemble writes a tag in a registry",
                          hint="give --image REGISTRY/REPO:TAG, as the parts had")  # fmt: skip
+    results = _results_dir(results_dir)  # before the wait: a path that fails, fails now
     with registry.client_for(target.ref) as client:
         client.ping()
         records = _wait_for_records(client, target, parts, wait)
@@ -85,10 +89,20 @@ def assemble(
     verified = verify_target(target, digest, dict(template.labels), registry)
     log.info("assembled %s from %d parts: %d model layers, %s verified", target, parts,
              len(layers), digest)  # fmt: skip
-    results = Path(results_dir) if results_dir else TEKTON_RESULTS
-    if results_dir or results.is_dir():
+    if results is not None:
         write_image_results(target, digest, results)
     return Assembled(image_url(target, digest), digest, parts, len(layers), verified)
+
+
+def _results_dir(given: str | None) -> Path | None:
+    """Where the Tekton results go (--results-dir, else /tekton/results when present),
+    made and probed as build's preflight does (exit 32)."""
+    results = Path(given) if given else TEKTON_RESULTS if TEKTON_RESULTS.is_dir() else None
+    if results is not None:
+        problem = writable_problem(results, None, create=True)
+        if problem is not None:
+            raise OutputNotWritable(f"--results-dir {results}: {problem}")
+    return results
 
 
 def _wait_for_records(
@@ -108,20 +122,24 @@ def _wait_for_records(
                 seen.pop(k, None)
             elif k not in seen or seen[k][0] != info.digest:
                 seen[k] = (info.digest, read_record(client, where))
-        records = {k: r for k, (_, r) in seen.items() if r is not None}
+        records = {k: r for k, (_, r) in seen.items() if r is not None and r.complete}
+        # parts still pushing (or that died mid-way): their records say how far they got
+        busy = {k: len(r.layers) for k, (_, r) in seen.items() if r is not None and not r.complete}
         missing = [k for k in range(1, n + 1) if k not in records]
         odd = _disagreeing(records, n)
         if not missing and not odd:
             return [records[k] for k in range(1, n + 1)]
         elapsed = time.monotonic() - started
         if elapsed >= wait:
-            _give_up(target, n, missing, odd, records, wait)
+            foreign = [k for k, (_, r) in seen.items() if r is None]
+            _give_up(target, n, _awaited(missing, busy, n), odd, len(records), wait, foreign)
         now = f"{n - len(missing)} of {n} parts recorded"
-        if now != said or time.monotonic() - said_at >= PROGRESS_EVERY:
+        awaited = _awaited(missing, busy, n)
+        if now + awaited != said or time.monotonic() - said_at >= PROGRESS_EVERY:
             log.info("assemble %s: %s; waiting for %s (%.0f s of %.0f s)", target, now,
-                     _names(missing, n) or f"{_names(odd, n)} to agree", elapsed, wait)  # fmt: skip
-            said, said_at = now, time.monotonic()
-        time.sleep(min(POLL, max(0.0, wait - elapsed)))
+                     awaited or f"{_names(odd, n)} to agree", elapsed, wait)  # fmt: skip
+            said, said_at = now + awaited, time.monotonic()
+        time.sleep(min(POLL + elapsed / 20, MAX_POLL, max(0.0, wait - elapsed)))
 
 
 def _disagreeing(records: dict[int, PartRecord], n: int) -> dict[int, str]:
@@ -140,17 +158,35 @@ def _disagreeing(records: dict[int, PartRecord], n: int) -> dict[int, str]:
             odd[k] = f"it planned {r.source} (plan {r.plan[:19]}), part {ref.k}/{n} {ref.source} " \
                 f"(plan {ref.plan[:19]})"  # fmt: skip
         elif r.template.digest != ref.template.digest:
-            odd[k] = f"its image settings (base image, created timestamp, platform or " \
-                f"compression) differ from part {ref.k}/{n}'s"  # fmt: skip
+            odd[k] = (
+                "its image settings (base image, created timestamp, platform, compression or "
+                f"modelcar version) differ from part {ref.k}/{n}'s"
+            )
     return odd
 
 
-def _give_up(target, n: int, missing: list[int], odd: dict[int, str], records, wait) -> None:
+def _awaited(missing: list[int], busy: dict[int, int], n: int) -> str:
+    """``part 2/4 (3 layers pushed so far), 4/4``: the parts without a finished record."""
+    if not missing:
+        return ""
+    names = [f"{k}/{n}" + (f" ({_layers_word(busy[k])} pushed so far)" if k in busy else "")
+             for k in missing]  # fmt: skip
+    return ("part " if len(names) == 1 else "parts ") + ", ".join(names)
+
+
+def _layers_word(count: int) -> str:
+    return f"{count} layer" if count == 1 else f"{count} layers"
+
+
+def _give_up(target, n: int, awaited: str, odd: dict[int, str], recorded: int, wait,
+             foreign) -> None:  # fmt: skip
     waited = f"after {wait:g} s"
-    if missing:
+    if awaited:
         also = f"; and {_why(odd, n)}" if odd else ""
-        raise PartsMissing(f"{target}: no record of {_names(missing, n)} {waited} "
-                           f"({len(records)} of {n} recorded){also}")  # fmt: skip
+        if foreign:  # a tag that holds something else (another tool's, a newer version's)
+            also += f"; the tag of {_names(foreign, n)} holds no part record this version reads"
+        raise PartsMissing(f"{target}: no finished record of {awaited} {waited} "
+                           f"({recorded} of {n} recorded){also}")  # fmt: skip
     raise PartsDisagree(f"{target}: the parts are not of one build {waited}: {_why(odd, n)}")
 
 

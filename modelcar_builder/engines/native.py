@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from modelcar_builder.engines import (
     BuildRequest,
@@ -117,14 +117,25 @@ class NativeEngine:
 
     # -- model layers -----------------------------------------------------------------------
 
-    def push_layers(self, request: BuildRequest, sink: Sink, state: BuildState) -> list[BuiltLayer]:
+    def push_layers(
+        self,
+        request: BuildRequest,
+        sink: Sink,
+        state: BuildState,
+        on_pushed: Callable[[LayerPlan, BuiltLayer], None] | None = None,
+    ) -> list[BuiltLayer]:
+        """Every planned layer into ``sink``, ``request.jobs`` at once, in plan order;
+        ``on_pushed`` hears of each as soon as it is there (a part records its progress)."""
         total = sum(_tar_for(request, layer).size for layer in request.plan.layers)
         progress = Progress("push", total, interval=request.progress_interval)
         failed: list[BaseException] = []
 
         def one(layer: LayerPlan) -> BuiltLayer:
             try:
-                return self._push_one(request, sink, layer, state, progress)
+                built = self._push_one(request, sink, layer, state, progress)
+                if on_pushed is not None:
+                    on_pushed(layer, built)
+                return built
             except BaseException as exc:
                 failed.append(exc)  # before stop_waiting: the first failure is the cause
                 request.stop_waiting()

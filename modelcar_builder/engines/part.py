@@ -12,22 +12,30 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from modelcar_builder.engines import BuildRequest, BuildResult, Readiness, layer_results
+from modelcar_builder.engines import (
+    BuildRequest,
+    BuildResult,
+    BuiltLayer,
+    Readiness,
+    layer_results,
+)
 from modelcar_builder.engines.assemble import image_template
 from modelcar_builder.engines.base_image import copy_base, load_base
 from modelcar_builder.engines.catalog import default_compression
 from modelcar_builder.engines.native import NativeEngine, open_sink
+from modelcar_builder.engines.sinks import Sink
 from modelcar_builder.errors import ImageNotFound, UsageError, VerificationFailed
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.image import Descriptor
 from modelcar_builder.oci.layer import layer_media_type
 from modelcar_builder.oci.partrecord import PartLayer, PartRecord, parse_record, record_tag
-from modelcar_builder.oci.template import sha256_of
-from modelcar_builder.plan import Plan
+from modelcar_builder.oci.template import ImageTemplate, sha256_of
+from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.settings import RegistryOptions
 from modelcar_builder.shares import Part, narrowed, parse_part, plan_digest, share_of
@@ -93,12 +101,12 @@ def prepare_part(
     share = share_of(plan, part)
     record_target = RegistryTarget(target.ref.with_tag(record_tag(target.tag, part.k, part.n)))
     media_type = layer_media_type(compression or default_compression("native"))
-    kn = (part.k, part.n)
+    ours = (digest, part.k, part.n, media_type)
     with registry.client_for(target.ref) as client:
         earlier = read_record(client, record_target)
         done: tuple[PartLayer, ...] = ()
-        same = earlier is not None and (earlier.plan, earlier.k, earlier.n) == (digest, *kn)
-        if earlier is not None and same and earlier.template.layer_media_type == media_type:
+        if earlier is not None and ours == (earlier.plan, earlier.k, earlier.n,
+                                            earlier.template.layer_media_type):  # fmt: skip
             wanted = {lp.index for lp in share}
             done = tuple(
                 x for x in earlier.layers
@@ -111,6 +119,7 @@ def prepare_part(
         human(sum(lp.size for lp in share)), human(plan.total_bytes),
         f"; {len(done)} already recorded by an earlier run of this part" if done else "",
     )  # fmt: skip
+    log.debug("part %s builds %s", part, ", ".join(lp.name for lp in todo) or "nothing")
     return narrowed(plan, todo), record_target, PartJob(part, plan, digest, done)
 
 
@@ -158,23 +167,12 @@ class PartEngine:
         base = load_base(request.base_image, request.platform, request.registry)
         try:
             copy_base(base, sink)
-            pushed = self.native.push_layers(request, sink, request.build_state())
+            template = image_template(request, base, media_type, plan=job.plan)
+            record = _Recorder(job, template, sink, request.target.tag)
+            pushed = self.native.push_layers(request, sink, request.build_state(), record.add)
             for layer in request.plan.layers:
                 request.wait_for(layer)
-            new = [
-                PartLayer(lp.index, b.digest, b.size, b.diff_id)
-                for lp, b in zip(request.plan.layers, pushed, strict=True)
-            ]
-            record = PartRecord(
-                job.part.k, job.part.n, job.digest, job.plan.snapshot.canonical,
-                image_template(request, base, media_type, plan=job.plan),
-                tuple(sorted([*job.done, *new], key=lambda x: x.index)),
-            )  # fmt: skip
-            config = record.config()
-            if not sink.has_blob(sha256_of(config), len(config)):
-                sink.put_blob(sha256_of(config), len(config), lambda: [config])
-            digest = sink.put_manifest(record.manifest(config), MEDIA_TYPE_MANIFEST,
-                                       request.target.tag)  # fmt: skip
+            digest, config_digest = record.write(complete=True)
         finally:
             base.close()
             if client is not None:
@@ -184,7 +182,7 @@ class PartEngine:
             engine=self.name,
             target=str(request.target),
             manifest_digest=digest,
-            config_digest=sha256_of(config),
+            config_digest=config_digest,
             layers=layer_results(request.plan, pushed, media_type),
             base_layers=len(base.image.layers) if base.image else 0,
             bytes_uploaded=sink.bytes_uploaded,
@@ -224,3 +222,35 @@ class PartEngine:
             checks=(f"part {self.job.part}: the record and its {len(blobs)} blobs are there",),
             blobs_present=len(blobs),
         )
+
+
+class _Recorder:
+    """A part's record, rewritten after each layer it pushes (``complete`` False) and
+    once more at the end: a pod that dies leaves a record of what it did push, which its
+    retry reads (prepare_part) instead of sending those layers again."""
+
+    def __init__(self, job: PartJob, template: ImageTemplate, sink: Sink, tag: str) -> None:
+        self.job, self.template, self.sink, self.tag = job, template, sink, tag
+        self.layers: dict[int, PartLayer] = {x.index: x for x in job.done}
+        self.lock = threading.RLock()  # layers are pushed --jobs at once; add() writes
+
+    def add(self, layer: LayerPlan, built: BuiltLayer) -> None:
+        with self.lock:
+            self.layers[layer.index] = PartLayer(layer.index, built.digest, built.size,
+                                                 built.diff_id)  # fmt: skip
+            self.write(complete=False)
+
+    def write(self, complete: bool) -> tuple[str, str]:
+        """Push the record; its manifest digest and config digest."""
+        with self.lock:
+            job = self.job
+            record = PartRecord(
+                job.part.k, job.part.n, job.digest, job.plan.snapshot.canonical, self.template,
+                tuple(self.layers[i] for i in sorted(self.layers)), complete,
+            )  # fmt: skip
+            config = record.config()
+            digest = sha256_of(config)
+            if not self.sink.has_blob(digest, len(config)):
+                self.sink.put_blob(digest, len(config), lambda: [config])
+            return self.sink.put_manifest(record.manifest(config), MEDIA_TYPE_MANIFEST,
+                                          self.tag), digest  # fmt: skip

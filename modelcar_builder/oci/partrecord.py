@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.image import Descriptor, build_manifest, canonical_json
 from modelcar_builder.oci.template import ImageTemplate, sha256_of
 
@@ -45,6 +44,9 @@ class PartRecord:
     source: str  # the pinned source, for messages (hf://ORG/NAME@COMMIT, file://DIR)
     template: ImageTemplate
     layers: tuple[PartLayer, ...]
+    # False while the part still pushes: the record is rewritten after each layer, so a
+    # retried pod (its volume gone) finds what its predecessor pushed; assemble waits on it
+    complete: bool = True
 
     def config(self) -> bytes:
         return canonical_json(
@@ -54,6 +56,7 @@ class PartRecord:
                 "parts": self.n,
                 "plan": self.plan,
                 "source": self.source,
+                "complete": self.complete,
                 "template": self.template.to_json(),
                 "layers": [
                     {"index": x.index, "digest": x.digest, "size": x.size, "diff_id": x.diff_id}
@@ -81,6 +84,7 @@ def parse_record(config: bytes) -> PartRecord:
             n=int(doc["parts"]),
             plan=str(doc["plan"]),
             source=str(doc["source"]),
+            complete=bool(doc["complete"]),
             template=ImageTemplate.from_json(doc["template"]),
             layers=tuple(
                 PartLayer(int(x["index"]), str(x["digest"]), int(x["size"]), str(x["diff_id"]))
@@ -99,6 +103,3 @@ def record_tag(tag: str, k: int, n: int) -> str:
         return tag + suffix
     short = hashlib.sha256(tag.encode()).hexdigest()[:12]
     return f"{tag[: MAX_TAG - len(suffix) - 13]}-{short}{suffix}"
-
-
-MANIFEST_MEDIA_TYPE = MEDIA_TYPE_MANIFEST
