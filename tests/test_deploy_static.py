@@ -710,7 +710,10 @@ def test_jobs_do_not_retry_bad_input():
         rule = spec["podFailurePolicy"]["rules"][0]
         codes = set(rule["onExitCodes"]["values"])
         assert codes <= readme and not codes & retryable
-        assert {2, 10, 11, 12, 13, 14, 15, 16} <= codes
+        if job["metadata"]["name"] == "modelcar-assemble":  # reads records, not the source
+            assert {2, 51, 63} <= codes and 62 not in codes  # a missing part may come
+        else:
+            assert {2, 10, 11, 12, 13, 14, 15, 16} <= codes
         assert rule["action"] in ("FailJob", "FailIndex")
 
 
