@@ -244,7 +244,8 @@ def section(runs: list[Run], a: argparse.Namespace, size: int, load0, load1) -> 
         "",
         f"`python3 -m scripts.bench.parts --size-mib {a.size_mib:g} --shards {a.shards} "
         f"--cap-mbs {cap:g} --connections {a.connections} --parts {a.parts} --rounds "
-        f"{a.rounds}`, run on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} cores; load "
+        f"{a.rounds}`, run on {time.strftime('%Y-%m-%d')} ({_cpu()}, {os.cpu_count()} "
+        f"cores; load "
         f"average {load0[0]:.1f} before, {load1[0]:.1f} after: the machine was shared). "
         f"A {size / MB:.0f} MB repo ({a.shards} shards, one layer each) from the Hub "
         f"imitation capped at {cap:g} MB/s per connection, into a fresh loopback registry "
@@ -304,6 +305,13 @@ def section(runs: list[Run], a: argparse.Namespace, size: int, load0, load1) -> 
         "",
     ]
     return out
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "CPU unknown"
 
 
 def splice(path: Path, lines: list[str]) -> None:
