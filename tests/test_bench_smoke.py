@@ -173,7 +173,7 @@ def test_parts_bench_writes_its_section_and_keeps_the_rest(tmp_path: Path) -> No
     assert set(rows) == {"one pod (no `--part`)", "2"}, rows
     for cells in rows.values():
         float(cells[1])  # wall seconds: a number, whatever its value
-    assert rows["2"][6] == "yes"  # the same digest as the one-pod build
-    assert float(rows["2"][4]) > 0  # the assemble ran
+    assert rows["2"][7] == "yes"  # the same digest as the one-pod build
+    assert float(rows["2"][5]) > 0  # the assemble ran
     assert "| 4 | 175 |" in section  # the 700 GB arithmetic
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("modelcar-bench-")] == []

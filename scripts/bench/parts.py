@@ -239,6 +239,11 @@ def section(runs: list[Run], a: argparse.Namespace, size: int, load0, load1) -> 
     med = {n: statistics.median(r.wall for r in runs if r.n == n) for n in [0, *ns]}
     one_pod = {r.digest for r in runs if r.n == 0}
     cap = a.cap_mbs
+    total = sum(repo_files(size, a.shards).values())
+
+    def floor(n: int) -> float:  # the repo through N x connections x cap, nothing else
+        return total / MB / (n * a.connections * cap)
+
     out = [
         HEADING,
         "",
@@ -255,11 +260,13 @@ def section(runs: list[Run], a: argparse.Namespace, size: int, load0, load1) -> 
         f"{a.connections}` (a pod's own NIC: {a.connections} x {cap:g} = "
         f"{a.connections * cap:g} MB/s each), all started at once, `--stream`; then "
         "`modelcar assemble`. `one pod` is the plain `modelcar build --stream` with the "
-        f"same connections. Medians of {a.rounds} round(s); the order of N rotates.",
+        f"same connections. Medians of {a.rounds} round(s); the order of N rotates. "
+        "`link floor` is the repo's bytes over N x connections x cap: no build can be "
+        "faster.",
         "",
-        "| N | wall s | speedup vs one pod | slowest part s | assemble s | CPU s | "
-        "one-pod digest |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| N | wall s | speedup vs one pod | link floor s | slowest part s | assemble s | "
+        "CPU s | one-pod digest |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for n in [0, *ns]:
         mine = [r for r in runs if r.n == n]
@@ -269,7 +276,7 @@ def section(runs: list[Run], a: argparse.Namespace, size: int, load0, load1) -> 
         cpu = statistics.median(r.cpu for r in mine)
         label = "one pod (no `--part`)" if n == 0 else str(n)
         out.append(
-            f"| {label} | {med[n]:.2f} | {med[0] / med[n]:.2f} x | "
+            f"| {label} | {med[n]:.2f} | {med[0] / med[n]:.2f} x | {floor(max(n, 1)):.2f} | "
             f"{parts:.2f} | {asm:.2f} | {cpu:.1f} | {same if n else '(itself)'} |"
         )
     ideal = ", ".join(f"{n} for N = {n}" for n in ns)
