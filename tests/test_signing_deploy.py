@@ -8,18 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import pytest
 import yaml
 
-from tests.support import builder_image
 from tests.support.clitools import run
 from tests.support.kubeplay import PodRun, StepPod, play
-from tests.support.podman import Podman, make_podman, podman_available
 from tests.support.signing import PASSWORD, extracted_tree_verifies, make_keypair, raw_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,30 +90,6 @@ TEKTON = ROOT / "deploy" / "components" / "tekton"
 TINY = ROOT / "modelcar_builder" / "examples" / "tiny-model"
 
 
-@pytest.fixture(scope="module")
-def builder(session_registry) -> Iterator[tuple[Podman, str]]:
-    """The builder image (containerfiles/Containerfile, with the sign extra), built
-    offline by podman into a private store the pods run it from."""
-    why = podman_available()
-    if why:
-        pytest.skip(why)
-    for made in (builder_image.debian_base_tar(), builder_image.wheelhouse()):
-        if isinstance(made, str):
-            print(f"skipping: {made}")
-            pytest.skip(made)
-    top = Path(tempfile.mkdtemp(prefix="mc-sd-"))
-    podman = make_podman(top)
-    try:
-        base = builder_image.import_base(podman, cast(Path, builder_image.debian_base_tar()))
-        image = builder_image.build_builder_image(
-            podman, base, cast(Path, builder_image.wheelhouse())
-        )
-        yield podman, image
-    finally:
-        podman.close()
-        shutil.rmtree(top, ignore_errors=True)
-
-
 def _secret_like(directory: Path, capsys, monkeypatch) -> Path:
     """A directory laid out as a Secret volume with Chains' signing-secrets keys: files
     0644 (the kubelet's defaultMode), so any UID of the pod reads them."""
@@ -140,7 +111,7 @@ def _run_task(builder, tmp_path: Path, registry, base_image, task_name: str, rep
     resolved), on a PVC-like volume holding the tiny model (another owner, group 0
     writable); ``signing`` binds the signing-secret workspace. The native Task runs as
     restricted-v2's arbitrary UID, the buildah Task as the UID 0 it asks for."""
-    podman, image = builder
+    podman, image = builder.podman, builder.image  # tests/support/deploy_builder: one per session
     task = yaml.safe_load((TEKTON / f"task-{task_name}.yaml").read_text())
     action = yaml.safe_load((TEKTON / "stepaction-modelcar-build.yaml").read_text())
     volume = tmp_path / "pvc"
