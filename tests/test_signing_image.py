@@ -13,14 +13,19 @@ The run prints one line naming the skopeo and podman that judged."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.support.clitools import run
 from tests.support.models import build_args
+from tests.support.multiarch import build_multiarch_base
 from tests.support.podman import make_podman, podman_available
+from tests.support.signing import delete_signature, put_raw_manifest, raw_manifest
 from tests.support.sigpolicy import judging_tool, make_policy, tool_version
 
 PASSWORD = "s3cret-for-tests"
@@ -352,3 +357,111 @@ def test_debian_skopeo_finds_our_attachments_where_it_cannot_verify_them(
     assert two.count(DEBIAN_DISABLED) == 2
     repush_other_image(base_image, signed)
     assert none in copy(signed)
+
+
+# -- a signed index: `build --platform linux/amd64,linux/arm64 --sign-key` -----------------
+
+PLATFORMS = "linux/amd64,linux/arm64"
+
+
+@pytest.fixture
+def multi_base(base_image, registry, tmp_path) -> str:
+    return build_multiarch_base(base_image, registry, tmp_path / "multi-base")
+
+
+@dataclass(frozen=True)
+class SignedIndex:
+    image: str  # host/models/multi:signed, the identity every signature names
+    repo: str  # models/multi
+    index: str  # the index's digest, printed by the build
+    by_arch: dict[str, str]  # "amd64"/"arm64" -> that platform manifest's digest
+
+    def pinned(self, digest: str) -> str:
+        return f"{self.image.rsplit(':', 1)[0]}@{digest}"
+
+
+def build_index(registry, multi_base, tmp_path, capsys, tag: str, *extra: str) -> SignedIndex:
+    """`modelcar build --platform linux/amd64,linux/arm64` of the test model to
+    host/models/multi:TAG (``extra``: --sign-key KEY)."""
+    image = f"{registry.host}/models/multi:{tag}"
+    res = run(capsys, *build_args(image, tmp_path / f"ws-{tag}", multi_base,
+                                  "--platform", PLATFORMS, *extra))  # fmt: skip
+    assert res.code == 0, res.err
+    index_digest = res.last_line.rsplit("@", 1)[1]
+    index = raw_manifest(registry, "models/multi", index_digest)
+    by_arch = {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]}
+    assert set(by_arch) == {"amd64", "arm64"}
+    return SignedIndex(image, "models/multi", index_digest, by_arch)
+
+
+def copied_digest(out) -> str:
+    """The digest of the one image manifest skopeo copied into the dir: ``out`` (kept
+    byte for byte: dir: takes OCI manifests as they are)."""
+    return f"sha256:{hashlib.sha256((out / 'manifest.json').read_bytes()).hexdigest()}"
+
+
+@pytest.mark.slow
+def test_skopeo_policy_judges_each_platform_manifest_of_a_signed_index(
+    hub_repo, registry, multi_base, keypair, capsys, tmp_path
+):
+    """containers/image checks the signature of the platform manifest it picks from an
+    index (the host's, or --override-arch's), by tag, by the index digest and by the
+    manifest's own digest. A build signed for two platforms passes for both; with the
+    arm64 manifest's signature deleted, or the tag re-pushed with an index whose arm64
+    entry is an unsigned build's, arm64 is refused ("no signature exists") while amd64,
+    still signed, passes: the refusal is about that one platform."""
+    private, public = keypair
+    signed = build_index(registry, multi_base, tmp_path, capsys, "signed",
+                         "--sign-key", str(private))  # fmt: skip
+    unsigned = build_index(registry, multi_base, tmp_path, capsys, "unsigned")
+    policy = make_policy(tmp_path / "policy", f"{registry.host}/models", public)
+    outs = iter(range(100))
+
+    def copy(image: str, *arch: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+        out = tmp_path / f"out-{next(outs)}"
+        return policy.skopeo(*arch, "copy", "-q", "--src-tls-verify=false",
+                             f"docker://{image}", f"dir:{out}"), out  # fmt: skip
+
+    def accepted(image: str, arch: str) -> None:
+        proc, out = copy(image, "--override-arch", arch)
+        skip_if_sigstore_disabled(proc, "skopeo")
+        assert proc.returncode == 0, f"{image} ({arch}): {proc.stderr}"
+        assert copied_digest(out) == signed.by_arch[arch]
+
+    def refused(image: str, *arch: str) -> None:
+        proc, _ = copy(image, *arch)
+        assert proc.returncode != 0, f"{image} {arch} was accepted"
+        assert f"Source image rejected: {NO_SIGNATURE}" in proc.stderr, proc.stderr
+
+    default, _ = copy(signed.image)  # the host's platform: amd64 here
+    skip_if_sigstore_disabled(default, "skopeo")
+    assert default.returncode == 0, default.stderr
+    for arch in ("amd64", "arm64"):
+        accepted(signed.image, arch)
+        accepted(signed.pinned(signed.index), arch)
+    arm64 = signed.pinned(signed.by_arch["arm64"])
+    accepted(arm64, "arm64")  # a manifest by its own digest: no index in between
+    refused(unsigned.image)
+    refused(unsigned.image, "--override-arch", "arm64")
+
+    delete_signature(registry, signed.repo, signed.by_arch["arm64"])
+    accepted(signed.image, "amd64")
+    for image in (signed.image, signed.pinned(signed.index), arm64):
+        refused(image, "--override-arch", "arm64")
+
+    # signed again (`modelcar sign` signs the index and each manifest): arm64 passes again
+    res = run(capsys, "sign", signed.image, "--key", str(private), "--no-tls-verify")
+    assert res.code == 0, res.err
+    accepted(signed.image, "arm64")
+
+    # the tag re-pushed: the same index, but its arm64 entry is the unsigned build's
+    index = raw_manifest(registry, signed.repo, signed.index)
+    swapped = {**index, "manifests": [
+        m if m["platform"]["architecture"] != "arm64"
+        else next(u for u in raw_manifest(registry, unsigned.repo, unsigned.index)["manifests"]
+                  if u["platform"]["architecture"] == "arm64")
+        for m in index["manifests"]
+    ]}  # fmt: skip
+    put_raw_manifest(registry, signed.repo, "signed", swapped)
+    accepted(signed.image, "amd64")
+    refused(signed.image, "--override-arch", "arm64")

@@ -5,6 +5,7 @@ library's own `model_signing verify key` on the tree skopeo + umoci extracted.""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -90,3 +91,24 @@ def raw_blob(registry, repo: str, digest: str) -> bytes:
     resp.raise_for_status()
     assert f"sha256:{hashlib.sha256(resp.content).hexdigest()}" == digest
     return resp.content
+
+
+def delete_signature(registry, repo: str, digest: str) -> None:
+    """Remove the cosign signature of ``digest`` (the ``sha256-<hex>.sig`` tag and the
+    manifest it names), as anyone with delete rights could; the tag is gone after."""
+    sig_tag = f"{registry.url}/v2/{repo}/manifests/{digest.replace(':', '-')}.sig"
+    head = requests.head(sig_tag, headers={"Accept": ACCEPT}, timeout=30)
+    head.raise_for_status()
+    sig_digest = head.headers["Docker-Content-Digest"]
+    gone = requests.delete(f"{registry.url}/v2/{repo}/manifests/{sig_digest}", timeout=30)
+    assert gone.status_code == 202, gone.text
+    assert requests.head(sig_tag, headers={"Accept": ACCEPT}, timeout=30).status_code == 404
+
+
+def put_raw_manifest(registry, repo: str, reference: str, doc: dict) -> str:
+    """PUT ``doc`` (its own mediaType) at ``reference`` with plain HTTP; returns its digest."""
+    body = json.dumps(doc).encode()
+    resp = requests.put(f"{registry.url}/v2/{repo}/manifests/{reference}", data=body,
+                        headers={"Content-Type": doc["mediaType"]}, timeout=30)  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    return f"sha256:{hashlib.sha256(body).hexdigest()}"
