@@ -236,11 +236,11 @@ def test_skopeo_accepts_what_build_sign_key_pushed(
     assert refused.returncode != 0 and NO_SIGNATURE in refused.stderr, refused.stderr
 
 
-def podman_pull(podman, policy, image: str) -> subprocess.CompletedProcess[str]:
-    """``podman pull`` under ``policy`` (podman has no registries.d flag: it reads
+def podman_pull(podman, policy, image: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``podman pull [extra]`` under ``policy`` (podman has no registries.d flag: it reads
     $HOME/.config/containers/registries.d before /etc, for root too)."""
     argv = judging_podman(podman, "pull", "-q", "--tls-verify=false", "--signature-policy",
-                          str(policy.policy), f"docker://{image}")  # fmt: skip
+                          str(policy.policy), *extra, f"docker://{image}")  # fmt: skip
     env = {**podman.env, "HOME": policy.env["HOME"]}
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
 
@@ -417,9 +417,12 @@ def test_skopeo_policy_judges_each_platform_manifest_of_a_signed_index(
     policy = make_policy(tmp_path / "policy", f"{registry.host}/models", public)
     outs = iter(range(100))
 
-    def copy(image: str, *arch: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    def copy(
+        image: str, *arch: str, every: bool = False
+    ) -> tuple[subprocess.CompletedProcess[str], Path]:
         out = tmp_path / f"out-{next(outs)}"
-        return policy.skopeo(*arch, "copy", "-q", "--src-tls-verify=false",
+        copy_all = ("--all",) if every else ()
+        return policy.skopeo(*arch, "copy", "-q", *copy_all, "--src-tls-verify=false",
                              f"docker://{image}", f"dir:{out}"), out  # fmt: skip
 
     def accepted(image: str, arch: str) -> None:
@@ -428,8 +431,8 @@ def test_skopeo_policy_judges_each_platform_manifest_of_a_signed_index(
         assert proc.returncode == 0, f"{image} ({arch}): {proc.stderr}"
         assert copied_digest(out) == signed.by_arch[arch]
 
-    def refused(image: str, *arch: str) -> None:
-        proc, _ = copy(image, *arch)
+    def refused(image: str, *arch: str, every: bool = False) -> None:
+        proc, _ = copy(image, *arch, every=every)
         assert proc.returncode != 0, f"{image} {arch} was accepted"
         assert f"Source image rejected: {NO_SIGNATURE}" in proc.stderr, proc.stderr
 
@@ -441,6 +444,11 @@ def test_skopeo_policy_judges_each_platform_manifest_of_a_signed_index(
         accepted(signed.pinned(signed.index), arch)
     arm64 = signed.pinned(signed.by_arch["arm64"])
     accepted(arm64, "arm64")  # a manifest by its own digest: no index in between
+    every, out = copy(signed.image, every=True)  # --all: each platform judged in turn
+    assert every.returncode == 0, every.stderr
+    assert {f"sha256:{p.name.split('.')[0]}" for p in out.glob("*.manifest.json")} == set(
+        signed.by_arch.values()
+    )
     refused(unsigned.image)
     refused(unsigned.image, "--override-arch", "arm64")
 
@@ -448,6 +456,7 @@ def test_skopeo_policy_judges_each_platform_manifest_of_a_signed_index(
     accepted(signed.image, "amd64")
     for image in (signed.image, signed.pinned(signed.index), arm64):
         refused(image, "--override-arch", "arm64")
+    refused(signed.image, every=True)
 
     # signed again (`modelcar sign` signs the index and each manifest): arm64 passes again
     res = run(capsys, "sign", signed.image, "--key", str(private), "--no-tls-verify")
@@ -465,3 +474,53 @@ def test_skopeo_policy_judges_each_platform_manifest_of_a_signed_index(
     put_raw_manifest(registry, signed.repo, "signed", swapped)
     accepted(signed.image, "amd64")
     refused(signed.image, "--override-arch", "arm64")
+
+
+@pytest.mark.slow
+def test_podman_pull_judges_each_platform_manifest_of_a_signed_index(
+    hub_repo, registry, multi_base, keypair, capsys, tmp_path, tmp_path_factory
+):
+    """podman pulls a signed two-platform build by tag, by the index digest, with --arch
+    arm64, and the arm64 manifest by its own digest; with the arm64 manifest's signature
+    deleted, --arch arm64 is refused ("no signature exists") and amd64 still pulls."""
+    why = podman_available()
+    if why:
+        pytest.skip(why)
+    podman = make_podman(tmp_path_factory.mktemp("podman"))
+    try:
+        check_podman_index_pulls(podman, registry, multi_base, keypair, capsys, tmp_path)
+    finally:
+        subprocess.run(judging_podman(podman, "rmi", "-a", "-f"), env=podman.env, check=False,
+                       capture_output=True)  # fmt: skip
+        podman.close()
+
+
+def check_podman_index_pulls(podman, registry, multi_base, keypair, capsys, tmp_path) -> None:
+    private, public = keypair
+    signed = build_index(registry, multi_base, tmp_path, capsys, "signed",
+                         "--sign-key", str(private))  # fmt: skip
+    policy = make_policy(tmp_path / "policy", f"{registry.host}/models", public)
+
+    def pulled(image: str, arch: str, *extra: str) -> None:
+        proc = podman_pull(podman, policy, image, *extra)
+        skip_if_sigstore_disabled(proc, "podman")
+        assert proc.returncode == 0, f"{image} {extra}: {proc.stderr}"
+        image_id = proc.stdout.strip().splitlines()[-1]
+        got = subprocess.run(
+            judging_podman(podman, "image", "inspect", "--format", "{{.Architecture}}", image_id),
+            env=podman.env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert got.stdout.strip() == arch, f"{image} {extra}: {got.stdout}"
+
+    arm64 = signed.pinned(signed.by_arch["arm64"])
+    pulled(signed.image, "amd64")  # the host's platform
+    pulled(signed.pinned(signed.index), "amd64")
+    pulled(signed.image, "arm64", "--arch", "arm64")
+    pulled(signed.pinned(signed.index), "arm64", "--arch", "arm64")
+    pulled(arm64, "arm64")  # by its own digest: no index in between
+    delete_signature(registry, signed.repo, signed.by_arch["arm64"])
+    pulled(signed.image, "amd64")
+    for image in (signed.image, signed.pinned(signed.index), arm64):
+        refused = podman_pull(podman, policy, image, "--arch", "arm64")
+        assert refused.returncode != 0, f"{image} --arch arm64 was pulled"
+        assert f"Source image rejected: {NO_SIGNATURE}" in refused.stderr, refused.stderr
