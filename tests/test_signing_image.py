@@ -25,7 +25,12 @@ from tests.support.clitools import run
 from tests.support.models import build_args
 from tests.support.multiarch import build_multiarch_base
 from tests.support.podman import make_podman, podman_available
-from tests.support.signing import delete_signature, put_raw_manifest, raw_manifest
+from tests.support.signing import (
+    delete_signature,
+    put_raw_manifest,
+    raw_manifest,
+    signature_tag,
+)
 from tests.support.sigpolicy import judging_tool, make_policy, tool_version
 
 PASSWORD = "s3cret-for-tests"
@@ -409,7 +414,9 @@ def test_skopeo_policy_judges_each_platform_manifest_of_a_signed_index(
     manifest's own digest. A build signed for two platforms passes for both; with the
     arm64 manifest's signature deleted, or the tag re-pushed with an index whose arm64
     entry is an unsigned build's, arm64 is refused ("no signature exists") while amd64,
-    still signed, passes: the refusal is about that one platform."""
+    still signed, passes: the refusal is about that one platform. containers/image
+    (skopeo 1.13.3) does not judge the index's own signature: the re-pushed index has
+    none and amd64 passes (our `verify --key` checks it)."""
     private, public = keypair
     signed = build_index(registry, multi_base, tmp_path, capsys, "signed",
                          "--sign-key", str(private))  # fmt: skip
@@ -471,7 +478,10 @@ def test_skopeo_policy_judges_each_platform_manifest_of_a_signed_index(
                   if u["platform"]["architecture"] == "arm64")
         for m in index["manifests"]
     ]}  # fmt: skip
-    put_raw_manifest(registry, signed.repo, "signed", swapped)
+    repushed = put_raw_manifest(registry, signed.repo, "signed", swapped)
+    # containers/image judges the platform manifest it picks, not the index: this index
+    # has no signature at all, and amd64 (its entry and signature unchanged) still passes
+    assert signature_tag(registry, signed.repo, repushed).status_code == 404
     accepted(signed.image, "amd64")
     refused(signed.image, "--override-arch", "arm64")
 
