@@ -16,14 +16,13 @@ import base64
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.clitools import run
 from tests.support.models import build_args
-from tests.support.multiarch import build_multiarch_base
+from tests.support.multiarch import build_index, build_multiarch_base
 from tests.support.podman import make_podman, podman_available
 from tests.support.signing import (
     delete_signature,
@@ -366,37 +365,10 @@ def test_debian_skopeo_finds_our_attachments_where_it_cannot_verify_them(
 
 # -- a signed index: `build --platform linux/amd64,linux/arm64 --sign-key` -----------------
 
-PLATFORMS = "linux/amd64,linux/arm64"
-
 
 @pytest.fixture
 def multi_base(base_image, registry, tmp_path) -> str:
     return build_multiarch_base(base_image, registry, tmp_path / "multi-base")
-
-
-@dataclass(frozen=True)
-class SignedIndex:
-    image: str  # host/models/multi:signed, the identity every signature names
-    repo: str  # models/multi
-    index: str  # the index's digest, printed by the build
-    by_arch: dict[str, str]  # "amd64"/"arm64" -> that platform manifest's digest
-
-    def pinned(self, digest: str) -> str:
-        return f"{self.image.rsplit(':', 1)[0]}@{digest}"
-
-
-def build_index(registry, multi_base, tmp_path, capsys, tag: str, *extra: str) -> SignedIndex:
-    """`modelcar build --platform linux/amd64,linux/arm64` of the test model to
-    host/models/multi:TAG (``extra``: --sign-key KEY)."""
-    image = f"{registry.host}/models/multi:{tag}"
-    res = run(capsys, *build_args(image, tmp_path / f"ws-{tag}", multi_base,
-                                  "--platform", PLATFORMS, *extra))  # fmt: skip
-    assert res.code == 0, res.err
-    index_digest = res.last_line.rsplit("@", 1)[1]
-    index = raw_manifest(registry, "models/multi", index_digest)
-    by_arch = {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]}
-    assert set(by_arch) == {"amd64", "arm64"}
-    return SignedIndex(image, "models/multi", index_digest, by_arch)
 
 
 def copied_digest(out) -> str:
@@ -418,9 +390,10 @@ def test_skopeo_policy_judges_each_platform_manifest_of_a_signed_index(
     (skopeo 1.13.3) does not judge the index's own signature: the re-pushed index has
     none and amd64 passes (our `verify --key` checks it)."""
     private, public = keypair
-    signed = build_index(registry, multi_base, tmp_path, capsys, "signed",
-                         "--sign-key", str(private))  # fmt: skip
-    unsigned = build_index(registry, multi_base, tmp_path, capsys, "unsigned")
+    signed = build_index(
+        capsys, registry, multi_base, tmp_path, "signed", "--sign-key", str(private)
+    )
+    unsigned = build_index(capsys, registry, multi_base, tmp_path, "unsigned")
     policy = make_policy(tmp_path / "policy", f"{registry.host}/models", public)
     outs = iter(range(100))
 
@@ -492,7 +465,8 @@ def test_podman_pull_judges_each_platform_manifest_of_a_signed_index(
 ):
     """podman pulls a signed two-platform build by tag, by the index digest, with --arch
     arm64, and the arm64 manifest by its own digest; with the arm64 manifest's signature
-    deleted, --arch arm64 is refused ("no signature exists") and amd64 still pulls."""
+    deleted, --arch arm64 is refused ("no signature exists") and amd64 still pulls, also
+    once the index's own signature is deleted too."""
     why = podman_available()
     if why:
         pytest.skip(why)
@@ -507,8 +481,9 @@ def test_podman_pull_judges_each_platform_manifest_of_a_signed_index(
 
 def check_podman_index_pulls(podman, registry, multi_base, keypair, capsys, tmp_path) -> None:
     private, public = keypair
-    signed = build_index(registry, multi_base, tmp_path, capsys, "signed",
-                         "--sign-key", str(private))  # fmt: skip
+    signed = build_index(
+        capsys, registry, multi_base, tmp_path, "signed", "--sign-key", str(private)
+    )
     policy = make_policy(tmp_path / "policy", f"{registry.host}/models", public)
 
     def pulled(image: str, arch: str, *extra: str) -> None:
@@ -534,3 +509,6 @@ def check_podman_index_pulls(podman, registry, multi_base, keypair, capsys, tmp_
         refused = podman_pull(podman, policy, image, "--arch", "arm64")
         assert refused.returncode != 0, f"{image} --arch arm64 was pulled"
         assert f"Source image rejected: {NO_SIGNATURE}" in refused.stderr, refused.stderr
+    # podman judges the platform manifest it picks, not the index (as skopeo)
+    delete_signature(registry, signed.repo, signed.index)
+    pulled(signed.image, "amd64")
