@@ -13,14 +13,23 @@ The run prints one line naming the skopeo and podman that judged."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.support.clitools import run
 from tests.support.models import build_args
+from tests.support.multiarch import build_index, build_multiarch_base
 from tests.support.podman import make_podman, podman_available
+from tests.support.signing import (
+    delete_signature,
+    put_raw_manifest,
+    raw_manifest,
+    signature_tag,
+)
 from tests.support.sigpolicy import judging_tool, make_policy, tool_version
 
 PASSWORD = "s3cret-for-tests"
@@ -231,11 +240,11 @@ def test_skopeo_accepts_what_build_sign_key_pushed(
     assert refused.returncode != 0 and NO_SIGNATURE in refused.stderr, refused.stderr
 
 
-def podman_pull(podman, policy, image: str) -> subprocess.CompletedProcess[str]:
-    """``podman pull`` under ``policy`` (podman has no registries.d flag: it reads
+def podman_pull(podman, policy, image: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``podman pull [extra]`` under ``policy`` (podman has no registries.d flag: it reads
     $HOME/.config/containers/registries.d before /etc, for root too)."""
     argv = judging_podman(podman, "pull", "-q", "--tls-verify=false", "--signature-policy",
-                          str(policy.policy), f"docker://{image}")  # fmt: skip
+                          str(policy.policy), *extra, f"docker://{image}")  # fmt: skip
     env = {**podman.env, "HOME": policy.env["HOME"]}
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
 
@@ -352,3 +361,154 @@ def test_debian_skopeo_finds_our_attachments_where_it_cannot_verify_them(
     assert two.count(DEBIAN_DISABLED) == 2
     repush_other_image(base_image, signed)
     assert none in copy(signed)
+
+
+# -- a signed index: `build --platform linux/amd64,linux/arm64 --sign-key` -----------------
+
+
+@pytest.fixture
+def multi_base(base_image, registry, tmp_path) -> str:
+    return build_multiarch_base(base_image, registry, tmp_path / "multi-base")
+
+
+def copied_digest(out) -> str:
+    """The digest of the one image manifest skopeo copied into the dir: ``out`` (kept
+    byte for byte: dir: takes OCI manifests as they are)."""
+    return f"sha256:{hashlib.sha256((out / 'manifest.json').read_bytes()).hexdigest()}"
+
+
+@pytest.mark.slow
+def test_skopeo_policy_judges_each_platform_manifest_of_a_signed_index(
+    hub_repo, registry, multi_base, keypair, capsys, tmp_path
+):
+    """containers/image checks the signature of the platform manifest it picks from an
+    index (the host's, or --override-arch's), by tag, by the index digest and by the
+    manifest's own digest. A build signed for two platforms passes for both; with the
+    arm64 manifest's signature deleted, or the tag re-pushed with an index whose arm64
+    entry is an unsigned build's, arm64 is refused ("no signature exists") while amd64,
+    still signed, passes: the refusal is about that one platform. containers/image
+    (skopeo 1.13.3) does not judge the index's own signature: the re-pushed index has
+    none and amd64 passes (our `verify --key` checks it)."""
+    private, public = keypair
+    signed = build_index(
+        capsys, registry, multi_base, tmp_path, "signed", "--sign-key", str(private)
+    )
+    unsigned = build_index(capsys, registry, multi_base, tmp_path, "unsigned")
+    policy = make_policy(tmp_path / "policy", f"{registry.host}/models", public)
+    outs = iter(range(100))
+
+    def copy(
+        image: str, *arch: str, every: bool = False
+    ) -> tuple[subprocess.CompletedProcess[str], Path]:
+        out = tmp_path / f"out-{next(outs)}"
+        copy_all = ("--all",) if every else ()
+        return policy.skopeo(*arch, "copy", "-q", *copy_all, "--src-tls-verify=false",
+                             f"docker://{image}", f"dir:{out}"), out  # fmt: skip
+
+    def accepted(image: str, arch: str) -> None:
+        proc, out = copy(image, "--override-arch", arch)
+        skip_if_sigstore_disabled(proc, "skopeo")
+        assert proc.returncode == 0, f"{image} ({arch}): {proc.stderr}"
+        assert copied_digest(out) == signed.by_arch[arch]
+
+    def refused(image: str, *arch: str, every: bool = False) -> None:
+        proc, _ = copy(image, *arch, every=every)
+        assert proc.returncode != 0, f"{image} {arch} was accepted"
+        assert f"Source image rejected: {NO_SIGNATURE}" in proc.stderr, proc.stderr
+
+    default, _ = copy(signed.image)  # the host's platform: amd64 here
+    skip_if_sigstore_disabled(default, "skopeo")
+    assert default.returncode == 0, default.stderr
+    for arch in ("amd64", "arm64"):
+        accepted(signed.image, arch)
+        accepted(signed.pinned(signed.index), arch)
+    arm64 = signed.pinned(signed.by_arch["arm64"])
+    accepted(arm64, "arm64")  # a manifest by its own digest: no index in between
+    every, out = copy(signed.image, every=True)  # --all: each platform judged in turn
+    assert every.returncode == 0, every.stderr
+    assert {f"sha256:{p.name.split('.')[0]}" for p in out.glob("*.manifest.json")} == set(
+        signed.by_arch.values()
+    )
+    refused(unsigned.image)
+    refused(unsigned.image, "--override-arch", "arm64")
+
+    delete_signature(registry, signed.repo, signed.by_arch["arm64"])
+    accepted(signed.image, "amd64")
+    for image in (signed.image, signed.pinned(signed.index), arm64):
+        refused(image, "--override-arch", "arm64")
+    refused(signed.image, every=True)
+
+    # signed again (`modelcar sign` signs the index and each manifest): arm64 passes again
+    res = run(capsys, "sign", signed.image, "--key", str(private), "--no-tls-verify")
+    assert res.code == 0, res.err
+    accepted(signed.image, "arm64")
+
+    # the tag re-pushed: the same index, but its arm64 entry is the unsigned build's
+    index = raw_manifest(registry, signed.repo, signed.index)
+    swapped = {**index, "manifests": [
+        m if m["platform"]["architecture"] != "arm64"
+        else next(u for u in raw_manifest(registry, unsigned.repo, unsigned.index)["manifests"]
+                  if u["platform"]["architecture"] == "arm64")
+        for m in index["manifests"]
+    ]}  # fmt: skip
+    repushed = put_raw_manifest(registry, signed.repo, "signed", swapped)
+    # containers/image judges the platform manifest it picks, not the index: this index
+    # has no signature at all, and amd64 (its entry and signature unchanged) still passes
+    assert signature_tag(registry, signed.repo, repushed).status_code == 404
+    accepted(signed.image, "amd64")
+    refused(signed.image, "--override-arch", "arm64")
+
+
+@pytest.mark.slow
+def test_podman_pull_judges_each_platform_manifest_of_a_signed_index(
+    hub_repo, registry, multi_base, keypair, capsys, tmp_path, tmp_path_factory
+):
+    """podman pulls a signed two-platform build by tag, by the index digest, with --arch
+    arm64, and the arm64 manifest by its own digest; with the arm64 manifest's signature
+    deleted, --arch arm64 is refused ("no signature exists") and amd64 still pulls, also
+    once the index's own signature is deleted too."""
+    why = podman_available()
+    if why:
+        pytest.skip(why)
+    podman = make_podman(tmp_path_factory.mktemp("podman"))
+    try:
+        check_podman_index_pulls(podman, registry, multi_base, keypair, capsys, tmp_path)
+    finally:
+        subprocess.run(judging_podman(podman, "rmi", "-a", "-f"), env=podman.env, check=False,
+                       capture_output=True)  # fmt: skip
+        podman.close()
+
+
+def check_podman_index_pulls(podman, registry, multi_base, keypair, capsys, tmp_path) -> None:
+    private, public = keypair
+    signed = build_index(
+        capsys, registry, multi_base, tmp_path, "signed", "--sign-key", str(private)
+    )
+    policy = make_policy(tmp_path / "policy", f"{registry.host}/models", public)
+
+    def pulled(image: str, arch: str, *extra: str) -> None:
+        proc = podman_pull(podman, policy, image, *extra)
+        skip_if_sigstore_disabled(proc, "podman")
+        assert proc.returncode == 0, f"{image} {extra}: {proc.stderr}"
+        image_id = proc.stdout.strip().splitlines()[-1]
+        got = subprocess.run(
+            judging_podman(podman, "image", "inspect", "--format", "{{.Architecture}}", image_id),
+            env=podman.env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert got.stdout.strip() == arch, f"{image} {extra}: {got.stdout}"
+
+    arm64 = signed.pinned(signed.by_arch["arm64"])
+    pulled(signed.image, "amd64")  # the host's platform
+    pulled(signed.pinned(signed.index), "amd64")
+    pulled(signed.image, "arm64", "--arch", "arm64")
+    pulled(signed.pinned(signed.index), "arm64", "--arch", "arm64")
+    pulled(arm64, "arm64")  # by its own digest: no index in between
+    delete_signature(registry, signed.repo, signed.by_arch["arm64"])
+    pulled(signed.image, "amd64")
+    for image in (signed.image, signed.pinned(signed.index), arm64):
+        refused = podman_pull(podman, policy, image, "--arch", "arm64")
+        assert refused.returncode != 0, f"{image} --arch arm64 was pulled"
+        assert f"Source image rejected: {NO_SIGNATURE}" in refused.stderr, refused.stderr
+    # podman judges the platform manifest it picks, not the index (as skopeo)
+    delete_signature(registry, signed.repo, signed.index)
+    pulled(signed.image, "amd64")

@@ -1,10 +1,12 @@
 """What the signing tests share: a key pair `modelcar keygen` wrote, and the two
 verifiers every signed build must pass: our `verify --key` (`--deep`) and the OpenSSF
-library's own `model_signing verify key` on the tree skopeo + umoci extracted."""
+library's own `model_signing verify key` on the tree skopeo + umoci extracted; and plain
+HTTP reads and writes of manifests and signature tags, none of our code."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -90,3 +92,29 @@ def raw_blob(registry, repo: str, digest: str) -> bytes:
     resp.raise_for_status()
     assert f"sha256:{hashlib.sha256(resp.content).hexdigest()}" == digest
     return resp.content
+
+
+def signature_tag(registry, repo: str, digest: str) -> requests.Response:
+    """HEAD of the cosign signature tag of ``digest``, ``sha256-<hex>.sig``."""
+    url = f"{registry.url}/v2/{repo}/manifests/{digest.replace(':', '-')}.sig"
+    return requests.head(url, headers={"Accept": ACCEPT}, timeout=30)
+
+
+def delete_signature(registry, repo: str, digest: str) -> None:
+    """Remove the cosign signature of ``digest`` (the ``sha256-<hex>.sig`` tag and the
+    manifest it names), as anyone with delete rights could; the tag is gone after."""
+    head = signature_tag(registry, repo, digest)
+    head.raise_for_status()
+    sig_digest = head.headers["Docker-Content-Digest"]
+    gone = requests.delete(f"{registry.url}/v2/{repo}/manifests/{sig_digest}", timeout=30)
+    assert gone.status_code == 202, gone.text
+    assert signature_tag(registry, repo, digest).status_code == 404
+
+
+def put_raw_manifest(registry, repo: str, reference: str, doc: dict) -> str:
+    """PUT ``doc`` (its own mediaType) at ``reference`` with plain HTTP; returns its digest."""
+    body = json.dumps(doc).encode()
+    resp = requests.put(f"{registry.url}/v2/{repo}/manifests/{reference}", data=body,
+                        headers={"Content-Type": doc["mediaType"]}, timeout=30)  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    return f"sha256:{hashlib.sha256(body).hexdigest()}"
