@@ -12,6 +12,7 @@ import traceback
 import click
 
 from modelcar_builder import __version__
+from modelcar_builder.commands.assemble import assemble_cmd
 from modelcar_builder.commands.build import build
 from modelcar_builder.commands.doctor import doctor
 from modelcar_builder.commands.fetch import fetch_cmd, prepare
@@ -45,6 +46,7 @@ class _StderrHandler(logging.StreamHandler):
 EXIT_CODES = """Exit codes (README.md lists each): 0 ok; 1 unexpected I/O; 2 usage;
 10-18 source, selection, plan and base image; 20-21 download; 30-32 workspace and
 outputs; 40-43 engine; 50-52 registry; 60-61 verification (61: no such image);
+62-63 assemble (62: a part missing, 63: parts of different builds);
 130 interrupted (rerun to continue)."""
 
 
@@ -76,7 +78,7 @@ def cli(debug: bool, quiet: bool) -> None:
     log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
 
 
-for command in (plan, fetch_cmd, prepare, build, doctor, verify, keygen, sign):
+for command in (plan, fetch_cmd, prepare, build, assemble_cmd, doctor, verify, keygen, sign):
     cli.add_command(command)
     for param in command.params:
         if isinstance(param, click.Option) and param.envvar:

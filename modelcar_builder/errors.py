@@ -279,6 +279,28 @@ class ImageNotFound(ModelcarError):
     default_hint = "check the tag and repository (or the oci: layout path and tag); push first"
 
 
+class PartsMissing(ModelcarError):
+    """`modelcar assemble`: a part's record (or a layer it lists) is not in the registry
+    when the wait ends; the message names every missing part."""
+
+    exit_code = 62
+    default_hint = (
+        "run (or rerun) the missing parts with `modelcar build SOURCE --image REF --part K/N`, "
+        "or give them longer with --wait"
+    )
+
+
+class PartsDisagree(ModelcarError):
+    """`modelcar assemble`: the part records are not of one build (another plan, another
+    N, another base, created timestamp or compression): they cannot make one image."""
+
+    exit_code = 63
+    default_hint = (
+        "rerun every part with the same SOURCE, revision and options (and the same "
+        "SOURCE_DATE_EPOCH), then assemble again"
+    )
+
+
 class Interrupted(ModelcarError):
     exit_code = 130
     default_hint = "rerun the same command to continue where it stopped"

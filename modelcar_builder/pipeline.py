@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelcar_builder.auth import check_token
+from modelcar_builder.buildopts import SourceOptions
 from modelcar_builder.errors import EmptySelection, ModelcarError
 from modelcar_builder.plan import DEFAULT_LAYER_THRESHOLD, DEFAULT_MAX_LAYERS, Plan, make_plan
 from modelcar_builder.selection import Selection
@@ -72,6 +73,28 @@ def resolve(
         snapshot, threshold, max_layers, base_layers, max_layer_size, allow_large_layer
     )
     return Resolved(plan, access)
+
+
+def resolve_source(
+    options: SourceOptions, base_layers: int = 1, hub_timeout: float | None = None
+) -> Resolved:
+    """``resolve`` as the options ask (numbers checked first); ``base_layers`` is what
+    the base image adds to the layer count, ``hub_timeout`` bounds the Hub's metadata
+    calls."""
+    options.check()
+    return resolve(
+        options.source,
+        Selection(tuple(options.include), tuple(options.exclude), options.all_files),
+        options.hf_token_file,
+        options.layer_threshold,
+        options.source_url,
+        max_layers=options.max_layers,
+        base_layers=base_layers,
+        allow_incomplete=options.allow_incomplete,
+        hub_timeout=hub_timeout,
+        max_layer_size=options.max_layer_size,
+        allow_large_layer=options.allow_large_layer,
+    )
 
 
 def _read(snapshot: Snapshot, access: HubAccess | None, entry: FileEntry) -> bytes:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modelcar_builder.auth import SA_DIR, SA_TOKEN_PATH
+from modelcar_builder.buildopts import BuildOptions
 from modelcar_builder.engines.catalog import (
     check_stream,
     default_compression,
@@ -37,7 +38,7 @@ from modelcar_builder.oci.consumers import consumers_check
 from modelcar_builder.oci.image import Platform
 from modelcar_builder.oci.index import check_platforms, parse_platforms
 from modelcar_builder.pipeline import Resolved, count_base_layers
-from modelcar_builder.plan import DEFAULT_MAX_LAYERS, Plan
+from modelcar_builder.plan import Plan
 from modelcar_builder.report import DOCUMENT_VERSION
 from modelcar_builder.settings import RegistryOptions, created_timestamp, environment
 from modelcar_builder.target import LayoutTarget, RegistryTarget, Target, parse_target
@@ -119,30 +120,24 @@ class Report:
 
 @dataclass(frozen=True)
 class Request:
-    """What `build` was asked to do, as far as the checks care (the build's options)."""
+    """The build's options as the checks read them (`build` before its download, and
+    `doctor`): a view of the one carrier, plus the environment the checks read."""
 
-    image: str
-    workspace: Path
-    engine: str
-    base_image: str
-    platform: str = "linux/amd64"
-    authfile: str | None = None
-    token_file: str | None = None
-    tls_verify: bool = True
-    ca_file: str | None = None
-    max_layers: int = DEFAULT_MAX_LAYERS
-    push: bool = True  # False: --load of a local name only, no registry involved
-    stream: bool = False
-    compression: str | None = None
-    results_dir: str | None = None
-    report_file: str | None = None
+    options: BuildOptions
     env: Mapping[str, str] = field(default_factory=environment, repr=False)
+
+    @property
+    def image(self) -> str:
+        return self.options.target_image()[0]
+
+    @property
+    def push(self) -> bool:
+        """False: --load of a local name only, no registry involved."""
+        return self.options.target_image()[1]
 
     def registry(self, target: Target | None) -> RegistryOptions:
         host = target.ref.api_host if isinstance(target, RegistryTarget) else None
-        return RegistryOptions.for_host(
-            self.authfile, self.token_file, self.tls_verify, self.ca_file, host
-        )
+        return self.options.registry.for_host(host)
 
 
 # -- the two runs ----------------------------------------------------------------------------
@@ -163,12 +158,12 @@ def diagnose(request: Request, resolve: Callable[[int], Resolved]) -> Report:
         out.append(base)
     source, resolved = check_source(resolve, base_layers)
     out.append(source)
-    workspace, ws = check_workspace(request.workspace)
+    workspace, ws = check_workspace(Path(request.options.workspace))
     out.append(workspace)
     out += check_outputs(request, target, create=False)
     if ws is not None:
         out.append(check_engine(request, ws, resolved))
-    out.append(CheckResult("consumers", *consumers_check(request.compression)))
+    out.append(CheckResult("consumers", *consumers_check(request.options.compression)))
     if request.push and isinstance(target, RegistryTarget):
         out.append(check_registry(target, registry))
     if resolved is not None and isinstance(target, RegistryTarget):
@@ -186,7 +181,7 @@ def before_download(request: Request, resolved: Resolved, ws: Workspace) -> Repo
     out = [check_workspace(ws.root)[0]]
     out += check_outputs(request, target, create=True)
     out.append(check_engine(request, ws, resolved))
-    out.append(CheckResult("consumers", *consumers_check(request.compression)))
+    out.append(CheckResult("consumers", *consumers_check(request.options.compression)))
     if request.push and isinstance(target, RegistryTarget):
         out.append(check_registry(target, request.registry(target)))
     if isinstance(target, RegistryTarget):
@@ -238,8 +233,8 @@ def build_target(
 def check_image(request: Request) -> tuple[CheckResult, Target | None]:
     """The image reference and the platform parse, as `build` parses them."""
     try:
-        target, _ = build_target(request.image, request.platform, request.env,
-                                 request.engine, load=not request.push)  # fmt: skip
+        target, _ = build_target(request.image, request.options.platform, request.env,
+                                 request.options.engine, load=not request.push)  # fmt: skip
     except ModelcarError as exc:
         return _fail("image", exc), None
     if isinstance(target, RegistryTarget):
@@ -252,19 +247,19 @@ def check_image(request: Request) -> tuple[CheckResult, Target | None]:
 
 def check_base(request: Request, registry: RegistryOptions) -> tuple[CheckResult, int | None]:
     """The base image exists and its layers leave room in --max-layers."""
-    name = request.base_image
+    name, max_layers = request.options.base_image, request.options.source_options.max_layers
     try:
-        platforms = parse_platforms(request.platform)  # each one: the base must have it
+        platforms = parse_platforms(request.options.platform)  # each one: the base must have it
         layers = max(count_base_layers(name, p, registry) for p in platforms)
     except ModelcarError as exc:
         return _fail("base", exc), None
-    if layers >= request.max_layers:  # the exact fit is the plan's (source check)
+    if layers >= max_layers:  # the exact fit is the plan's (source check)
         error = TooManyLayers(
-            f"the base image {name} has {layers} layers: --max-layers {request.max_layers} "
+            f"the base image {name} has {layers} layers: --max-layers {max_layers} "
             "leaves no room for the model"
         )
         return _fail("base", error), layers
-    room = f"leaves {request.max_layers - layers} of --max-layers {request.max_layers}"
+    room = f"leaves {max_layers - layers} of --max-layers {max_layers}"
     if name == "scratch":
         fix = "use a base image with sh, ln and sleep (the default ubi-micro, or busybox)"
         return _warn("base", "scratch: no sh/ln/sleep, KServe's modelcar sidecar cannot "
@@ -326,12 +321,12 @@ def check_outputs(request: Request, target: Target | None, create: bool) -> list
     """--results-dir, --report and an oci: layout target can be written. A missing
     directory passes when it can be created (``create``: create it now)."""
     wanted: list[tuple[str, Path, Path | None]] = []
-    if request.results_dir:
-        wanted.append(("--results-dir", Path(request.results_dir), None))
+    if request.options.results_dir:
+        wanted.append(("--results-dir", Path(request.options.results_dir), None))
     elif TEKTON_RESULTS.is_dir():
         wanted.append(("Tekton results", TEKTON_RESULTS, None))
-    if request.report_file:
-        report = Path(request.report_file)
+    if request.options.report_file:
+        report = Path(request.options.report_file)
         wanted.append(("--report", report.parent, report))
     if isinstance(target, LayoutTarget):
         wanted.append(("OCI layout", target.path, None))
@@ -356,12 +351,12 @@ def check_outputs(request: Request, target: Target | None, create: bool) -> list
 
 def check_engine(request: Request, ws: Workspace, resolved: Resolved | None) -> CheckResult:
     """The engine's own probe (`Engine.preflight`), and the privileges it needs."""
-    name = request.engine
+    name = request.options.engine
     try:
-        if request.stream:
+        if request.options.stream:
             check_stream(name, resolved.plan.snapshot.kind if resolved is not None else None)
         engine = make_engine(name)
-        engine.check_compression(request.compression or default_compression(name))
+        engine.check_compression(request.options.compression or default_compression(name))
         ready = engine.preflight(ws)  # buildah: a forced overlay driver is mounted for real
     except ModelcarError as exc:
         return _fail("engine", exc)
@@ -427,11 +422,11 @@ def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]
     needed = disk_needed(plan, request.env)
     label = _engine_label(request, needed)
     total = needed[label]
-    model = 0 if request.stream or plan.snapshot.kind != "hub" else plan.total_bytes
+    model = 0 if request.options.stream or plan.snapshot.kind != "hub" else plan.total_bytes
     scratch = max(0, total - model)
     present = ws.already_fetched(plan.snapshot) if model else 0
     wants = [(ws.root, max(0, model - present))]
-    wants.append((ws.storage_dir if request.engine == "buildah" else ws.root, scratch))
+    wants.append((ws.storage_dir if request.options.engine == "buildah" else ws.root, scratch))
     out = []
     devices: dict[int, tuple[Path, int]] = {}
     for path, n in wants:
@@ -470,6 +465,6 @@ def check_disk(request: Request, plan: Plan, ws: Workspace) -> list[CheckResult]
 
 def _engine_label(request: Request, needed: Mapping[str, int]) -> str:
     """The label the chosen engine answered ``disk_needed`` with (every engine does)."""
-    if request.engine == "native" and request.stream:
+    if request.options.engine == "native" and request.options.stream:
         return "native --stream"
-    return request.engine
+    return request.options.engine

@@ -154,10 +154,16 @@ def _check_host(text: str, registry: str) -> None:
         )
 
 
+def names_host(first: str) -> bool:
+    """Whether ``first``, the component before a name's first ``/``, is a registry host:
+    the rule docker applies (a dot, a port, ``localhost``, or an uppercase letter, which
+    a repository name cannot have). Every reader of a host in a name asks here."""
+    return "." in first or ":" in first or first == "localhost" or first != first.lower()
+
+
 def _split_registry(text: str, name: str) -> tuple[str, str]:
     first, sep, rest = name.partition("/")
-    # Same rule as docker: the first component is a host only if it looks like one.
-    if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+    if sep and names_host(first):
         registry, repository = first, rest
         if not _HOST_RE.match(registry):
             raise _bad(text, f"{registry!r} is not a valid registry host[:port]")

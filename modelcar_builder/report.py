@@ -141,6 +141,7 @@ def verify_document(verified: VerifyResult, url: str) -> dict[str, Any]:
         "blobs_present": verified.blobs_present,
         "bytes_read": verified.bytes_read,
         "checks": list(verified.checks),
+        "unchecked": list(verified.unchecked),
         "deep": None
         if deep is None
         else {
@@ -164,6 +165,7 @@ def verify_text(verified: VerifyResult) -> list[str]:
     deep = verified.deep
     if deep is None:
         out.append("not read: layer contents (--deep hashes every blob and every model file)")
+        out += [f"not told: {phrase}" for phrase in verified.unchecked]
     else:
         out.append(
             f"hashed  {deep.blobs_hashed} layer blobs = their digests, "

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from modelcar_builder.buildopts import BuildOptions
 from modelcar_builder.engines import BuildRequest, BuildResult, Engine
 from modelcar_builder.engines.catalog import (
     DEFAULT_ENGINE,
@@ -26,6 +27,7 @@ from modelcar_builder.engines.catalog import (
     default_compression,
     make_engine,
 )
+from modelcar_builder.engines.part import PartEngine, PartJob
 from modelcar_builder.errors import (
     ImageNotFound,
     Interrupted,
@@ -54,23 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelcar.run")
 STOP_WAIT = 2.0  # seconds a stopped download gets to finish its chunk
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    engine: str
-    base_image: str
-    registry: RegistryOptions
-    compression: str | None = None  # None: the engine's default
-    jobs: int = 2
-    stream: bool = False
-    platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]
-    platforms: tuple[tuple[str, ...], ...] = ()  # several: an image index (engines/multiarch)
-    upload: str = "monolithic"
-    chunk_size: int = 64 * 1024 * 1024
-    load: str | None = None  # "podman" | "docker" | "auto": also leave it in a local store
-    push: bool = True  # False: --load of a local name (localhost/NAME:TAG), nothing pushed
-    mount_from: tuple[str, ...] = ()  # --mount-from: repositories to mount layer blobs from
 
 
 @dataclass(frozen=True)
@@ -124,26 +109,38 @@ def run_build(
     resolved: Resolved,
     workspace: Workspace,
     target: Target,
-    settings: BuildSettings,
-    fetch_opts: FetchOptions,
+    options: BuildOptions,
+    *,
+    registry: RegistryOptions,
+    platforms: tuple[tuple[str, ...], ...] = (("linux", "amd64"),),
+    mount_from: tuple[str, ...] = (),
+    part: PartJob | None = None,
 ) -> BuildOutcome:
+    """Fetch, build, push and verify as ``options`` ask. What the caller derived from
+    them once comes along: the ``target`` and its ``registry`` settings, the parsed
+    ``platforms``, ``mount_from`` as repositories of the target's registry, and with
+    --part the share to build and its record (``part``)."""
     plan = resolved.plan
+    fetch_opts = options.fetch
+    push = options.target_image()[1]
     timings: dict[str, float] = {}
-    if settings.stream:
-        check_stream(settings.engine, plan.snapshot.kind, load=settings.load is not None)
-    if not settings.push and not settings.load:
+    if options.stream:
+        check_stream(options.engine, plan.snapshot.kind, load=options.load is not None)
+    if not push and not options.load:
         raise UsageError("nothing to do: no push and no --load", hint="add --load")
-    compression = settings.compression or default_compression(settings.engine)
-    engine = make_engine(settings.engine)
+    compression = options.compression or default_compression(options.engine)
+    engine = make_engine(options.engine)
+    if part is not None:  # start_part refused every engine but native
+        engine = PartEngine(part)
     engine.check_compression(compression)  # before the download, with or without the preflight
-    log.info("%s", engine_line(settings.engine, compression))
+    log.info("%s", engine_line(options.engine, compression))
     store = None
-    if settings.load:
+    if options.load:
         from modelcar_builder.engines.archive import open_store
 
         # before the download too: a missing podman or an absent daemon fails now
-        store = open_store(load_store(settings.load, settings.engine))
-    if settings.push or engine.builds_locally:
+        store = open_store(load_store(options.load, options.engine))
+    if push or engine.builds_locally:
         engine.preflight(workspace)  # before the download: a build that cannot work fails now
 
     created = created_timestamp()  # a bad SOURCE_DATE_EPOCH fails before the download
@@ -153,8 +150,8 @@ def run_build(
     # Overlap: an engine that can push a layer as soon as its own files are verified
     # does so while the rest still download (the manifest still waits for every layer).
     # --load without a push reads every file at once: it waits for the whole download.
-    overlap = engine.pushes_while_fetching and settings.push and not settings.load
-    if settings.stream:
+    overlap = engine.pushes_while_fetching and push and not options.load
+    if options.stream:
         # check_stream passed: a Hub source, which always has its access and commit
         access, commit = cast("HubAccess", resolved.access), cast(str, plan.snapshot.commit)
         streams = HubStreams(access, plan.snapshot.location, commit, fetch_opts)
@@ -167,26 +164,23 @@ def run_build(
     timings["fetch"] = time.monotonic() - t0
 
     request = BuildRequest(
+        options=options,
         plan=plan,
         files_dir=files_dir,
         workspace=workspace,
         target=target,
-        base_image=settings.base_image,
-        registry=settings.registry,
+        registry=registry,
         compression=compression,
-        jobs=settings.jobs,
-        platform=settings.platform,
-        platforms=settings.platforms,
-        streams=streams,
-        upload=settings.upload,
-        chunk_size=settings.chunk_size,
-        progress_interval=fetch_opts.progress_interval,
+        platform=platforms[0],
+        platforms=platforms,
+        push=push,
+        mount_from=mount_from,
+        chunk_bytes=options.chunk_size * 1024 * 1024,
         created=created,
+        streams=streams,
         state=state,
         ready=background.wait if background else None,
         give_up=background.give_up if background else None,
-        push=settings.push,
-        mount_from=settings.mount_from,
     )
     try:
         result, verified = _build_and_verify(engine, request, store, timings)
@@ -204,7 +198,7 @@ def run_build(
         downloaded = background.result().downloaded_bytes
         timings["fetch"] = background.seconds
     timings["total"] = time.monotonic() - t0
-    url = image_url(target, result.manifest_digest) if settings.push else str(target)
+    url = image_url(target, result.manifest_digest) if push else str(target)
     if streams is not None:  # kept for a rerun that finds the layers already pushed
         with state.locked():
             state.sha256.update(streams.sha256)
@@ -260,7 +254,9 @@ def _build_and_verify(
     result = engine.build(request)
     timings["build_push"] = time.monotonic() - t1
     t2 = time.monotonic()
-    if request.push:
+    if isinstance(engine, PartEngine):  # a part's record, not an image
+        verified = engine.verify(request, result)
+    elif request.push:
         verified = verify_target(request.target, result.manifest_digest, labels, request.registry)
     else:
         name = local_name(request)
@@ -403,10 +399,15 @@ def image_url(target: Target, digest: str) -> str:
 def write_results(outcome: BuildOutcome, target: Target, results_dir: Path) -> None:
     """Tekton results: IMAGE_URL and IMAGE_DIGEST (the names Tekton Chains reads), and
     IMAGE_REF, the oci://…@sha256:… an InferenceService's storageUri takes."""
+    write_image_results(target, outcome.result.manifest_digest, results_dir)
+
+
+def write_image_results(target: Target, digest: str, results_dir: Path) -> None:
+    """The three results for the image ``digest`` at ``target`` (build and assemble)."""
     if isinstance(target, RegistryTarget):
         url = f"{target.ref.registry}/{target.ref.repository}:{target.tag}"
     else:
         url = str(target)
     (results_dir / "IMAGE_URL").write_text(url)
-    (results_dir / "IMAGE_DIGEST").write_text(outcome.result.manifest_digest)
-    (results_dir / "IMAGE_REF").write_text(outcome.image_url)
+    (results_dir / "IMAGE_DIGEST").write_text(digest)
+    (results_dir / "IMAGE_REF").write_text(image_url(target, digest))

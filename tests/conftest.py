@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.support.proxy",
     "tests.support.dockerd",
     "tests.support.podman_store",
+    "tests.support.deploy_builder",
 ]
 
 
@@ -54,8 +55,8 @@ def _modelcar_logger_restored():
 _DAEMON_FIXTURES = {"registry_launcher", "base_image", "dockerd"}
 _IMAGE_MODULES = {  # build images or start daemons of their own (buildah, podman, dockerd)
     "test_engine_buildah", "test_buildah_overlap", "test_buildah_privilege",
-    "test_engine_workstation", "test_deploy_run", "test_bench_smoke", "test_parity",
-    "test_context_buildah",
+    "test_engine_workstation", "test_deploy_run", "test_deploy_parts", "test_bench_smoke",
+    "test_parity", "test_context_buildah",
 }  # fmt: skip
 
 

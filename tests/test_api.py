@@ -63,3 +63,19 @@ def test_a_missing_image_is_image_not_found(tmp_path):
     with pytest.raises(errors.ImageNotFound) as raised:
         api.verify(f"oci:{tmp_path}/nothing:v1")
     assert raised.value.exit_code == 61
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (dict(image="reg.example:5000/m:v1", parts=0), "--parts must be"),
+        (dict(image="reg.example:5000/m:v1", parts=2, wait=-1.0), "--wait must be"),
+        (dict(image="oci:/tmp/x:v1", parts=2), "assemble writes a tag in a registry"),
+    ],
+)  # fmt: skip
+def test_assemble_options_are_checked_by_the_clis_rules(options, says):
+    """api.assemble takes the command's options and refuses what the CLI refuses, before
+    any registry is asked (no registry listens at reg.example)."""
+    with pytest.raises(errors.UsageError) as raised:
+        api.assemble(api.AssembleOptions(**options))
+    assert says in raised.value.message and raised.value.exit_code == 2

@@ -150,6 +150,35 @@ def test_verify_bench_writes_its_section_and_keeps_the_rest(tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("modelcar-bench-")] == []
 
 
+@pytest.mark.timeout(120)
+def test_parts_bench_writes_its_section_and_keeps_the_rest(tmp_path: Path) -> None:
+    """scripts/bench/parts.py at a tiny size: 2 part processes then assemble, next to the
+    one-pod build; the assembled image has the one-pod build's digest."""
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n## Every run\n\nkept\n")
+    argv = [sys.executable, "-m", "scripts.bench.parts", "--size-mib", "2", "--shards", "2",
+            "--cap-mbs", "50", "--parts", "2", "--rounds", "1", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n") and text.endswith("## Every run\n\nkept\n")
+    section = text.split("## Parts: one model, N pods", 1)[1]
+    rows = {
+        cells[0]: cells
+        for line in section.split("### N pods", 1)[0].splitlines()
+        if line.startswith("| ") and not line.startswith("| N ")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {"one pod (no `--part`)", "2"}, rows
+    for cells in rows.values():
+        float(cells[1])  # wall seconds: a number, whatever its value
+    assert rows["2"][7] == "yes"  # the same digest as the one-pod build
+    assert float(rows["2"][5]) > 0  # the assemble ran
+    assert "| 4 | 175 |" in section  # the 700 GB arithmetic
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("modelcar-bench-")] == []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_peers_bench_writes_its_table_inside_from_the_hub(tmp_path: Path) -> None:

@@ -18,91 +18,26 @@ import os
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from tests.support import builder_image
+from tests.support.deploy_builder import (
+    MANIFEST_TYPES,
+    OPENSHIFT_UID,
+    TINY,
+    registry_digest,
+    results_dir,
+    sa_token,
+    volume_dir,
+)
 from tests.support.kubeplay import StepPod, play, pod_manifest
-from tests.support.podman import Podman, make_podman, podman_available
-from tests.support.registry import sa_like_token
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "modelcar_builder" / "examples" / "tiny-model"
-OPENSHIFT_UID = 1000680000  # what restricted-v2 assigns: a UID with no passwd entry, group 0
-VOLUME_OWNER = 4242  # the PVC belongs to someone else; group 0 may write (setgid dir)
-OVERLAYS = ("openshift", "kubernetes", "kubernetes-indexed", "tekton")
-MANIFEST_TYPES = ", ".join((
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-))  # fmt: skip
-
-
-@dataclass
-class Builder:
-    podman: Podman
-    image: str  # REGISTRY/REPO@sha256:..., pinned by the script, pulled into podman
-    rendered: dict[str, list[dict]]  # overlay -> its objects, from the pinned copy
-    build: builder_image.ScriptBuild
-    base: str  # the Debian base's reference in the loopback registry
-
-    def objects(self, overlay: str, kind: str) -> list[dict]:
-        return [d for d in self.rendered[overlay] if d["kind"] == kind]
-
-    def task(self, name: str) -> dict:
-        return next(d for d in self.objects("openshift", "Task") if d["metadata"]["name"] == name)
-
-    def step_actions(self) -> dict[str, dict]:
-        return {d["metadata"]["name"]: d for d in self.objects("openshift", "StepAction")}
-
-
-def registry_digest(host: str, repo: str, reference: str) -> str:
-    """The manifest digest the registry itself answers with (Docker-Content-Digest)."""
-    resp = requests.head(f"http://{host}/v2/{repo}/manifests/{reference}",
-                         headers={"Accept": MANIFEST_TYPES}, timeout=30)  # fmt: skip
-    resp.raise_for_status()
-    return resp.headers["Docker-Content-Digest"]
-
-
-def kustomize(directory: Path) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (scripts/install-deps.sh installs it)")
-    out = subprocess.run([kubectl, "kustomize", str(directory)], check=True,
-                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
-    return [d for d in yaml.safe_load_all(out) if d]
-
-
-@pytest.fixture(scope="module")
-def builder(tmp_path_factory, session_registry):
-    why = podman_available()
-    if why:
-        pytest.skip(why)
-    tar = builder_image.debian_base_tar()
-    if isinstance(tar, str):
-        print(f"skipping: {tar}")
-        pytest.skip(tar)
-    wheels = builder_image.wheelhouse()
-    if isinstance(wheels, str):
-        print(f"skipping: {wheels}")
-        pytest.skip(wheels)
-    podman = make_podman(tmp_path_factory.mktemp("podman"))
-    try:
-        local_base = builder_image.import_base(podman, tar)
-        base = builder_image.push_base(podman, local_base, session_registry.host)
-        checkout = builder_image.copy_checkout(tmp_path_factory.mktemp("checkout"))
-        target = f"{session_registry.host}/modelcar/builder:test"
-        build = builder_image.build_with_script(podman, base, wheels, target, checkout)
-        podman.pull(build.image)  # the pods run it with imagePullPolicy Never
-        rendered = {o: kustomize(checkout / "deploy" / "overlays" / o) for o in OVERLAYS}
-        yield Builder(podman, build.image, rendered, build, base)
-    finally:
-        podman.close()
 
 
 def test_builder_image_script_pins_the_pushed_digest_into_every_overlay(builder, session_registry):
@@ -155,31 +90,6 @@ def test_builder_image_labels_base_digest_and_file_modes(builder, session_regist
     assert mode == "644" and "libnss_wrapper.so ->" in lib
 
 
-def _volume(path: Path, model: bool = True) -> Path:
-    """A PVC-like directory owned by another UID, group 0, setgid, group-writable, with
-    the tiny model in models/tiny (owned by that UID too)."""
-    path.mkdir(parents=True)
-    if model:
-        shutil.copytree(TINY, path / "models" / "tiny")
-    for p in [path, *path.rglob("*")]:
-        os.chown(p, VOLUME_OWNER, 0, follow_symlinks=False)
-        if p.is_dir():
-            p.chmod(0o2775)
-    return path
-
-
-def _results_dir(path: Path) -> Path:
-    path.mkdir()
-    path.chmod(0o777)  # Tekton's /tekton/results is writable by the step's UID
-    return path
-
-
-def _sa_token(path: Path) -> Path:
-    path.write_text(sa_like_token())
-    path.chmod(0o644)
-    return path
-
-
 def _tiny_digests() -> dict[str, str]:
     return {
         p.relative_to(TINY).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -202,8 +112,8 @@ def _run_task(builder, tmp_path, session_registry, base_image, task_name, repo, 
               params=None):  # fmt: skip
     podman = builder.podman
     task = builder.task(task_name)
-    volume = _volume(tmp_path / "pvc")
-    results = _results_dir(tmp_path / "results")
+    volume = volume_dir(tmp_path / "pvc")
+    results = results_dir(tmp_path / "results")
     step = StepPod(
         task=task,
         step_name="build",
@@ -217,7 +127,7 @@ def _run_task(builder, tmp_path, session_registry, base_image, task_name, repo, 
         },
         workspaces={"source": volume},
         results_dir=results,
-        sa_token=_sa_token(tmp_path / "token"),
+        sa_token=sa_token(tmp_path / "token"),
         run_as=run_as,
         step_actions=builder.step_actions(),
     )
@@ -321,7 +231,7 @@ def test_job_pod_template_runs_as_openshift_would(builder, tmp_path, session_reg
     podman = builder.podman
     (job,) = builder.objects("openshift", "Job")
     spec = job["spec"]["template"]["spec"]
-    volume = _volume(tmp_path / "pvc")
+    volume = volume_dir(tmp_path / "pvc")
     target = f"{session_registry.host}/job/tiny:v1"
     assert spec["containers"][0]["image"] == builder.image
     container = dict(spec["containers"][0], imagePullPolicy="Never")
@@ -374,7 +284,7 @@ def test_kubernetes_overlay_job_runs_as_its_image_user_with_its_fsgroup(
     (job,) = builder.objects("kubernetes", "Job")
     spec = job["spec"]["template"]["spec"]
     assert spec["securityContext"]["fsGroup"] == 1001
-    volume = _volume(tmp_path / "pvc")
+    volume = volume_dir(tmp_path / "pvc")
     target = f"{session_registry.host}/job/k8s:v1"
     container = dict(spec["containers"][0], imagePullPolicy="Never")
     assert container["image"] == builder.image
@@ -503,7 +413,7 @@ def test_indexed_job_builds_the_line_of_its_index(builder, tmp_path, session_reg
     (config,) = builder.objects("kubernetes-indexed", "ConfigMap")
     assert "@NAMESPACE@" in config["data"]["list"]
     spec = job["spec"]["template"]["spec"]
-    volume = _volume(tmp_path / "pvc")
+    volume = volume_dir(tmp_path / "pvc")
     models = tmp_path / "models-list"
     models.mkdir()
     host = session_registry.host
@@ -548,8 +458,8 @@ def test_native_task_trusts_the_bundle_openshift_pipelines_injects(
     it, and the build trusts it."""
     reg = session_registry_tls
     certs = _ca_directory(tmp_path / "tekton-custom-certs", reg.ca_file, "ca-bundle.crt")
-    volume = _volume(tmp_path / "pvc")
-    results = _results_dir(tmp_path / "results")
+    volume = volume_dir(tmp_path / "pvc")
+    results = results_dir(tmp_path / "results")
     step = StepPod(
         task=builder.task("modelcar-build"),
         step_name="build",
@@ -557,7 +467,7 @@ def test_native_task_trusts_the_bundle_openshift_pipelines_injects(
                 "base-image": "scratch", "source-date-epoch": "1700000000"},  # TLS: the push
         workspaces={"source": volume},
         results_dir=results,
-        sa_token=_sa_token(tmp_path / "token"),
+        sa_token=sa_token(tmp_path / "token"),
         step_actions=builder.step_actions(),
     )  # fmt: skip
     pod = step.pod("tekton-tls")
@@ -583,8 +493,8 @@ def test_native_task_trusts_the_ca_bundle_workspace(builder, tmp_path, session_r
     CA_BUNDLE_DIR and the entrypoint's MODELCAR_CA_FILE; no SSL_CERT_DIR."""
     reg = session_registry_tls
     bundle = _ca_directory(tmp_path / "ca-bundle", reg.ca_file, "ca.crt")
-    volume = _volume(tmp_path / "pvc")
-    results = _results_dir(tmp_path / "results")
+    volume = volume_dir(tmp_path / "pvc")
+    results = results_dir(tmp_path / "results")
     step = StepPod(
         task=builder.task("modelcar-build"),
         step_name="build",
@@ -595,7 +505,7 @@ def test_native_task_trusts_the_ca_bundle_workspace(builder, tmp_path, session_r
         },
         workspaces={"source": volume, "ca-bundle": bundle},
         results_dir=results,
-        sa_token=_sa_token(tmp_path / "token"),
+        sa_token=sa_token(tmp_path / "token"),
         step_actions=builder.step_actions(),
     )
     pod = step.pod("tekton-cabundle")

@@ -29,7 +29,7 @@ from tests.support.schemas import inferenceservice_errors, tekton_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-OVERLAYS = ("openshift", "kubernetes", "kubernetes-indexed", "tekton")
+OVERLAYS = ("openshift", "kubernetes", "kubernetes-indexed", "kubernetes-parts", "tekton")
 # From the oldest Kubernetes this supports to the newest kubernetes-validate (1.37.0) knows.
 K8S_VERSIONS = tuple(f"1.{minor}" for minor in range(28, 38))
 BUILDER = "quay.io/modelcar/modelcar-builder"
@@ -109,6 +109,7 @@ EXPECTED_KINDS = {
     "kubernetes": {"Namespace", "ServiceAccount", "PersistentVolumeClaim", "Job"},
     "kubernetes-indexed": {"Namespace", "ServiceAccount", "PersistentVolumeClaim", "Job",
                            "ConfigMap"},
+    "kubernetes-parts": {"Namespace", "ServiceAccount", "Job", "ConfigMap"},  # no volume
     "tekton": {"Namespace", "ServiceAccount", "PersistentVolumeClaim", "StepAction", "Task",
                "Pipeline", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"},
 }  # fmt: skip
@@ -380,7 +381,12 @@ def test_pipelines_bind_only_what_their_tasks_declare():
                 assert inc_given <= set(declared), (name, inc["name"])
                 missing = {n for n, p in declared.items() if "default" not in p} - inc_given
                 assert not missing, f"{name}/{inc['name']} lacks {missing}"
-            if "matrix" not in t:
+            matrixed = {p["name"] for p in t.get("matrix", {}).get("params", [])}
+            if matrixed:  # a matrix param fans out into the Task's string param of that name
+                assert not matrixed & given and matrixed <= set(declared), (name, matrixed)
+                assert all(declared[m].get("type", "string") == "string" for m in matrixed)
+                given |= matrixed
+            if "include" not in t.get("matrix", {}):
                 assert given <= set(declared), (name, t["name"], given - set(declared))
                 missing = {n for n, p in declared.items() if "default" not in p} - given
                 assert not missing, f"{name}/{t['name']} lacks {missing}"
@@ -415,13 +421,22 @@ def test_pipeline_results_name_real_task_results():
 def test_pipeline_gives_chains_its_subject_and_input_artifact():
     """Tekton Chains' pipeline-level provenance: IMAGE_URL/IMAGE_DIGEST as the subject,
     an object result named *ARTIFACT_INPUTS with exactly uri and digest as the input."""
+    tasks = {d["metadata"]["name"]: d["spec"] for _, d in _of_kind("Task")}
     for _, pipe in _of_kind("Pipeline"):
         results = {r["name"]: r for r in pipe["spec"]["results"]}
         assert {"IMAGE_URL", "IMAGE_DIGEST"} <= set(results)
         inputs = [r for n, r in results.items() if n.endswith("ARTIFACT_INPUTS")]
-        assert len(inputs) == 1 and inputs[0]["type"] == "object"
-    for _, task in _of_kind("Task"):
-        result = next(r for r in task["spec"]["results"] if r["name"].endswith("ARTIFACT_INPUTS"))
+        # Every Pipeline whose tasks write an input artifact passes it on (the parts'
+        # Pipeline cannot: a matrixed task's results are strings only, and no part writes one).
+        written = any(r["name"].endswith("ARTIFACT_INPUTS")
+                      for t in pipe["spec"]["tasks"] if "taskRef" in t
+                      for r in tasks[t["taskRef"]["name"]].get("results", []))  # fmt: skip
+        assert len(inputs) == int(written), pipe["metadata"]["name"]
+        assert all(r["type"] == "object" for r in inputs)
+    for name, task in tasks.items():
+        if name in ("modelcar-build-part", "modelcar-assemble"):
+            continue
+        result = next(r for r in task["results"] if r["name"].endswith("ARTIFACT_INPUTS"))
         assert result["type"] == "object"
         assert set(result["properties"]) == {"uri", "digest"}
 
@@ -429,7 +444,7 @@ def test_pipeline_gives_chains_its_subject_and_input_artifact():
 def test_pipeline_passes_every_build_option_with_retries_and_a_timeout():
     """Every param of the Task modelcar-build can be set through the Pipeline."""
     task = next(d for _, d in _of_kind("Task") if d["metadata"]["name"] == "modelcar-build")
-    pipe = next(d for _, d in _of_kind("Pipeline"))
+    pipe = next(d for _, d in _of_kind("Pipeline") if d["metadata"]["name"] == "modelcar-deploy")
     build = next(t for t in pipe["spec"]["tasks"] if t["name"] == "build")
     assert {p["name"] for p in build["params"]} == {p["name"] for p in task["spec"]["params"]}
     assert build["retries"] >= 1
@@ -460,12 +475,122 @@ def test_matrix_run_gives_each_model_its_own_subdirectory():
 
 
 def test_results_and_their_descriptions():
-    for _, task in _of_kind("Task"):
-        results = {r["name"]: r for r in task["spec"]["results"]}
-        assert set(results) == {"IMAGE_URL", "IMAGE_DIGEST", "IMAGE_REF",
-                                "MODEL_SOURCE_ARTIFACT_INPUTS"}  # fmt: skip
+    """A build Task writes all four results; a part none (it is no image); the assemble
+    Task the image's three (no part knows the Hub commit as a result)."""
+    image = {"IMAGE_URL", "IMAGE_DIGEST", "IMAGE_REF"}
+    expected = {"modelcar-build-part": set(), "modelcar-assemble": image}
+    tasks = _of_kind("Task")
+    assert set(expected) < {t["metadata"]["name"] for _, t in tasks}
+    for _, task in tasks:
+        results = {r["name"]: r for r in task["spec"].get("results", [])}
+        name = task["metadata"]["name"]
+        assert set(results) == expected.get(name, image | {"MODEL_SOURCE_ARTIFACT_INPUTS"}), name
         assert all(r.get("description") for r in results.values())
-        assert "oci://" in results["IMAGE_REF"]["description"]
+        if results:
+            assert "oci://" in results["IMAGE_REF"]["description"]
+
+
+# -- parts: one model, N pods (README "Very large models") ------------------------------------
+
+
+def _parts_jobs() -> tuple[dict, dict, dict]:
+    docs = {d["metadata"]["name"]: d for d in rendered("kubernetes-parts")}
+    return docs["modelcar-build-parts"], docs["modelcar-assemble"], docs["modelcar-parts"]
+
+
+def _container_env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_parts_job_runs_every_part_at_once_and_retries_one_alone():
+    """completions = parallelism = N (the ConfigMap's parts), --stream --part index/N,
+    no volume but emptyDirs, a failed index retried by itself and bad input failing all."""
+    job, assemble, config = _parts_jobs()
+    n = int(config["data"]["parts"])
+    spec = job["spec"]
+    assert n >= 2 and spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == n
+    assert spec["backoffLimitPerIndex"] >= 1 and spec["maxFailedIndexes"] == 0
+    assert "backoffLimit" not in spec  # with backoffLimitPerIndex it would count all parts
+    assert [r["action"] for r in spec["podFailurePolicy"]["rules"]] == ["FailJob", "Ignore"]
+    for j in (job, assemble):
+        pod = j["spec"]["template"]["spec"]
+        assert all("emptyDir" in v for v in pod["volumes"]), j["metadata"]["name"]
+        env = _container_env(pod["containers"][0])
+        assert env["PARTS"]["valueFrom"]["configMapKeyRef"] == {"name": "modelcar-parts",
+                                                                "key": "parts"}  # fmt: skip
+        assert env["MODEL_IMAGE"]["valueFrom"]["configMapKeyRef"]["key"] == "image"
+    (argv,) = _invocations(spec["template"]["spec"]["containers"][0])
+    assert argv[0] == "build" and "--stream" in argv
+    assert argv[argv.index("--part") + 1] == "index/$PARTS"
+    assert argv[argv.index("--image") + 1] == "$MODEL_IMAGE"
+    (argv,) = _invocations(assemble["spec"]["template"]["spec"]["containers"][0])
+    assert argv[0] == "assemble" and argv[argv.index("--parts") + 1] == "$PARTS"
+    assert argv[argv.index("--image") + 1] == "$MODEL_IMAGE"
+    # bounded: it waits for the parts' whole deadline, and its own deadline is longer
+    wait = int(argv[argv.index("--wait") + 1])
+    assert spec["activeDeadlineSeconds"] <= wait < assemble["spec"]["activeDeadlineSeconds"]
+    assert not any(d["kind"] == "PersistentVolumeClaim" for d in rendered("kubernetes-parts"))
+
+
+def _parts_pipeline() -> dict:
+    return next(
+        d for _, d in _of_kind("Pipeline") if d["metadata"]["name"] == "modelcar-build-parts"
+    )
+
+
+def test_parts_pipeline_fans_out_over_the_parts_then_assembles():
+    pipe = _parts_pipeline()["spec"]
+    params = {p["name"]: p for p in pipe["params"]}
+    n = int(params["parts"]["default"])
+    assert params["part-numbers"]["default"] == [str(k) for k in range(1, n + 1)]
+    tasks = {t["name"]: t for t in pipe["tasks"]}
+    part, assemble = tasks["part"], tasks["assemble"]
+    assert part["taskRef"] == {"name": "modelcar-build-part"}
+    assert part["matrix"] == {"params": [{"name": "part", "value": "$(params.part-numbers[*])"}]}
+    assert part["retries"] >= 1 and part["timeout"]
+    assert assemble["taskRef"] == {"name": "modelcar-assemble"}
+    assert assemble["runAfter"] == ["part"]
+    given = {p["name"]: p["value"] for p in assemble["params"]}
+    assert (
+        given["parts"]
+        == "$(params.parts)"
+        == next(p["value"] for p in part["params"] if p["name"] == "parts")
+    )
+    assert {r["value"] for r in _parts_pipeline()["spec"]["results"]} == {
+        f"$(tasks.assemble.results.{r})" for r in ("IMAGE_URL", "IMAGE_DIGEST", "IMAGE_REF")
+    }
+    for _, run in _of_kind("PipelineRun"):
+        if run["spec"].get("pipelineRef", {}).get("name") == "modelcar-build-parts":
+            values = {p["name"]: p["value"] for p in run["spec"]["params"]}
+            n = int(values["parts"])
+            assert values["part-numbers"] == [str(k) for k in range(1, n + 1)]
+            hours = int(run["spec"]["timeouts"]["pipeline"].removesuffix("h"))
+            tries = int(part["timeout"].removesuffix("h")) * (1 + part["retries"])
+            assert hours > tries + int(assemble["timeout"].removesuffix("h"))
+            break
+    else:
+        raise AssertionError("no example PipelineRun of modelcar-build-parts")
+
+
+def test_part_task_step_passes_part_k_of_n_and_streams(tmp_path):
+    """The part Task's step as the pod Tekton makes (StepAction resolved, params
+    substituted): `build --stream --part K/N`, no results dir, no volume but /tmp."""
+    task = next(d for _, d in _of_kind("Task") if d["metadata"]["name"] == "modelcar-build-part")
+    assert "workspaces" not in task["spec"] or all(
+        w.get("optional") for w in task["spec"]["workspaces"]
+    )
+    pod = StepPod(task, "build", None, {"source": "hf://o/m@c", "image": "r.io/m:v1",
+                                        "part": "3", "parts": "4"},
+                  step_actions=_step_actions()).pod("p")  # fmt: skip
+    (container,) = pod["spec"]["containers"]
+    args = container["args"]
+    assert args[0] == "build" and "--stream" in args
+    assert args[args.index("--part") + 1] == "3/4"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MODELCAR_RESULTS_DIR"] == ""  # a part is no image: Chains sees the assembled one
+    assert env["MODELCAR_WORKSPACE"].startswith("/tmp/")
+    assert [v for v in pod["spec"]["volumes"] if "emptyDir" not in v] == []
 
 
 # -- the CLI the manifests call -----------------------------------------------------------------
@@ -557,6 +682,9 @@ def test_native_manifests_are_restricted():
 def test_task_defaults_match_the_cli():
     for _, task in _of_kind("Task") + _of_kind("StepAction") + _of_kind("Pipeline"):
         params = {p["name"]: p for p in task["spec"]["params"]}
+        if task["metadata"]["name"] == "modelcar-assemble":  # the parts chose the base
+            assert "base-image" not in params
+            continue
         assert params["base-image"]["default"] == DEFAULT_BASE_IMAGE
         assert not DEFAULT_BASE_IMAGE.endswith(":latest")
         platform = next(p for p in cli.commands["build"].params if p.name == "platform")
@@ -568,20 +696,24 @@ def test_jobs_do_not_retry_bad_input():
     retryable = {1, 20, 21, 50, 52, 60, 130}
     assert retryable <= readme
     jobs = [(o, d) for o in OVERLAYS for d in rendered(o) if d["kind"] == "Job"]
-    assert len(jobs) == 3
+    assert len(jobs) == 5
     for overlay, job in jobs:
         spec = job["spec"]
         pod = spec["template"]["spec"]
         assert pod["serviceAccountName"] == "modelcar-builder", overlay
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        if overlay == "openshift":  # restricted-v2 sets it from the namespace range
+        claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        if overlay == "openshift" or not claims:  # restricted-v2 sets it; emptyDirs need none
             assert "fsGroup" not in pod["securityContext"]
         else:  # plain Kubernetes: the PVC is writable only through it
             assert pod["securityContext"]["fsGroup"] > 0
         rule = spec["podFailurePolicy"]["rules"][0]
         codes = set(rule["onExitCodes"]["values"])
         assert codes <= readme and not codes & retryable
-        assert {2, 10, 11, 12, 13, 14, 15, 16} <= codes
+        if job["metadata"]["name"] == "modelcar-assemble":  # reads records, not the source
+            assert {2, 51, 63} <= codes and 62 not in codes  # a missing part may come
+        else:
+            assert {2, 10, 11, 12, 13, 14, 15, 16} <= codes
         assert rule["action"] in ("FailJob", "FailIndex")
 
 
@@ -602,7 +734,7 @@ def test_constraints_pin_exactly_the_runtime_closure():
 
 
 def _serve_step() -> tuple[dict, dict]:
-    pipe = next(d for d in rendered("openshift") if d["kind"] == "Pipeline")
+    pipe = next(d for d in rendered("openshift") if d["metadata"]["name"] == "modelcar-deploy")
     task = next(t for t in pipe["spec"]["tasks"] if t["name"] == "deploy")
     return task, task["taskSpec"]["steps"][0]
 
@@ -616,7 +748,7 @@ def _run_serve_script(
 
 def _serve_env(**values: str) -> dict[str, str]:
     """The step's env as Tekton sets it from the Pipeline's defaults and these values."""
-    pipe = next(d for d in rendered("openshift") if d["kind"] == "Pipeline")
+    pipe = next(d for d in rendered("openshift") if d["metadata"]["name"] == "modelcar-deploy")
     defaults = {p["name"]: p.get("default") for p in pipe["spec"]["params"]}
     task, step = _serve_step()
     given = {p["name"]: p["value"] for p in task["params"]}
@@ -791,6 +923,7 @@ def test_pipelineruns_leave_room_for_every_build_try():
     needed = int(build["timeout"].removesuffix("h")) * (1 + build["retries"])
     runs = [d for _, d in _of_kind("PipelineRun") if "pipelineRef" in d["spec"]]
     runs += [d for d in _readme_heredocs() if d.get("kind") == "PipelineRun"]
+    runs = [r for r in runs if r["spec"]["pipelineRef"]["name"] == "modelcar-deploy"]
     assert len(runs) == 2
     for run in runs:
         assert int(run["spec"]["timeouts"]["pipeline"].removesuffix("h")) > needed

@@ -401,7 +401,8 @@ def test_upload_chunked_sends_the_base_layer_and_config_in_chunks_too(
         model, tmp_path / "ws", f"{proxy.host}/models/llm:chunked-base", base_image.ref,
         compression="none",
     )  # fmt: skip
-    request = dataclasses.replace(request, upload="chunked", chunk_size=chunk)
+    options = dataclasses.replace(request.options, upload="chunked")
+    request = dataclasses.replace(request, options=options, chunk_bytes=chunk)
     mark = registry.mark()
     result = NativeEngine().build(request)
     assert proxy.too_large == []

@@ -22,7 +22,7 @@ import docker  # the test extra installs it: the docker engine is tested, never 
 import pytest
 
 from modelcar_builder import errors
-from modelcar_builder.api import is_local_name, local_name
+from modelcar_builder.buildopts import is_local_name, local_name
 from modelcar_builder.engines.catalog import ENGINES
 from modelcar_builder.engines.workstation import context_tar
 from modelcar_builder.run import load_store

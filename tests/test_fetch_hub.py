@@ -355,13 +355,15 @@ def test_native_build_after_fetch_does_not_hash_the_shards_again(repo, ws, tmp_p
         return real_digest(self, open_entry)
 
     monkeypatch.setattr(TarLayer, "digest", spy)
-    from modelcar_builder.run import BuildSettings, run_build
+    from modelcar_builder.buildopts import BuildOptions
+    from modelcar_builder.run import run_build
     from modelcar_builder.settings import RegistryOptions
     from modelcar_builder.target import parse_target
 
-    settings = BuildSettings("native", "scratch", RegistryOptions())
-    target = parse_target(f"oci:{tmp_path / 'out'}:v1")
-    outcome = run_build(resolved, Workspace(ws), target, settings, FetchOptions())
+    image = f"oci:{tmp_path / 'out'}:v1"
+    options = BuildOptions(REPO, image, engine="native", base_image="scratch")
+    target = parse_target(image)
+    outcome = run_build(resolved, Workspace(ws), target, options, registry=RegistryOptions())
     assert hashed == [6]  # only the small-files layer was hashed by reading it
     truth = _true_layer_digests(ws / "files" / f"{REPO.replace('/', '--')}--{repo.head(REPO)}",
                                 resolved.plan)  # fmt: skip

@@ -13,12 +13,13 @@ PACKAGE = Path(__file__).parent.parent / "modelcar_builder"
 RANKS = [  # (rank, module prefixes); the longest matching prefix decides
     (9, ("cli", "__main__")),
     (8, ("commands", "api", "chains")),
-    (7, ("run", "signed_build")),
+    (7, ("run", "signed_build", "assembly")),
     (6, ("pipeline", "report", "preflight")),
-    (5, ("engines",)),
+    (5, ("engines", "buildopts")),
     (4, ("context", "verify", "source", "shards", "signing")),
     (3, ("registry", "settings", "workspace", "state")),
     (2, ("oci", "auth", "reference", "target", "plan", "selection", "progress", "parallel")),
+    (2, ("shares",)),  # which layers each part of a model built by N pods builds
     (1, ("snapshot", "units", "errors", "")),
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelcar_builder.errors import UsageError
-from modelcar_builder.reference import ImageRef
+from modelcar_builder.reference import ImageRef, names_host
 
 D = "sha256:" + "ab" * 32
 
@@ -109,3 +109,24 @@ def test_docker_hub_api_host_and_default_tag() -> None:
     frozen = ImageRef.parse("quay.io/a/b")
     with pytest.raises(AttributeError):
         frozen.tag = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("image", "local"),
+    [("quay.io/org/m:v1", False), ("127.0.0.1:5000/m", False), ("localhost/m", True),
+     ("org/m:v1", True), ("m", True)],
+)  # fmt: skip
+def test_one_registry_host_rule_for_parse_load_and_mount_from(image: str, local: bool) -> None:
+    """--load's local names and --mount-from's hosts ask the rule ImageRef.parse applies."""
+    from modelcar_builder.api import mount_sources
+    from modelcar_builder.buildopts import is_local_name
+    from modelcar_builder.target import parse_target
+
+    first = image.partition("/")[0]
+    named = "/" in image and names_host(first)
+    assert named == (ImageRef.parse(image).registry == first)
+    assert is_local_name(image) is local
+    target = parse_target("127.0.0.1:5000/models/x:v1")
+    if named and first != "127.0.0.1:5000":
+        with pytest.raises(UsageError, match="another registry"):
+            mount_sources((image.partition(":v1")[0],), target)

@@ -337,6 +337,14 @@ def secret_hits(roots: list[Path], forms: list[str], skip: Path) -> list[tuple[P
     return hits
 
 
+def read_or_empty(path: Path) -> bytes:
+    """A file another process may remove while we look (its authfile, swept)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 def search_roots(*extra: Path) -> list[Path]:
     """/tmp, /dev/shm and ``extra`` (the workspace, the test's dir), none twice."""
     roots = [Path("/tmp"), Path("/dev/shm"), *extra]
@@ -421,7 +429,13 @@ def test_kill_9_mid_push_leaves_no_secret_and_the_rerun_sweeps(
 
             wait_until(push_stalled, "the push never started", timeout=240, interval=0)
             time.sleep(0.5)  # the push is hanging now, whatever else is in flight
-            in_memory = sorted(Path("/dev/shm").glob(f"{PREFIX}*/*/auth.json"))
+            # only this run's credentials count: another test (or a parallel session)
+            # may hold its own authfile in /dev/shm at this moment, by design
+            in_memory = [
+                p
+                for p in sorted(Path("/dev/shm").glob(f"{PREFIX}*/*/auth.json"))
+                if any(form.encode() in read_or_empty(p) for form in forms)
+            ]
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: buildah children too
             proc.wait()

@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import subprocess
-import sys
 
 import pytest
 import requests
@@ -26,37 +24,20 @@ from modelcar_builder.signing import flow, keys
 from tests.support.clitools import run
 from tests.support.imagecheck import unpack
 from tests.support.models import REPO, build_args, model_files
-
-PASSWORD = "build-signing-password"
+from tests.support.signing import (
+    PASSWORD,
+    make_keypair,
+    model_signing_verify,
+    raw_blob,
+    raw_manifest,
+)
 
 
 @pytest.fixture
 def keypair(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COSIGN_PASSWORD", PASSWORD)
-    assert run(capsys, "keygen", str(tmp_path / "keys")).code == 0
-    return tmp_path / "keys" / "cosign.key", tmp_path / "keys" / "cosign.pub"
-
-
-def raw_manifest(registry, repo: str, reference: str) -> dict:
-    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
-    resp = requests.get(f"{registry.url}/v2/{repo}/manifests/{reference}",
-                        headers={"Accept": accept}, timeout=30)  # fmt: skip
-    resp.raise_for_status()
-    return resp.json()
-
-
-def raw_blob(registry, repo: str, digest: str) -> bytes:
-    resp = requests.get(f"{registry.url}/v2/{repo}/blobs/{digest}", timeout=30)
-    resp.raise_for_status()
-    assert f"sha256:{hashlib.sha256(resp.content).hexdigest()}" == digest
-    return resp.content
-
-
-def model_signing_verify(tree, public) -> subprocess.CompletedProcess[str]:
-    """The OpenSSF library's own CLI, defaults only."""
-    argv = [sys.executable, "-m", "model_signing", "verify", "key", "--signature",
-            str(tree / "model.sig"), "--public_key", str(public), str(tree)]  # fmt: skip
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
+    pair = make_keypair(capsys, tmp_path / "keys")
+    return pair.private, pair.public
 
 
 @pytest.mark.slow

@@ -305,3 +305,21 @@ def test_deep_holds_no_blob_in_memory(registry, capsys, tmp_path):
     assert deep is not None and deep.bytes_read > 48 * MIB  # one layer holds both files
     assert (deep.diff_ids_checked, deep.files_checked + deep.files_unhashed) == (1, 2)
     assert peak < 16 * MIB, f"peak {peak / MIB:.1f} MiB"
+
+
+def test_layers_without_their_annotation_are_read_by_deep(tiny_repo, registry, capsys, tmp_path):
+    """The same uncompressed OCI layers with no /models annotation (what a Containerfile
+    build pushes): the cheap verify says what it cannot tell, --deep finds every file by
+    reading the tars."""
+    build(capsys, f"{registry.host}/{IMAGE_REPO}:v1", tmp_path / "ws", "scratch")
+    manifest = get_manifest(registry, "v1")
+    for layer in manifest["layers"]:
+        layer.pop("annotations", None)
+    bare = put_manifest(registry, "bare", manifest)
+    res = reg_verify(capsys, bare)
+    assert res.code == 0, res.err
+    assert "not told: which of the 3 layers hold /models: none is annotated" in res.out
+    res = reg_verify(capsys, bare, "--deep")
+    assert res.code == 0, res.err
+    assert f"files   4 files in 3 model layer(s) = the Hub's {REPO}@" in res.out
+    assert "not told" not in res.out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from modelcar_builder import api
-from modelcar_builder.api import CHUNK_SIZE, COMPRESSIONS, JOBS, LOADS, UPLOADS
+from modelcar_builder.buildopts import CHUNK_SIZE, COMPRESSIONS, JOBS, LOADS, UPLOADS
 from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import (
     Number,
@@ -80,6 +80,15 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     is_flag=True,
     envvar="MODELCAR_STREAM",
     help="native only: Hub -> registry in one pass, no disk for the model.",
+)
+@click.option(
+    "--part",
+    envvar="MODELCAR_PART",
+    metavar="K/N",
+    help="Build part K of N (K from 1 to N; index/N: K = JOB_COMPLETION_INDEX + 1) of a "
+    "model too large for one pod: plan the whole model, fetch and push this part's share "
+    "of the layers (balanced by bytes), record it in the registry; `modelcar assemble "
+    "--parts N` makes the image (README: Very large models). native engine only.",
 )
 @click.option(
     "--jobs",

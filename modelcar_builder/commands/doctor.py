@@ -4,12 +4,15 @@ arguments: its parameters are `build`'s own objects, so the two cannot drift."""
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from modelcar_builder.commands.build import build
 from modelcar_builder.commands.helpgroups import GroupedCommand
 from modelcar_builder.commands.options import build_options
-from modelcar_builder.preflight import Report, diagnose
+from modelcar_builder.pipeline import resolve_source
+from modelcar_builder.preflight import Report, Request, diagnose
 from modelcar_builder.report import dumps
 
 _WIDTH = 9  # the longest check name, "workspace"
@@ -17,7 +20,7 @@ _WIDTH = 9  # the longest check name, "workspace"
 
 def _doctor(as_json: bool, **params) -> None:
     options = build_options(params)
-    report = diagnose(options.preflight_request(), options.source_options.resolve)
+    report = diagnose(Request(options), functools.partial(resolve_source, options.source_options))
     click.echo(dumps(report.as_dict()) if as_json else text(report))
     report.raise_first()  # error + hint on stderr, the first FAIL's exit code
 

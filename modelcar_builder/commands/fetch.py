@@ -17,7 +17,7 @@ from modelcar_builder.commands.options import (
     workspace_option,
 )
 from modelcar_builder.context import DEFAULT_BASE_IMAGE, prepare_context
-from modelcar_builder.pipeline import count_base_layers, pinned_base
+from modelcar_builder.pipeline import count_base_layers, pinned_base, resolve_source
 from modelcar_builder.source.download import fetch
 from modelcar_builder.target import RegistryTarget, parse_target
 from modelcar_builder.units import human
@@ -31,7 +31,7 @@ log = logging.getLogger("modelcar.commands.fetch")
 @fetch_options
 def fetch_cmd(src, fetch_opts, workspace):
     """Download and verify the model onto the workspace (resumable)."""
-    resolved = src.resolve(hub_timeout=fetch_opts.read_timeout)
+    resolved = resolve_source(src, hub_timeout=fetch_opts.read_timeout)
     ws = open_workspace(workspace)
     result = fetch(resolved.plan, ws, resolved.access, fetch_opts)
     log.info(
@@ -73,7 +73,7 @@ def prepare(
     registry = registry_settings(authfile, registry_token_file, tls_verify, ca_file, host)
     pinned = pinned_base(base_image, registry)  # read once: unreadable, it is not retried
     base = count_base_layers(pinned, ("linux", "amd64"), registry, strict=False) if pinned else 1
-    resolved = src.resolve(base, hub_timeout=fetch_opts.read_timeout)
+    resolved = resolve_source(src, base, hub_timeout=fetch_opts.read_timeout)
     ws = open_workspace(workspace)
     fetched = fetch(resolved.plan, ws, resolved.access, fetch_opts)
     ctx = prepare_context(resolved.plan, fetched.files_dir, ws, pinned or base_image)

@@ -23,13 +23,23 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "Image and base",
-        ("image", "base_image", "platform", "compression", "load", "labels", "modelpack"),
+        (
+            "image",
+            "parts",
+            "wait",
+            "base_image",
+            "platform",
+            "compression",
+            "load",
+            "labels",
+            "modelpack",
+        ),
     ),
     (
         "Registry and auth",
         ("authfile", "registry_token_file", "tls_verify", "ca_file", "mount_from"),
     ),
-    ("Engine", ("engine", "stream", "jobs", "upload", "chunk_size")),
+    ("Engine", ("engine", "stream", "part", "jobs", "upload", "chunk_size")),
     (
         "Download tuning",
         ("fetch_jobs", "connections", "attempts", "read_timeout", "progress_interval"),

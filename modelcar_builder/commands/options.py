@@ -1,6 +1,7 @@
 """Options the commands share, each also read from its MODELCAR_* variable (``--help``
-shows which), packed into the API's carriers (api.SourceOptions, api.BuildOptions,
-FetchOptions, api.RegistryAccess), so the CLI and the Python API take one road."""
+shows which), packed into the one carrier of build options (buildopts.SourceOptions,
+BuildOptions, RegistryAccess, with FetchOptions; the API re-exports them), so the CLI and
+the Python API take one road."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import click
 
-from modelcar_builder.api import (
+from modelcar_builder.buildopts import (
     ATTEMPTS,
     CONNECTIONS,
     FETCH_JOBS,

@@ -8,7 +8,7 @@ import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from modelcar_builder.plan import LayerPlan, Plan
 from modelcar_builder.progress import Progress
@@ -17,6 +17,9 @@ from modelcar_builder.snapshot import FileEntry
 from modelcar_builder.state import BuildState
 from modelcar_builder.target import Target
 from modelcar_builder.workspace import Workspace
+
+if TYPE_CHECKING:  # buildopts imports engines.catalog, which imports this package
+    from modelcar_builder.buildopts import BuildOptions
 
 
 class StreamOpener(Protocol):
@@ -28,16 +31,24 @@ class StreamOpener(Protocol):
 
 @dataclass(frozen=True)
 class BuildRequest:
+    """What an engine is asked to build: the build's options as given (``options``, the
+    one carrier from the CLI), and what the run derived from them once or holds while
+    it runs. Engines read an option through ``options``, never a copy of it."""
+
+    options: BuildOptions
     plan: Plan
     files_dir: Path | None  # None: stream the bytes straight from the Hub (native only)
     workspace: Workspace
     target: Target
-    base_image: str
-    registry: RegistryOptions = field(default_factory=RegistryOptions)
-    compression: str = "none"
-    jobs: int = 2
-    platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]
+    registry: RegistryOptions = field(default_factory=RegistryOptions)  # the target's
+    compression: str = "none"  # --compression, or the engine's default
+    platform: tuple[str, ...] = ("linux", "amd64")  # OS, ARCH[, VARIANT]: --platform's first
     platforms: tuple[tuple[str, ...], ...] = ()  # several: an image index (engines/multiarch)
+    push: bool = True  # False: `--load` of a local name; engines building locally skip the push
+    # --mount-from as repositories of the target's registry a layer blob may be mounted
+    # from (besides where the workspace's record says it was pushed)
+    mount_from: tuple[str, ...] = ()
+    chunk_bytes: int = 64 * 1024 * 1024  # --chunk-size (MiB) in bytes: a chunked PATCH's size
     created: str = DEFAULT_CREATED
     streams: StreamOpener | None = None  # for files_dir None: where the bytes come from
     # While the download still runs (engines that can push early): the shared workspace
@@ -56,7 +67,7 @@ class BuildRequest:
     @property
     def upload_chunk(self) -> int | None:
         """PATCH size when every blob we upload goes in chunks (--upload chunked)."""
-        return self.chunk_size if self.upload == "chunked" else None
+        return self.chunk_bytes if self.options.upload == "chunked" else None
 
     def stop_waiting(self) -> None:
         """An engine whose push failed says so at once: its other threads' wait_for
@@ -64,14 +75,6 @@ class BuildRequest:
         fails the build now, not once the rest of the model is downloaded."""
         if self.give_up is not None:
             self.give_up()
-
-    upload: str = "monolithic"  # or "chunked": PATCH chunks, resumed from the upload's Range
-    chunk_size: int = 64 * 1024 * 1024
-    push: bool = True  # False: `--load` of a local name; engines building locally skip the push
-    progress_interval: float | None = None  # --progress-interval, for the push line too
-    # --mount-from: repositories of the target's registry a layer blob may be mounted
-    # from (besides where the workspace's record says it was pushed)
-    mount_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

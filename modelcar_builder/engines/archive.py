@@ -262,7 +262,7 @@ def open_store(name: str):
 def load_model(request: BuildRequest, store, tag: str) -> tuple[BuildResult, VerifyResult]:
     """Stream the ModelCar of ``request`` into ``store`` as ``tag``, then read it back:
     the store's image id must be the config digest we made, with our labels."""
-    base = load_base(request.base_image, request.platform, request.registry)
+    base = load_base(request.options.base_image, request.platform, request.registry)
     try:
         archive = ModelArchive(request, base, tag)
         store.load(iter(archive))

@@ -34,12 +34,12 @@ def build_multiarch(engine, request: BuildRequest) -> BuildResult:
     bases = []
     try:
         for platform in request.platforms:  # every base is read before a model byte moves
-            bases.append(load_base(request.base_image, platform, request.registry))
+            bases.append(load_base(request.options.base_image, platform, request.registry))
         for base in bases:
             copy_base(base, sink)
         timings["base"] = time.monotonic() - started
         state = request.build_state()
-        pushed = engine._push_layers(request, sink, state)  # once, for every platform
+        pushed = engine.push_layers(request, sink, state)  # once, for every platform
         for layer in request.plan.layers:
             request.wait_for(layer)
         timings["layers"] = time.monotonic() - started - timings["base"]

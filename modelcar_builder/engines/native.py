@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from modelcar_builder.engines import (
     BuildRequest,
@@ -87,12 +87,12 @@ class NativeEngine:
         timings: dict[str, float] = {}
         started = time.monotonic()
         sink, client = open_sink(request)
-        base = load_base(request.base_image, request.platform, request.registry)
+        base = load_base(request.options.base_image, request.platform, request.registry)
         try:
             copy_base(base, sink)
             timings["base"] = time.monotonic() - started
             state = request.build_state()
-            pushed = self._push_layers(request, sink, state)
+            pushed = self.push_layers(request, sink, state)
             for layer in request.plan.layers:
                 request.wait_for(layer)  # the manifest waits until every file is verified
             timings["layers"] = time.monotonic() - started - timings["base"]
@@ -117,23 +117,32 @@ class NativeEngine:
 
     # -- model layers -----------------------------------------------------------------------
 
-    def _push_layers(
-        self, request: BuildRequest, sink: Sink, state: BuildState
+    def push_layers(
+        self,
+        request: BuildRequest,
+        sink: Sink,
+        state: BuildState,
+        on_pushed: Callable[[LayerPlan, BuiltLayer], None] | None = None,
     ) -> list[BuiltLayer]:
+        """Every planned layer into ``sink``, ``request.jobs`` at once, in plan order;
+        ``on_pushed`` hears of each as soon as it is there (a part records its progress)."""
         total = sum(_tar_for(request, layer).size for layer in request.plan.layers)
-        progress = Progress("push", total, interval=request.progress_interval)
+        progress = Progress("push", total, interval=request.options.fetch.progress_interval)
         failed: list[BaseException] = []
 
         def one(layer: LayerPlan) -> BuiltLayer:
             try:
-                return self._push_one(request, sink, layer, state, progress)
+                built = self._push_one(request, sink, layer, state, progress)
+                if on_pushed is not None:
+                    on_pushed(layer, built)
+                return built
             except BaseException as exc:
                 failed.append(exc)  # before stop_waiting: the first failure is the cause
                 request.stop_waiting()
                 raise
 
         try:
-            results = run_parallel(one, request.plan.layers, request.jobs)
+            results = run_parallel(one, request.plan.layers, request.options.jobs)
         except BaseException:
             if failed:
                 raise failed[0] from None  # not a waiter's Interrupted that it caused
@@ -176,8 +185,8 @@ class NativeEngine:
                 log.info("%s already in the target (%s)", layer.name, digest[:19])
             elif mounted:
                 pass
-            elif request.upload == "chunked":
-                sink.put_resumable(digest, tar.size, tar_chunks_from, request.chunk_size)
+            elif request.options.upload == "chunked":
+                sink.put_resumable(digest, tar.size, tar_chunks_from, request.chunk_bytes)
             else:
                 sink.put_blob(digest, tar.size, tar_chunks)
             sent = not (there or mounted)

@@ -41,15 +41,15 @@ class BaseRef:
 def resolve_base(request: BuildRequest) -> BaseRef:
     """Read the base with the shared loader and pin it: registry bases by the manifest
     digest chosen for the platform, layout bases by a local name keyed on that digest."""
-    if request.base_image == "scratch":
+    if request.options.base_image == "scratch":
         return BaseRef("scratch", 0, None, None)
-    base = load_base(request.base_image, request.platform, request.registry)
+    base = load_base(request.options.base_image, request.platform, request.registry)
     try:
         image = base.image
         if image is None:  # only "scratch" has none, answered above
-            raise BaseImageNotFound(f"base image {request.base_image}: no image was read")
+            raise BaseImageNotFound(f"base image {request.options.base_image}: no image was read")
         n = len(image.layers)
-        target = parse_target(request.base_image)
+        target = parse_target(request.options.base_image)
         if isinstance(target, RegistryTarget):
             pinned = f"{target.ref.name}@{image.manifest_digest}"
             return BaseRef(pinned, n, target, None)
@@ -60,7 +60,7 @@ def resolve_base(request: BuildRequest) -> BaseRef:
 
 
 def open_layout_base(request: BuildRequest) -> BaseSource:
-    return load_base(request.base_image, request.platform, request.registry)
+    return load_base(request.options.base_image, request.platform, request.registry)
 
 
 def require_files(request: BuildRequest, engine: str) -> Path:

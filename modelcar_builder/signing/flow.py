@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from modelcar_builder.errors import UsageError, VerificationFailed
 from modelcar_builder.reference import ImageRef
 from modelcar_builder.settings import RegistryOptions
-from modelcar_builder.signing import cosign, modelsig, provenance, referrers
+from modelcar_builder.signing import cosign, images, modelsig, provenance, referrers
 from modelcar_builder.signing.keys import SigningKey
 
 log = logging.getLogger("modelcar.signing.flow")
@@ -22,24 +23,27 @@ log = logging.getLogger("modelcar.signing.flow")
 def identity(ref: ImageRef, tag: str | None) -> str:
     """The docker reference a signature vouches for: ``host/repo:tag`` when there is a
     tag (a policy's default matchRepoDigestOrExact then accepts that tag and any pull
-    by digest), else ``host/repo``."""
+    by digest), else ``host/repo@sha256:…`` (pulls by digest), as containers/image
+    writes it when it signs. Never ``host/repo`` alone for a digest: matchRepoDigestOrExact
+    refuses a name-only identity ("Signature for identity … is not accepted")."""
     name = f"{ref.registry}/{ref.repository}"
-    return f"{name}:{tag}" if tag else name
+    if tag:
+        return f"{name}:{tag}"
+    return f"{name}@{ref.digest}" if ref.digest else name
 
 
 def sign_pushed(ref: ImageRef, registry: RegistryOptions, key: SigningKey) -> str:
-    """Sign what ``ref`` names now; returns the manifest digest signed."""
+    """Sign what ``ref`` names now (an index: it and each platform manifest, as
+    ``cosign sign --recursive``); returns the digest ``ref`` names."""
     with registry.client_for(ref) as client:
         reference = ref.digest or ref.tag or "latest"
-        info = client.head_manifest(ref.repository, reference)
-        if info is None or not info.digest:
-            raise VerificationFailed(f"{ref} does not exist", hint="push it first")
-        digest = info.digest
-        tag = cosign.sign_image(
-            client, ref.repository, digest, identity(ref, None if ref.digest else ref.tag), key
-        )
-    log.info("signed %s/%s@%s (signature at :%s)", ref.registry, ref.repository, digest, tag)
-    return digest
+        found = images.read(client, ref.repository, reference)
+        who = identity(ref, None if ref.digest else ref.tag)
+        for digest in found.digests:
+            tag = cosign.sign_image(client, ref.repository, digest, who, key)
+            log.info("signed %s/%s@%s (signature at :%s)", ref.registry, ref.repository,
+                     digest, tag)  # fmt: skip
+    return found.digests[0]
 
 
 @dataclass
@@ -48,10 +52,13 @@ class VerifyOutcome:
     signatures: list[cosign.Signature]
     provenance: list[str] = field(default_factory=list)  # predicate types checked
     statements: list[dict] = field(default_factory=list)
+    platforms: list[tuple[str, str]] = field(default_factory=list)  # an index's, checked too
 
     def lines(self) -> list[str]:
         out = [f"ok: {len(self.signatures)} signature(s) by this key for {self.digest}"]
-        out += [f"ok: provenance {p} signed by this key, subject {self.digest}"
+        out += [f"ok: {p} {d} signed by this key" for p, d in self.platforms]
+        also = f" and each of the {len(self.platforms)} platforms" if self.platforms else ""
+        out += [f"ok: provenance {p} signed by this key, subject {self.digest}{also}"
                 for p in self.provenance]  # fmt: skip
         if not self.provenance:
             out.append("note: no provenance signed by this key")
@@ -65,12 +72,16 @@ def verify_image(
     *,
     require_provenance: bool = False,
 ) -> VerifyOutcome:
+    """The signature of what ``ref`` names and its provenance; for an index, also each
+    platform manifest's signature and a provenance naming it (a pull by tag checks the
+    index's signature and then the chosen platform's)."""
     with registry.client_for(ref) as client:
         reference = ref.digest or ref.tag or "latest"
-        info = client.head_manifest(ref.repository, reference)
-        if info is None or not info.digest:
-            raise VerificationFailed(f"{ref} does not exist")
-        digest = info.digest
+        try:
+            found = images.read(client, ref.repository, reference)
+        except VerificationFailed:
+            raise VerificationFailed(f"{ref} does not exist") from None
+        digest = found.digests[0]
         where = f"{ref.registry}/{ref.repository}"
         sigs = cosign.require_signature(client, ref.repository, digest, public, where)
         docs = verified_provenance(client, ref.repository, digest, public)
@@ -79,7 +90,28 @@ def verify_image(
                 f"no provenance signed by this key for {where}@{digest}",
                 hint="a build with --sign-key pushes it beside the image",
             )
-        return VerifyOutcome(digest, sigs, [str(d.get("predicateType")) for d in docs], docs)
+        for platform, desc in found.platforms:
+            each = str(desc["digest"])
+            try:  # a pull by tag checks the index's signature, then the chosen platform's
+                cosign.require_signature(client, ref.repository, each, public, where)
+            except VerificationFailed:
+                raise VerificationFailed(
+                    f"{where}@{digest}: its {platform} manifest {each} has no signature "
+                    "by this key",
+                    hint="sign the index and every platform manifest (`modelcar sign` "
+                    "does, as `cosign sign --recursive`)",
+                ) from None
+            if docs and not verified_provenance(client, ref.repository, each, public):
+                raise VerificationFailed(
+                    f"{where}@{digest}: its {platform} manifest {each} has no provenance "
+                    "signed by this key",
+                    hint="a build with --sign-key makes one provenance naming the index "
+                    "and every platform manifest",
+                )
+        platforms = [(p, str(d["digest"])) for p, d in found.platforms]
+        return VerifyOutcome(
+            digest, sigs, [str(d.get("predicateType")) for d in docs], docs, platforms
+        )
 
 
 # -- provenance -----------------------------------------------------------------------------
@@ -89,19 +121,26 @@ DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
 PREDICATE_ANNOTATION = "in-toto.io/predicate-type"
 
 
-def push_provenance(client, repo: str, image: dict, doc: dict, key: SigningKey) -> str:
-    """Sign ``doc`` (an in-toto statement about ``image``, a manifest descriptor) as a
-    DSSE envelope and push it as a referrer of the image; returns its manifest digest."""
+def push_provenance(
+    client, repo: str, about: dict | Sequence[dict], doc: dict, key: SigningKey
+) -> list[str]:
+    """Sign ``doc`` (an in-toto statement about ``about``, manifest or index
+    descriptors) as a DSSE envelope, once, and push it as a referrer of each; returns
+    the referrer manifests' digests."""
     env = provenance.envelope(doc, key)
-    return referrers.push_referrer(
-        client,
-        repo,
-        image,
-        PROVENANCE_ARTIFACT_TYPE,
-        env,
-        DSSE_MEDIA_TYPE,
-        {PREDICATE_ANNOTATION: str(doc.get("predicateType", ""))},
-    )
+    subjects = [about] if isinstance(about, dict) else list(about)
+    return [
+        referrers.push_referrer(
+            client,
+            repo,
+            image,
+            PROVENANCE_ARTIFACT_TYPE,
+            env,
+            DSSE_MEDIA_TYPE,
+            {PREDICATE_ANNOTATION: str(doc.get("predicateType", ""))},
+        )
+        for image in subjects
+    ]
 
 
 def verified_provenance(
@@ -175,18 +214,28 @@ def _same_files(image: dict[str, str], signed: dict[str, str], where: str, what:
 
 
 def _model_signature(client, repo: str, digest: str, where: str) -> bytes:
+    """/models/model.sig from the last layer of the image (of every platform manifest of
+    an index: the same layer blob on each, as the build puts it)."""
     from modelcar_builder.oci import ANNOTATION_FILEPATH
-    from modelcar_builder.signing.store import ACCEPT_MANIFEST, loads
+    from modelcar_builder.signing.store import ACCEPT_IMAGE, loads
 
-    layers = loads(client.get_manifest(repo, digest, ACCEPT_MANIFEST).body).get("layers") or []
-    top = layers[-1] if layers else {}
+    found = images.read(client, repo, digest)
+    manifests = [str(d["digest"]) for _, d in found.platforms] or [digest]
     path = f"/models/{modelsig.SIGNATURE_NAME}"
-    if (top.get("annotations") or {}).get(ANNOTATION_FILEPATH) != path:
-        raise VerificationFailed(
-            f"{where} has no {path} in its last layer",
-            hint="an image built with --sign-key has one",
-        )
-    signature = modelsig.read_from_layer(client.read_blob(repo, top["digest"]))
+    tops = set()
+    for each in manifests:
+        layers = loads(client.get_manifest(repo, each, ACCEPT_IMAGE).body).get("layers") or []
+        top = layers[-1] if layers else {}
+        if (top.get("annotations") or {}).get(ANNOTATION_FILEPATH) != path:
+            raise VerificationFailed(
+                f"{where} has no {path} in its last layer"
+                + (f" ({each})" if each != digest else ""),
+                hint="an image built with --sign-key has one",
+            )
+        tops.add(str(top["digest"]))
+    if len(tops) != 1:
+        raise VerificationFailed(f"{where}: its platforms carry different {path} layers")
+    signature = modelsig.read_from_layer(client.read_blob(repo, tops.pop()))
     if signature is None:
         raise VerificationFailed(f"{where}: its last layer does not hold {path}")
     return signature

@@ -10,6 +10,7 @@ front with ``--sign-key``.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -27,20 +28,26 @@ from modelcar_builder.errors import UsageError
 from modelcar_builder.oci import (
     ANNOTATION_FILE_SHA256,
     ANNOTATION_FILEPATH,
+    DOCKER_LAYER,
+    DOCKER_LAYER_GZIP,
+    DOCKER_MANIFEST,
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_LAYER,
+    MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_MANIFEST,
 )
+from modelcar_builder.oci.image import canonical_json
 from modelcar_builder.oci.layer import END_OF_ARCHIVE, dir_header, file_header
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.signing.keys import SigningKey, verify_signature
 from modelcar_builder.signing.provenance import PAYLOAD_TYPE, pae
 from modelcar_builder.signing.store import (
-    ACCEPT_MANIFEST,
+    ACCEPT_IMAGE,
     descriptor,
     loads,
     put_blob,
     put_json_manifest,
+    sha256,
 )
 
 SIGNATURE_NAME = "model.sig"  # at /models/model.sig
@@ -117,24 +124,36 @@ def signature_layer(signature: bytes) -> bytes:
 def append_layer(
     client: RegistryClient,
     repo: str,
-    tag: str,
     digest: str,
-    layer: bytes,
-    annotations: dict[str, str],
-) -> tuple[str, dict[str, Any]]:
-    """Push ``repo@digest`` plus ``layer`` on top (config: one more diff_id and history
-    entry) at ``tag``; returns the new manifest digest and the layer's descriptor."""
-    manifest = loads(client.get_manifest(repo, digest, ACCEPT_MANIFEST).body)
-    if manifest.get("mediaType", MEDIA_TYPE_MANIFEST) != MEDIA_TYPE_MANIFEST:
+    signature: bytes,
+    tag: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Push ``repo@digest`` plus the signature layer on top (config: one more diff_id
+    and history entry), at ``tag``, or by its own digest when ``tag`` is None (a
+    platform manifest of an index); returns the new manifest's descriptor and the
+    layer's.
+
+    The layer takes the image's own kind: an OCI or a Docker schema 2 manifest (docker
+    pushes Docker's), uncompressed when the model layers are, else gzip (buildah, podman
+    and docker write gzip; a reader of that image reads gzip), so no reader meets a
+    layer type it has not met in the rest of the image."""
+    manifest = loads(client.get_manifest(repo, digest, ACCEPT_IMAGE).body)
+    kind = manifest.get("mediaType", MEDIA_TYPE_MANIFEST)
+    if kind not in ACCEPT_IMAGE:
         raise UsageError(
-            f"{repo}@{digest} is a {manifest.get('mediaType')} manifest; the model signature "
-            "layer needs an OCI manifest",
-            hint="build with --engine native (OCI), or without --sign-key",
+            f"{repo}@{digest} is a {kind} manifest; the model signature layer needs an "
+            "OCI or a Docker schema 2 image manifest",
+            hint="build without --sign-key, or report this as a bug",
         )
+    tar = signature_layer(signature)
+    # the top layer is a model layer (the base's may be compressed when the model's are not)
+    top = manifest["layers"][-1] if manifest.get("layers") else {}
+    compressed = _is_compressed(str(top.get("mediaType", "")))
+    blob = gzip.compress(tar, compresslevel=6, mtime=0) if compressed else tar
     config = loads(client.read_blob(repo, manifest["config"]["digest"]))
-    layer_digest = put_blob(client, repo, layer)
+    put_blob(client, repo, blob)
     rootfs = config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
-    rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), layer_digest]  # uncompressed
+    rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), sha256(tar)]  # of the tar itself
     history = list(config.get("history") or [])
     created = history[-1].get("created") if history else config.get("created")
     entry = {"created_by": HISTORY_COMMENT, "comment": HISTORY_COMMENT}
@@ -143,13 +162,26 @@ def append_layer(
     config["history"] = [*history, entry]
     config_body = json.dumps(config, separators=(",", ":")).encode()
     put_blob(client, repo, config_body)
-    layer_desc = descriptor(MEDIA_TYPE_LAYER, layer, annotations=dict(annotations))
+    layer_desc = descriptor(
+        _layer_type(kind, compressed), blob, annotations=layer_annotations(signature)
+    )
     manifest["config"] = descriptor(
         manifest["config"].get("mediaType", MEDIA_TYPE_CONFIG), config_body
     )
     manifest["layers"] = [*manifest["layers"], layer_desc]
-    new_digest, _ = put_json_manifest(client, repo, tag, manifest)
-    return new_digest, layer_desc
+    reference = tag or sha256(canonical_json(manifest))
+    new_digest, body = put_json_manifest(client, repo, reference, manifest)
+    return {"mediaType": kind, "digest": new_digest, "size": len(body)}, layer_desc
+
+
+def _is_compressed(media_type: str) -> bool:
+    return media_type.endswith(("gzip", "zstd"))
+
+
+def _layer_type(manifest_type: str, compressed: bool) -> str:
+    if manifest_type == DOCKER_MANIFEST:
+        return DOCKER_LAYER_GZIP if compressed else DOCKER_LAYER
+    return MEDIA_TYPE_LAYER_GZIP if compressed else MEDIA_TYPE_LAYER
 
 
 def _files_under(root: Path) -> list[str]:
@@ -192,7 +224,7 @@ IGNORED = "\0ignored"  # a key no path can be: the signature's ignore_paths, as 
 
 
 def read_from_layer(layer: bytes) -> bytes | None:
-    """``models/model.sig`` from the signature layer's tar bytes."""
+    """``models/model.sig`` from the signature layer's bytes (tar, or tar+gzip)."""
     try:
         with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
             member = tar.getmember(f"models/{SIGNATURE_NAME}")

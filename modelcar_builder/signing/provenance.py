@@ -1,9 +1,11 @@
 """SLSA provenance v1 in an in-toto Statement v1, signed as a DSSE envelope.
 
-subject: the image (``host/repo`` and its manifest sha256); resolvedDependencies: the
+subject: the image (``host/repo`` and its manifest sha256; for a several-platform build
+the index and each platform manifest, docs/decisions.md); resolvedDependencies: the
 model's source at its commit, every file with its sha256 (and git blob id where the Hub
-gave one), and the base image by digest; builder: modelcar and its version; the
-parameters of the build, no secret among them (no password, token or key path).
+gave one), and the base image by digest (its layers per platform); builder: modelcar and
+its version; the parameters of the build, no secret among them (no password, token or key
+path).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +36,7 @@ class BaseImageDep:
     reference: str  # as the user wrote it (registry ref, oci:PATH, "scratch")
     digest: str | None  # the manifest (or index) digest it resolved to
     layers: tuple[str, ...]  # the base layers' digests as they are in the pushed image
+    platform: str | None = None  # OS/ARCH of an index's platform these layers are for
 
 
 def file_digests(
@@ -60,24 +63,34 @@ def statement(
     image_digest: str,
     snapshot: Snapshot,
     files: Mapping[str, Mapping[str, str]],
-    base: BaseImageDep | None,
+    bases: Sequence[BaseImageDep],
     parameters: Mapping[str, Any],
     internal: Mapping[str, Any],
     started: datetime.datetime | None = None,
     finished: datetime.datetime | None = None,
+    platforms: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    algorithm, _, hexpart = image_digest.partition(":")
+    """``image_digest`` is what the tag names (an image manifest, or the index of a
+    several-platform build); ``platforms`` the index's (OS/ARCH, manifest digest): every
+    one is a subject, annotated with its platform, and ``bases`` has one entry each."""
+    subjects = [_subject(image_name, image_digest)]
+    subjects += [_subject(image_name, d, {"platform": p}) for p, d in platforms]
     source = _source_dependency(snapshot)
     deps = [source]
     for path in sorted(files):
         deps.append({"name": path, "uri": _file_uri(snapshot, path), "digest": dict(files[path])})
-    if base is not None and base.reference != "scratch":
+    for base in bases:
+        if base.reference == "scratch":
+            continue
         dep: dict[str, Any] = {"name": "base-image", "uri": _base_uri(base.reference)}
         if base.digest:
             a, _, h = base.digest.partition(":")
             dep["digest"] = {a: h}
+        notes: dict[str, Any] = {"platform": base.platform} if base.platform else {}
         if base.layers:
-            dep["annotations"] = {"layers": list(base.layers)}
+            notes["layers"] = list(base.layers)
+        if notes:
+            dep["annotations"] = notes
         deps.append(dep)
     metadata: dict[str, Any] = {}
     if started:
@@ -91,7 +104,7 @@ def statement(
         run_details["metadata"] = metadata
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": image_name, "digest": {algorithm: hexpart}}],
+        "subject": subjects,
         "predicateType": SLSA_PROVENANCE_V1,
         "predicate": {
             "buildDefinition": {
@@ -155,6 +168,14 @@ def subject_digests(doc: Mapping[str, Any]) -> set[str]:
 
 
 # -- internals ------------------------------------------------------------------------------
+
+
+def _subject(name: str, digest: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    algorithm, _, hexpart = digest.partition(":")
+    out: dict[str, Any] = {"name": name, "digest": {algorithm: hexpart}}
+    if annotations:
+        out["annotations"] = annotations
+    return out
 
 
 def _source_dependency(snapshot: Snapshot) -> dict[str, Any]:

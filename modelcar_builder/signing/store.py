@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-from modelcar_builder.oci import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST
+from modelcar_builder.oci import DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.image import canonical_json
 from modelcar_builder.registry import Manifest, RegistryClient
 
@@ -65,3 +65,5 @@ def loads(body: bytes) -> dict[str, Any]:
 
 ACCEPT_MANIFEST = (MEDIA_TYPE_MANIFEST,)
 ACCEPT_INDEX = (MEDIA_TYPE_INDEX,)
+# an image as any engine pushes it: OCI (native, buildah, podman) or Docker schema 2 (docker)
+ACCEPT_IMAGE = (MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST)

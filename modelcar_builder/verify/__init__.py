@@ -60,6 +60,7 @@ class VerifyResult:
     total_size: int  # config + layers, bytes as declared and confirmed by HEAD
     labels: dict[str, str] = field(default_factory=dict)
     checks: tuple[str, ...] = ()  # what was proved, one phrase each
+    unchecked: tuple[str, ...] = ()  # what could not be told without --deep, one phrase each
     bytes_read: int = 0  # manifest + config, and with --deep every blob
     blobs_present: int = 0  # blobs confirmed with their size (HEAD / stat)
     deep: DeepResult | None = None
@@ -159,6 +160,7 @@ def _result(digest: str, image: Image, read: int, deep: DeepResult | None) -> Ve
         total_size=image.total_size,
         labels=image.labels,
         checks=checks,
+        unchecked=image.unchecked if deep is None else (),
         bytes_read=read + (deep.bytes_read if deep else 0),
         blobs_present=blobs,
         deep=deep,

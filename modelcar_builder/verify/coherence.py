@@ -33,6 +33,7 @@ from modelcar_builder.oci import (
     MEDIA_TYPE_LAYER_ZSTD,
     MEDIA_TYPE_MANIFEST,
 )
+from modelcar_builder.signing.modelsig import SIGNATURE_NAME
 
 UNCOMPRESSED = frozenset({MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_NONDIST, DOCKER_LAYER})
 GZIP = frozenset(
@@ -64,11 +65,17 @@ class Layer:
         return "gzip" if self.media_type in GZIP else "zstd"
 
     @property
-    def is_model(self) -> bool:
-        """Ours: the builder annotates each model layer with the /models path it fills.
-        A layer stripped of it counts as a base layer; its files then go missing from the
-        deep check's view of /models, which fails."""
+    def annotated(self) -> bool:
+        """Our tar writer's layers (native, buildah, the signature layer) name the /models
+        path they fill; Containerfile builds (podman, docker) and base layers name none.
+        An annotated layer must hold /models and nothing else; of the others only --deep,
+        reading the tar, can tell which hold /models (verify/layertar.py)."""
         return self.annotations.get(ANNOTATION_FILEPATH, "").startswith("/models")
+
+    @property
+    def signature(self) -> bool:
+        """build --sign-key's own layer: /models/model.sig alone, not a model file."""
+        return self.annotations.get(ANNOTATION_FILEPATH) == f"/models/{SIGNATURE_NAME}"
 
     def name(self, total: int) -> str:
         return f"layer {self.number} of {total} ({self.digest})"
@@ -82,6 +89,7 @@ class Image:
     layers: tuple[Layer, ...]
     labels: dict[str, str]
     checks: tuple[str, ...]  # what was proved, one phrase each
+    unchecked: tuple[str, ...] = ()  # what only --deep can tell of this image, one phrase each
 
     @property
     def total_size(self) -> int:
@@ -153,7 +161,18 @@ def coherent_image(
         + (f", {len(expected_labels)} label(s) as asked" if expected_labels else ""),
     )
     return Image(media_type, config_desc["digest"], int(config_desc["size"]), layers, labels,
-                 checks)  # fmt: skip
+                 checks, _unannotated(layers))  # fmt: skip
+
+
+def _unannotated(layers: tuple[Layer, ...]) -> tuple[str, ...]:
+    """A Containerfile build (podman, docker) names no layer's /models path: without
+    reading the layers nothing says which of them hold the model. Not a fault: said."""
+    if not layers or any(layer.annotated and not layer.signature for layer in layers):
+        return ()
+    return (
+        f"which of the {len(layers)} layers hold /models: none is annotated with its "
+        "/models path, as in a Containerfile build (podman, docker); --deep reads their tars",
+    )
 
 
 def _check_config_blob(data: bytes, desc: dict, manifest_type: str, where: str) -> None:

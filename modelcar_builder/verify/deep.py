@@ -1,10 +1,13 @@
 """``verify --deep``: read every blob once, streamed, and prove its bytes.
 
 Each blob is hashed against its digest; a gzip layer is decompressed on the way and the
-result hashed against its diff_id (what a runtime checks after unpacking); a model layer's
-tar is walked and every file under ``models/`` hashed against what the Hub (or the build
-report) says it must be. Memory stays bounded: blobs arrive in pieces and tar members are
-read in CHUNK-sized reads, never whole. Base layers are only hashed.
+result hashed against its diff_id (what a runtime checks after unpacking); every layer's
+tar is walked (layertar.py) and the /models the layers make together is compared, file by
+file, with what the Hub (or the build report) says it must be. A layer is a model layer
+when our builder annotated it with its /models path, or, without that annotation (podman
+and docker build from a Containerfile; a base layer has none either), when its tar holds
+files under /models. Memory stays bounded: blobs arrive in pieces and tar members are read
+in CHUNK-sized reads, never whole.
 """
 
 from __future__ import annotations
@@ -22,19 +25,9 @@ from modelcar_builder.parallel import run_parallel
 from modelcar_builder.signing.modelsig import SIGNATURE_NAME
 from modelcar_builder.verify.coherence import Layer
 from modelcar_builder.verify.expected import Expected
+from modelcar_builder.verify.layertar import CHUNK, LayerFiles, union, walk_layer
 
-CHUNK = 1024 * 1024
-ROOT = "models/"
 OpenBlob = Callable[[str], Iterable[bytes]]  # digest -> its bytes, in pieces
-
-
-@dataclass(frozen=True)
-class SeenFile:
-    path: str  # relative to /models
-    layer: int
-    size: int
-    sha256: str
-    blob_id: str | None  # computed only where the expected set holds a git id
 
 
 @dataclass
@@ -42,7 +35,14 @@ class LayerRead:
     layer: Layer
     bytes_read: int = 0
     diff_id_checked: bool = False
-    files: list[SeenFile] = field(default_factory=list)
+    files: LayerFiles = field(default_factory=LayerFiles)
+    unpacked: bool = False  # False: a zstd layer, hashed but its tar unread
+
+    @property
+    def is_model(self) -> bool:
+        """Annotated with its /models path by our builder, or (a Containerfile build's
+        layer) found to hold files under /models when its tar was read."""
+        return self.layer.annotated or self.files.touches_models
 
 
 @dataclass(frozen=True)
@@ -125,12 +125,12 @@ def deep_check(
         blobs_hashed=len(reads),
         bytes_read=sum(r.bytes_read for r in reads),
         diff_ids_checked=sum(r.diff_id_checked for r in reads),
-        model_layers=sum(r.layer.is_model for r in reads),
+        model_layers=sum(r.is_model for r in reads),
         files_checked=checked,
         files_unhashed=unhashed,
         expected_from=expected.source if isinstance(expected, Expected) else expected,
         compared=isinstance(expected, Expected),
-        files={f.path: f.sha256 for r in reads for f in r.files},
+        files={path: f.sha256 for path, f in union(r.files for r in reads)[0].items()},
     )
 
 
@@ -143,10 +143,14 @@ def _read_layer(
     try:
         unpacked = _unpacked(raw, layer)
         if unpacked is not None:
-            if layer.is_model:
-                out.files = _walk_tar(unpacked, layer.number, git, name)
+            # Every layer's tar is read: one without our annotation (a base layer, or a
+            # Containerfile build's COPY) shows only here whether it holds /models files.
+            out.files = walk_layer(unpacked, layer.number, layer.annotated, git, name)
+            out.unpacked = True
             _drain(unpacked)
-    except RegistryError:  # the client's own digest check, at the blob's end
+    except (RegistryError, VerificationFailed):
+        # The client's own digest check, at the blob's end; or what the tar holds: a
+        # damaged blob is named as such before anything its bytes seem to say.
         _drain_checked(raw, layer, name)
         raise
     except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
@@ -195,48 +199,9 @@ def _drain_checked(raw: _Chunks, layer: Layer, name: str) -> None:
         raise VerificationFailed(f"{name}: the blob's bytes hash to {got}, not its digest")
 
 
-def _walk_tar(stream: io.RawIOBase, number: int, git: frozenset[str], name: str) -> list[SeenFile]:
-    seen: list[SeenFile] = []
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            path = member.name.removeprefix("./")
-            if member.isdir() and (path.rstrip("/") + "/").startswith(ROOT):
-                continue
-            if not member.isfile():
-                raise VerificationFailed(f"{name}: {path} is not a regular file or directory")
-            if not path.startswith(ROOT):
-                raise VerificationFailed(f"{name}: {path} lies outside /models")
-            rel = path.removeprefix(ROOT)
-            seen.append(_hash_member(tar, member, rel, number, rel in git))
-    return seen
-
-
-def _hash_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, number: int, git: bool
-) -> SeenFile:
-    sha256 = hashlib.sha256()
-    # The git blob id the Hub gives non-LFS files; a second hash of every byte otherwise.
-    sha1 = hashlib.sha1(b"blob %d\0" % member.size) if git else None
-    reader = tar.extractfile(member)
-    if reader is None:  # a regular file always has one: anything else is not /models data
-        raise VerificationFailed(f"layer {number}: {path} is not a regular file")
-    while piece := reader.read(CHUNK):
-        sha256.update(piece)
-        if sha1 is not None:
-            sha1.update(piece)
-    blob_id = sha1.hexdigest() if sha1 is not None else None
-    return SeenFile(path, number, member.size, sha256.hexdigest(), blob_id)
-
-
 def _compare(reads: list[LayerRead], expected: Expected, where: str) -> tuple[int, int]:
     """Every expected file present once with its size and hash, and nothing else."""
-    found: dict[str, SeenFile] = {}
-    problems: list[str] = []
-    for seen in (f for r in reads for f in r.files):
-        if seen.path in found:
-            problems.append(f"models/{seen.path} is in layers {found[seen.path].layer} and "
-                            f"{seen.layer}")  # fmt: skip
-        found[seen.path] = seen
+    found, problems = union(r.files for r in reads)
     checked = unhashed = 0
     for path, want in sorted(expected.files.items()):
         got = found.get(path)
@@ -259,7 +224,10 @@ def _compare(reads: list[LayerRead], expected: Expected, where: str) -> tuple[in
         problems.append(f"models/{path} in layer {found[path].layer} is not expected")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise VerificationFailed(
-            f"{where}: /models differs from {expected.source}: {'; '.join(problems[:3])}{more}"
-        )
+        # What is missing may sit in a layer Python's tarfile cannot unpack: say which.
+        unread = [r.layer.name(len(reads)) for r in reads if not r.unpacked]
+        why = f"; {', '.join(unread)}: tar+zstd, not unpacked by --deep" if unread else ""
+        listed = "; ".join(problems[:3])
+        raise VerificationFailed(f"{where}: /models differs from {expected.source}: "
+                                 f"{listed}{more}{why}")  # fmt: skip
     return checked, unhashed

@@ -13,6 +13,8 @@ from .hub_fetch import hub_section, run_hub_section, splice_section
 from .model import Model
 from .native_profile import ProfileRow, run_profile
 from .options import Options, ensure_python_packages, parse_args
+from .parts import current_section as parts_section
+from .parts import splice as splice_parts
 from .report import machine_info, write_markdown
 from .results import summarize
 from .runner import Bench
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.notes.extend(machine_notes(bench, opts))
     minutes = bench.elapsed_min()
     verify_lines = current_section(opts.out)  # measured on its own: kept as it is
+    parts_lines = parts_section(opts.out)  # so is the parts section (scripts/bench/parts.py)
     write_markdown(
         opts, machine_info(), model, summaries, bench.results, profile, charts, bench.notes,
         minutes,
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     splice_section(opts.out, hub_lines)
     if verify_lines:
         splice_verify(opts.out, verify_lines)
+    if parts_lines:
+        splice_parts(opts.out, parts_lines)
     print(f"bench: wrote {opts.out} in {minutes:.1f} min", file=sys.stderr)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelcar_builder.buildopts import BuildOptions
 from modelcar_builder.engines import BuildRequest, RegistryOptions
 from modelcar_builder.pipeline import resolve
 from modelcar_builder.plan import Plan
@@ -26,11 +27,11 @@ def request_for(
     plan: Plan | None = None,
 ) -> BuildRequest:
     return BuildRequest(
+        options=BuildOptions(str(model), target, base_image=base, compression=compression),
         plan=plan or resolve(str(model), Selection(), threshold=THRESHOLD).plan,
         files_dir=model,
         workspace=Workspace(workspace).ensure(),
         target=parse_target(target),
-        base_image=base,
         # the outage window from the environment, as the CLI does (conftest keeps it short)
         registry=registry
         or RegistryOptions(tls_verify=False, retry_window=registry_retry_window()),

@@ -247,23 +247,71 @@ def play(
 ) -> PodRun:
     """``podman kube play`` the pod, wait for one container (default: the first) to exit,
     collect its logs, remove the pod."""
-    name = manifest["metadata"]["name"]
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    container = f"{name}-{wait_for or manifest['spec']['containers'][0]['name']}"
-    args = ["kube", "play", "--replace"]
-    if not manifest["spec"].get("hostNetwork"):
-        args += ["--network", "none"]
+    (run,) = play_all(podman, [manifest], workdir, timeout, wait_for)
+    return run
+
+
+def play_all(
+    podman: Podman,
+    manifests: list[dict[str, Any]],
+    workdir: Path,
+    timeout: float = 600,
+    wait_for: str | None = None,
+) -> list[PodRun]:
+    """Every pod started before any is waited for (as a Job's pods, or a matrix's
+    TaskRuns, run at once), then each one's container (``wait_for``, default its first)
+    waited for to exit in order, its logs collected, up to the first that fails (the
+    runs returned end there); every pod removed at the end."""
+    started: list[tuple[str, str]] = []
+    volumes: list[str] = []
     try:
-        podman.run(*args, str(path))
-
-        def exit_code() -> str | None:
-            state = podman.run("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
-                               container).stdout.split()  # fmt: skip
-            return state[1] if state[0] in ("exited", "stopped") else None
-
-        code = int(wait_until(exit_code, f"{container} to exit", timeout, 0.5))
-        logs = podman.run("logs", container, check=False)
-        return PodRun(name, code, logs.stdout + logs.stderr)
+        for manifest in manifests:
+            manifest, owned = _own_empty_dirs(manifest)
+            volumes += owned
+            name = manifest["metadata"]["name"]
+            path = workdir / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+            container = f"{name}-{wait_for or manifest['spec']['containers'][0]['name']}"
+            args = ["kube", "play", "--replace"]
+            if not manifest["spec"].get("hostNetwork"):
+                args += ["--network", "none"]
+            started.append((name, container))
+            podman.run(*args, str(path))
+        runs: list[PodRun] = []
+        for name, container in started:
+            runs.append(_wait_exit(podman, name, container, timeout))
+            if runs[-1].exit_code != 0:
+                break  # the later pods may wait for this one (an assemble for its parts)
+        return runs
     finally:
-        podman.run("pod", "rm", "-f", name, check=False)
+        for name, _ in started:
+            podman.run("pod", "rm", "-f", name, check=False)
+        if volumes:
+            podman.run("volume", "rm", "-f", *volumes, check=False)
+
+
+def _own_empty_dirs(manifest: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The pod with each emptyDir renamed after it: podman kube play makes an emptyDir a
+    named volume shared by every pod that names it, where the kubelet gives each pod its
+    own (pods run at once would share /work). Returns the volume names to remove."""
+    pod = copy.deepcopy(manifest)
+    prefix = pod["metadata"]["name"]
+    renamed = {v["name"]: f"{prefix}-{v['name']}" for v in pod["spec"]["volumes"]
+               if "emptyDir" in v}  # fmt: skip
+    for v in pod["spec"]["volumes"]:
+        v["name"] = renamed.get(v["name"], v["name"])
+    for c in pod["spec"]["containers"]:
+        for m in c.get("volumeMounts", []):
+            m["name"] = renamed.get(m["name"], m["name"])
+    return pod, list(renamed.values())
+
+
+def _wait_exit(podman: Podman, name: str, container: str, timeout: float) -> PodRun:
+    def exit_code() -> str | None:
+        state = podman.run("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
+                           container).stdout.split()  # fmt: skip
+        return state[1] if state[0] in ("exited", "stopped") else None
+
+    code = int(wait_until(exit_code, f"{container} to exit", timeout, 0.5))
+    logs = podman.run("logs", container, check=False)
+    return PodRun(name, code, logs.stdout + logs.stderr)

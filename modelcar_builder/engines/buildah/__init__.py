@@ -138,7 +138,7 @@ class BuildahEngine:
         check_space(request, settings, root / settings.storage_driver, pending)
         # each layer's files are linked once verified (PerLayerBuilder)
         context = prepare_context(
-            request.plan, files_dir, workspace, request.base_image, link=False
+            request.plan, files_dir, workspace, request.options.base_image, link=False
         )
         target_creds, base_creds = resolve_for_build(request)
         secrets = secret_forms(target_creds) + secret_forms(base_creds)

@@ -21,9 +21,9 @@ from modelcar_builder.target import RegistryTarget, parse_target
 
 def registry_base(request: BuildRequest) -> RegistryTarget | None:
     """The base image when it lives in a registry; None for scratch or an oci: layout."""
-    if request.base_image == "scratch":
+    if request.options.base_image == "scratch":
         return None
-    target = parse_target(request.base_image)
+    target = parse_target(request.options.base_image)
     return target if isinstance(target, RegistryTarget) else None
 
 

@@ -162,7 +162,7 @@ class PerLayerBuilder:
         """The base from a registry (read by our own client, with the base's
         credentials), an OCI layout or scratch; its blobs are copied or mounted as the
         native engine does."""
-        name = self.request.base_image
+        name = self.request.options.base_image
         target = registry_base(self.request)
         if target is None:
             return load_base(name, self.request.platform, self.request.registry)
