@@ -79,17 +79,12 @@ def test_no_module_is_over_500_lines():
     assert not long
 
 
-# source/stream.py's one assert is the source/ owner's to replace (they are rewriting it).
-ASSERTS_PENDING: set[str] = set()
-
-
 def test_no_assert_statement_in_the_package():
     """Checks and type narrowing are ``if ...: raise`` (a typed error) or typing.cast:
     ``python -O`` strips asserts, and a failed one is a traceback, not an exit code."""
     found = {
         f"{p.relative_to(PACKAGE)}:{node.lineno}"
         for p in PACKAGE.rglob("*.py")
-        if str(p.relative_to(PACKAGE)) not in ASSERTS_PENDING
         for node in ast.walk(ast.parse(p.read_text()))
         if isinstance(node, ast.Assert)
     }
@@ -97,8 +92,7 @@ def test_no_assert_statement_in_the_package():
 
 
 # The process environment is read through settings.environment() only. auth.py sits below
-# settings (its callers pass the mapping; os.environ is its default for direct callers);
-# source/hub.py is the source/ owner's to move (they are restructuring source/).
+# settings (its callers pass the mapping; os.environ is its default for direct callers).
 ENVIRONMENT_READERS = {"settings.py", "auth.py"}
 
 
