@@ -301,6 +301,15 @@ def test_sigterm_mid_download_exits_130_and_the_rerun_resumes(repo, tmp_path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_until(lambda: repo.bytes_served.get((REPO, path), 0) >= MIB, f"1 MiB of {path} served")
+
+    def on_disk() -> int:
+        """Bytes the client has written to its .part (sparse: allocated blocks only); the
+        Hub's count says sent, not received: a SIGTERM before the client read them
+        would leave nothing to resume from on a loaded machine."""
+        parts = [q for q in ws.rglob(f"{path}*") if q.is_file() and q.suffix != ".json"]
+        return max((q.stat().st_blocks * 512 for q in parts), default=0)
+
+    wait_until(lambda: on_disk() >= MIB, f"1 MiB of {path} written to the workspace")
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
