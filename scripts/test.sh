@@ -14,6 +14,7 @@ python3 -m ruff check modelcar_builder tests scripts
 python3 -m ruff format --check modelcar_builder tests scripts
 python3 -m mypy  # [tool.mypy] in pyproject.toml: modelcar_builder, clean
 # The suite takes ~12 min (791 tests; `-m "not slow"`, 542 of them, ~2.5 min). A hang
-# that even pytest-timeout cannot break (it interrupts the main thread only) is stopped at 60 min with SIGINT, so pytest still prints its
-# summary and the stacks (faulthandler_timeout) instead of CI killing it silently.
+# that even pytest-timeout cannot break (it interrupts the main thread only) is stopped
+# at 60 min with SIGINT, so pytest still prints its summary and the stacks
+# (faulthandler_timeout) instead of CI killing it silently.
 timeout --signal=INT --kill-after=60 3600 python3 -m pytest -q "$@"
