@@ -180,8 +180,9 @@ def section(measured: list[Measured],
         f"median wall time of {rounds} fresh builds of each contender (fresh workspace, fresh "
         "registry, a repository of its own; the order turns every round); the table gives "
         f"the median of {n} such measurement(s), and in brackets the median of the ratios to "
-        "the disk path measured in the same rounds. The machine was shared with other work "
-        f"({os.cpu_count()} cores): the load average of each measurement is below.",
+        "the disk path measured in the same rounds. The load average of each measurement "
+        f"({os.cpu_count()} cores) is below: other work on the machine moves the times more "
+        "than the ratios.",
         "",
         f"| contender | uncapped | {cap / MB:.0f} MB/s per connection |",
         "|---|---|---|",
