@@ -1,7 +1,7 @@
-"""The Python API: ``plan``, ``build`` and ``verify``, with the CLI's checks, errors and
-results; the CLI's commands call these. Every failure is a
-:class:`~modelcar_builder.errors.ModelcarError` whose ``exit_code`` and ``hint`` are what
-the CLI exits with and prints.
+"""The Python API: ``plan``, ``build``, ``verify`` and ``assemble`` (the image of a model
+built in parts), with the CLI's checks, errors and results; the CLI's commands call
+these. Every failure is a :class:`~modelcar_builder.errors.ModelcarError` whose
+``exit_code`` and ``hint`` are what the CLI exits with and prints.
 
     from modelcar_builder import api
 
