@@ -13,13 +13,12 @@ from .hub_fetch import hub_section, run_hub_section, splice_section
 from .model import Model
 from .native_profile import ProfileRow, run_profile
 from .options import Options, ensure_python_packages, parse_args
-from .parts import current_section as parts_section
-from .parts import splice as splice_parts
+from .parts import HEADING as PARTS_HEADING
 from .report import machine_info, write_markdown
 from .results import summarize
 from .runner import Bench
-from .verify_deep import current_section
-from .verify_deep import splice as splice_verify
+from .sections import current_section, replace_section
+from .verify_deep import HEADING as VERIFY_HEADING
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,17 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         charts = write_charts(opts, summaries, bench.results, model.total_bytes)
     bench.notes.extend(machine_notes(bench, opts))
     minutes = bench.elapsed_min()
-    verify_lines = current_section(opts.out)  # measured on its own: kept as it is
-    parts_lines = parts_section(opts.out)  # so is the parts section (scripts/bench/parts.py)
+    # measured on their own (verify_deep.py, parts.py): kept as they are
+    verify_lines = current_section(opts.out, VERIFY_HEADING)
+    parts_lines = current_section(opts.out, PARTS_HEADING)
     write_markdown(
         opts, machine_info(), model, summaries, bench.results, profile, charts, bench.notes,
         minutes,
     )  # fmt: skip
     splice_section(opts.out, hub_lines)
-    if verify_lines:
-        splice_verify(opts.out, verify_lines)
-    if parts_lines:
-        splice_parts(opts.out, parts_lines)
+    for lines in (verify_lines, parts_lines):
+        if lines:
+            replace_section(opts.out, lines[0], lines)
     print(f"bench: wrote {opts.out} in {minutes:.1f} min", file=sys.stderr)
     return 0
 

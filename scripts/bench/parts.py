@@ -31,7 +31,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import MB, MIB, REPO_ROOT
+from .common import MB, MIB, REPO_ROOT, cpu_model
+from .sections import replace_section
 from .services import Registry, stop_process
 
 HEADING = "## Parts: one model, N pods"
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         hub.stop()
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     lines = section(runs, a, size, load, os.getloadavg())
-    splice(a.out, lines)
+    replace_section(a.out, HEADING, lines)
     print("\n".join(lines))
     return 0
 
@@ -249,7 +250,7 @@ def section(runs: list[Run], a: argparse.Namespace, size: int, load0, load1) -> 
         "",
         f"`python3 -m scripts.bench.parts --size-mib {a.size_mib:g} --shards {a.shards} "
         f"--cap-mbs {cap:g} --connections {a.connections} --parts {a.parts} --rounds "
-        f"{a.rounds}`, run on {time.strftime('%Y-%m-%d')} ({_cpu()}, {os.cpu_count()} "
+        f"{a.rounds}`, run on {time.strftime('%Y-%m-%d')} ({cpu_model()}, {os.cpu_count()} "
         f"cores; load "
         f"average {load0[0]:.1f} before, {load1[0]:.1f} after: the machine was shared). "
         f"A {size / MB:.0f} MB repo ({a.shards} shards, one layer each) from the Hub "
@@ -312,39 +313,6 @@ def section(runs: list[Run], a: argparse.Namespace, size: int, load0, load1) -> 
         "",
     ]
     return out
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "CPU unknown"
-
-
-def splice(path: Path, lines: list[str]) -> None:
-    """Replace the section under HEADING, else put it before "## Every run", else last."""
-    text = path.read_text() if path.exists() else ""
-    body = "\n".join(lines).rstrip("\n") + "\n"
-    head, sep, rest = text.partition(HEADING + "\n")
-    if sep:
-        after = rest.find("\n## ")
-        text = head + body + (rest[after:] if after >= 0 else "")
-    elif "\n## Every run" in text:
-        before, after = text.split("\n## Every run", 1)
-        text = before.rstrip("\n") + "\n\n" + body + "\n## Every run" + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
-
-
-def current_section(path: Path) -> list[str]:
-    """The section ``path`` holds now (empty if none), for the main benchmark to keep."""
-    text = path.read_text() if path.exists() else ""
-    _, sep, rest = text.partition(HEADING + "\n")
-    if not sep:
-        return []
-    after = rest.find("\n## ")
-    return [HEADING, *(rest[:after] if after >= 0 else rest).splitlines()]
 
 
 if __name__ == "__main__":

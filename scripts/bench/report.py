@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import GIB, MB, RAW, REPO_ROOT, STOCK_BUILDAH, STREAM
+from .common import GIB, MB, RAW, REPO_ROOT, STOCK_BUILDAH, STREAM, cpu_model
 from .measurement import meminfo
 from .model import Model
 from .native_profile import ProfileRow
@@ -68,11 +68,7 @@ def tool_version(argv: list[str]) -> str:
 
 
 def machine_info() -> dict[str, str]:
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")),
-        platform.processor() or "?",
-    )  # fmt: skip
+    cpu = cpu_model()
     sys.path.insert(0, str(REPO_ROOT))
     from modelcar_builder import __version__
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .common import GIB, MB, REPO_ROOT
 from .model import generate_model
+from .sections import replace_section
 from .services import Registry
 
 HEADING = "## verify"
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         registry.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     lines = _section(rows, model.total_bytes, a)
-    splice(a.out, lines)
+    replace_section(a.out, HEADING, lines)
     print("\n".join(lines))
     return 0
 
@@ -115,33 +116,6 @@ def _section(rows: list[dict], total: int, a: argparse.Namespace) -> list[str]:
 
 def _rate(read: int, wall: float) -> str:
     return f"{read / MB / wall:.0f}" if read >= MB else "—"
-
-
-def current_section(path: Path) -> list[str]:
-    """The "## verify" section ``path`` holds now (empty if none): the main benchmark
-    rewrites the whole file and puts this back, as this script is run on its own."""
-    text = path.read_text() if path.exists() else ""
-    _, sep, rest = text.partition(HEADING + "\n")
-    if not sep:
-        return []
-    after = rest.find("\n## ")
-    return [HEADING, *(rest[:after] if after >= 0 else rest).splitlines()]
-
-
-def splice(path: Path, lines: list[str]) -> None:
-    """Replace the section under HEADING, else put it before "## Every run", else last."""
-    text = path.read_text() if path.exists() else ""
-    body = "\n".join(lines).rstrip("\n") + "\n"
-    head, sep, rest = text.partition(HEADING + "\n")
-    if sep:
-        after = rest.find("\n## ")
-        text = head + body + (rest[after:] if after >= 0 else "")
-    elif "\n## Every run" in text:
-        before, after = text.split("\n## Every run", 1)
-        text = before.rstrip("\n") + "\n\n" + body + "\n## Every run" + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
 
 
 if __name__ == "__main__":
