@@ -7,7 +7,7 @@ import click
 from modelcar_builder.api import AssembleOptions, RegistryAccess, assemble
 from modelcar_builder.assembly import PARTS, WAIT
 from modelcar_builder.commands.helpgroups import GroupedCommand
-from modelcar_builder.commands.options import Number, registry_options
+from modelcar_builder.commands.options import Number, registry_options, results_dir_option
 
 
 @click.command(
@@ -39,13 +39,7 @@ from modelcar_builder.commands.options import Number, registry_options
     "then the missing parts are named (exit 62).",
 )
 @registry_options
-@click.option(
-    "--results-dir",
-    type=click.Path(file_okay=False),
-    envvar="MODELCAR_RESULTS_DIR",
-    help="Write the Tekton results IMAGE_URL, IMAGE_DIGEST and IMAGE_REF (oci://…@sha256) "
-    "here (default /tekton/results if present).",
-)
+@results_dir_option
 def assemble_cmd(
     image: str,
     parts: int,

@@ -13,6 +13,7 @@ from modelcar_builder.commands.options import (
     fetch_params,
     preflight_option,
     registry_options,
+    results_dir_option,
     source_params,
     workspace_option,
 )
@@ -133,13 +134,7 @@ ENV_HELP = "\b\nAlso read from the environment:\n" + "\n".join(
     "(repeatable): a layer it has is mounted, not uploaded. Where this workspace pushed "
     "the model before is tried first.",
 )
-@click.option(
-    "--results-dir",
-    type=click.Path(file_okay=False),
-    envvar="MODELCAR_RESULTS_DIR",
-    help="Write the Tekton results IMAGE_URL, IMAGE_DIGEST and IMAGE_REF (oci://…@sha256) "
-    "here (default /tekton/results if present).",
-)
+@results_dir_option
 @click.option(
     "--report",
     "report_file",

@@ -166,6 +166,17 @@ def source_params(fn):
     return fn
 
 
+def results_dir_option(fn):
+    """--results-dir: where `build` and `assemble` write the image's Tekton results."""
+    return click.option(
+        "--results-dir",
+        type=click.Path(file_okay=False),
+        envvar="MODELCAR_RESULTS_DIR",
+        help="Write the Tekton results IMAGE_URL, IMAGE_DIGEST and IMAGE_REF "
+        "(oci://…@sha256) here (default /tekton/results if present).",
+    )(fn)
+
+
 def workspace_option(fn):
     return click.option(
         "--workspace",
