@@ -37,7 +37,7 @@ from modelcar_builder.errors import UsageError
 from modelcar_builder.oci.consumers import consumers_check
 from modelcar_builder.pipeline import Resolved, count_base_layers, resolve_source
 from modelcar_builder.plan import Plan
-from modelcar_builder.preflight import TEKTON_RESULTS, Request, before_download, build_target
+from modelcar_builder.preflight import Request, before_download, build_target, results_dir
 from modelcar_builder.reference import names_host
 from modelcar_builder.report import build_document, dumps
 from modelcar_builder.run import (
@@ -159,8 +159,8 @@ def build(options: BuildOptions) -> Built:
     built = Built(outcome.image_url, outcome.result.manifest_digest, resolved.plan, outcome)
     if options.report_file:
         Path(options.report_file).write_text(dumps(built.report) + "\n")
-    results = Path(options.results_dir) if options.results_dir else TEKTON_RESULTS
-    if push and job is None and (options.results_dir or results.is_dir()):  # a part: no image
+    results = results_dir(options.results_dir)
+    if push and job is None and results is not None:  # a part: no image
         write_results(outcome, target, results)
     return built
 

@@ -317,14 +317,22 @@ def check_workspace(path: Path) -> tuple[CheckResult, Workspace | None]:
     return _pass("workspace", f"{ws.root} is writable by {who}{note}"), ws
 
 
+def results_dir(given: str | None) -> Path | None:
+    """Where the Tekton results go: --results-dir, else /tekton/results when it exists
+    (a Tekton step), else nowhere."""
+    if given:
+        return Path(given)
+    return TEKTON_RESULTS if TEKTON_RESULTS.is_dir() else None
+
+
 def check_outputs(request: Request, target: Target | None, create: bool) -> list[CheckResult]:
     """--results-dir, --report and an oci: layout target can be written. A missing
     directory passes when it can be created (``create``: create it now)."""
     wanted: list[tuple[str, Path, Path | None]] = []
-    if request.options.results_dir:
-        wanted.append(("--results-dir", Path(request.options.results_dir), None))
-    elif TEKTON_RESULTS.is_dir():
-        wanted.append(("Tekton results", TEKTON_RESULTS, None))
+    results = results_dir(request.options.results_dir)
+    if results is not None:
+        label = "--results-dir" if request.options.results_dir else "Tekton results"
+        wanted.append((label, results, None))
     if request.options.report_file:
         report = Path(request.options.report_file)
         wanted.append(("--report", report.parent, report))
