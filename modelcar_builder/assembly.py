@@ -14,13 +14,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelcar_builder.engines.part import read_record
+from modelcar_builder.engines.part import first_absent, read_record
 from modelcar_builder.errors import OutputNotWritable, PartsDisagree, PartsMissing, UsageError
 from modelcar_builder.oci import MEDIA_TYPE_MANIFEST
 from modelcar_builder.oci.image import Descriptor
 from modelcar_builder.oci.partrecord import PartLayer, PartRecord, record_tag
 from modelcar_builder.oci.template import image_documents
-from modelcar_builder.preflight import TEKTON_RESULTS
+from modelcar_builder.preflight import results_dir
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.run import image_url, verify_target, write_image_results
 from modelcar_builder.settings import Bounds, RegistryOptions, check_number
@@ -70,16 +70,16 @@ def assemble(
         layers = _layers(records, target)
         template = records[0].template
         blobs: list[Descriptor | PartLayer] = [*template.base_layers, *layers]
-        for blob in blobs:
-            size = client.blob_size(target.repository, blob.digest)
-            if size != blob.size:
-                owner = next((f"part {r.k}/{r.n}" for r in records if blob in r.layers), "")
-                raise PartsMissing(
-                    f"{target}: {owner + ' lists ' if owner else 'the base layer '}"
-                    f"{blob.digest} of {blob.size} bytes, but the registry "
-                    f"{'has no such blob' if size is None else f'holds {size} bytes'}",
-                    hint=f"rerun {owner or 'any part'}: it pushes what is missing",
-                )
+        absent = first_absent(client, target.repository, blobs)
+        if absent is not None:
+            blob, size = absent
+            owner = next((f"part {r.k}/{r.n}" for r in records if blob in r.layers), "")
+            raise PartsMissing(
+                f"{target}: {owner + ' lists ' if owner else 'the base layer '}"
+                f"{blob.digest} of {blob.size} bytes, but the registry "
+                f"{'has no such blob' if size is None else f'holds {size} bytes'}",
+                hint=f"rerun {owner or 'any part'}: it pushes what is missing",
+            )
         docs = image_documents(template, layers)
         if client.blob_size(target.repository, docs.config_digest) != len(docs.config):
             client.upload_blob(target.repository, docs.config_digest, len(docs.config),
@@ -97,7 +97,7 @@ def assemble(
 def _results_dir(given: str | None) -> Path | None:
     """Where the Tekton results go (--results-dir, else /tekton/results when present),
     made and probed as build's preflight does (exit 32)."""
-    results = Path(given) if given else TEKTON_RESULTS if TEKTON_RESULTS.is_dir() else None
+    results = results_dir(given)
     if results is not None:
         problem = writable_problem(results, None, create=True)
         if problem is not None:

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from modelcar_builder.engines import (
@@ -138,6 +138,18 @@ def read_record(client: RegistryClient, target: RegistryTarget) -> PartRecord | 
         return None
 
 
+def first_absent(
+    client: RegistryClient, repo: str, blobs: Sequence[Descriptor | PartLayer]
+) -> tuple[Descriptor | PartLayer, int | None] | None:
+    """The first blob ``repo`` does not hold with its size, and the size it holds (None:
+    no such blob); None when every blob is there."""
+    for blob in blobs:
+        size = client.blob_size(repo, blob.digest)
+        if size != blob.size:
+            return blob, size
+    return None
+
+
 class PartEngine:
     """The native engine, for one part: its share's layers, then its record."""
 
@@ -207,10 +219,10 @@ class PartEngine:
             if record is None or record.plan != self.job.digest:
                 raise VerificationFailed(f"{target}: the record read back is not ours")
             blobs: list[Descriptor | PartLayer] = [*record.template.base_layers, *record.layers]
-            for blob in blobs:
-                if client.blob_size(target.repository, blob.digest) != blob.size:
-                    raise VerificationFailed(f"{target}: blob {blob.digest} is not there "
-                                             f"with its {blob.size} bytes")  # fmt: skip
+            absent = first_absent(client, target.repository, blobs)
+            if absent is not None:
+                raise VerificationFailed(f"{target}: blob {absent[0].digest} is not there "
+                                         f"with its {absent[0].size} bytes")  # fmt: skip
         size = sum(b.size for b in blobs)
         return VerifyResult(
             digest=info.digest,
