@@ -53,6 +53,13 @@ def platform_text(platform: Platform) -> str:
     return "/".join(platform)
 
 
+def entry_platform(entry: Mapping[str, Any]) -> str:
+    """``OS/ARCH[/VARIANT]`` of an index entry, for messages."""
+    plat = entry.get("platform") or {}
+    text = f"{plat.get('os')}/{plat.get('architecture')}"
+    return f"{text}/{plat['variant']}" if plat.get("variant") else text
+
+
 def build_index(
     manifests: Sequence[tuple[Platform, str, int]],
     annotations: Mapping[str, str] | None = None,

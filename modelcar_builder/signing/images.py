@@ -11,7 +11,7 @@ from typing import Any
 
 from modelcar_builder.errors import VerificationFailed
 from modelcar_builder.oci import MEDIA_TYPE_INDEX
-from modelcar_builder.oci.index import runnable_entries
+from modelcar_builder.oci.index import entry_platform, runnable_entries
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.signing import modelsig
 from modelcar_builder.signing.store import ACCEPT_INDEX, loads, put_json_manifest
@@ -35,12 +35,6 @@ class Signed:
         return [self.top] + [d for _, d in self.platforms]
 
 
-def platform_text(entry: Mapping[str, Any]) -> str:
-    plat = entry.get("platform") or {}
-    text = f"{plat.get('os')}/{plat.get('architecture')}"
-    return f"{text}/{plat['variant']}" if plat.get("variant") else text
-
-
 def read(client: RegistryClient, repo: str, reference: str) -> Signed:
     """What ``reference`` names now: the image manifest, or the index and its platform
     manifests (the entries a runtime may pick)."""
@@ -51,7 +45,7 @@ def read(client: RegistryClient, repo: str, reference: str) -> Signed:
     if info.media_type != MEDIA_TYPE_INDEX:
         return Signed(top)
     index = loads(client.get_manifest(repo, info.digest, ACCEPT_INDEX).body)
-    return Signed(top, tuple((platform_text(e), _desc(e)) for e in runnable_entries(index)))
+    return Signed(top, tuple((entry_platform(e), _desc(e)) for e in runnable_entries(index)))
 
 
 def add_model_signature(
@@ -74,7 +68,7 @@ def add_model_signature(
         image, layer = modelsig.append_layer(client, repo, entry["digest"], signature, None)
         new = {**entry, **image}
         entries.append(new)
-        platforms.append((platform_text(new), _desc(new)))
+        platforms.append((entry_platform(new), _desc(new)))
     new_index = {**index, "manifests": entries}
     media_type = str(index.get("mediaType", MEDIA_TYPE_INDEX))
     index_digest, body = put_json_manifest(client, repo, tag, new_index)

@@ -11,7 +11,7 @@ from typing import Any
 
 from modelcar_builder.errors import VerificationFailed
 from modelcar_builder.oci import ANNOTATION_FILEPATH, MANIFEST_MEDIA_TYPES
-from modelcar_builder.oci.index import runnable_entries
+from modelcar_builder.oci.index import entry_platform, runnable_entries
 from modelcar_builder.registry import RegistryClient
 from modelcar_builder.verify.coherence import parse_json
 
@@ -42,9 +42,7 @@ def verify_index_entries(
     results, models = [], []
     for entry in entries:
         plat = entry["platform"]
-        name = f"{plat['os']}/{plat['architecture']}" + (
-            f"/{plat['variant']}" if plat.get("variant") else ""
-        )
+        name = entry_platform(entry)
         if entry.get("mediaType") not in MANIFEST_MEDIA_TYPES:
             raise VerificationFailed(f"{where}: {name} is a {entry.get('mediaType')}")
         results.append(verify_one(entry["digest"]))
