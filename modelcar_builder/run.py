@@ -129,9 +129,8 @@ def run_build(
     if not push and not options.load:
         raise UsageError("nothing to do: no push and no --load", hint="add --load")
     compression = options.compression or default_compression(options.engine)
-    engine = make_engine(options.engine)
-    if part is not None:  # start_part refused every engine but native
-        engine = PartEngine(part)
+    # start_part refused every engine but native: a part is native on its share
+    engine: Engine = PartEngine(part) if part is not None else make_engine(options.engine)
     engine.check_compression(compression)  # before the download, with or without the preflight
     log.info("%s", engine_line(options.engine, compression))
     store = None
